@@ -1,0 +1,106 @@
+"""The `homevisit` command line (also `python -m bot`).
+
+Exit status 0 on success; on bad input one line per problem on stderr naming the file, row,
+column or variable, a non-zero status, and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from bot.core.errors import ConfigError, HomevisitError, RosterError, StorageUnavailable
+from config.settings import Settings, load_settings
+
+log = logging.getLogger("homevisit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="homevisit", description="家访助手 homevisit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP server (all configured channels)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+
+    sub.add_parser("demo", help="create the database if needed and load a demo roster")
+
+    chat = sub.add_parser("chat", help="talk to the bot in the terminal as a staff member")
+    chat.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 staff number")
+
+    roster = sub.add_parser("roster", help="roster files")
+    roster_sub = roster.add_subparsers(dest="roster_command", required=True, metavar="ACTION")
+    imp = roster_sub.add_parser("import", help="import .xlsx or CSV roster files, all or nothing")
+    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    imp.add_argument("--dry-run", action="store_true", help="check and report, change nothing")
+
+    export = sub.add_parser("export", help="export visits and follow-ups")
+    export.add_argument("--out", required=True, type=Path, metavar="FILE")
+    export.add_argument("--format", choices=("csv", "xlsx"), default=None)
+    export.add_argument("--since", type=_parse_date, default=None, metavar="YYYY-MM-DD")
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply database migrations")
+    return parser
+
+
+def _parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = load_settings()
+        return _run(args, settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"homevisit: configuration error: {problem}", file=sys.stderr)
+        return 2
+    except RosterError as exc:
+        for problem in exc.problems:
+            print(f"homevisit: {problem}", file=sys.stderr)
+        return 1
+    except StorageUnavailable as exc:
+        print(f"homevisit: the database does not answer ({exc})", file=sys.stderr)
+        return 1
+    except HomevisitError as exc:
+        print(f"homevisit: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from bot import commands
+
+    match args.command:
+        case "serve":
+            return commands.serve(settings, args.host, args.port)
+        case "demo":
+            return commands.demo(settings)
+        case "chat":
+            return commands.chat(settings, args.user)
+        case "roster":
+            return commands.roster_import(settings, args.files, dry_run=args.dry_run)
+        case "export":
+            fmt: Literal["csv", "xlsx"] = args.format or (
+                "xlsx" if args.out.suffix.lower() == ".xlsx" else "csv"
+            )
+            return commands.export(settings, args.out, fmt, args.since)
+        case "db":
+            return commands.db_upgrade(settings)
+    raise AssertionError(args.command)

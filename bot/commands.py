@@ -1,0 +1,118 @@
+"""What each CLI command does, on top of the composition root."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from aiohttp import web
+
+from bot.app import build_dispatcher, create_app
+from bot.channels import console
+from bot.core.errors import HomevisitError
+from bot.deps import Deps, SystemClock, build_deps
+from config.settings import Settings
+from storage.db import Database
+from storage.store import SqlStore
+
+
+def _open(settings: Settings) -> Deps:
+    deps = build_deps(settings)
+    deps.db.upgrade()
+    return deps
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    deps = _open(settings)
+    try:
+        app = create_app(settings, deps)
+        web.run_app(app, host=host, port=port, print=lambda text: print(text, file=sys.stderr))
+    finally:
+        deps.db.close()
+    return 0
+
+
+def demo(settings: Settings) -> int:
+    from storage.demo import load_demo
+
+    deps = _open(settings)
+    try:
+        with deps.db.begin() as conn:
+            report = load_demo(conn, now=SystemClock().now())
+    finally:
+        deps.db.close()
+    print(report.summary())
+    print("演示名单已就绪 / demo roster ready. Try: homevisit chat --user T001")
+    return 0
+
+
+def chat(settings: Settings, staff_no: str) -> int:
+    deps = _open(settings)
+    try:
+        with deps.db.begin() as conn:
+            staff = SqlStore(conn).find_staff(console.CHANNEL, staff_no)
+        if staff is None:
+            raise HomevisitError(
+                f"工号 {staff_no} 不存在或已停用 / staff number {staff_no!r} not found "
+                "(load a roster first: homevisit demo, or homevisit roster import FILE)"
+            )
+        dispatcher = build_dispatcher(settings, deps)
+        asyncio.run(console.run(dispatcher, staff_no, sys.stdin, sys.stdout))
+    finally:
+        deps.db.close()
+    return 0
+
+
+def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> int:
+    from storage.roster import import_roster, read_roster
+
+    roster = read_roster(files)  # raises RosterError naming file, row and column
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+        with db.engine.connect() as conn:
+            trans = conn.begin()
+            report = import_roster(conn, roster, now=SystemClock().now())
+            if dry_run:
+                trans.rollback()
+            else:
+                trans.commit()
+    finally:
+        db.close()
+    prefix = "[dry run, nothing written] " if dry_run else ""
+    print(prefix + report.summary())
+    return 0
+
+
+def export(
+    settings: Settings, out: Path, fmt: Literal["csv", "xlsx"], since: date | None
+) -> int:
+    from storage.export import export_visits
+
+    deps = _open(settings)
+    columns = [(q.key, q.label) for q in deps.form.questions]
+    try:
+        with deps.db.begin() as conn:
+            report = export_visits(
+                conn, out, fmt, columns, deps.form.followup_kinds, settings.tz, since=since
+            )
+    finally:
+        deps.db.close()
+    print(
+        f"exported {report.visits} visits and {report.followups} follow-ups to "
+        + ", ".join(str(f) for f in report.files)
+    )
+    return 0
+
+
+def db_upgrade(settings: Settings) -> int:
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+    finally:
+        db.close()
+    print("database is up to date")
+    return 0

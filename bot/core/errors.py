@@ -1,0 +1,46 @@
+"""The project's exception tree.
+
+HomevisitError
+├── ConfigError        bad settings or a broken form / calendar file: start-up stops, naming it
+├── InvalidAnswer      a teacher's answer does not fit the question: re-ask with the reason
+├── RosterError        a roster file is wrong: nothing imported; each problem names file,
+│                      row and column
+└── StorageUnavailable the database does not answer: the user gets an apology, the web layer a 503
+
+Anything else raised inside a turn is unexpected: it is logged once (without personal data) and the
+teacher gets a short apology; the transaction is rolled back so nothing is half-written.
+"""
+
+from __future__ import annotations
+
+
+class HomevisitError(Exception):
+    """Base of every error the project raises on purpose."""
+
+
+class ConfigError(HomevisitError):
+    """Settings, form or calendar are unusable. `problems` lists every one found."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class InvalidAnswer(HomevisitError):
+    """The answer does not fit the question; `reason` is shown to the teacher."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RosterError(HomevisitError):
+    """The roster cannot be imported. `problems`: lines like `students.csv 第3行 学籍号: 重复`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class StorageUnavailable(HomevisitError):
+    """The database could not be reached or timed out."""

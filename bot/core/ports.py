@@ -1,0 +1,69 @@
+"""Ports: what the engine and handlers need from the outside, as small interfaces.
+
+The store is synchronous on purpose: a whole conversation turn runs inside one short database
+transaction on a worker thread (see `storage.db.Database.run`), so the event loop pays one thread
+hop per message instead of one per statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from bot.core.types import (
+    ConversationKey,
+    Coverage,
+    Draft,
+    FollowUpListing,
+    NewFollowUp,
+    Session,
+    Staff,
+    StudentListing,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware."""
+        ...
+
+
+class Store(Protocol):
+    """Everything one conversation turn reads and writes; all calls share one transaction."""
+
+    # -- who is talking, and the conversation state (loaded after the per-key lock is held)
+    def find_staff(self, channel: str, user_id: str) -> Staff | None: ...
+    def load_session(self, key: ConversationKey) -> Session | None: ...
+    def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None: ...
+
+    # -- inbound de-duplication: the reply given the first time, or None if this id is new
+    def seen_message(self, channel: str, message_id: str) -> list[str] | None: ...
+    def remember_message(
+        self, channel: str, message_id: str, replies: Sequence[str], now: datetime
+    ) -> None: ...
+
+    # -- students and visits of one teacher
+    def my_students(self, staff_id: int) -> list[StudentListing]: ...
+    def find_draft(self, staff_id: int, student_id: int | None = None) -> Draft | None: ...
+    def start_visit(
+        self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
+    ) -> int: ...
+    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> None: ...
+    def submit_visit(
+        self,
+        visit_id: int,
+        answers: dict[str, Any],
+        method: str | None,
+        reached: bool,
+        followups: Sequence[NewFollowUp],
+        now: datetime,
+    ) -> None: ...
+    def discard_visit(self, visit_id: int, now: datetime) -> None: ...
+
+    # -- follow-ups
+    def open_followups(self, staff_id: int) -> list[FollowUpListing]: ...
+    def close_followup(
+        self, staff_id: int, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None: ...
+    def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage: ...

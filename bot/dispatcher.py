@@ -1,0 +1,68 @@
+"""The async edge of the engine: one message per conversation at a time, one transaction each.
+
+Order of operations per message (aiogram's lesson): take the conversation's lock, *then* load
+its state (inside the transaction), so two quick messages from one teacher never read the same
+state. The in-process lock orders messages within one process; across processes the session row
+is read `FOR UPDATE` on PostgreSQL and SQLite transactions start `IMMEDIATE`, and the row version
+catches anything that still slips through (the turn is then retried once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy.engine import Connection
+
+from bot.core.engine import Engine
+from bot.core.errors import StorageUnavailable
+from bot.core.types import ConversationKey, InboundMessage
+from handlers import texts
+from storage.db import Database
+from storage.store import ConcurrentUpdate, SqlStore
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, db: Database, engine: Engine) -> None:
+        self.db = db
+        self.engine = engine
+        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+
+    async def handle(self, message: InboundMessage) -> list[str]:
+        """The replies to `message`. Never raises: failures become an apology."""
+        key = message.key
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._process(message)
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def _process(self, message: InboundMessage) -> list[str]:
+        def turn(conn: Connection) -> list[str]:
+            return self.engine.process(SqlStore(conn), message)
+
+        for attempt in (1, 2):
+            try:
+                return await self.db.run(turn)
+            except ConcurrentUpdate:
+                if attempt == 2:
+                    log.error("conversation changed concurrently twice channel=%s", message.channel)
+                    return [texts.APOLOGY]
+            except StorageUnavailable as exc:
+                log.warning("database unavailable (%s) channel=%s", exc, message.channel)
+                return [texts.UNAVAILABLE]
+            except Exception:
+                # Logged without the message text: it may hold a student's details.
+                log.exception(
+                    "turn failed channel=%s message_id=%s", message.channel, message.message_id
+                )
+                return [texts.APOLOGY]
+        raise AssertionError("unreachable")

@@ -1,0 +1,243 @@
+"""Settings: one frozen object, loaded once from an injectable mapping (environment + `.env`).
+
+Loading collects every problem before failing, so an operator fixes a misconfiguration in one go.
+Secrets are wrapped in `Secret` so they never show up in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+from bot.core.errors import ConfigError
+
+DEFAULT_FORM = Path(__file__).parent / "forms" / "home_visit.yaml"
+
+
+class Secret:
+    """A string that masks itself in repr/str; use `.value` where the real text is needed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class QuietHours:
+    start: time
+    end: time
+
+    def contains(self, t: time) -> bool:
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end  # window crosses midnight
+
+
+@dataclass(frozen=True, slots=True)
+class WeComSettings:
+    corp_id: str
+    agent_id: int
+    secret: Secret
+    token: Secret
+    aes_key: Secret
+    api_base: str
+
+
+@dataclass(frozen=True, slots=True)
+class DingTalkSettings:
+    app_key: str
+    app_secret: Secret
+    robot_code: str
+    mode: str
+    api_base: str
+    oapi_base: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = "sqlite:///./homevisit.db"
+    tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+    api_token: Secret | None = None
+    wecom: WeComSettings | None = None
+    dingtalk: DingTalkSettings | None = None
+    dingtalk_digest_webhook: Secret | None = None
+    dingtalk_digest_secret: Secret | None = None
+    reminder_cron: str = "0 9 * * 1-5"
+    digest_cron: str = "0 17 * * 1-5"
+    quiet_hours: QuietHours = field(default_factory=lambda: QuietHours(time(21), time(7)))
+    session_ttl: timedelta = timedelta(hours=72)
+    visit_cycle_days: int = 14
+    form_path: Path = DEFAULT_FORM
+
+
+_WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
+_DINGTALK_VARS = ("DINGTALK_APP_KEY", "DINGTALK_APP_SECRET")
+_QUIET = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Read settings from `environ` (default: the process environment) over the `.env` file.
+
+    Raises ConfigError naming every bad variable.
+    """
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    env = {k: v.strip() for k, v in merged.items() if v.strip() != ""}
+    return _Parser(env).settings()
+
+
+class _Parser:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def problem(self, var: str, text: str) -> None:
+        self.problems.append(f"{var}: {text}")
+
+    def settings(self) -> Settings:
+        env = self.env
+        kwargs: dict[str, object] = {}
+        if "DATABASE_URL" in env:
+            kwargs["database_url"] = self.database_url(env["DATABASE_URL"])
+        if "HOMEVISIT_TZ" in env:
+            try:
+                kwargs["tz"] = ZoneInfo(env["HOMEVISIT_TZ"])
+            except (ZoneInfoNotFoundError, ValueError):
+                self.problem("HOMEVISIT_TZ", f"unknown time zone {env['HOMEVISIT_TZ']!r}")
+        if "API_TOKEN" in env:
+            if len(env["API_TOKEN"]) < 16:
+                self.problem("API_TOKEN", "must be at least 16 characters")
+            kwargs["api_token"] = Secret(env["API_TOKEN"])
+        kwargs["wecom"] = self.wecom()
+        kwargs["dingtalk"] = self.dingtalk()
+        for var, key in (
+            ("DINGTALK_DIGEST_WEBHOOK", "dingtalk_digest_webhook"),
+            ("DINGTALK_DIGEST_SECRET", "dingtalk_digest_secret"),
+        ):
+            if var in env:
+                kwargs[key] = Secret(env[var])
+        for var, key in (("REMINDER_CRON", "reminder_cron"), ("DIGEST_CRON", "digest_cron")):
+            if var in env:
+                kwargs[key] = self.cron(var, env[var])
+        if "QUIET_HOURS" in env:
+            kwargs["quiet_hours"] = self.quiet_hours(env["QUIET_HOURS"])
+        if "HOMEVISIT_SESSION_TTL_HOURS" in env:
+            hours = self.positive_int("HOMEVISIT_SESSION_TTL_HOURS")
+            kwargs["session_ttl"] = timedelta(hours=hours or 72)
+        if "HOMEVISIT_VISIT_CYCLE_DAYS" in env:
+            kwargs["visit_cycle_days"] = self.positive_int("HOMEVISIT_VISIT_CYCLE_DAYS") or 14
+        if "HOMEVISIT_FORM" in env:
+            path = Path(env["HOMEVISIT_FORM"])
+            if not path.is_file():
+                self.problem("HOMEVISIT_FORM", f"no such file {path}")
+            kwargs["form_path"] = path
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Settings(**kwargs)  # type: ignore[arg-type]
+
+    def database_url(self, url: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
+            self.problem("DATABASE_URL", "must start with sqlite:/// or postgresql://")
+        return url
+
+    def positive_int(self, var: str) -> int | None:
+        try:
+            value = int(self.env[var])
+        except ValueError:
+            value = 0
+        if value <= 0:
+            self.problem(var, "must be a positive whole number")
+            return None
+        return value
+
+    def cron(self, var: str, expr: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(expr)
+        except ValueError as exc:
+            self.problem(var, f"invalid crontab expression {expr!r} ({exc})")
+        return expr
+
+    def quiet_hours(self, text: str) -> QuietHours:
+        m = _QUIET.match(text)
+        if m:
+            h1, m1, h2, m2 = (int(g) for g in m.groups())
+            if h1 < 24 and h2 < 24 and m1 < 60 and m2 < 60:
+                return QuietHours(time(h1, m1), time(h2, m2))
+        self.problem("QUIET_HOURS", f"expected HH:MM-HH:MM, got {text!r}")
+        return QuietHours(time(21), time(7))
+
+    def require_all(self, names: tuple[str, ...], channel: str) -> bool:
+        """True when the channel is on; a partial set is a problem naming what is missing."""
+        present = [n for n in names if n in self.env]
+        if not present:
+            return False
+        for name in names:
+            if name not in self.env:
+                self.problem(name, f"missing: the {channel} channel needs {', '.join(names)}")
+        return len(present) == len(names)
+
+    def wecom(self) -> WeComSettings | None:
+        if not self.require_all(_WECOM_VARS, "WeCom"):
+            return None
+        env = self.env
+        agent_id = 0
+        try:
+            agent_id = int(env["WECOM_AGENT_ID"])
+        except ValueError:
+            self.problem("WECOM_AGENT_ID", "must be a number")
+        aes_key = env["WECOM_AES_KEY"]
+        if not re.fullmatch(r"[A-Za-z0-9]{43}", aes_key):
+            self.problem("WECOM_AES_KEY", "must be 43 letters and digits (the EncodingAESKey)")
+        return WeComSettings(
+            corp_id=env["WECOM_CORP_ID"],
+            agent_id=agent_id,
+            secret=Secret(env["WECOM_SECRET"]),
+            token=Secret(env["WECOM_TOKEN"]),
+            aes_key=Secret(aes_key),
+            api_base=env.get("WECOM_API_BASE", "https://qyapi.weixin.qq.com").rstrip("/"),
+        )
+
+    def dingtalk(self) -> DingTalkSettings | None:
+        if not self.require_all(_DINGTALK_VARS, "DingTalk"):
+            return None
+        env = self.env
+        mode = env.get("DINGTALK_MODE", "stream")
+        if mode not in ("stream", "http"):
+            self.problem("DINGTALK_MODE", "must be stream or http")
+        return DingTalkSettings(
+            app_key=env["DINGTALK_APP_KEY"],
+            app_secret=Secret(env["DINGTALK_APP_SECRET"]),
+            robot_code=env.get("DINGTALK_ROBOT_CODE", env["DINGTALK_APP_KEY"]),
+            mode=mode,
+            api_base=env.get("DINGTALK_API_BASE", "https://api.dingtalk.com").rstrip("/"),
+            oapi_base=env.get("DINGTALK_OAPI_BASE", "https://oapi.dingtalk.com").rstrip("/"),
+        )

@@ -1,0 +1,110 @@
+"""Rendering lists, questions and summaries as chat text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bot.core.types import FollowUpListing, FollowUpStatus, NewFollowUp, StudentListing
+from handlers import texts
+from handlers.forms import Form, QType, Question
+
+LIST_LIMIT = 30  # a chat message stays readable (and under WeCom's 2,048-byte text limit)
+
+
+def student_label(name: str, class_name: str) -> str:
+    return f"{name}（{class_name}）"
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return texts.SKIPPED
+    if isinstance(value, list):
+        return "、".join(str(v) for v in value)
+    return str(value)
+
+
+def student_line(n: int, s: StudentListing, today: date, tz: ZoneInfo) -> str:
+    parts = [f"{n}. {s.name}", s.class_name, "、".join(s.categories) or texts.NO_CATEGORY]
+    if s.last_visit_at is None:
+        parts.append(texts.NEVER_VISITED)
+    else:
+        days = (today - s.last_visit_at.astimezone(tz).date()).days
+        parts.append(texts.DAYS_AGO.format(days=days) if days else texts.TODAY_VISITED)
+    if s.open_followups:
+        parts.append(texts.OPEN_FOLLOWUPS.format(count=s.open_followups))
+    return " · ".join(parts)
+
+
+def student_list(students: Sequence[StudentListing], today: date, tz: ZoneInfo) -> str:
+    lines = [texts.LIST_HEADER.format(count=len(students))]
+    lines += [student_line(i, s, today, tz) for i, s in enumerate(students[:LIST_LIMIT], 1)]
+    if len(students) > LIST_LIMIT:
+        lines.append(f"……（只列出最久未访的{LIST_LIMIT}名，其余可直接回复姓名）")
+    lines.append(texts.LIST_FOOTER)
+    return "\n".join(lines)
+
+
+def question(form: Form, q: Question, answers: Mapping[str, Any], student: str) -> str:
+    visible = [x.key for x in form.visible(answers)]
+    n = visible.index(q.key) + 1 if q.key in visible else len(visible) + 1
+    lines = [texts.QUESTION_HEAD.format(n=n, student=student), q.prompt]
+    lines += [f"{i}. {o.text}" for i, o in enumerate(q.options, 1)]
+    if q.type is QType.MULTI:
+        lines.append(texts.MULTI_HINT)
+    if not q.required:
+        lines.append(texts.OPTIONAL_HINT)
+    if q.key in answers:
+        lines.append(texts.CURRENT_ANSWER.format(answer=format_value(answers[q.key])))
+    return "\n".join(lines)
+
+
+def answered(form: Form, answers: Mapping[str, Any]) -> list[Question]:
+    """Questions shown on the summary, in order; `修改 N` counts in this list."""
+    return [q for q in form.visible(answers) if q.key in answers]
+
+
+def summary(form: Form, answers: Mapping[str, Any], student: str) -> str:
+    lines = [texts.SUMMARY_HEAD.format(student=student)]
+    lines += [
+        f"{i}. {q.label}：{format_value(answers[q.key])}"
+        for i, q in enumerate(answered(form, answers), 1)
+    ]
+    lines.append(texts.SUMMARY_FOOT)
+    return "\n".join(lines)
+
+
+def new_followups(form: Form, found: Sequence[NewFollowUp]) -> str:
+    lines = [texts.NEW_FOLLOWUPS.format(count=len(found))]
+    lines += [
+        f"· {form.followup_kinds.get(f.kind, f.kind)}：{f.detail}（{f.due_date.month}月{f.due_date.day}日前）"
+        for f in found
+    ]
+    return "\n".join(lines)
+
+
+def followup_line(n: int, f: FollowUpListing, kinds: Mapping[str, str], today: date) -> str:
+    if f.due_date < today:
+        due = texts.OVERDUE.format(days=(today - f.due_date).days)
+    else:
+        due = texts.DUE_ON.format(date=f"{f.due_date.month}月{f.due_date.day}日")
+    if f.status is FollowUpStatus.ESCALATED:
+        due += texts.ESCALATED
+    return texts.FOLLOWUP_LINE.format(
+        n=n,
+        student=student_label(f.student_name, f.class_name),
+        kind=kinds.get(f.kind, f.kind),
+        detail=f.detail,
+        due=due,
+    )
+
+
+def followup_list(items: Sequence[FollowUpListing], kinds: Mapping[str, str], today: date) -> str:
+    if not items:
+        return texts.FOLLOWUPS_NONE
+    lines = [texts.FOLLOWUPS_HEAD.format(count=len(items))]
+    lines += [followup_line(i, f, kinds, today) for i, f in enumerate(items, 1)]
+    lines.append(texts.FOLLOWUPS_FOOT)
+    return "\n".join(lines)

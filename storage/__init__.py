@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, migrations and the stores that implement the core ports."""

@@ -1,0 +1,198 @@
+"""The database tables (SQLAlchemy Core). Migrations in `storage/migrations` must match these.
+
+Times are stored as timezone-aware UTC (`UtcDateTime`), dates as local calendar dates.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on SQLite (no tz support) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+schools = Table(
+    "schools",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+)
+
+staff = Table(
+    "staff",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("staff_no", String(64), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("school_id", ForeignKey("schools.id"), nullable=True),
+    Column("role", String(20), nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+)
+
+# One row per platform identity of a staff member (WeCom userid, DingTalk userid, ...).
+identities = Table(
+    "identities",
+    metadata,
+    Column("channel", String(20), primary_key=True),
+    Column("external_id", String(128), primary_key=True),
+    Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+)
+
+students = Table(
+    "students",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("student_no", String(64), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("school_id", ForeignKey("schools.id"), nullable=False, index=True),
+    Column("class_name", String(100), nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+)
+
+student_categories = Table(
+    "student_categories",
+    metadata,
+    Column("student_id", ForeignKey("students.id", ondelete="CASCADE"), primary_key=True),
+    Column("category", String(50), primary_key=True),
+)
+
+assignments = Table(
+    "assignments",
+    metadata,
+    Column("student_id", ForeignKey("students.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(20), primary_key=True),  # head_teacher | carer
+    Column("staff_id", ForeignKey("staff.id"), nullable=False, index=True),
+)
+
+visits = Table(
+    "visits",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("student_id", ForeignKey("students.id"), nullable=False),
+    Column("staff_id", ForeignKey("staff.id"), nullable=False),
+    Column("form_id", String(64), nullable=False),
+    Column("form_version", String(64), nullable=False),
+    Column("status", String(20), nullable=False),  # draft | submitted | discarded
+    Column("method", String(50), nullable=True),
+    Column("reached", Boolean, nullable=True),  # False: family unreachable, not a real visit
+    Column("answers", JSON, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("submitted_at", UtcDateTime, nullable=True),
+    Index("ix_visits_student_status", "student_id", "status", "submitted_at"),
+    Index("ix_visits_staff_status", "staff_id", "status"),
+)
+
+followups = Table(
+    "followups",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("visit_id", ForeignKey("visits.id"), nullable=False, index=True),
+    Column("student_id", ForeignKey("students.id"), nullable=False, index=True),
+    Column("owner_staff_id", ForeignKey("staff.id"), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("due_date", Date, nullable=False),
+    Column("status", String(20), nullable=False),  # open | done | escalated
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("closed_at", UtcDateTime, nullable=True),
+    Column("closed_by", ForeignKey("staff.id"), nullable=True),
+    Column("note", Text, nullable=True),
+    Index("ix_followups_owner_status", "owner_staff_id", "status"),
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("channel", String(20), primary_key=True),
+    Column("user_id", String(128), primary_key=True),
+    Column("state", String(30), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("channel", String(20), primary_key=True),
+    Column("message_id", String(128), primary_key=True),
+    Column("replies", JSON, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False, index=True),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("channel", String(20), nullable=False),
+    Column("recipient", String(255), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("sent_at", UtcDateTime, nullable=True),
+    UniqueConstraint("idempotency_key"),
+    Index("ix_outbox_due", "status", "next_attempt_at"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(50), nullable=False),
+    Column("detail", Text, nullable=False),
+)

@@ -1,0 +1,407 @@
+"""`SqlStore`: the core `Store` port over one SQLAlchemy connection (one transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from bot.core.types import (
+    ConversationKey,
+    Coverage,
+    Draft,
+    FollowUpListing,
+    FollowUpStatus,
+    NewFollowUp,
+    Session,
+    Staff,
+    StaffRole,
+    StudentListing,
+    VisitStatus,
+)
+from storage.schema import (
+    assignments,
+    conversations,
+    followups,
+    identities,
+    inbound_messages,
+    staff,
+    student_categories,
+    students,
+    visits,
+)
+
+# Channels whose user id is the staff number itself.
+STAFF_NO_CHANNELS = frozenset({"console", "api"})
+OPEN_STATES = (FollowUpStatus.OPEN.value, FollowUpStatus.ESCALATED.value)
+
+
+class ConcurrentUpdate(Exception):
+    """Another process changed the conversation between our read and our write."""
+
+
+# Statements on the per-message path are built once; SQLAlchemy caches their compiled form.
+_STAFF_COLS = (staff.c.id, staff.c.staff_no, staff.c.name, staff.c.role, staff.c.school_id)
+_STAFF_BY_NO = select(*_STAFF_COLS).where(
+    staff.c.staff_no == bindparam("user_id"), staff.c.active.is_(True)
+)
+_STAFF_BY_IDENTITY = (
+    select(*_STAFF_COLS)
+    .join(identities, identities.c.staff_id == staff.c.id)
+    .where(
+        identities.c.channel == bindparam("channel"),
+        identities.c.external_id == bindparam("user_id"),
+        staff.c.active.is_(True),
+    )
+)
+_SESSION = (
+    select(
+        conversations.c.state,
+        conversations.c.data,
+        conversations.c.version,
+        conversations.c.expires_at,
+    )
+    .where(
+        conversations.c.channel == bindparam("channel"),
+        conversations.c.user_id == bindparam("user_id"),
+    )
+    .with_for_update()
+)
+_SESSION_UPDATE = (
+    update(conversations)
+    .where(
+        conversations.c.channel == bindparam("k_channel"),
+        conversations.c.user_id == bindparam("k_user_id"),
+        conversations.c.version == bindparam("old_version"),
+    )
+    .values(
+        state=bindparam("state"),
+        data=bindparam("data"),
+        version=bindparam("new_version"),
+        expires_at=bindparam("expires_at"),
+        updated_at=bindparam("now"),
+    )
+)
+_SAVE_ANSWERS = (
+    update(visits)
+    .where(visits.c.id == bindparam("visit_id"), visits.c.status == VisitStatus.DRAFT.value)
+    .values(answers=bindparam("answers"), updated_at=bindparam("now"))
+)
+_SEEN = select(inbound_messages.c.replies).where(
+    inbound_messages.c.channel == bindparam("channel"),
+    inbound_messages.c.message_id == bindparam("message_id"),
+)
+_MY_STUDENT_IDS = select(assignments.c.student_id).where(
+    assignments.c.staff_id == bindparam("staff_id")
+)
+
+
+def _staff(row: Any) -> Staff:
+    return Staff(row.id, row.staff_no, row.name, StaffRole(row.role), row.school_id)
+
+
+class SqlStore:
+    """Implements `bot.core.ports.Store`. Every method runs inside the caller's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # ---------------------------------------------------------------- staff and sessions
+    def find_staff(self, channel: str, user_id: str) -> Staff | None:
+        stmt = _STAFF_BY_NO if channel in STAFF_NO_CHANNELS else _STAFF_BY_IDENTITY
+        row = self.conn.execute(stmt, {"channel": channel, "user_id": user_id}).first()
+        return _staff(row) if row else None
+
+    def load_session(self, key: ConversationKey) -> Session | None:
+        row = self.conn.execute(_SESSION, {"channel": key.channel, "user_id": key.user_id}).first()
+        if row is None:
+            return None
+        return Session(
+            state=row.state, data=dict(row.data), expires_at=row.expires_at, version=row.version
+        )
+
+    def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None:
+        if session.version == 0:
+            try:
+                with self.conn.begin_nested():
+                    self.conn.execute(
+                        insert(conversations).values(
+                            channel=key.channel,
+                            user_id=key.user_id,
+                            state=session.state,
+                            data=session.data,
+                            version=1,
+                            expires_at=session.expires_at,
+                            updated_at=now,
+                        )
+                    )
+            except IntegrityError as exc:
+                raise ConcurrentUpdate from exc
+        else:
+            result = self.conn.execute(
+                _SESSION_UPDATE,
+                {
+                    "k_channel": key.channel,
+                    "k_user_id": key.user_id,
+                    "old_version": session.version,
+                    "new_version": session.version + 1,
+                    "state": session.state,
+                    "data": session.data,
+                    "expires_at": session.expires_at,
+                    "now": now,
+                },
+            )
+            if result.rowcount != 1:
+                raise ConcurrentUpdate
+        session.version += 1
+
+    # ---------------------------------------------------------------- inbound de-duplication
+    def seen_message(self, channel: str, message_id: str) -> list[str] | None:
+        row = self.conn.execute(_SEEN, {"channel": channel, "message_id": message_id}).first()
+        return list(row.replies) if row else None
+
+    def remember_message(
+        self, channel: str, message_id: str, replies: Sequence[str], now: datetime
+    ) -> None:
+        self.conn.execute(
+            insert(inbound_messages).values(
+                channel=channel, message_id=message_id, replies=list(replies), received_at=now
+            )
+        )
+
+    # ---------------------------------------------------------------- students and visits
+    def my_students(self, staff_id: int) -> list[StudentListing]:
+        last_visit = (
+            select(func.max(visits.c.submitted_at))
+            .where(
+                visits.c.student_id == students.c.id,
+                visits.c.status == VisitStatus.SUBMITTED.value,
+                visits.c.reached.is_(True),
+            )
+            .scalar_subquery()
+        )
+        open_count = (
+            select(func.count())
+            .select_from(followups)
+            .where(followups.c.student_id == students.c.id, followups.c.status.in_(OPEN_STATES))
+            .scalar_subquery()
+        )
+        rows = self.conn.execute(
+            select(
+                students.c.id,
+                students.c.student_no,
+                students.c.name,
+                students.c.class_name,
+                last_visit.label("last_visit"),
+                open_count.label("open_count"),
+            ).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True)),
+            {"staff_id": staff_id},
+        ).all()
+        cats: dict[int, list[str]] = {}
+        if rows:
+            for sid, cat in self.conn.execute(
+                select(student_categories.c.student_id, student_categories.c.category)
+                .where(student_categories.c.student_id.in_([r.id for r in rows]))
+                .order_by(student_categories.c.category)
+            ):
+                cats.setdefault(sid, []).append(cat)
+        listing = [
+            StudentListing(
+                r.id,
+                r.student_no,
+                r.name,
+                r.class_name,
+                tuple(cats.get(r.id, ())),
+                r.last_visit,
+                r.open_count,
+            )
+            for r in rows
+        ]
+        # Never visited first, then the longest since the last visit; ties by class and name.
+        listing.sort(
+            key=lambda s: (
+                s.last_visit_at is not None,
+                s.last_visit_at.timestamp() if s.last_visit_at else 0.0,
+                s.class_name,
+                s.name,
+                s.student_no,
+            )
+        )
+        return listing
+
+    def find_draft(self, staff_id: int, student_id: int | None = None) -> Draft | None:
+        conds = [
+            visits.c.staff_id == staff_id,
+            visits.c.status == VisitStatus.DRAFT.value,
+            students.c.active.is_(True),
+        ]
+        if student_id is not None:
+            conds.append(visits.c.student_id == student_id)
+        row = self.conn.execute(
+            select(
+                visits.c.id,
+                visits.c.student_id,
+                visits.c.answers,
+                visits.c.updated_at,
+                students.c.name,
+                students.c.class_name,
+            )
+            .join(students, students.c.id == visits.c.student_id)
+            .where(*conds)
+            .order_by(visits.c.updated_at.desc(), visits.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        return Draft(
+            row.id,
+            row.student_id,
+            f"{row.name}（{row.class_name}）",
+            dict(row.answers),
+            row.updated_at,
+        )
+
+    def start_visit(
+        self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
+    ) -> int:
+        result = self.conn.execute(
+            insert(visits).values(
+                student_id=student_id,
+                staff_id=staff_id,
+                form_id=form_id,
+                form_version=form_version,
+                status=VisitStatus.DRAFT.value,
+                answers={},
+                started_at=now,
+                updated_at=now,
+            )
+        )
+        pk = result.inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> None:
+        self.conn.execute(_SAVE_ANSWERS, {"visit_id": visit_id, "answers": answers, "now": now})
+
+    def submit_visit(
+        self,
+        visit_id: int,
+        answers: dict[str, Any],
+        method: str | None,
+        reached: bool,
+        followups_: Sequence[NewFollowUp],
+        now: datetime,
+    ) -> None:
+        row = self.conn.execute(
+            select(visits.c.student_id, visits.c.staff_id).where(visits.c.id == visit_id)
+        ).one()
+        self.conn.execute(
+            update(visits)
+            .where(visits.c.id == visit_id)
+            .values(
+                status=VisitStatus.SUBMITTED.value,
+                answers=answers,
+                method=method,
+                reached=reached,
+                submitted_at=now,
+                updated_at=now,
+            )
+        )
+        if followups_:
+            self.conn.execute(
+                insert(followups),
+                [
+                    {
+                        "visit_id": visit_id,
+                        "student_id": row.student_id,
+                        "owner_staff_id": row.staff_id,
+                        "kind": f.kind,
+                        "detail": f.detail,
+                        "due_date": f.due_date,
+                        "status": FollowUpStatus.OPEN.value,
+                        "created_at": now,
+                    }
+                    for f in followups_
+                ],
+            )
+
+    def discard_visit(self, visit_id: int, now: datetime) -> None:
+        self.conn.execute(
+            update(visits)
+            .where(visits.c.id == visit_id, visits.c.status == VisitStatus.DRAFT.value)
+            .values(status=VisitStatus.DISCARDED.value, updated_at=now)
+        )
+
+    # ---------------------------------------------------------------- follow-ups
+    def _followup_query(self) -> Any:
+        return select(
+            followups.c.id,
+            followups.c.kind,
+            followups.c.detail,
+            followups.c.due_date,
+            followups.c.status,
+            students.c.name,
+            students.c.class_name,
+        ).join(students, students.c.id == followups.c.student_id)
+
+    @staticmethod
+    def _listing(row: Any) -> FollowUpListing:
+        return FollowUpListing(
+            row.id,
+            row.kind,
+            row.detail,
+            row.name,
+            row.class_name,
+            row.due_date,
+            FollowUpStatus(row.status),
+        )
+
+    def open_followups(self, staff_id: int) -> list[FollowUpListing]:
+        rows = self.conn.execute(
+            self._followup_query()
+            .where(followups.c.owner_staff_id == staff_id, followups.c.status.in_(OPEN_STATES))
+            .order_by(followups.c.due_date, followups.c.id)
+        )
+        return [self._listing(r) for r in rows]
+
+    def close_followup(
+        self, staff_id: int, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None:
+        result = self.conn.execute(
+            update(followups)
+            .where(
+                followups.c.id == followup_id,
+                followups.c.owner_staff_id == staff_id,
+                followups.c.status.in_(OPEN_STATES),
+            )
+            .values(status=FollowUpStatus.DONE.value, closed_at=now, closed_by=staff_id, note=note)
+        )
+        if result.rowcount != 1:
+            return None
+        row = self.conn.execute(self._followup_query().where(followups.c.id == followup_id)).one()
+        return self._listing(row)
+
+    def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
+        mine = and_(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))
+        visited_recently = exists().where(
+            visits.c.student_id == students.c.id,
+            visits.c.status == VisitStatus.SUBMITTED.value,
+            visits.c.reached.is_(True),
+            visits.c.submitted_at >= since,
+        )
+        params = {"staff_id": staff_id}
+        total = self.conn.execute(select(func.count()).where(mine), params).scalar_one()
+        visited = self.conn.execute(
+            select(func.count()).where(mine, visited_recently), params
+        ).scalar_one()
+        open_rows = self.conn.execute(
+            select(followups.c.due_date).where(
+                followups.c.owner_staff_id == staff_id, followups.c.status.in_(OPEN_STATES)
+            )
+        ).all()
+        overdue = sum(1 for r in open_rows if r.due_date < today)
+        return Coverage(visited, total, len(open_rows), overdue)
