@@ -87,9 +87,7 @@ def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> in
     return 0
 
 
-def export(
-    settings: Settings, out: Path, fmt: Literal["csv", "xlsx"], since: date | None
-) -> int:
+def export(settings: Settings, out: Path, fmt: Literal["csv", "xlsx"], since: date | None) -> int:
     from storage.export import export_visits
 
     deps = _open(settings)

@@ -78,10 +78,9 @@ def summary(form: Form, answers: Mapping[str, Any], student: str) -> str:
 
 def new_followups(form: Form, found: Sequence[NewFollowUp]) -> str:
     lines = [texts.NEW_FOLLOWUPS.format(count=len(found))]
-    lines += [
-        f"· {form.followup_kinds.get(f.kind, f.kind)}：{f.detail}（{f.due_date.month}月{f.due_date.day}日前）"
-        for f in found
-    ]
+    for f in found:
+        kind = form.followup_kinds.get(f.kind, f.kind)
+        lines.append(f"· {kind}：{f.detail}（{f.due_date.month}月{f.due_date.day}日前）")
     return "\n".join(lines)
 
 

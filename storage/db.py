@@ -2,7 +2,7 @@
 
 Why synchronous SQLAlchemy Core on worker threads instead of the asyncio ORM: a conversation turn
 is a handful of tiny statements. Through the async ORM over aiosqlite every statement costs a
-thread hop and an ORM flush (measured on this machine type at about 300 turns/s); run as one
+thread hop and an ORM flush (issue 2 reports about 300 requests/s for it here); run as one
 function on a worker thread a turn costs one hop, and the whole turn is one short transaction.
 SQLite gets a single worker (it has one writer anyway, and `BEGIN IMMEDIATE` means a transaction
 never has to upgrade its lock); PostgreSQL gets one worker per pooled connection.

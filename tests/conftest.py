@@ -10,13 +10,22 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from bot.app import build_dispatcher
+from bot.core.types import InboundMessage
+from bot.deps import Deps
+from bot.dispatcher import Dispatcher
+from config.settings import Secret, Settings, load_settings
+from handlers.forms import load_form
 from storage.db import Database
+from storage.demo import load_demo
 from storage.schema import metadata
 
 PG_URL = os.environ.get("HOMEVISIT_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
@@ -98,3 +107,43 @@ def db(db_url: str) -> Iterator[Database]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# ---------------------------------------------------------------- a running bot on the demo roster
+
+
+def make_settings(db_url: str, **overrides: object) -> Settings:
+    base = load_settings({"DATABASE_URL": db_url}, env_file=None)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+class ChatDriver:
+    """Talk to the real dispatcher as a teacher: `await bot.say("家访")` returns the reply text."""
+
+    def __init__(self, dispatcher: Dispatcher, channel: str = "console") -> None:
+        self.dispatcher = dispatcher
+        self.channel = channel
+
+    async def replies(self, text: str, user: str = "T001", **kw: Any) -> list[str]:
+        message = InboundMessage(self.channel, user, text, **kw)
+        return await self.dispatcher.handle(message)
+
+    async def say(self, text: str, user: str = "T001", **kw: Any) -> str:
+        return "\n\n".join(await self.replies(text, user, **kw))
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return make_settings(db_url, api_token=Secret("t" * 32))
+
+
+@pytest.fixture
+def deps(settings: Settings, db: Database, clock: FakeClock) -> Deps:
+    with db.begin() as conn:
+        load_demo(conn, now=clock.now())
+    return Deps(db=db, form=load_form(settings.form_path), clock=clock)
+
+
+@pytest.fixture
+def bot(settings: Settings, deps: Deps) -> ChatDriver:
+    return ChatDriver(build_dispatcher(settings, deps))
