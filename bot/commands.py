@@ -67,19 +67,12 @@ def chat(settings: Settings, staff_no: str) -> int:
 
 
 def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> int:
-    from storage.roster import import_roster, read_roster
+    from storage.roster import import_files
 
-    roster = read_roster(files)  # raises RosterError naming file, row and column
     db = Database(settings.database_url)
     try:
         db.upgrade()
-        with db.engine.connect() as conn:
-            trans = conn.begin()
-            report = import_roster(conn, roster, now=SystemClock().now())
-            if dry_run:
-                trans.rollback()
-            else:
-                trans.commit()
+        report = import_files(db, files, now=SystemClock().now(), dry_run=dry_run)
     finally:
         db.close()
     prefix = "[dry run, nothing written] " if dry_run else ""

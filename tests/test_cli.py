@@ -142,3 +142,39 @@ def test_killed_in_the_middle_of_a_visit_resumes_after_restart(
     assert resumed.stdout.startswith("> 继续\n【第4题】周小禾（三年级1班）\n缺少什么？")
     [draft] = db_rows(tmp_path, visits)
     assert draft.answers["device_missing"] == "平板或电脑"  # type: ignore[attr-defined]
+
+
+def test_roster_import_names_row_and_column_and_writes_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    staff = tmp_path / "staff.csv"
+    staff.write_text("工号,姓名,学校,角色\nT9,王老师,一小,教师\n", encoding="utf-8")
+    pupils = tmp_path / "students.csv"
+    pupils.write_text(
+        "学籍号,姓名,学校,班级,资助类别,班主任工号\n"
+        "S1,甲,一小,一年级1班,低保,T9\nS1,乙,一小,一年级1班,孤儿,T9\nS3,丙,一小,一年级2班,,T8\n",
+        encoding="gb18030",
+    )
+    bad = homevisit(env, tmp_path, "roster", "import", str(pupils), str(staff))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "students.csv 第3行 学籍号" in bad.stderr
+    assert db_rows(tmp_path, students) == []
+    pupils.write_text(
+        "学籍号,姓名,学校,班级,资助类别,班主任工号\nS1,甲,一小,一年级1班,低保,T9\n"
+        "S3,丙,一小,一年级2班,,T8\n",
+        encoding="gb18030",
+    )
+    unknown = homevisit(env, tmp_path, "roster", "import", str(pupils), str(staff))
+    assert unknown.returncode == 1
+    assert "students.csv 第3行 班主任工号" in unknown.stderr and "T8" in unknown.stderr
+    assert db_rows(tmp_path, students) == []
+
+    pupils.write_text(
+        "学籍号,姓名,学校,班级,资助类别,班主任工号\nS1,甲,一小,一年级1班,低保、孤儿,T9\n",
+        encoding="gb18030",
+    )
+    dry = homevisit(env, tmp_path, "roster", "import", str(pupils), str(staff), "--dry-run")
+    assert dry.returncode == 0 and "dry run" in dry.stdout and "学生新增 1 人" in dry.stdout
+    assert db_rows(tmp_path, students) == []
+    real = homevisit(env, tmp_path, "roster", "import", str(pupils), str(staff))
+    assert real.returncode == 0 and len(db_rows(tmp_path, students)) == 1

@@ -1,0 +1,284 @@
+"""Export submitted visits and their follow-ups as spreadsheets for coordinators and the bureau.
+
+CSV: the visits go to the file asked for, the follow-ups to `<stem>_followups.csv` beside it, both
+UTF-8 with a BOM so Excel on Chinese Windows opens them correctly. XLSX: one workbook with the
+sheets 家访记录 and 跟进事项. Files are written under a temporary name in the same folder and then
+renamed, so a failure never leaves a half-written export behind.
+
+Cells are data, never formulas: text starting with = + - @ (or a tab / carriage return) gets a
+leading apostrophe, so a teacher's free-text note cannot run in Excel.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import openpyxl
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from bot.core.types import FollowUpStatus, VisitStatus
+from storage.schema import audit_log, followups, schools, staff, students, visits
+
+ExportFormat = Literal["csv", "xlsx"]
+Cell = str | int
+
+VISITS_SHEET = "家访记录"
+FOLLOWUPS_SHEET = "跟进事项"
+VISIT_HEADER = (
+    "学籍号",
+    "学生姓名",
+    "学校",
+    "班级",
+    "教师工号",
+    "教师姓名",
+    "家访时间",
+    "问卷版本",
+)
+FOLLOWUP_HEADER = (
+    "编号",
+    "学籍号",
+    "学生姓名",
+    "班级",
+    "类型",
+    "内容",
+    "负责教师工号",
+    "截止日期",
+    "状态",
+    "完成时间",
+    "备注",
+)
+STATUS_LABELS = {
+    FollowUpStatus.OPEN.value: "待跟进",
+    FollowUpStatus.DONE.value: "已完成",
+    FollowUpStatus.ESCALATED.value: "已上报",
+}
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """How many visits and follow-ups were written, and the files written (in that order)."""
+
+    visits: int
+    followups: int
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sheet:
+    title: str
+    header: tuple[str, ...]
+    rows: list[list[Cell]]
+
+
+def export_visits(
+    conn: Connection,
+    out: Path,
+    fmt: ExportFormat,
+    columns: Sequence[tuple[str, str]],
+    kind_labels: Mapping[str, str],
+    tz: ZoneInfo,
+    since: date | None = None,
+    actor: str = "cli",
+    *,
+    now: datetime | None = None,
+) -> ExportReport:
+    """Write the submitted visits and the follow-ups to `out`; record the export in the audit log.
+
+    `columns` is the questionnaire, (answer key, column header) in order; `kind_labels` names the
+    follow-up kinds. `since` keeps visits submitted, and follow-ups created, on or after that local
+    date in `tz`. The audit row is written in the caller's transaction before the files, so a
+    failed write rolls it back with the transaction. Raises `ValueError` for an unknown `fmt` and
+    `OSError` when the folder cannot be written.
+    """
+    if fmt not in ("csv", "xlsx"):
+        raise ValueError(f"unknown export format {fmt!r}")
+    start = datetime.combine(since, time(0), tzinfo=tz) if since else None
+    visit_sheet = _visit_sheet(conn, columns, tz, start)
+    followup_sheet = _followup_sheet(conn, kind_labels, tz, start)
+    detail = {
+        "format": fmt,
+        "visits": len(visit_sheet.rows),
+        "followups": len(followup_sheet.rows),
+        "since": since.isoformat() if since else None,
+    }
+    conn.execute(
+        insert(audit_log).values(
+            at=now or datetime.now(UTC), actor=actor, action="export", detail=json.dumps(detail)
+        )
+    )
+    if fmt == "csv":
+        followup_file = out.with_name(f"{out.stem}_followups.csv")
+        targets = [(out, _csv_writer(visit_sheet)), (followup_file, _csv_writer(followup_sheet))]
+    else:
+        targets = [(out, _xlsx_writer([visit_sheet, followup_sheet]))]
+    _write_atomically(targets)
+    return ExportReport(
+        len(visit_sheet.rows), len(followup_sheet.rows), tuple(path for path, _ in targets)
+    )
+
+
+# ---------------------------------------------------------------------------- reading
+def _visit_sheet(
+    conn: Connection, columns: Sequence[tuple[str, str]], tz: ZoneInfo, start: datetime | None
+) -> _Sheet:
+    query = (
+        select(
+            visits.c.submitted_at,
+            visits.c.form_version,
+            visits.c.answers,
+            students.c.student_no,
+            students.c.name.label("student_name"),
+            schools.c.name.label("school_name"),
+            students.c.class_name,
+            staff.c.staff_no,
+            staff.c.name.label("staff_name"),
+        )
+        .join(students, students.c.id == visits.c.student_id)
+        .join(schools, schools.c.id == students.c.school_id)
+        .join(staff, staff.c.id == visits.c.staff_id)
+        .where(visits.c.status == VisitStatus.SUBMITTED.value)
+        .order_by(visits.c.submitted_at, visits.c.id)
+    )
+    if start is not None:
+        query = query.where(visits.c.submitted_at >= start)
+    rows: list[list[Cell]] = [
+        [
+            r.student_no,
+            r.student_name,
+            r.school_name,
+            r.class_name,
+            r.staff_no,
+            r.staff_name,
+            _local(r.submitted_at, tz),
+            r.form_version,
+            *(_answer_text(r.answers.get(key)) for key, _ in columns),
+        ]
+        for r in conn.execute(query)
+    ]
+    return _Sheet(VISITS_SHEET, (*VISIT_HEADER, *(header for _, header in columns)), rows)
+
+
+def _followup_sheet(
+    conn: Connection, kind_labels: Mapping[str, str], tz: ZoneInfo, start: datetime | None
+) -> _Sheet:
+    query = (
+        select(
+            followups.c.id,
+            followups.c.kind,
+            followups.c.detail,
+            followups.c.due_date,
+            followups.c.status,
+            followups.c.closed_at,
+            followups.c.note,
+            students.c.student_no,
+            students.c.name.label("student_name"),
+            students.c.class_name,
+            staff.c.staff_no,
+        )
+        .join(students, students.c.id == followups.c.student_id)
+        .join(staff, staff.c.id == followups.c.owner_staff_id)
+        .order_by(followups.c.created_at, followups.c.id)
+    )
+    if start is not None:
+        query = query.where(followups.c.created_at >= start)
+    rows: list[list[Cell]] = [
+        [
+            r.id,
+            r.student_no,
+            r.student_name,
+            r.class_name,
+            kind_labels.get(r.kind, r.kind),
+            r.detail,
+            r.staff_no,
+            r.due_date.isoformat(),
+            STATUS_LABELS.get(r.status, r.status),
+            _local(r.closed_at, tz),
+            r.note or "",
+        ]
+        for r in conn.execute(query)
+    ]
+    return _Sheet(FOLLOWUPS_SHEET, FOLLOWUP_HEADER, rows)
+
+
+def _local(moment: datetime | None, tz: ZoneInfo) -> str:
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def _answer_text(value: object) -> str:
+    """An answer as one cell: lists joined with 、, yes/no as 是/否, missing as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if isinstance(value, list):
+        return "、".join(_answer_text(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------- writing
+def safe_cell(value: Cell) -> Cell:
+    """Text that a spreadsheet would read as a formula, made literal with a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _csv_writer(sheet: _Sheet) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        with path.open("w", encoding="utf-8-sig", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(sheet.header)
+            writer.writerows([safe_cell(c) for c in row] for row in sheet.rows)
+
+    return write
+
+
+def _xlsx_writer(sheets: Sequence[_Sheet]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        book = openpyxl.Workbook(write_only=True)
+        for sheet in sheets:
+            ws = book.create_sheet(sheet.title)
+            ws.freeze_panes = "A2"
+            ws.append(sheet.header)
+            for row in sheet.rows:
+                ws.append([_xlsx_cell(c) for c in row])
+        book.save(path)
+
+    return write
+
+
+def _xlsx_cell(value: Cell) -> Cell:
+    # Control characters are not allowed in the XML of a workbook; drop them rather than fail.
+    value = safe_cell(value)
+    return ILLEGAL_CHARACTERS_RE.sub("", value) if isinstance(value, str) else value
+
+
+def _write_atomically(targets: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Write every target to a temporary file beside it, then rename them all into place."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for target, write in targets:
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(fd)
+            written.append((Path(name), target))
+            write(Path(name))
+        for temp, target in written:
+            os.replace(temp, target)
+    except BaseException:
+        for temp, _ in written:
+            temp.unlink(missing_ok=True)
+        raise
