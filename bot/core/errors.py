@@ -5,7 +5,8 @@ HomevisitError
 ├── InvalidAnswer      a teacher's answer does not fit the question: re-ask with the reason
 ├── RosterError        a roster file is wrong: nothing imported; each problem names file,
 │                      row and column
-└── StorageUnavailable the database does not answer: the user gets an apology, the web layer a 503
+├── StorageUnavailable the database does not answer: the user gets an apology, the web layer a 503
+└── SendError          a platform did not take an outbound message: retried, or recorded as failed
 
 Anything else raised inside a turn is unexpected: it is logged once (without personal data) and the
 teacher gets a short apology; the transaction is rolled back so nothing is half-written.
@@ -44,3 +45,20 @@ class RosterError(HomevisitError):
 
 class StorageUnavailable(HomevisitError):
     """The database could not be reached or timed out."""
+
+
+class SendError(HomevisitError):
+    """A platform refused or failed to take a message.
+
+    `permanent`: retrying cannot help (no such recipient, app not visible to the user); the
+    outbox records the failure and stops. Otherwise the outbox retries with backoff, no sooner
+    than `retry_after` seconds when the platform said so (rate limits).
+    """
+
+    def __init__(
+        self, reason: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        self.reason = reason
+        self.permanent = permanent
+        self.retry_after = retry_after
+        super().__init__(reason)

@@ -67,3 +67,9 @@ class Store(Protocol):
         self, staff_id: int, followup_id: int, note: str, now: datetime
     ) -> FollowUpListing | None: ...
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage: ...
+
+
+class Sender(Protocol):
+    """Delivers one proactive text to one platform user; raises SendError when it cannot."""
+
+    async def send(self, recipient: str, text: str) -> None: ...

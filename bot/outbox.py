@@ -1,0 +1,103 @@
+"""Delivering the outbox: claim due rows, hand each to its channel's sender, record the outcome.
+
+Transient failures are retried with exponential backoff (30 s doubling, at most 10 minutes apart)
+for up to a day, so a platform outage of an hour delays messages but loses none; a permanent
+failure is recorded at once and never retried. Job bodies never let an exception escape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+
+from sqlalchemy.engine import Connection
+
+from bot.core.errors import SendError, StorageUnavailable
+from bot.core.ports import Clock, Sender
+from storage import outbox
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=2)
+GIVE_UP_AFTER = timedelta(days=1)
+BATCH = 50
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(30 * 2 ** (attempts - 1), 600))
+
+
+class OutboxDelivery:
+    def __init__(
+        self, db: Database, senders: Mapping[str, Sender], clock: Clock,
+        *, poll_seconds: float = 5.0,
+    ) -> None:  # fmt: skip
+        self.db = db
+        self.senders = senders
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Something was just enqueued: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        """Deliver every row that is due now; returns how many were attempted."""
+        attempted = 0
+        while True:
+            items = await self.db.run(self._claim)
+            if not items:
+                return attempted
+            for item in items:
+                await self._deliver(item)
+            attempted += len(items)
+
+    def _claim(self, conn: Connection) -> list[outbox.OutboxItem]:
+        return outbox.claim(conn, self.clock.now(), LEASE, BATCH)
+
+    async def _deliver(self, item: outbox.OutboxItem) -> None:
+        sender = self.senders.get(item.channel)
+        try:
+            if sender is None:
+                raise SendError(f"channel {item.channel!r} is not configured", permanent=True)
+            await sender.send(item.recipient, item.body)
+        except SendError as exc:
+            await self._failed(item, exc)
+        except Exception as exc:  # a bug in a sender must not stop delivery of the rest
+            log.exception("sender crashed outbox_id=%s channel=%s", item.id, item.channel)
+            await self._failed(item, SendError(type(exc).__name__))
+        else:
+            now = self.clock.now()
+            await self.db.run(lambda c: outbox.mark_sent(c, item.id, now))
+
+    async def _failed(self, item: outbox.OutboxItem, exc: SendError) -> None:
+        now = self.clock.now()
+        if exc.permanent or now - item.created_at > GIVE_UP_AFTER:
+            log.warning("outbox_id=%s kind=%s failed for good: %s", item.id, item.kind,
+                        exc.reason)  # fmt: skip
+            await self.db.run(lambda c: outbox.mark_failed(c, item.id, exc.reason))
+            return
+        delay = backoff(item.attempts)
+        if exc.retry_after is not None:
+            delay = max(delay, timedelta(seconds=exc.retry_after))
+        log.info("outbox_id=%s attempt %s failed (%s); retry in %s", item.id, item.attempts,
+                 exc.reason, delay)  # fmt: skip
+        await self.db.run(lambda c: outbox.mark_retry(c, item.id, exc.reason, now + delay))
+
+    async def run_forever(self) -> None:
+        """Background task: deliver, then sleep until poked or the next poll."""
+        while True:
+            try:
+                await self.run_once()
+            except StorageUnavailable as exc:
+                log.warning("outbox delivery paused: database unavailable (%s)", exc)
+            except Exception:
+                log.exception("outbox delivery round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+            self._wake.clear()

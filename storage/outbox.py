@@ -1,0 +1,118 @@
+"""The outbox: every proactive message is a row first, and is sent from there.
+
+A row is keyed by an idempotency key (for a reminder: recipient, kind and local date), so writing
+the same message twice (a job run twice, or by two instances) stores it once. Delivery claims due
+rows under a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: its single writer), so two workers
+never send one row at the same time, and a worker that dies mid-send leaves the row to be retried
+when the lease runs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from storage.schema import outbox
+
+PENDING, SENT, FAILED = "pending", "sent", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    key: str
+    channel: str
+    recipient: str
+    kind: str
+    body: str
+    attempts: int
+    created_at: datetime
+
+
+def enqueue(
+    conn: Connection,
+    *,
+    key: str,
+    channel: str,
+    recipient: str,
+    kind: str,
+    body: str,
+    not_before: datetime,
+    now: datetime,
+) -> bool:
+    """Store a message unless one with `key` exists. True when this call stored it."""
+    values = {
+        "idempotency_key": key, "channel": channel, "recipient": recipient, "kind": kind,
+        "body": body, "status": PENDING, "attempts": 0, "next_attempt_at": not_before,
+        "created_at": now,
+    }  # fmt: skip
+    dialect = conn.dialect.name
+    if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - the two supported databases
+        raise NotImplementedError(dialect)
+    make_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        make_insert(outbox)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(outbox.c.id)
+    )
+    return conn.execute(stmt).first() is not None  # rowcount is -1 with RETURNING on psycopg
+
+
+def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list[OutboxItem]:
+    """Take up to `limit` due rows for sending; they are invisible to others for `lease`."""
+    rows = conn.execute(
+        select(outbox)
+        .where(outbox.c.status == PENDING, outbox.c.next_attempt_at <= now)
+        .order_by(outbox.c.next_attempt_at, outbox.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return []
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id.in_([r.id for r in rows]))
+        .values(next_attempt_at=now + lease, attempts=outbox.c.attempts + 1)
+    )
+    return [
+        OutboxItem(r.id, r.idempotency_key, r.channel, r.recipient, r.kind, r.body,
+                   r.attempts + 1, r.created_at)
+        for r in rows
+    ]  # fmt: skip
+
+
+def mark_sent(conn: Connection, item_id: int, now: datetime) -> None:
+    conn.execute(
+        update(outbox).where(outbox.c.id == item_id).values(status=SENT, sent_at=now,
+                                                            last_error=None)
+    )  # fmt: skip
+
+
+def mark_retry(conn: Connection, item_id: int, error: str, next_attempt_at: datetime) -> None:
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == item_id)
+        .values(next_attempt_at=next_attempt_at, last_error=error[:500])
+    )
+
+
+def mark_failed(conn: Connection, item_id: int, error: str) -> None:
+    conn.execute(
+        update(outbox).where(outbox.c.id == item_id).values(status=FAILED, last_error=error[:500])
+    )
+
+
+def next_due(conn: Connection) -> datetime | None:
+    """When the earliest pending row becomes due (None when nothing is pending)."""
+    return conn.execute(
+        select(outbox.c.next_attempt_at)
+        .where(outbox.c.status == PENDING)
+        .order_by(outbox.c.next_attempt_at)
+        .limit(1)
+    ).scalar()

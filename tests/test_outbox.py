@@ -1,0 +1,141 @@
+"""The outbox: stored once per key, sent once, retried on transient errors, never lost."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from bot.core.errors import SendError
+from bot.outbox import OutboxDelivery
+from storage import outbox
+from storage.db import Database
+from storage.schema import outbox as outbox_table
+from tests.conftest import FakeClock
+
+
+class FakeSender:
+    """Records deliveries; fails the next `fail` calls with the given error."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+        self.errors: list[SendError] = []
+
+    async def send(self, recipient: str, text: str) -> None:
+        await asyncio.sleep(0)
+        if self.errors:
+            raise self.errors.pop(0)
+        self.sent.append((recipient, text))
+
+
+def put(db: Database, clock: FakeClock, key: str, recipient: str = "u1") -> bool:
+    with db.begin() as conn:
+        return outbox.enqueue(
+            conn,
+            key=key,
+            channel="fake",
+            recipient=recipient,
+            kind="reminder",
+            body=f"hello {key}",
+            not_before=clock.now(),
+            now=clock.now(),
+        )
+
+
+def statuses(db: Database) -> list[tuple[str, str, int]]:
+    with db.begin() as conn:
+        rows = conn.execute(select(outbox_table).order_by(outbox_table.c.id)).all()
+    return [(r.idempotency_key, r.status, r.attempts) for r in rows]
+
+
+async def test_same_key_is_stored_and_sent_once(db: Database, clock: FakeClock) -> None:
+    assert put(db, clock, "k1") is True
+    assert put(db, clock, "k1") is False
+    sender = FakeSender()
+    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    assert await delivery.run_once() == 1
+    assert await delivery.run_once() == 0
+    assert sender.sent == [("u1", "hello k1")]
+    assert statuses(db) == [("k1", "sent", 1)]
+
+
+async def test_transient_errors_back_off_then_deliver(db: Database, clock: FakeClock) -> None:
+    put(db, clock, "k1")
+    sender = FakeSender()
+    sender.errors = [SendError("503"), SendError("timeout"), SendError("rate", retry_after=300)]
+    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    for wait in (30, 60, 300):
+        await delivery.run_once()
+        assert sender.sent == []
+        clock.advance(seconds=wait - 1)
+        assert await delivery.run_once() == 0  # not due yet
+        clock.advance(seconds=1)
+    await delivery.run_once()
+    assert sender.sent == [("u1", "hello k1")]
+    assert statuses(db) == [("k1", "sent", 4)]
+
+
+async def test_an_hour_long_outage_delays_but_loses_nothing(db: Database, clock: FakeClock) -> None:
+    for i in range(3):
+        put(db, clock, f"k{i}", recipient=f"u{i}")
+    sender = FakeSender()
+    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    outage_end = clock.now() + timedelta(hours=1)
+    while clock.now() < outage_end:
+        sender.errors = [SendError("down")] * 3
+        await delivery.run_once()
+        clock.advance(minutes=1)
+    sender.errors = []
+    clock.advance(minutes=10)
+    await delivery.run_once()
+    assert sorted(sender.sent) == [("u0", "hello k0"), ("u1", "hello k1"), ("u2", "hello k2")]
+    assert {s for _, s, _ in statuses(db)} == {"sent"}
+
+
+async def test_permanent_error_is_recorded_and_not_retried(db: Database, clock: FakeClock) -> None:
+    put(db, clock, "k1")
+    sender = FakeSender()
+    sender.errors = [SendError("81013 no valid recipient", permanent=True)]
+    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    await delivery.run_once()
+    clock.advance(days=1)
+    assert await delivery.run_once() == 0
+    assert statuses(db) == [("k1", "failed", 1)]
+    with db.begin() as conn:
+        assert "81013" in conn.execute(select(outbox_table.c.last_error)).scalar_one()
+
+
+async def test_unknown_channel_fails_permanently(db: Database, clock: FakeClock) -> None:
+    put(db, clock, "k1")
+    await OutboxDelivery(db, {}, clock).run_once()
+    assert statuses(db) == [("k1", "failed", 1)]
+
+
+async def test_a_crashed_sender_lease_expires_and_the_row_is_retried(
+    db: Database, clock: FakeClock
+) -> None:
+    put(db, clock, "k1")
+    with db.begin() as conn:  # a worker claims it and dies before recording anything
+        [item] = outbox.claim(conn, clock.now(), timedelta(minutes=2), 10)
+    sender = FakeSender()
+    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    assert await delivery.run_once() == 0
+    clock.advance(minutes=2)
+    assert await delivery.run_once() == 1
+    assert sender.sent == [("u1", "hello k1")] and item.attempts == 1
+
+
+async def test_two_workers_send_each_row_once(db: Database, clock: FakeClock) -> None:
+    for i in range(40):
+        put(db, clock, f"k{i}", recipient=f"u{i}")
+    sender = FakeSender()
+    second_db = Database(db.url)  # another instance: its own engine and pool
+    try:
+        a = OutboxDelivery(db, {"fake": sender}, clock)
+        b = OutboxDelivery(second_db, {"fake": sender}, clock)
+        await asyncio.gather(a.run_once(), b.run_once(), a.run_once(), b.run_once())
+    finally:
+        second_db.close()
+    assert sorted(r for r, _ in sender.sent) == sorted(f"u{i}" for i in range(40))
+    assert {s for _, s, _ in statuses(db)} == {"sent"}
