@@ -3,17 +3,26 @@
 `bot.deps.build_deps(settings)` makes the shared resources; `create_app(settings, deps)` builds the
 aiohttp application on them. Tests call the same two functions and swap only the edges (clock,
 database URL, outbound base URLs). Nothing happens at import time.
+
+Each chat platform is a module in `bot.channels` with an `install(app, settings, deps)` that adds
+its routes and background tasks and returns its `Sender` for proactive messages (or None).
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from bot.channels import api
 from bot.core.engine import Engine
+from bot.core.ports import Sender
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
-from bot.web import DEPS, DISPATCHER, SETTINGS, error_middleware, healthz
+from bot.outbox import OutboxDelivery
+from bot.web import DELIVERY, DEPS, DISPATCHER, SETTINGS, error_middleware, healthz
 from config.settings import Settings
 from handlers.checkin import CheckIn
 
@@ -26,12 +35,29 @@ def build_dispatcher(settings: Settings, deps: Deps) -> Dispatcher:
     return Dispatcher(deps.db, engine)
 
 
+def install_channels(app: web.Application, settings: Settings, deps: Deps) -> dict[str, Sender]:
+    """Add every configured platform channel; return their senders by channel name."""
+    senders: dict[str, Sender] = {}
+    if settings.api_token is not None:
+        app.router.add_post("/api/messages", api.handle)
+    return senders
+
+
+async def _deliver_outbox(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[DELIVERY].run_forever(), name="outbox-delivery")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings, deps: Deps) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[DISPATCHER] = build_dispatcher(settings, deps)
     app.router.add_get("/healthz", healthz)
-    if settings.api_token is not None:
-        app.router.add_post("/api/messages", api.handle)
+    senders = install_channels(app, settings, deps)
+    app[DELIVERY] = OutboxDelivery(deps.db, senders, deps.clock)
+    app.cleanup_ctx.append(_deliver_outbox)
     return app

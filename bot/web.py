@@ -11,6 +11,7 @@ from aiohttp import web
 
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
+from bot.outbox import OutboxDelivery
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 DEPS = web.AppKey("deps", Deps)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+DELIVERY = web.AppKey("delivery", OutboxDelivery)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
