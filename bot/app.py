@@ -19,10 +19,12 @@ from aiohttp import web
 from bot.channels import api
 from bot.core.engine import Engine
 from bot.core.ports import Sender
-from bot.deps import Deps
+from bot.deps import Deps, cadence
 from bot.dispatcher import Dispatcher
+from bot.jobs import Jobs
 from bot.outbox import OutboxDelivery
-from bot.web import DELIVERY, DEPS, DISPATCHER, SETTINGS, error_middleware, healthz
+from bot.scheduler import JobScheduler
+from bot.web import DELIVERY, DEPS, DISPATCHER, JOBS, SETTINGS, error_middleware, healthz
 from config.settings import Settings
 from handlers.checkin import CheckIn
 
@@ -30,7 +32,7 @@ MAX_BODY = 64 * 1024
 
 
 def build_dispatcher(settings: Settings, deps: Deps) -> Dispatcher:
-    conversation = CheckIn(deps.form, settings.tz, settings.visit_cycle_days)
+    conversation = CheckIn(deps.form, settings.tz, cadence(settings, deps))
     engine = Engine(conversation, deps.clock, settings.session_ttl)
     return Dispatcher(deps.db, engine)
 
@@ -51,7 +53,19 @@ async def _deliver_outbox(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def create_app(settings: Settings, deps: Deps) -> web.Application:
+async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
+    scheduler = JobScheduler(app[JOBS], app[DEPS].clock)
+    scheduler.start()
+    catch_up = asyncio.create_task(scheduler.catch_up(), name="missed-jobs")
+    yield
+    scheduler.shutdown()
+    catch_up.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await catch_up
+
+
+def create_app(settings: Settings, deps: Deps, *, scheduler: bool = False) -> web.Application:
+    """The aiohttp application. `scheduler=True` (homevisit serve) also fires the timed jobs."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[DEPS] = deps
@@ -59,5 +73,8 @@ def create_app(settings: Settings, deps: Deps) -> web.Application:
     app.router.add_get("/healthz", healthz)
     senders = install_channels(app, settings, deps)
     app[DELIVERY] = OutboxDelivery(deps.db, senders, deps.clock)
+    app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY])
     app.cleanup_ctx.append(_deliver_outbox)
+    if scheduler:
+        app.cleanup_ctx.append(_run_scheduler)
     return app

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("csv", "xlsx"), default=None)
     export.add_argument("--since", type=_parse_date, default=None, metavar="YYYY-MM-DD")
 
+    for name, text in (
+        ("remind", "run the teacher-reminder job once"),
+        ("digest", "run the coordinator-digest job once"),
+    ):
+        job = sub.add_parser(name, help=f"{text}, as if at --at (default now)")
+        job.add_argument("--at", type=_parse_time, default=None, metavar="ISO8601")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply database migrations")
@@ -55,6 +62,14 @@ def _parse_date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return moment
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,6 +116,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 "xlsx" if args.out.suffix.lower() == ".xlsx" else "csv"
             )
             return commands.export(settings, args.out, fmt, args.since)
+        case "remind" | "digest":
+            return commands.run_job(settings, args.command, args.at)
         case "db":
             return commands.db_upgrade(settings)
     raise AssertionError(args.command)

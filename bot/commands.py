@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +14,8 @@ from bot.app import build_dispatcher, create_app
 from bot.channels import console
 from bot.core.errors import HomevisitError
 from bot.deps import Deps, SystemClock, build_deps
+from bot.jobs import JobReport
+from bot.web import DELIVERY, JOBS
 from config.settings import Settings
 from storage.db import Database
 from storage.store import SqlStore
@@ -28,7 +30,7 @@ def _open(settings: Settings) -> Deps:
 def serve(settings: Settings, host: str, port: int) -> int:
     deps = _open(settings)
     try:
-        app = create_app(settings, deps)
+        app = create_app(settings, deps, scheduler=True)
         web.run_app(app, host=host, port=port, print=lambda text: print(text, file=sys.stderr))
     finally:
         deps.db.close()
@@ -97,6 +99,34 @@ def export(settings: Settings, out: Path, fmt: Literal["csv", "xlsx"], since: da
         + ", ".join(str(f) for f in report.files)
     )
     return 0
+
+
+def run_job(settings: Settings, job: str, at: datetime | None) -> int:
+    """Run one job as if at `at` (a naive time is read in HOMEVISIT_TZ); deliver what is due."""
+    deps = _open(settings)
+    moment = SystemClock().now() if at is None else at
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=settings.tz)
+    try:
+        report, sent = asyncio.run(_job_then_deliver(settings, deps, job, moment))
+    finally:
+        deps.db.close()
+    print(report.summary())
+    print(f"delivery: {sent} due messages attempted now; the rest wait in the outbox for serve")
+    return 0
+
+
+async def _job_then_deliver(
+    settings: Settings, deps: Deps, job: str, at: datetime
+) -> tuple[JobReport, int]:
+    app = create_app(settings, deps)
+    runner = web.AppRunner(app)
+    await runner.setup()  # starts channel sessions; no port is opened
+    try:
+        report = await app[JOBS].run(job, at)
+        return report, await app[DELIVERY].run_once()
+    finally:
+        await runner.cleanup()
 
 
 def db_upgrade(settings: Settings) -> int:

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bot.core.ports import Clock
+from config.calendar import SchoolCalendar, load_calendar
 from config.settings import Settings
+from handlers.cadence import Cadence
 from handlers.forms import Form, load_form
 from storage.db import Database
 
@@ -21,9 +23,15 @@ class Deps:
     db: Database
     form: Form
     clock: Clock = field(default_factory=SystemClock)
+    calendar: SchoolCalendar = field(default_factory=SchoolCalendar)
 
 
 def build_deps(settings: Settings, clock: Clock | None = None) -> Deps:
-    """Load the form (failing fast on a broken file) and open the database."""
+    """Load the form and the calendar (failing fast on a broken file) and open the database."""
     form = load_form(settings.form_path)
-    return Deps(db=Database(settings.database_url), form=form, clock=clock or SystemClock())
+    calendar = load_calendar(settings.calendar_path)
+    return Deps(Database(settings.database_url), form, clock or SystemClock(), calendar)
+
+
+def cadence(settings: Settings, deps: Deps) -> Cadence:
+    return Cadence(settings.visit_cycle_days, settings.category_cycle_days, deps.calendar)

@@ -33,9 +33,13 @@ def backoff(attempts: int) -> timedelta:
 
 class OutboxDelivery:
     def __init__(
-        self, db: Database, senders: Mapping[str, Sender], clock: Clock,
-        *, poll_seconds: float = 5.0,
-    ) -> None:  # fmt: skip
+        self,
+        db: Database,
+        senders: Mapping[str, Sender],
+        clock: Clock,
+        *,
+        poll_seconds: float = 5.0,
+    ) -> None:
         self.db = db
         self.senders = senders
         self.clock = clock
@@ -78,15 +82,19 @@ class OutboxDelivery:
     async def _failed(self, item: outbox.OutboxItem, exc: SendError) -> None:
         now = self.clock.now()
         if exc.permanent or now - item.created_at > GIVE_UP_AFTER:
-            log.warning("outbox_id=%s kind=%s failed for good: %s", item.id, item.kind,
-                        exc.reason)  # fmt: skip
+            log.warning("outbox_id=%s kind=%s failed for good: %s", item.id, item.kind, exc.reason)
             await self.db.run(lambda c: outbox.mark_failed(c, item.id, exc.reason))
             return
         delay = backoff(item.attempts)
         if exc.retry_after is not None:
             delay = max(delay, timedelta(seconds=exc.retry_after))
-        log.info("outbox_id=%s attempt %s failed (%s); retry in %s", item.id, item.attempts,
-                 exc.reason, delay)  # fmt: skip
+        log.info(
+            "outbox_id=%s attempt %s failed (%s); retry in %s",
+            item.id,
+            item.attempts,
+            exc.reason,
+            delay,
+        )
         await self.db.run(lambda c: outbox.mark_retry(c, item.id, exc.reason, now + delay))
 
     async def run_forever(self) -> None:

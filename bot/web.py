@@ -11,6 +11,7 @@ from aiohttp import web
 
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
+from bot.jobs import Jobs
 from bot.outbox import OutboxDelivery
 from config.settings import Settings
 
@@ -20,6 +21,7 @@ SETTINGS = web.AppKey("settings", Settings)
 DEPS = web.AppKey("deps", Deps)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DELIVERY = web.AppKey("delivery", OutboxDelivery)
+JOBS = web.AppKey("jobs", Jobs)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

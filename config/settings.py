@@ -17,8 +17,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dotenv import dotenv_values
 
 from bot.core.errors import ConfigError
+from config.cron import crontab_trigger
 
 DEFAULT_FORM = Path(__file__).parent / "forms" / "home_visit.yaml"
+DEFAULT_CALENDAR = Path(__file__).parent / "calendar.yaml"
+DEFAULT_CATEGORY_CYCLES = {"孤儿": 7, "大病": 7}
 
 
 class Secret:
@@ -90,7 +93,12 @@ class Settings:
     quiet_hours: QuietHours = field(default_factory=lambda: QuietHours(time(21), time(7)))
     session_ttl: timedelta = timedelta(hours=72)
     visit_cycle_days: int = 14
+    category_cycle_days: Mapping[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_CATEGORY_CYCLES)
+    )
+    escalate_after_days: int = 3
     form_path: Path = DEFAULT_FORM
+    calendar_path: Path = DEFAULT_CALENDAR
 
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
@@ -153,6 +161,17 @@ class _Parser:
             kwargs["session_ttl"] = timedelta(hours=hours or 72)
         if "HOMEVISIT_VISIT_CYCLE_DAYS" in env:
             kwargs["visit_cycle_days"] = self.positive_int("HOMEVISIT_VISIT_CYCLE_DAYS") or 14
+        if "HOMEVISIT_CATEGORY_CYCLE_DAYS" in env:
+            kwargs["category_cycle_days"] = self.category_cycles(
+                env["HOMEVISIT_CATEGORY_CYCLE_DAYS"]
+            )
+        if "HOMEVISIT_ESCALATE_AFTER_DAYS" in env:
+            kwargs["escalate_after_days"] = self.positive_int("HOMEVISIT_ESCALATE_AFTER_DAYS") or 3
+        if "HOMEVISIT_CALENDAR" in env:
+            calendar = Path(env["HOMEVISIT_CALENDAR"])
+            if not calendar.is_file():
+                self.problem("HOMEVISIT_CALENDAR", f"no such file {calendar}")
+            kwargs["calendar_path"] = calendar
         if "HOMEVISIT_FORM" in env:
             path = Path(env["HOMEVISIT_FORM"])
             if not path.is_file():
@@ -177,11 +196,25 @@ class _Parser:
             return None
         return value
 
-    def cron(self, var: str, expr: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
+    def category_cycles(self, text: str) -> dict[str, int]:
+        """`孤儿:7,大病:7` (also with ， or ； and full-width colons); `none` for no overrides."""
+        if text.strip().lower() == "none":
+            return {}
+        cycles: dict[str, int] = {}
+        for part in re.split(r"[,，;；]", text):
+            name, sep, days = part.replace("：", ":").partition(":")
+            if not sep or not name.strip() or not days.strip().isdigit() or int(days) <= 0:
+                self.problem(
+                    "HOMEVISIT_CATEGORY_CYCLE_DAYS",
+                    f"expected 类别:天数 pairs like 孤儿:7,大病:7, got {part.strip()!r}",
+                )
+                continue
+            cycles[name.strip()] = int(days)
+        return cycles
 
+    def cron(self, var: str, expr: str) -> str:
         try:
-            CronTrigger.from_crontab(expr)
+            crontab_trigger(expr, ZoneInfo("UTC"))
         except ValueError as exc:
             self.problem(var, f"invalid crontab expression {expr!r} ({exc})")
         return expr

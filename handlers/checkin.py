@@ -17,6 +17,7 @@ from bot.core.errors import InvalidAnswer
 from bot.core.types import MessageKind, Session, Staff, StudentListing
 from handlers import render, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
+from handlers.cadence import Cadence, urgency_key
 from handlers.commands import Cmd, Command, done_note, parse_command
 from handlers.forms import Form
 
@@ -30,10 +31,10 @@ KEEP_ACROSS_STATES = ("fu",)  # the numbering of the last 待跟进 list, used b
 class CheckIn:
     """Callable conversation for `bot.core.engine.Engine`."""
 
-    def __init__(self, form: Form, tz: ZoneInfo, cycle_days: int = 14) -> None:
+    def __init__(self, form: Form, tz: ZoneInfo, cadence: Cadence | None = None) -> None:
         self.form = form
         self.tz = tz
-        self.cycle_days = cycle_days
+        self.cadence = cadence or Cadence()
         self._commands: dict[Cmd, Callable[[Turn, Command, str], list[str] | None]] = {
             Cmd.START: self._list,
             Cmd.LIST: self._list,
@@ -92,6 +93,20 @@ class CheckIn:
         return self._pick_name(t, staff, text, from_idle=state == IDLE)
 
     # ------------------------------------------------------------------ helpers
+    def _due(self, s: StudentListing) -> date | None:
+        local = [
+            None if v is None else v.astimezone(self.tz).date()
+            for v in (s.last_visit_at, s.last_unreached_at)
+        ]
+        return self.cadence.due_date(s.categories, local[0], local[1])
+
+    def _by_urgency(self, students: list[StudentListing]) -> list[StudentListing]:
+        """Most overdue first (never visited before all); ties by class, name, number."""
+        return sorted(
+            students,
+            key=lambda s: (urgency_key(self._due(s)), s.class_name, s.name, s.student_no),
+        )
+
     def today(self, t: Turn) -> date:
         return t.now.astimezone(self.tz).date()
 
@@ -134,11 +149,11 @@ class CheckIn:
     def _list(self, t: Turn, _c: Command, _raw: str) -> list[str]:
         assert t.staff is not None
         parked = self._park(t)
-        students = t.store.my_students(t.staff.id)
+        students = self._by_urgency(t.store.my_students(t.staff.id))
         if not students:
             _idle(t.session)
             return [*parked, texts.NO_STUDENTS]
-        body = render.student_list(students, self.today(t), self.tz)
+        body = render.student_list(students, self.today(t), self.tz, self._due)
         draft = t.store.find_draft(t.staff.id)
         if draft is not None:
             body += "\n" + texts.DRAFT_HINT.format(student=draft.student_label)
@@ -174,7 +189,8 @@ class CheckIn:
             return [texts.NO_SUCH_NAME.format(name=text[:20])]
         lines = [texts.SAME_NAME.format(count=len(matches), name=matches[0].name)]
         lines += [
-            render.student_line(i, s, self.today(t), self.tz) for i, s in enumerate(matches, 1)
+            render.student_line(i, s, self.today(t), self.tz, self._due(s))
+            for i, s in enumerate(matches, 1)
         ]
         _set_state(t.session, CHOOSING, choices=[s.id for s in matches])
         return ["\n".join(lines)]
@@ -346,11 +362,11 @@ class CheckIn:
 
     def _progress(self, t: Turn, _c: Command, _raw: str) -> list[str]:
         assert t.staff is not None
-        since = t.now - timedelta(days=self.cycle_days)
+        since = t.now - timedelta(days=self.cadence.default_days)
         cov = t.store.coverage(t.staff.id, since, self.today(t))
         left = cov.total - cov.visited
         text = texts.PROGRESS.format(
-            days=self.cycle_days,
+            days=self.cadence.default_days,
             visited=cov.visited,
             total=cov.total,
             rest=texts.PROGRESS_REST.format(left=left) if left else "",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,21 +26,33 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def student_line(n: int, s: StudentListing, today: date, tz: ZoneInfo) -> str:
+def student_line(n: int, s: StudentListing, today: date, tz: ZoneInfo, due: date | None) -> str:
     parts = [f"{n}. {s.name}", s.class_name, "、".join(s.categories) or texts.NO_CATEGORY]
     if s.last_visit_at is None:
         parts.append(texts.NEVER_VISITED)
     else:
         days = (today - s.last_visit_at.astimezone(tz).date()).days
         parts.append(texts.DAYS_AGO.format(days=days) if days else texts.TODAY_VISITED)
+    if s.last_unreached_at is not None and (
+        s.last_visit_at is None or s.last_unreached_at > s.last_visit_at
+    ):
+        parts.append(texts.LAST_UNREACHED)
+    if due is not None and due <= today:
+        late = (today - due).days
+        parts.append(texts.OVERDUE_VISIT.format(days=late) if late else texts.DUE_TODAY)
     if s.open_followups:
         parts.append(texts.OPEN_FOLLOWUPS.format(count=s.open_followups))
     return " · ".join(parts)
 
 
-def student_list(students: Sequence[StudentListing], today: date, tz: ZoneInfo) -> str:
+def student_list(
+    students: Sequence[StudentListing],
+    today: date,
+    tz: ZoneInfo,
+    due: Callable[[StudentListing], date | None],
+) -> str:
     lines = [texts.LIST_HEADER.format(count=len(students))]
-    lines += [student_line(i, s, today, tz) for i, s in enumerate(students[:LIST_LIMIT], 1)]
+    lines += [student_line(i, s, today, tz, due(s)) for i, s in enumerate(students[:LIST_LIMIT], 1)]
     if len(students) > LIST_LIMIT:
         lines.append(f"……（只列出最久未访的{LIST_LIMIT}名，其余可直接回复姓名）")
     lines.append(texts.LIST_FOOTER)

@@ -47,10 +47,16 @@ def enqueue(
 ) -> bool:
     """Store a message unless one with `key` exists. True when this call stored it."""
     values = {
-        "idempotency_key": key, "channel": channel, "recipient": recipient, "kind": kind,
-        "body": body, "status": PENDING, "attempts": 0, "next_attempt_at": not_before,
+        "idempotency_key": key,
+        "channel": channel,
+        "recipient": recipient,
+        "kind": kind,
+        "body": body,
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": not_before,
         "created_at": now,
-    }  # fmt: skip
+    }
     dialect = conn.dialect.name
     if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - the two supported databases
         raise NotImplementedError(dialect)
@@ -81,17 +87,26 @@ def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list
         .values(next_attempt_at=now + lease, attempts=outbox.c.attempts + 1)
     )
     return [
-        OutboxItem(r.id, r.idempotency_key, r.channel, r.recipient, r.kind, r.body,
-                   r.attempts + 1, r.created_at)
+        OutboxItem(
+            r.id,
+            r.idempotency_key,
+            r.channel,
+            r.recipient,
+            r.kind,
+            r.body,
+            r.attempts + 1,
+            r.created_at,
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
 
 
 def mark_sent(conn: Connection, item_id: int, now: datetime) -> None:
     conn.execute(
-        update(outbox).where(outbox.c.id == item_id).values(status=SENT, sent_at=now,
-                                                            last_error=None)
-    )  # fmt: skip
+        update(outbox)
+        .where(outbox.c.id == item_id)
+        .values(status=SENT, sent_at=now, last_error=None)
+    )
 
 
 def mark_retry(conn: Connection, item_id: int, error: str, next_attempt_at: datetime) -> None:

@@ -144,6 +144,7 @@ followups = Table(
     Column("closed_at", UtcDateTime, nullable=True),
     Column("closed_by", ForeignKey("staff.id"), nullable=True),
     Column("note", Text, nullable=True),
+    Column("escalated_at", UtcDateTime, nullable=True),
     Index("ix_followups_owner_status", "owner_staff_id", "status"),
 )
 
@@ -195,4 +196,14 @@ audit_log = Table(
     Column("actor", String(128), nullable=False),
     Column("action", String(50), nullable=False),
     Column("detail", Text, nullable=False),
+)
+
+# One row per scheduled job and local school day that completed: a job missed while the server was
+# down is run once at start-up, and "needs found since the last digest" starts at the last run.
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("job", String(30), primary_key=True),
+    Column("run_date", Date, primary_key=True),
+    Column("ran_at", UtcDateTime, nullable=False),
 )

@@ -175,13 +175,18 @@ class SqlStore:
 
     # ---------------------------------------------------------------- students and visits
     def my_students(self, staff_id: int) -> list[StudentListing]:
-        last_visit = (
+        """The teacher's active students, unsorted (the conversation orders them by urgency)."""
+        submitted = and_(
+            visits.c.student_id == students.c.id, visits.c.status == VisitStatus.SUBMITTED.value
+        )
+        last_reached = (
             select(func.max(visits.c.submitted_at))
-            .where(
-                visits.c.student_id == students.c.id,
-                visits.c.status == VisitStatus.SUBMITTED.value,
-                visits.c.reached.is_(True),
-            )
+            .where(submitted, visits.c.reached.is_(True))
+            .scalar_subquery()
+        )
+        last_unreached = (
+            select(func.max(visits.c.submitted_at))
+            .where(submitted, visits.c.reached.is_(False))
             .scalar_subquery()
         )
         open_count = (
@@ -196,7 +201,8 @@ class SqlStore:
                 students.c.student_no,
                 students.c.name,
                 students.c.class_name,
-                last_visit.label("last_visit"),
+                last_reached.label("last_reached"),
+                last_unreached.label("last_unreached"),
                 open_count.label("open_count"),
             ).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True)),
             {"staff_id": staff_id},
@@ -209,29 +215,19 @@ class SqlStore:
                 .order_by(student_categories.c.category)
             ):
                 cats.setdefault(sid, []).append(cat)
-        listing = [
+        return [
             StudentListing(
                 r.id,
                 r.student_no,
                 r.name,
                 r.class_name,
                 tuple(cats.get(r.id, ())),
-                r.last_visit,
+                r.last_reached,
                 r.open_count,
+                r.last_unreached,
             )
             for r in rows
         ]
-        # Never visited first, then the longest since the last visit; ties by class and name.
-        listing.sort(
-            key=lambda s: (
-                s.last_visit_at is not None,
-                s.last_visit_at.timestamp() if s.last_visit_at else 0.0,
-                s.class_name,
-                s.name,
-                s.student_no,
-            )
-        )
-        return listing
 
     def find_draft(self, staff_id: int, student_id: int | None = None) -> Draft | None:
         conds = [

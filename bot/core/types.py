@@ -80,8 +80,9 @@ class StudentListing:
     name: str
     class_name: str
     categories: tuple[str, ...]
-    last_visit_at: datetime | None
+    last_visit_at: datetime | None  # the last visit that reached the family
     open_followups: int
+    last_unreached_at: datetime | None = None  # a later attempt that did not reach the family
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +128,59 @@ class Session:
     data: dict[str, Any] = field(default_factory=dict)
     expires_at: datetime | None = None
     version: int = 0
+
+
+# ------------------------------------------------------------ the picture scheduled jobs work on
+
+
+@dataclass(frozen=True, slots=True)
+class RosterStudent:
+    id: int
+    name: str
+    class_name: str
+    school_id: int
+    categories: tuple[str, ...]
+    staff_ids: tuple[int, ...]  # head teacher and carer
+    last_reached: datetime | None
+    last_unreached: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RosterStaff:
+    id: int
+    staff_no: str
+    name: str
+    role: StaffRole
+    school_id: int | None
+    identities: dict[str, str]  # channel -> platform user id
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedFollowUp:
+    id: int
+    student_id: int
+    owner_staff_id: int
+    kind: str
+    detail: str
+    due_date: date
+    status: FollowUpStatus
+    created_at: datetime
+    escalated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailure:
+    staff_id: int
+    channel: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a reminder or digest run needs, loaded with a handful of set-based queries."""
+
+    schools: dict[int, str]
+    students: list[RosterStudent]
+    staff: dict[int, RosterStaff]
+    followups: list[TrackedFollowUp]  # open or escalated, plus any created since `since`
+    failures: list[DeliveryFailure]  # reminders/digests a platform refused for good, recently

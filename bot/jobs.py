@@ -1,0 +1,140 @@
+"""The scheduled jobs: teacher reminders and coordinator digests, written to the outbox.
+
+A run is one transaction: escalate overdue follow-ups, load the snapshot, compose, enqueue every
+message under its idempotency key, record the run. Killed half-way, it leaves nothing behind and is
+run again at start-up; run twice (or on two instances) it enqueues nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy.engine import Connection
+
+from bot.deps import Deps, cadence
+from bot.outbox import OutboxDelivery
+from config.settings import Settings
+from handlers.reminders import Plan, View, pick_channel, plan_digests, plan_reminders
+from storage import outbox
+from storage.snapshot import escalate_overdue, last_run, load_snapshot, record_run
+
+log = logging.getLogger(__name__)
+
+REMIND, DIGEST = "remind", "digest"
+JOBS = (REMIND, DIGEST)
+# Channels in order of preference for reaching a person; the group robot is addressed separately.
+PERSON_CHANNELS = ("wecom", "dingtalk")
+
+
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    job: str
+    day: date
+    skipped: str | None = None
+    planned: int = 0
+    queued: int = 0  # newly written; planned - queued were already there from an earlier run
+    escalated: int = 0
+    unreachable: int = 0
+    not_before: datetime | None = None
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"{self.job} {self.day}: skipped ({self.skipped})"
+        wait = f", held until {self.not_before:%H:%M} UTC (quiet hours)" if self.not_before else ""
+        return (
+            f"{self.job} {self.day}: {self.planned} messages planned, {self.queued} newly queued"
+            f"{wait}; {self.escalated} follow-ups escalated; {self.unreachable} recipients "
+            "without a usable channel"
+        )
+
+
+class Jobs:
+    def __init__(
+        self,
+        settings: Settings,
+        deps: Deps,
+        channels: Sequence[str],
+        delivery: OutboxDelivery | None = None,
+    ) -> None:
+        self.settings = settings
+        self.deps = deps
+        self.cadence = cadence(settings, deps)
+        self.person_channels = [c for c in PERSON_CHANNELS if c in channels]
+        self.channels = [*self.person_channels, *(c for c in channels if c not in PERSON_CHANNELS)]
+        self.delivery = delivery
+
+    def quiet_until(self, at: datetime) -> datetime | None:
+        """When `at` falls inside QUIET_HOURS, the moment the window ends; else None."""
+        tz, quiet = self.settings.tz, self.settings.quiet_hours
+        local = at.astimezone(tz)
+        if not quiet.contains(local.time()):
+            return None
+        end = local.replace(hour=quiet.end.hour, minute=quiet.end.minute, second=0, microsecond=0)
+        if end <= local:
+            end += timedelta(days=1)
+        return end
+
+    async def run(self, job: str, at: datetime) -> JobReport:
+        """Run `job` as if at `at`; only on school days. Never sends directly: writes the outbox."""
+        if job not in JOBS:
+            raise ValueError(job)
+        today = at.astimezone(self.settings.tz).date()
+        if not self.deps.calendar.is_school_day(today):
+            return JobReport(job, today, skipped="not a school day")
+        report = await self.deps.db.run(lambda conn: self._run(conn, job, at, today))
+        log.info("%s", report.summary())
+        if self.delivery is not None and report.queued:
+            self.delivery.poke()
+        return report
+
+    def _run(self, conn: Connection, job: str, at: datetime, today: date) -> JobReport:
+        escalated = escalate_overdue(conn, today, self.settings.escalate_after_days, at)
+        since = last_run(conn, DIGEST, before=today) or at - timedelta(days=1)
+        snap = load_snapshot(conn, since, at)
+        view = View(snap, today, self.settings.tz, self.cadence)
+        kinds = self.deps.form.followup_kinds
+        plan: Plan = plan_reminders(snap, view, self.person_channels, kinds)
+        if job == DIGEST:
+            teachers = {sid for s in snap.students for sid in s.staff_ids}
+            unreachable_teachers = [
+                p
+                for sid in sorted(teachers)
+                if (p := snap.staff.get(sid)) and pick_channel(p, self.person_channels) is None
+            ]
+            plan = plan_digests(
+                snap,
+                view,
+                since,
+                self.channels,
+                kinds,
+                self.settings.escalate_after_days,
+                unreachable_teachers,
+            )
+        not_before = self.quiet_until(at)
+        queued = sum(
+            outbox.enqueue(
+                conn,
+                key=m.key,
+                channel=m.channel,
+                recipient=m.recipient,
+                kind=m.kind,
+                body=m.body,
+                not_before=not_before or at,
+                now=at,
+            )
+            for m in plan.messages
+        )
+        record_run(conn, job, today, at)
+        return JobReport(
+            job,
+            today,
+            None,
+            len(plan.messages),
+            queued,
+            escalated,
+            len(plan.unreachable),
+            not_before,
+        )

@@ -1,0 +1,101 @@
+"""The scheduler facade: APScheduler 3 runs the jobs in `HOMEVISIT_TZ`; nothing else touches it.
+
+Each job fires on its crontab (REMINDER_CRON / DIGEST_CRON) and, at the same times, on weekends
+too: the job itself runs only on school days, so a make-up working day (调休) on a Saturday gets
+its reminders like any weekday. At start-up, a job whose time today has passed without a recorded
+run (the server was down) runs once. Job bodies never let an exception escape.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, tzinfo
+from functools import partial
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
+from apscheduler.triggers.cron import CronTrigger
+
+from bot.core.ports import Clock
+from bot.jobs import DIGEST, REMIND, Jobs
+from config.cron import crontab_trigger
+from storage.snapshot import has_run
+
+log = logging.getLogger(__name__)
+
+
+def job_trigger(crontab: str, tz: tzinfo) -> BaseTrigger:
+    """The crontab, plus the same times on Saturday and Sunday (for make-up school days)."""
+    base = crontab_trigger(crontab, tz)
+    fields = {f.name: str(f) for f in base.fields}
+    weekend = CronTrigger(
+        minute=fields["minute"], hour=fields["hour"], day_of_week="sat,sun", timezone=tz
+    )
+    return OrTrigger([base, weekend])
+
+
+def first_fire_on(trigger: BaseTrigger, day_start: datetime) -> datetime | None:
+    """The first time `trigger` fires on the local day beginning at `day_start`."""
+    fire: datetime | None = trigger.get_next_fire_time(None, day_start)
+    if fire is None or fire >= day_start + timedelta(days=1):
+        return None
+    return fire
+
+
+class JobScheduler:
+    def __init__(self, jobs: Jobs, clock: Clock) -> None:
+        self.jobs = jobs
+        self.clock = clock
+        settings = jobs.settings
+        self.tz = settings.tz
+        self.triggers = {
+            REMIND: job_trigger(settings.reminder_cron, settings.tz),
+            DIGEST: job_trigger(settings.digest_cron, settings.tz),
+        }
+        self._scheduler: AsyncIOScheduler | None = None
+
+    async def run_job(self, job: str) -> None:
+        """Run one job now; failures are logged, never raised (the scheduler must go on)."""
+        try:
+            await self.jobs.run(job, self.clock.now())
+        except Exception:
+            log.exception("scheduled job %s failed", job)
+
+    async def catch_up(self) -> list[str]:
+        """Run, once, each job whose time today has passed with no run recorded for today."""
+        now = self.clock.now()
+        local = now.astimezone(self.tz)
+        day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        missed = []
+        for job, trigger in self.triggers.items():
+            fire = first_fire_on(trigger, day_start)
+            if fire is None or fire > now:
+                continue
+            done = await self.jobs.deps.db.run(partial(has_run, job=job, day=local.date()))
+            if not done:
+                missed.append(job)
+                log.info("running missed job %s for %s", job, local.date())
+                await self.run_job(job)
+        return missed
+
+    def start(self) -> None:
+        """Start firing jobs on the running event loop."""
+        scheduler = AsyncIOScheduler(timezone=self.tz)
+        for job, trigger in self.triggers.items():
+            scheduler.add_job(
+                self.run_job,
+                trigger,
+                args=[job],
+                id=job,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=3600,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None

@@ -1,0 +1,51 @@
+"""When a student is due a visit: every N days, sooner for some aid categories.
+
+A visit whose method says the family could not be reached ("联系不上") does not count: the student
+is due again on the next school day after that attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from config.calendar import SchoolCalendar
+
+
+@dataclass(frozen=True, slots=True)
+class Cadence:
+    default_days: int = 14
+    by_category: Mapping[str, int] = field(default_factory=dict)
+    calendar: SchoolCalendar = field(default_factory=SchoolCalendar)
+
+    def cycle_days(self, categories: Iterable[str]) -> int:
+        """The shortest cycle among the student's categories, else the default."""
+        return min(
+            (self.by_category[c] for c in categories if c in self.by_category),
+            default=self.default_days,
+        )
+
+    def due_date(
+        self, categories: Iterable[str], last_reached: date | None, last_unreached: date | None
+    ) -> date | None:
+        """The local date the next visit is due; None when the student was never visited."""
+        if last_unreached is not None and (last_reached is None or last_unreached > last_reached):
+            return self.calendar.next_school_day(last_unreached)
+        if last_reached is None:
+            return None
+        return last_reached + timedelta(days=self.cycle_days(categories))
+
+
+def overdue_days(due: date | None, today: date) -> int | None:
+    """Days past due (0 = due today, negative = not yet due); None = never visited."""
+    return None if due is None else (today - due).days
+
+
+def is_due(due: date | None, today: date) -> bool:
+    return due is None or due <= today
+
+
+def urgency_key(due: date | None) -> tuple[int, int]:
+    """Sort key: never visited first, then the longest overdue."""
+    return (0, 0) if due is None else (1, due.toordinal())

@@ -1,0 +1,365 @@
+"""What the scheduled jobs say: teacher reminders and coordinator / bureau digests.
+
+Pure functions over a `Snapshot`; the job in `bot.jobs` loads it, calls these, and writes the
+results to the outbox. Every message gets an idempotency key of recipient, kind and local date, so
+running a job twice (or on two instances) sends nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from bot.core.types import (
+    FollowUpStatus,
+    RosterStaff,
+    RosterStudent,
+    Snapshot,
+    StaffRole,
+    TrackedFollowUp,
+)
+from handlers.cadence import Cadence, is_due, overdue_days, urgency_key
+
+REMINDER_LIST_LIMIT = 15
+ESCALATION_LIST_LIMIT = 10
+CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉"}
+GROUP_CHANNEL = "dingtalk_group"
+OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    key: str
+    channel: str
+    recipient: str
+    kind: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    messages: list[Outgoing]
+    unreachable: list[RosterStaff]  # had something to receive, but no usable channel identity
+
+
+def md(day: date) -> str:
+    return f"{day.month}月{day.day}日"
+
+
+def pick_channel(person: RosterStaff, channels: Sequence[str]) -> tuple[str, str] | None:
+    """The first configured channel the person has an identity on (channels in preference order)."""
+    for channel in channels:
+        if channel in person.identities:
+            return channel, person.identities[channel]
+    return None
+
+
+class View:
+    """Derived facts over one snapshot for one local day."""
+
+    def __init__(self, snap: Snapshot, today: date, tz: ZoneInfo, cadence: Cadence) -> None:
+        self.snap, self.today, self.tz, self.cadence = snap, today, tz, cadence
+        self.students = {s.id: s for s in snap.students}
+        self.due = {s.id: self._due_date(s) for s in snap.students}
+
+    def _local(self, moment: datetime | None) -> date | None:
+        return None if moment is None else moment.astimezone(self.tz).date()
+
+    def _due_date(self, s: RosterStudent) -> date | None:
+        return self.cadence.due_date(
+            s.categories, self._local(s.last_reached), self._local(s.last_unreached)
+        )
+
+    def is_due(self, s: RosterStudent) -> bool:
+        return is_due(self.due[s.id], self.today)
+
+    def covered(self, s: RosterStudent) -> bool:
+        """Reached on a visit within the student's cycle (an unreachable attempt is no visit)."""
+        return s.last_reached is not None and not self.is_due(s)
+
+    def label(self, student_id: int) -> str:
+        s = self.students[student_id]
+        return f"{s.name}（{s.class_name}）"
+
+    def visit_status(self, s: RosterStudent) -> str:
+        late = overdue_days(self.due[s.id], self.today)
+        if s.last_reached is None and s.last_unreached is None:
+            return "从未家访"
+        text = f"已逾期{late}天" if late else "今天到期"
+        if s.last_unreached is not None and (
+            s.last_reached is None or s.last_unreached > s.last_reached
+        ):
+            text = "上次没联系上，" + ("请尽快再联系" if late is not None and late <= 0 else text)
+        return text
+
+    def followup_status(self, f: TrackedFollowUp) -> str:
+        late = (self.today - f.due_date).days
+        text = f"已逾期{late}天" if late > 0 else "今天到期"
+        return text + ("（已上报）" if f.status is FollowUpStatus.ESCALATED else "")
+
+
+# ------------------------------------------------------------------------------------ reminders
+def plan_reminders(
+    snap: Snapshot, view: View, channels: Sequence[str], kind_labels: Mapping[str, str]
+) -> Plan:
+    due_by_staff: dict[int, list[RosterStudent]] = defaultdict(list)
+    for s in snap.students:
+        if view.is_due(s):
+            for staff_id in s.staff_ids:
+                due_by_staff[staff_id].append(s)
+    fu_by_staff: dict[int, list[TrackedFollowUp]] = defaultdict(list)
+    for f in snap.followups:
+        if f.status in OPEN and f.due_date <= view.today and f.student_id in view.students:
+            fu_by_staff[f.owner_staff_id].append(f)
+    messages, unreachable = [], []
+    for staff_id in sorted(set(due_by_staff) | set(fu_by_staff)):
+        person = snap.staff.get(staff_id)
+        if person is None:
+            continue
+        target = pick_channel(person, channels)
+        if target is None:
+            unreachable.append(person)
+            continue
+        body = reminder_text(
+            person, due_by_staff[staff_id], fu_by_staff[staff_id], view, kind_labels
+        )
+        key = f"reminder:{person.staff_no}:{view.today.isoformat()}"
+        messages.append(Outgoing(key, target[0], target[1], "reminder", body))
+    return Plan(messages, unreachable)
+
+
+def reminder_text(
+    person: RosterStaff,
+    due: list[RosterStudent],
+    fus: list[TrackedFollowUp],
+    view: View,
+    kind_labels: Mapping[str, str],
+) -> str:
+    lines = [f"{person.name}老师，您好！{md(view.today)}的家访提醒："]
+    if due:
+        due = sorted(due, key=lambda s: (urgency_key(view.due[s.id]), s.class_name, s.name))
+        lines.append(f"待家访学生{len(due)}名（最久未访在前）：")
+        lines += [
+            f"{i}. {view.label(s.id)} · {view.visit_status(s)}"
+            for i, s in enumerate(due[:REMINDER_LIST_LIMIT], 1)
+        ]
+        if len(due) > REMINDER_LIST_LIMIT:
+            lines.append(f"……等共{len(due)}名")
+    if fus:
+        lines.append(f"待办跟进{len(fus)}项：")
+        lines += [
+            f"· {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)}：{f.detail} · "
+            f"{view.followup_status(f)}"
+            for f in fus[:REMINDER_LIST_LIMIT]
+        ]
+        if len(fus) > REMINDER_LIST_LIMIT:
+            lines.append(f"……等共{len(fus)}项，回复“待跟进”查看全部")
+    lines.append("回复“家访”开始，名单第1位就是最久未访的学生；办完跟进回复“完成 序号 备注”。")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ digests
+@dataclass(frozen=True, slots=True)
+class SchoolFigures:
+    school_id: int
+    name: str
+    visited: int
+    total: int
+    by_category: dict[str, tuple[int, int]]
+    new_needs: Counter[str]
+    open_by_teacher: dict[int, tuple[int, int]]  # staff id -> (open, overdue)
+    escalated: list[TrackedFollowUp]
+    unreachable: list[RosterStaff]
+
+    @property
+    def open(self) -> int:
+        return sum(o for o, _ in self.open_by_teacher.values())
+
+    @property
+    def overdue(self) -> int:
+        return sum(d for _, d in self.open_by_teacher.values())
+
+
+def school_figures(
+    snap: Snapshot,
+    view: View,
+    since: datetime,
+    channels: Sequence[str],
+    unreachable: Iterable[RosterStaff],
+) -> dict[int, SchoolFigures]:
+    """Coverage, new needs, open and overdue follow-ups, escalations: per school."""
+    visited: Counter[int] = Counter()
+    total: Counter[int] = Counter()
+    by_cat: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for s in snap.students:
+        ok = view.covered(s)
+        total[s.school_id] += 1
+        visited[s.school_id] += ok
+        for c in s.categories:
+            by_cat[s.school_id][c][0] += ok
+            by_cat[s.school_id][c][1] += 1
+    needs: dict[int, Counter[str]] = defaultdict(Counter)
+    open_by: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    escalated: dict[int, list[TrackedFollowUp]] = defaultdict(list)
+    for f in snap.followups:
+        student = view.students.get(f.student_id)
+        if student is None:
+            continue
+        school = student.school_id
+        if f.created_at >= since:
+            needs[school][f.kind] += 1
+        if f.status in OPEN:
+            counts = open_by[school][f.owner_staff_id]
+            counts[0] += 1
+            counts[1] += f.due_date < view.today
+        if f.status is FollowUpStatus.ESCALATED:
+            escalated[school].append(f)
+    lost: dict[int, list[RosterStaff]] = defaultdict(list)
+    for person in unreachable:
+        if person.school_id is not None:
+            lost[person.school_id].append(person)
+    return {
+        sid: SchoolFigures(
+            sid,
+            name,
+            visited[sid],
+            total[sid],
+            {c: (v[0], v[1]) for c, v in sorted(by_cat[sid].items())},
+            needs[sid],
+            {k: (v[0], v[1]) for k, v in open_by[sid].items()},
+            escalated[sid],
+            lost[sid],
+        )
+        for sid, name in sorted(snap.schools.items())
+        if total[sid] or needs[sid] or open_by[sid]
+    }
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{a * 100 // b}%" if b else "-"
+
+
+def _needs_text(needs: Counter[str], kind_labels: Mapping[str, str]) -> str:
+    if not needs:
+        return "无"
+    order = list(kind_labels)
+    ranked = sorted(needs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    return "，".join(f"{kind_labels.get(k, k)} {n}" for k, n in ranked)
+
+
+def school_digest(
+    fig: SchoolFigures,
+    snap: Snapshot,
+    view: View,
+    since: datetime,
+    kind_labels: Mapping[str, str],
+    escalate_after_days: int,
+) -> str:
+    lines = [f"【家访日报】{fig.name} {md(view.today)}"]
+    lines.append(f"家访覆盖：已访 {fig.visited}/{fig.total}（{_pct(fig.visited, fig.total)}）")
+    if fig.by_category:
+        lines.append(
+            "按资助类别：" + " · ".join(f"{c} {v}/{t}" for c, (v, t) in fig.by_category.items())
+        )
+    lines.append(
+        f"新发现需求（{md(since.astimezone(view.tz).date())}以来）："
+        + _needs_text(fig.new_needs, kind_labels)
+    )
+    lines.append(f"待跟进 {fig.open} 项，其中逾期 {fig.overdue} 项：" if fig.open else "待跟进：无")
+    for staff_id, (n_open, n_late) in sorted(
+        fig.open_by_teacher.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0])
+    ):
+        person = snap.staff.get(staff_id)
+        who = f"{person.name}（{person.staff_no}）" if person else f"#{staff_id}"
+        lines.append(f"· {who}：待跟进 {n_open}，逾期 {n_late}")
+    if fig.escalated:
+        lines.append(f"已上报（逾期超过{escalate_after_days}天）{len(fig.escalated)} 项：")
+        for f in fig.escalated[:ESCALATION_LIST_LIMIT]:
+            owner = snap.staff.get(f.owner_staff_id)
+            late = (view.today - f.due_date).days
+            lines.append(
+                f"· {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)} · "
+                f"逾期{late}天 · 负责：{owner.name if owner else '-'}"
+            )
+    if fig.unreachable:
+        lines.append(
+            "收不到提醒的老师（未绑定企业微信/钉钉账号）："
+            + "、".join(f"{p.name}（{p.staff_no}）" for p in fig.unreachable)
+        )
+    failed = [
+        f
+        for f in snap.failures
+        if (p := snap.staff.get(f.staff_id)) and p.school_id == fig.school_id
+    ]
+    if failed:
+        names = (
+            f"{snap.staff[f.staff_id].name}（{CHANNEL_LABELS.get(f.channel, f.channel)}："
+            f"{f.error}）"
+            for f in failed
+        )
+        lines.append("消息发送失败（平台拒收）：" + "、".join(names))
+    return "\n".join(lines)
+
+
+def bureau_digest(figures: Iterable[SchoolFigures], view: View) -> str:
+    figs = list(figures)
+    lines = [f"【家访日报】全区汇总 {md(view.today)}"]
+    for f in figs:
+        lines.append(
+            f"· {f.name}：已访 {f.visited}/{f.total}，新需求 {sum(f.new_needs.values())}，"
+            f"待跟进 {f.open}（逾期 {f.overdue}），上报 {len(f.escalated)}"
+        )
+    visited, total = sum(f.visited for f in figs), sum(f.total for f in figs)
+    lines.append(
+        f"合计：已访 {visited}/{total}（{_pct(visited, total)}），"
+        f"新需求 {sum(sum(f.new_needs.values()) for f in figs)}，"
+        f"待跟进 {sum(f.open for f in figs)}（逾期 {sum(f.overdue for f in figs)}），"
+        f"上报 {sum(len(f.escalated) for f in figs)}"
+    )
+    return "\n".join(lines)
+
+
+def plan_digests(
+    snap: Snapshot,
+    view: View,
+    since: datetime,
+    channels: Sequence[str],
+    kind_labels: Mapping[str, str],
+    escalate_after_days: int,
+    unreachable_teachers: Iterable[RosterStaff],
+) -> Plan:
+    """One digest per school coordinator, one summary per bureau member, one to the group robot."""
+    figures = school_figures(snap, view, since, channels, unreachable_teachers)
+    day = view.today.isoformat()
+    messages: list[Outgoing] = []
+    unreachable: list[RosterStaff] = []
+    school_texts = {
+        sid: school_digest(fig, snap, view, since, kind_labels, escalate_after_days)
+        for sid, fig in figures.items()
+    }
+    bureau_text = bureau_digest(figures.values(), view)
+    for person in snap.staff.values():
+        if person.role is StaffRole.COORDINATOR and person.school_id in school_texts:
+            body, kind = school_texts[person.school_id], "digest"
+        elif person.role is StaffRole.BUREAU:
+            body, kind = bureau_text, "bureau_digest"
+        else:
+            continue
+        target = pick_channel(person, channels)
+        if target is None:
+            unreachable.append(person)
+            continue
+        messages.append(Outgoing(f"{kind}:{person.staff_no}:{day}", *target, kind, body))
+    if GROUP_CHANNEL in channels:
+        group_text = (
+            "\n\n".join([bureau_text, *school_texts.values()])
+            if len(school_texts) > 1
+            else next(iter(school_texts.values()), bureau_text)
+        )
+        messages.append(
+            Outgoing(f"digest:group:{day}", GROUP_CHANNEL, "default", "digest", group_text)
+        )
+    return Plan(messages, unreachable)

@@ -1,0 +1,192 @@
+"""Set-based reads and writes for the scheduled jobs: a few queries, never one per student."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from bot.core.types import (
+    DeliveryFailure,
+    FollowUpStatus,
+    RosterStaff,
+    RosterStudent,
+    Snapshot,
+    StaffRole,
+    TrackedFollowUp,
+    VisitStatus,
+)
+from storage.schema import (
+    assignments,
+    followups,
+    identities,
+    job_runs,
+    outbox,
+    schools,
+    staff,
+    student_categories,
+    students,
+    visits,
+)
+
+OPEN = (FollowUpStatus.OPEN.value, FollowUpStatus.ESCALATED.value)
+FAILURE_WINDOW = timedelta(days=7)
+
+
+def load_snapshot(conn: Connection, since: datetime, now: datetime) -> Snapshot:
+    """Active students with their visits, staff with identities, follow-ups, recent failures."""
+    school_names = {r.id: r.name for r in conn.execute(select(schools.c.id, schools.c.name))}
+    categories: dict[int, list[str]] = defaultdict(list)
+    for sid, cat in conn.execute(
+        select(student_categories.c.student_id, student_categories.c.category).order_by(
+            student_categories.c.student_id, student_categories.c.category
+        )
+    ):
+        categories[sid].append(cat)
+    assigned: dict[int, list[int]] = defaultdict(list)
+    for sid, staff_id in conn.execute(
+        select(assignments.c.student_id, assignments.c.staff_id).order_by(assignments.c.role)
+    ):
+        if staff_id not in assigned[sid]:
+            assigned[sid].append(staff_id)
+    last = _last_visits(conn)
+    roster = [
+        RosterStudent(
+            r.id,
+            r.name,
+            r.class_name,
+            r.school_id,
+            tuple(categories.get(r.id, ())),
+            tuple(assigned.get(r.id, ())),
+            *last.get(r.id, (None, None)),
+        )
+        for r in conn.execute(
+            select(
+                students.c.id, students.c.name, students.c.class_name, students.c.school_id
+            ).where(students.c.active.is_(True))
+        )
+    ]
+    return Snapshot(
+        schools=school_names,
+        students=roster,
+        staff=_staff(conn),
+        followups=_followups(conn, since),
+        failures=_failures(conn, now - FAILURE_WINDOW),
+    )
+
+
+def _last_visits(conn: Connection) -> dict[int, tuple[datetime | None, datetime | None]]:
+    reached = func.max(case((visits.c.reached.is_(True), visits.c.submitted_at)))
+    unreached = func.max(case((visits.c.reached.is_(False), visits.c.submitted_at)))
+    rows = conn.execute(
+        select(
+            visits.c.student_id,
+            reached.label("reached"),
+            unreached.label("unreached"),
+        )
+        .where(visits.c.status == VisitStatus.SUBMITTED.value)
+        .group_by(visits.c.student_id)
+    )
+    return {r.student_id: (r.reached, r.unreached) for r in rows}
+
+
+def _staff(conn: Connection) -> dict[int, RosterStaff]:
+    ids: dict[int, dict[str, str]] = defaultdict(dict)
+    for staff_id, channel, external in conn.execute(
+        select(identities.c.staff_id, identities.c.channel, identities.c.external_id)
+    ):
+        ids[staff_id][channel] = external
+    return {
+        r.id: RosterStaff(r.id, r.staff_no, r.name, StaffRole(r.role), r.school_id, ids[r.id])
+        for r in conn.execute(
+            select(
+                staff.c.id, staff.c.staff_no, staff.c.name, staff.c.role, staff.c.school_id
+            ).where(staff.c.active.is_(True))
+        )
+    }
+
+
+def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
+    rows = conn.execute(
+        select(followups)
+        .join(students, students.c.id == followups.c.student_id)
+        .where(
+            students.c.active.is_(True),
+            or_(followups.c.status.in_(OPEN), followups.c.created_at >= since),
+        )
+        .order_by(followups.c.due_date, followups.c.id)
+    )
+    return [
+        TrackedFollowUp(
+            r.id,
+            r.student_id,
+            r.owner_staff_id,
+            r.kind,
+            r.detail,
+            r.due_date,
+            FollowUpStatus(r.status),
+            r.created_at,
+            r.escalated_at,
+        )
+        for r in rows
+    ]
+
+
+def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
+    rows = conn.execute(
+        select(identities.c.staff_id, outbox.c.channel, outbox.c.last_error)
+        .join(
+            identities,
+            and_(
+                identities.c.channel == outbox.c.channel,
+                identities.c.external_id == outbox.c.recipient,
+            ),
+        )
+        .where(outbox.c.status == "failed", outbox.c.created_at >= since)
+        .order_by(outbox.c.id)
+    )
+    seen: dict[tuple[int, str], DeliveryFailure] = {}
+    for r in rows:
+        seen[(r.staff_id, r.channel)] = DeliveryFailure(r.staff_id, r.channel, r.last_error or "")
+    return list(seen.values())
+
+
+def escalate_overdue(conn: Connection, today: date, after_days: int, now: datetime) -> int:
+    """Mark open follow-ups overdue by more than `after_days` as escalated; returns how many."""
+    result = conn.execute(
+        update(followups)
+        .where(
+            followups.c.status == FollowUpStatus.OPEN.value,
+            followups.c.due_date < today - timedelta(days=after_days),
+        )
+        .values(status=FollowUpStatus.ESCALATED.value, escalated_at=now)
+    )
+    return result.rowcount
+
+
+def last_run(conn: Connection, job: str, before: date) -> datetime | None:
+    return conn.execute(
+        select(func.max(job_runs.c.ran_at)).where(
+            job_runs.c.job == job, job_runs.c.run_date < before
+        )
+    ).scalar()
+
+
+def has_run(conn: Connection, job: str, day: date) -> bool:
+    return (
+        conn.execute(
+            select(job_runs.c.job).where(job_runs.c.job == job, job_runs.c.run_date == day)
+        ).first()
+        is not None
+    )
+
+
+def record_run(conn: Connection, job: str, day: date, now: datetime) -> None:
+    make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(
+        make_insert(job_runs).values(job=job, run_date=day, ran_at=now).on_conflict_do_nothing()
+    )
