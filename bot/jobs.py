@@ -114,19 +114,10 @@ class Jobs:
                 unreachable_teachers,
             )
         not_before = self.quiet_until(at)
-        queued = sum(
-            outbox.enqueue(
-                conn,
-                key=m.key,
-                channel=m.channel,
-                recipient=m.recipient,
-                kind=m.kind,
-                body=m.body,
-                not_before=not_before or at,
-                now=at,
-            )
-            for m in plan.messages
-        )
+        messages = [
+            outbox.NewMessage(m.key, m.channel, m.recipient, m.kind, m.body) for m in plan.messages
+        ]
+        queued = outbox.enqueue_many(conn, messages, not_before=not_before or at, now=at)
         record_run(conn, job, today, at)
         return JobReport(
             job,

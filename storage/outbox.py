@@ -9,6 +9,7 @@ when the lease runs out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -68,6 +69,56 @@ def enqueue(
         .returning(outbox.c.id)
     )
     return conn.execute(stmt).first() is not None  # rowcount is -1 with RETURNING on psycopg
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    key: str
+    channel: str
+    recipient: str
+    kind: str
+    body: str
+
+
+def enqueue_many(
+    conn: Connection, messages: Sequence[NewMessage], *, not_before: datetime, now: datetime
+) -> int:
+    """Store every message whose key is new, in bulk; returns how many were new.
+
+    Keys already present are skipped; a key written concurrently by another instance is skipped
+    by the database (ON CONFLICT DO NOTHING), so the count may then be a little high, but no
+    message is ever stored twice.
+    """
+    existing: set[str] = set()
+    keys = [m.key for m in messages]
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        existing.update(
+            conn.execute(
+                select(outbox.c.idempotency_key).where(outbox.c.idempotency_key.in_(chunk))
+            ).scalars()
+        )
+    fresh = [m for m in messages if m.key not in existing]
+    if fresh:
+        make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(
+            make_insert(outbox).on_conflict_do_nothing(index_elements=["idempotency_key"]),
+            [
+                {
+                    "idempotency_key": m.key,
+                    "channel": m.channel,
+                    "recipient": m.recipient,
+                    "kind": m.kind,
+                    "body": m.body,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": not_before,
+                    "created_at": now,
+                }
+                for m in fresh
+            ],
+        )
+    return len(fresh)
 
 
 def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list[OutboxItem]:

@@ -45,30 +45,31 @@ def load_snapshot(conn: Connection, since: datetime, now: datetime) -> Snapshot:
         select(student_categories.c.student_id, student_categories.c.category).order_by(
             student_categories.c.student_id, student_categories.c.category
         )
-    ):
+    ).all():
         categories[sid].append(cat)
     assigned: dict[int, list[int]] = defaultdict(list)
     for sid, staff_id in conn.execute(
         select(assignments.c.student_id, assignments.c.staff_id).order_by(assignments.c.role)
-    ):
+    ).all():
         if staff_id not in assigned[sid]:
             assigned[sid].append(staff_id)
     last = _last_visits(conn)
+    no_visits = (None, None)
     roster = [
         RosterStudent(
-            r.id,
-            r.name,
-            r.class_name,
-            r.school_id,
-            tuple(categories.get(r.id, ())),
-            tuple(assigned.get(r.id, ())),
-            *last.get(r.id, (None, None)),
+            sid,
+            name,
+            class_name,
+            school_id,
+            tuple(categories.get(sid, ())),
+            tuple(assigned.get(sid, ())),
+            *last.get(sid, no_visits),
         )
-        for r in conn.execute(
+        for sid, name, class_name, school_id in conn.execute(
             select(
                 students.c.id, students.c.name, students.c.class_name, students.c.school_id
             ).where(students.c.active.is_(True))
-        )
+        ).all()
     ]
     return Snapshot(
         schools=school_names,
@@ -91,7 +92,7 @@ def _last_visits(conn: Connection) -> dict[int, tuple[datetime | None, datetime 
         .where(visits.c.status == VisitStatus.SUBMITTED.value)
         .group_by(visits.c.student_id)
     )
-    return {r.student_id: (r.reached, r.unreached) for r in rows}
+    return {sid: (reached, unreached) for sid, reached, unreached in rows.all()}
 
 
 def _staff(conn: Connection) -> dict[int, RosterStaff]:
