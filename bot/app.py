@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot.channels import api
+from bot.channels import api, wecom
 from bot.core.engine import Engine
 from bot.core.ports import Sender
 from bot.deps import Deps, cadence
@@ -42,6 +42,8 @@ def install_channels(app: web.Application, settings: Settings, deps: Deps) -> di
     senders: dict[str, Sender] = {}
     if settings.api_token is not None:
         app.router.add_post("/api/messages", api.handle)
+    if settings.wecom is not None:
+        senders["wecom"] = wecom.install(app, settings, deps)
     return senders
 
 
