@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot.channels import api, wecom
+from bot.channels import api, dingtalk, wecom
 from bot.core.engine import Engine
 from bot.core.ports import Sender
 from bot.deps import Deps, cadence
@@ -44,6 +44,10 @@ def install_channels(app: web.Application, settings: Settings, deps: Deps) -> di
         app.router.add_post("/api/messages", api.handle)
     if settings.wecom is not None:
         senders["wecom"] = wecom.install(app, settings, deps)
+    if settings.dingtalk is not None:
+        senders[dingtalk.CHANNEL] = dingtalk.install(app, settings, deps)
+    if settings.dingtalk_digest_webhook is not None:
+        senders[dingtalk.GROUP_CHANNEL] = dingtalk.install_digest(app, settings, deps)
     return senders
 
 
