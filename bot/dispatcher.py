@@ -15,7 +15,7 @@ import logging
 from sqlalchemy.engine import Connection
 
 from bot.core.engine import Engine
-from bot.core.errors import StorageUnavailable
+from bot.core.errors import DuplicateMessage, StorageUnavailable
 from bot.core.types import ConversationKey, InboundMessage
 from handlers import texts
 from storage.db import Database
@@ -52,6 +52,8 @@ class Dispatcher:
         for attempt in (1, 2):
             try:
                 return await self.db.run(turn)
+            except DuplicateMessage as dup:
+                return await self._earlier_replies(dup)
             except ConcurrentUpdate:
                 if attempt == 2:
                     log.error("conversation changed concurrently twice channel=%s", message.channel)
@@ -66,3 +68,13 @@ class Dispatcher:
                 )
                 return [texts.APOLOGY]
         raise AssertionError("unreachable")
+
+    async def _earlier_replies(self, dup: DuplicateMessage) -> list[str]:
+        """What the first delivery of a retried message was answered."""
+        try:
+            earlier = await self.db.run(
+                lambda conn: SqlStore(conn).seen_message(dup.channel, dup.message_id)
+            )
+        except StorageUnavailable:
+            return [texts.UNAVAILABLE]
+        return earlier or []

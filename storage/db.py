@@ -11,7 +11,10 @@ never has to upgrade its lock); PostgreSQL gets one worker per pooled connection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PG_POOL_SIZE = 10
+# Python, not PostgreSQL, is the limit (the GIL): a few worker threads keep the server busy.
+PG_WORKERS = 4
 
 
 def engine_url(url: str) -> str:
@@ -57,7 +62,13 @@ def create_db_engine(url: str) -> Engine:
         # A URL may carry its own libpq options (tests use `?options=-csearch_path%3D...`).
         parsed = make_url(sync_url)
         options = " ".join(
-            filter(None, [str(parsed.query.get("options", "")), "-c lock_timeout=5000"])
+            filter(
+                None,
+                [
+                    str(parsed.query.get("options", "")),
+                    "-c lock_timeout=5000 -c statement_timeout=15000",
+                ],
+            )
         )
         return create_engine(
             parsed.difference_update_query(["options"]),
@@ -87,15 +98,135 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[Connection], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(self, result: Any = None, error: BaseException | None = None) -> None:
+        def done() -> None:
+            if self.future.cancelled():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        # The caller's loop may be gone (shut down while its work was queued): nobody to tell.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(done)
+
+
+class _SqliteWriter:
+    """SQLite's single writer, with group commit.
+
+    Turns queue up while the writer is busy; it then runs every waiting turn in its own
+    SAVEPOINT inside one transaction and commits once, so N turns share one fsync. A turn that
+    fails rolls back to its savepoint only. No turn is answered before the commit that holds it
+    is on disk, so durability is the same as one commit per turn.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._conn: Connection | None = None
+        self._thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
+        job = _Job(fn, asyncio.get_running_loop())
+        self._queue.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            batch = [job]
+            stop = False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run(batch)
+            if stop:
+                break
+        if self._conn is not None:
+            self._conn.close()
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.invalidated or self._conn.closed:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _run(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn = self._connection()
+            with conn.begin():
+                if len(batch) == 1:
+                    outcomes.append((batch[0].fn(conn), None))
+                else:
+                    for job in batch:
+                        savepoint = conn.begin_nested()
+                        try:
+                            result = job.fn(conn)
+                        except Exception as exc:
+                            savepoint.rollback()
+                            outcomes.append((None, exc))
+                        else:
+                            savepoint.commit()
+                            outcomes.append((result, None))
+        except (OperationalError, PoolTimeout) as exc:
+            self._drop_connection()
+            unavailable = StorageUnavailable(type(exc).__name__)
+            unavailable.__cause__ = exc
+            outcomes = [(None, unavailable)] * len(batch)
+        except Exception as exc:  # the single job failed: its transaction is rolled back
+            outcomes = [(None, exc)]
+        for job, (result, failure) in zip(batch, outcomes, strict=True):
+            job.settle(result, failure)
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None
+
+
 class Database:
-    """Owns the engine and the executor; `run` executes a function in one transaction."""
+    """Owns the engine and the database threads; `run` executes a function in one transaction.
+
+    SQLite: one writer thread with group commit (see `_SqliteWriter`). PostgreSQL: a pool of
+    worker threads, each keeping its own connection (no checkout per turn); a connection that
+    fails is dropped and the next turn opens a new one.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_db_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        workers = 1 if self.is_sqlite else PG_POOL_SIZE
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._writer: _SqliteWriter | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._opened: list[Connection] = []
+        self._lock = threading.Lock()
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -107,14 +238,33 @@ class Database:
             # connection refused or lost, pool exhausted, SQLite busy past its timeout
             raise StorageUnavailable(type(exc).__name__) from exc
 
-    def _call(self, fn: Callable[[Connection], T]) -> T:
-        with self.begin() as conn:
-            return fn(conn)
+    def _worker_call(self, fn: Callable[[Connection], T]) -> T:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None or conn.invalidated or conn.closed:
+                conn = self.engine.connect()
+                self._local.conn = conn
+                with self._lock:
+                    self._opened.append(conn)
+            with conn.begin():
+                return fn(conn)
+        except (OperationalError, PoolTimeout) as exc:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
+            self._local.conn = None
+            raise StorageUnavailable(type(exc).__name__) from exc
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn(conn)` inside one transaction on a database worker thread."""
+        """Run `fn(conn)` inside one transaction on a database thread; await its result."""
+        if self.is_sqlite:
+            if self._writer is None:
+                self._writer = _SqliteWriter(self.engine)
+            return await self._writer.submit(fn)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(PG_WORKERS, thread_name_prefix="db")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn)
+        return await loop.run_in_executor(self._executor, self._worker_call, fn)
 
     async def ping(self) -> bool:
         try:
@@ -131,5 +281,11 @@ class Database:
         upgrade(self.engine)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        for conn in self._opened:
+            with contextlib.suppress(Exception):
+                conn.close()
         self.engine.dispose()

@@ -6,7 +6,8 @@ HomevisitError
 ├── RosterError        a roster file is wrong: nothing imported; each problem names file,
 │                      row and column
 ├── StorageUnavailable the database does not answer: the user gets an apology, the web layer a 503
-└── SendError          a platform did not take an outbound message: retried, or recorded as failed
+├── SendError          a platform did not take an outbound message: retried, or recorded as failed
+└── DuplicateMessage   a platform delivered a message again: roll the turn back, repeat the reply
 
 Anything else raised inside a turn is unexpected: it is logged once (without personal data) and the
 teacher gets a short apology; the transaction is rolled back so nothing is half-written.
@@ -62,3 +63,12 @@ class SendError(HomevisitError):
         self.permanent = permanent
         self.retry_after = retry_after
         super().__init__(reason)
+
+
+class DuplicateMessage(HomevisitError):
+    """This (channel, message id) was handled before: the turn must not take effect again."""
+
+    def __init__(self, channel: str, message_id: str) -> None:
+        self.channel = channel
+        self.message_id = message_id
+        super().__init__(f"{channel}:{message_id}")

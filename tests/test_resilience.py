@@ -1,0 +1,94 @@
+"""Faults on PostgreSQL: the server going away mid-run, and an exhausted connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from bot.app import build_dispatcher
+from bot.deps import Deps
+from config.settings import Settings
+from handlers import texts
+from handlers.forms import load_form
+from storage.db import PG_POOL_SIZE, Database
+from storage.demo import load_demo
+from storage.schema import metadata, visits
+from tests.conftest import ChatDriver, FakeClock, make_db_url, make_settings
+from tests.tcp_proxy import OutageProxy
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    yield from make_db_url("postgresql", tmp_path)
+
+
+@pytest.fixture
+async def proxy(pg_url: str) -> AsyncIterator[OutageProxy]:
+    parts = urlsplit(pg_url)
+    p = OutageProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def through(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}").geturl()
+
+
+async def test_database_outage_gets_an_apology_and_recovers(
+    pg_url: str, proxy: OutageProxy, clock: FakeClock
+) -> None:
+    setup = Database(pg_url)
+    metadata.create_all(setup.engine)
+    with setup.begin() as conn:
+        load_demo(conn, now=clock.now())
+    setup.close()
+    settings: Settings = make_settings(through(pg_url, proxy.port))
+    db = Database(settings.database_url)
+    try:
+        bot = ChatDriver(build_dispatcher(settings, Deps(db, load_form(settings.form_path), clock)))
+        await bot.say("周小禾")
+        assert "【第2题】" in await bot.say("3")
+        assert await db.ping()
+
+        proxy.cut()  # PostgreSQL "restarts": connections drop, new ones are refused
+        started = time.monotonic()
+        assert await bot.say("1") == texts.UNAVAILABLE
+        assert not await db.ping()
+        assert time.monotonic() - started < 30
+
+        proxy.restore()
+        assert await db.ping()
+        resumed = await bot.say("1")  # the same answer again: nothing was half-written
+        assert "【第3题】" in resumed
+        answers = await db.run(lambda c: c.execute(select(visits.c.answers)).scalar_one())
+        assert answers == {"method": "电话", "study": "好"}
+    finally:
+        db.close()
+
+
+async def test_exhausted_pool_answers_instead_of_hanging(pg_url: str, clock: FakeClock) -> None:
+    settings = make_settings(pg_url)
+    db = Database(pg_url)
+    metadata.create_all(db.engine)
+    with db.begin() as conn:
+        load_demo(conn, now=clock.now())
+    bot = ChatDriver(build_dispatcher(settings, Deps(db, load_form(settings.form_path), clock)))
+    held = [db.engine.connect() for _ in range(PG_POOL_SIZE)]  # every pooled connection in use
+    try:
+        started = time.monotonic()
+        replies = await asyncio.gather(*(bot.say("家访", user=u) for u in ("T001", "T002")))
+        assert replies == [texts.UNAVAILABLE] * 2
+        assert time.monotonic() - started < 20
+    finally:
+        for conn in held:
+            conn.close()
+    assert "共5名" in await bot.say("家访")
+    db.close()
