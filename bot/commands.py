@@ -31,7 +31,14 @@ def serve(settings: Settings, host: str, port: int) -> int:
     deps = _open(settings)
     try:
         app = create_app(settings, deps, scheduler=True)
-        web.run_app(app, host=host, port=port, print=lambda text: print(text, file=sys.stderr))
+        # No access log: it costs ~5% of a message's CPU and says nothing the metrics don't.
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            access_log=None,
+            print=lambda text: print(text, file=sys.stderr),
+        )
     finally:
         deps.db.close()
     return 0

@@ -172,17 +172,17 @@ class CheckIn:
         choices: list[int] = t.session.data.get("choices", [])
         if not 1 <= n <= len(choices):
             return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        mine = {s.id: s for s in t.store.my_students(staff.id)}
-        student = mine.get(choices[n - 1])
-        if student is None:  # no longer assigned since the list was shown
+        label = t.store.my_student(staff.id, choices[n - 1])
+        if label is None:  # no longer assigned since the list was shown
             return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        return self._start(t, staff, student)
+        return self._start(t, staff, choices[n - 1], label)
 
     def _pick_name(self, t: Turn, staff: Staff, text: str, *, from_idle: bool) -> list[str]:
         students = t.store.my_students(staff.id)
         matches = _match_name(students, text)
         if len(matches) == 1:
-            return self._start(t, staff, matches[0])
+            only = matches[0]
+            return self._start(t, staff, only.id, render.student_label(only.name, only.class_name))
         if from_idle and not matches:
             return [texts.UNKNOWN_IDLE]
         if not matches:
@@ -195,15 +195,14 @@ class CheckIn:
         _set_state(t.session, CHOOSING, choices=[s.id for s in matches])
         return ["\n".join(lines)]
 
-    def _start(self, t: Turn, staff: Staff, student: StudentListing) -> list[str]:
-        label = render.student_label(student.name, student.class_name)
-        draft = t.store.find_draft(staff.id, student.id)
+    def _start(self, t: Turn, staff: Staff, student_id: int, label: str) -> list[str]:
+        draft = t.store.find_draft(staff.id, student_id)
         if draft is not None:
             visit_id, answers = draft.visit_id, self.form.prune(draft.answers)
             head = texts.VISIT_RESUMED.format(student=label)
         else:
             visit_id = t.store.start_visit(
-                staff.id, student.id, self.form.id, self.form.version, t.now
+                staff.id, student_id, self.form.id, self.form.version, t.now
             )
             answers = {}
             head = texts.VISIT_STARTED.format(student=label, version=self.form.version)
@@ -321,11 +320,10 @@ class CheckIn:
         draft = t.store.find_draft(t.staff.id)
         if draft is None:
             return [texts.NO_DRAFT]
-        mine = {s.id: s for s in t.store.my_students(t.staff.id)}
-        student = mine.get(draft.student_id)
-        if student is None:  # reassigned meanwhile: the draft stays, but is not theirs to fill
+        label = t.store.my_student(t.staff.id, draft.student_id)
+        if label is None:  # reassigned meanwhile: the draft stays, but is not theirs to fill
             return [texts.NO_DRAFT]
-        return self._start(t, t.staff, student)
+        return self._start(t, t.staff, draft.student_id, label)
 
     def _help(self, t: Turn, _c: Command, _raw: str) -> list[str]:
         return [self._with_prompt(t, texts.HELP)]

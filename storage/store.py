@@ -7,6 +7,8 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -99,6 +101,68 @@ _MY_STUDENT_IDS = select(assignments.c.student_id).where(
     assignments.c.staff_id == bindparam("staff_id")
 )
 
+_SESSION_INSERT = insert(conversations)
+_REMEMBER = {
+    name: make(inbound_messages)
+    .on_conflict_do_nothing(index_elements=["channel", "message_id"])
+    .returning(inbound_messages.c.message_id)
+    for name, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
+_START_VISIT = insert(visits)
+
+_SUBMITTED = and_(
+    visits.c.student_id == students.c.id, visits.c.status == VisitStatus.SUBMITTED.value
+)
+_MY_STUDENTS = select(
+    students.c.id,
+    students.c.student_no,
+    students.c.name,
+    students.c.class_name,
+    select(func.max(visits.c.submitted_at))
+    .where(_SUBMITTED, visits.c.reached.is_(True))
+    .scalar_subquery()
+    .label("last_reached"),
+    select(func.max(visits.c.submitted_at))
+    .where(_SUBMITTED, visits.c.reached.is_(False))
+    .scalar_subquery()
+    .label("last_unreached"),
+    select(func.count())
+    .select_from(followups)
+    .where(followups.c.student_id == students.c.id, followups.c.status.in_(OPEN_STATES))
+    .scalar_subquery()
+    .label("open_count"),
+).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))
+_CATEGORIES = (
+    select(student_categories.c.student_id, student_categories.c.category)
+    .where(student_categories.c.student_id.in_(bindparam("ids", expanding=True)))
+    .order_by(student_categories.c.category)
+)
+_MY_STUDENT = select(students.c.name, students.c.class_name).where(
+    students.c.id == bindparam("student_id"),
+    students.c.id.in_(_MY_STUDENT_IDS),
+    students.c.active.is_(True),
+)
+_DRAFTS = (
+    select(
+        visits.c.id,
+        visits.c.student_id,
+        visits.c.answers,
+        visits.c.updated_at,
+        students.c.name,
+        students.c.class_name,
+    )
+    .join(students, students.c.id == visits.c.student_id)
+    .where(
+        visits.c.staff_id == bindparam("staff_id"),
+        visits.c.status == VisitStatus.DRAFT.value,
+        students.c.active.is_(True),
+    )
+    .order_by(visits.c.updated_at.desc(), visits.c.id.desc())
+    .limit(1)
+)
+_LATEST_DRAFT = _DRAFTS
+_STUDENT_DRAFT = _DRAFTS.where(visits.c.student_id == bindparam("student_id"))
+
 
 def _staff(row: Any) -> Staff:
     return Staff(row.id, row.staff_no, row.name, StaffRole(row.role), row.school_id)
@@ -129,15 +193,16 @@ class SqlStore:
             try:
                 with self.conn.begin_nested():
                     self.conn.execute(
-                        insert(conversations).values(
-                            channel=key.channel,
-                            user_id=key.user_id,
-                            state=session.state,
-                            data=session.data,
-                            version=1,
-                            expires_at=session.expires_at,
-                            updated_at=now,
-                        )
+                        _SESSION_INSERT,
+                        {
+                            "channel": key.channel,
+                            "user_id": key.user_id,
+                            "state": session.state,
+                            "data": session.data,
+                            "version": 1,
+                            "expires_at": session.expires_at,
+                            "updated_at": now,
+                        },
                     )
             except IntegrityError as exc:
                 raise ConcurrentUpdate from exc
@@ -166,54 +231,23 @@ class SqlStore:
 
     def remember_message(
         self, channel: str, message_id: str, replies: Sequence[str], now: datetime
-    ) -> None:
-        self.conn.execute(
-            insert(inbound_messages).values(
-                channel=channel, message_id=message_id, replies=list(replies), received_at=now
-            )
-        )
+    ) -> bool:
+        params = {
+            "channel": channel,
+            "message_id": message_id,
+            "replies": list(replies),
+            "received_at": now,
+        }
+        stored = self.conn.execute(_REMEMBER[self.conn.dialect.name], params).first()
+        return stored is not None
 
     # ---------------------------------------------------------------- students and visits
     def my_students(self, staff_id: int) -> list[StudentListing]:
         """The teacher's active students, unsorted (the conversation orders them by urgency)."""
-        submitted = and_(
-            visits.c.student_id == students.c.id, visits.c.status == VisitStatus.SUBMITTED.value
-        )
-        last_reached = (
-            select(func.max(visits.c.submitted_at))
-            .where(submitted, visits.c.reached.is_(True))
-            .scalar_subquery()
-        )
-        last_unreached = (
-            select(func.max(visits.c.submitted_at))
-            .where(submitted, visits.c.reached.is_(False))
-            .scalar_subquery()
-        )
-        open_count = (
-            select(func.count())
-            .select_from(followups)
-            .where(followups.c.student_id == students.c.id, followups.c.status.in_(OPEN_STATES))
-            .scalar_subquery()
-        )
-        rows = self.conn.execute(
-            select(
-                students.c.id,
-                students.c.student_no,
-                students.c.name,
-                students.c.class_name,
-                last_reached.label("last_reached"),
-                last_unreached.label("last_unreached"),
-                open_count.label("open_count"),
-            ).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True)),
-            {"staff_id": staff_id},
-        ).all()
+        rows = self.conn.execute(_MY_STUDENTS, {"staff_id": staff_id}).all()
         cats: dict[int, list[str]] = {}
         if rows:
-            for sid, cat in self.conn.execute(
-                select(student_categories.c.student_id, student_categories.c.category)
-                .where(student_categories.c.student_id.in_([r.id for r in rows]))
-                .order_by(student_categories.c.category)
-            ):
+            for sid, cat in self.conn.execute(_CATEGORIES, {"ids": [r.id for r in rows]}).all():
                 cats.setdefault(sid, []).append(cat)
         return [
             StudentListing(
@@ -229,28 +263,18 @@ class SqlStore:
             for r in rows
         ]
 
-    def find_draft(self, staff_id: int, student_id: int | None = None) -> Draft | None:
-        conds = [
-            visits.c.staff_id == staff_id,
-            visits.c.status == VisitStatus.DRAFT.value,
-            students.c.active.is_(True),
-        ]
-        if student_id is not None:
-            conds.append(visits.c.student_id == student_id)
+    def my_student(self, staff_id: int, student_id: int) -> str | None:
         row = self.conn.execute(
-            select(
-                visits.c.id,
-                visits.c.student_id,
-                visits.c.answers,
-                visits.c.updated_at,
-                students.c.name,
-                students.c.class_name,
-            )
-            .join(students, students.c.id == visits.c.student_id)
-            .where(*conds)
-            .order_by(visits.c.updated_at.desc(), visits.c.id.desc())
-            .limit(1)
+            _MY_STUDENT, {"staff_id": staff_id, "student_id": student_id}
         ).first()
+        return f"{row.name}（{row.class_name}）" if row else None
+
+    def find_draft(self, staff_id: int, student_id: int | None = None) -> Draft | None:
+        if student_id is None:
+            row = self.conn.execute(_LATEST_DRAFT, {"staff_id": staff_id}).first()
+        else:
+            params = {"staff_id": staff_id, "student_id": student_id}
+            row = self.conn.execute(_STUDENT_DRAFT, params).first()
         if row is None:
             return None
         return Draft(
@@ -265,16 +289,17 @@ class SqlStore:
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
     ) -> int:
         result = self.conn.execute(
-            insert(visits).values(
-                student_id=student_id,
-                staff_id=staff_id,
-                form_id=form_id,
-                form_version=form_version,
-                status=VisitStatus.DRAFT.value,
-                answers={},
-                started_at=now,
-                updated_at=now,
-            )
+            _START_VISIT,
+            {
+                "student_id": student_id,
+                "staff_id": staff_id,
+                "form_id": form_id,
+                "form_version": form_version,
+                "status": VisitStatus.DRAFT.value,
+                "answers": {},
+                "started_at": now,
+                "updated_at": now,
+            },
         )
         pk = result.inserted_primary_key
         assert pk is not None
