@@ -25,6 +25,7 @@ from bot.core.types import (
     StudentListing,
     VisitStatus,
 )
+from storage.fastsql import Prepared
 from storage.schema import (
     assignments,
     conversations,
@@ -163,6 +164,22 @@ _DRAFTS = (
 _LATEST_DRAFT = _DRAFTS
 _STUDENT_DRAFT = _DRAFTS.where(visits.c.student_id == bindparam("student_id"))
 
+# The four statements of an ordinary answer, on the driver's cursor (see storage.fastsql).
+_FAST_SESSION = Prepared(
+    _SESSION,
+    [
+        conversations.c.state,
+        conversations.c.data,
+        conversations.c.version,
+        conversations.c.expires_at,
+    ],
+)
+_FAST_SESSION_UPDATE = Prepared(_SESSION_UPDATE)
+_FAST_SAVE_ANSWERS = Prepared(_SAVE_ANSWERS)
+_FAST_REMEMBER = {
+    name: Prepared(stmt, [inbound_messages.c.message_id]) for name, stmt in _REMEMBER.items()
+}
+
 
 def _staff(row: Any) -> Staff:
     return Staff(row.id, row.staff_no, row.name, StaffRole(row.role), row.school_id)
@@ -181,12 +198,11 @@ class SqlStore:
         return _staff(row) if row else None
 
     def load_session(self, key: ConversationKey) -> Session | None:
-        row = self.conn.execute(_SESSION, {"channel": key.channel, "user_id": key.user_id}).first()
-        if row is None:
+        rows, _ = _FAST_SESSION.execute(self.conn, {"channel": key.channel, "user_id": key.user_id})
+        if not rows:
             return None
-        return Session(
-            state=row.state, data=dict(row.data), expires_at=row.expires_at, version=row.version
-        )
+        state, data, version, expires_at = rows[0]
+        return Session(state=state, data=dict(data), expires_at=expires_at, version=version)
 
     def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None:
         if session.version == 0:
@@ -207,8 +223,8 @@ class SqlStore:
             except IntegrityError as exc:
                 raise ConcurrentUpdate from exc
         else:
-            result = self.conn.execute(
-                _SESSION_UPDATE,
+            _, count = _FAST_SESSION_UPDATE.execute(
+                self.conn,
                 {
                     "k_channel": key.channel,
                     "k_user_id": key.user_id,
@@ -220,7 +236,7 @@ class SqlStore:
                     "now": now,
                 },
             )
-            if result.rowcount != 1:
+            if count != 1:
                 raise ConcurrentUpdate
         session.version += 1
 
@@ -238,8 +254,8 @@ class SqlStore:
             "replies": list(replies),
             "received_at": now,
         }
-        stored = self.conn.execute(_REMEMBER[self.conn.dialect.name], params).first()
-        return stored is not None
+        rows, _ = _FAST_REMEMBER[self.conn.dialect.name].execute(self.conn, params)
+        return bool(rows)
 
     # ---------------------------------------------------------------- students and visits
     def my_students(self, staff_id: int) -> list[StudentListing]:
@@ -306,7 +322,9 @@ class SqlStore:
         return int(pk[0])
 
     def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> None:
-        self.conn.execute(_SAVE_ANSWERS, {"visit_id": visit_id, "answers": answers, "now": now})
+        _FAST_SAVE_ANSWERS.execute(
+            self.conn, {"visit_id": visit_id, "answers": answers, "now": now}
+        )
 
     def submit_visit(
         self,
