@@ -92,7 +92,8 @@ class Jobs:
 
     def _run(self, conn: Connection, job: str, at: datetime, today: date) -> JobReport:
         escalated = escalate_overdue(conn, today, self.settings.escalate_after_days, at)
-        since = last_run(conn, DIGEST, before=today) or at - timedelta(days=1)
+        # "Needs found since the last digest"; before the first digest, those of the past week.
+        since = last_run(conn, DIGEST, before=today) or at - timedelta(days=7)
         snap = load_snapshot(conn, since, at)
         view = View(snap, today, self.settings.tz, self.cadence)
         kinds = self.deps.form.followup_kinds
