@@ -24,7 +24,16 @@ from bot.dispatcher import Dispatcher
 from bot.jobs import Jobs
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
-from bot.web import DELIVERY, DEPS, DISPATCHER, JOBS, SETTINGS, error_middleware, healthz
+from bot.web import (
+    DELIVERY,
+    DEPS,
+    DISPATCHER,
+    JOBS,
+    SERVING,
+    SETTINGS,
+    error_middleware,
+    healthz,
+)
 from config.settings import Settings
 from handlers.checkin import CheckIn
 
@@ -70,9 +79,17 @@ async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
         await catch_up
 
 
-def create_app(settings: Settings, deps: Deps, *, scheduler: bool = False) -> web.Application:
-    """The aiohttp application. `scheduler=True` (homevisit serve) also fires the timed jobs."""
+def create_app(
+    settings: Settings, deps: Deps, *, scheduler: bool = False, serving: bool = True
+) -> web.Application:
+    """The aiohttp application.
+
+    `scheduler=True` (homevisit serve) also fires the timed jobs. `serving=False` (a one-shot CLI
+    job) starts no background work: no outbox loop, no DingTalk Stream connection; the caller
+    delivers with `app[DELIVERY].run_once()` and nothing is cancelled half-way.
+    """
     app = web.Application(client_max_size=MAX_BODY, middlewares=[error_middleware])
+    app[SERVING] = serving
     app[SETTINGS] = settings
     app[DEPS] = deps
     app[DISPATCHER] = build_dispatcher(settings, deps)
@@ -80,7 +97,8 @@ def create_app(settings: Settings, deps: Deps, *, scheduler: bool = False) -> we
     senders = install_channels(app, settings, deps)
     app[DELIVERY] = OutboxDelivery(deps.db, senders, deps.clock)
     app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY])
-    app.cleanup_ctx.append(_deliver_outbox)
+    if serving:
+        app.cleanup_ctx.append(_deliver_outbox)
     if scheduler:
         app.cleanup_ctx.append(_run_scheduler)
     return app

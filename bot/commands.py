@@ -126,9 +126,9 @@ def run_job(settings: Settings, job: str, at: datetime | None) -> int:
 async def _job_then_deliver(
     settings: Settings, deps: Deps, job: str, at: datetime
 ) -> tuple[JobReport, int]:
-    app = create_app(settings, deps)
+    app = create_app(settings, deps, serving=False)
     runner = web.AppRunner(app)
-    await runner.setup()  # starts channel sessions; no port is opened
+    await runner.setup()  # opens the channels' HTTP sessions; no port, no background tasks
     try:
         report = await app[JOBS].run(job, at)
         return report, await app[DELIVERY].run_once()

@@ -22,6 +22,7 @@ DEPS = web.AppKey("deps", Deps)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 DELIVERY = web.AppKey("delivery", OutboxDelivery)
 JOBS = web.AppKey("jobs", Jobs)
+SERVING = web.AppKey("serving", bool)  # False in one-shot CLI jobs: no background tasks
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

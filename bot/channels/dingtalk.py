@@ -41,7 +41,7 @@ from bot.core.ports import Clock, Sender
 from bot.core.types import InboundMessage, MessageKind
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
-from bot.web import DELIVERY, DISPATCHER, json_response
+from bot.web import DELIVERY, DISPATCHER, SERVING, json_response
 from config.settings import Settings
 from storage import outbox
 from storage.db import Database
@@ -321,7 +321,7 @@ def install(app: web.Application, settings: Settings, deps: Deps) -> Sender:
     if conf.mode == "http":
         app[_SECRET] = conf.app_secret.value
         app.router.add_post("/dingtalk/callback", callback)
-    else:
+    elif app[SERVING]:  # a one-shot CLI job only sends; it must not take robot messages
         stream_http = api.Http(aiohttp.ClientTimeout(total=None, sock_connect=10))
         client = StreamClient(
             stream_http, conf.api_base, conf.app_key, conf.app_secret, channel.receive
