@@ -135,9 +135,23 @@ _MY_STUDENTS = select(
 ).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))
 _CATEGORIES = (
     select(student_categories.c.student_id, student_categories.c.category)
-    .where(student_categories.c.student_id.in_(bindparam("ids", expanding=True)))
+    .where(student_categories.c.student_id.in_(_MY_STUDENT_IDS))
     .order_by(student_categories.c.category)
 )
+_SUBMIT = (
+    update(visits)
+    .where(visits.c.id == bindparam("visit_id"))
+    .values(
+        status=VisitStatus.SUBMITTED.value,
+        answers=bindparam("answers"),
+        method=bindparam("method"),
+        reached=bindparam("reached"),
+        submitted_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(visits.c.student_id, visits.c.staff_id)
+)
+_ADD_FOLLOWUPS = insert(followups)
 _MY_STUDENT = select(students.c.name, students.c.class_name).where(
     students.c.id == bindparam("student_id"),
     students.c.id.in_(_MY_STUDENT_IDS),
@@ -176,6 +190,7 @@ _FAST_SESSION = Prepared(
 )
 _FAST_SESSION_UPDATE = Prepared(_SESSION_UPDATE)
 _FAST_SAVE_ANSWERS = Prepared(_SAVE_ANSWERS)
+_FAST_SUBMIT = Prepared(_SUBMIT, [visits.c.student_id, visits.c.staff_id])
 _FAST_REMEMBER = {
     name: Prepared(stmt, [inbound_messages.c.message_id]) for name, stmt in _REMEMBER.items()
 }
@@ -263,7 +278,7 @@ class SqlStore:
         rows = self.conn.execute(_MY_STUDENTS, {"staff_id": staff_id}).all()
         cats: dict[int, list[str]] = {}
         if rows:
-            for sid, cat in self.conn.execute(_CATEGORIES, {"ids": [r.id for r in rows]}).all():
+            for sid, cat in self.conn.execute(_CATEGORIES, {"staff_id": staff_id}).all():
                 cats.setdefault(sid, []).append(cat)
         return [
             StudentListing(
@@ -335,29 +350,25 @@ class SqlStore:
         followups_: Sequence[NewFollowUp],
         now: datetime,
     ) -> None:
-        row = self.conn.execute(
-            select(visits.c.student_id, visits.c.staff_id).where(visits.c.id == visit_id)
-        ).one()
-        self.conn.execute(
-            update(visits)
-            .where(visits.c.id == visit_id)
-            .values(
-                status=VisitStatus.SUBMITTED.value,
-                answers=answers,
-                method=method,
-                reached=reached,
-                submitted_at=now,
-                updated_at=now,
-            )
+        rows, _ = _FAST_SUBMIT.execute(
+            self.conn,
+            {
+                "visit_id": visit_id,
+                "answers": answers,
+                "method": method,
+                "reached": reached,
+                "now": now,
+            },
         )
+        student_id, staff_id = rows[0]
         if followups_:
             self.conn.execute(
-                insert(followups),
+                _ADD_FOLLOWUPS,
                 [
                     {
                         "visit_id": visit_id,
-                        "student_id": row.student_id,
-                        "owner_staff_id": row.staff_id,
+                        "student_id": student_id,
+                        "owner_staff_id": staff_id,
                         "kind": f.kind,
                         "detail": f.detail,
                         "due_date": f.due_date,
