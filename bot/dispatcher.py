@@ -9,14 +9,14 @@ catches anything that still slips through (the turn is then retried once).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from sqlalchemy.engine import Connection
 
 from bot.core.engine import Engine
 from bot.core.errors import DuplicateMessage, StorageUnavailable
-from bot.core.types import ConversationKey, InboundMessage
+from bot.core.types import InboundMessage
+from bot.locks import KeyedLocks
 from handlers import texts
 from storage.db import Database
 from storage.store import ConcurrentUpdate, SqlStore
@@ -28,22 +28,12 @@ class Dispatcher:
     def __init__(self, db: Database, engine: Engine) -> None:
         self.db = db
         self.engine = engine
-        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
+        self._locks = KeyedLocks()
 
     async def handle(self, message: InboundMessage) -> list[str]:
         """The replies to `message`. Never raises: failures become an apology."""
-        key = message.key
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                return await self._process(message)
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+        async with self._locks.hold(message.key):
+            return await self._process(message)
 
     async def _process(self, message: InboundMessage) -> list[str]:
         def turn(conn: Connection) -> list[str]:

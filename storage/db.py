@@ -200,7 +200,7 @@ class _SqliteWriter:
                         savepoint = conn.begin_nested()
                         try:
                             result = job.fn(conn)
-                        except Exception as exc:
+                        except BaseException as exc:  # the writer must outlive any job
                             savepoint.rollback()
                             outcomes.append((None, exc))
                         else:
@@ -211,8 +211,8 @@ class _SqliteWriter:
             unavailable = StorageUnavailable(type(exc).__name__)
             unavailable.__cause__ = exc
             outcomes = [(None, unavailable)] * len(batch)
-        except Exception as exc:  # the single job failed: its transaction is rolled back
-            outcomes = [(None, exc)]
+        except BaseException as exc:  # rolled back as a whole: every job of the batch failed
+            outcomes = [(None, exc)] * len(batch)
         _settle_all([(job, r, e) for job, (r, e) in zip(batch, outcomes, strict=True)])
 
     def _drop_connection(self) -> None:

@@ -23,6 +23,16 @@ from tests.conftest import ChatDriver, FakeClock
 # method=电话, study=好, device_ok=否, device_missing=平板或电脑, life_hard=否, emotion=稳定,
 # relation=融洽, other=无  -> one follow-up (device)
 TABLET_VISIT = ["3", "1", "2", "1", "2", "1", "1", "无"]
+TABLET_ANSWERS = {
+    "method": "电话",
+    "study": "好",
+    "device_ok": "否",
+    "device_missing": "平板或电脑",
+    "life_hard": "否",
+    "emotion": "稳定",
+    "relation": "融洽",
+    "other": "无",
+}
 
 
 def rows(deps: Deps, table: Any) -> list[Any]:
@@ -54,16 +64,7 @@ async def test_whole_checkin_is_stored_with_its_followups(bot: ChatDriver, deps:
     [visit] = rows(deps, visits)
     assert visit.status == "submitted" and visit.reached is True and visit.method == "电话"
     assert visit.form_id == "home_visit" and visit.form_version == "2026.1"
-    assert visit.answers == {
-        "method": "电话",
-        "study": "好",
-        "device_ok": "否",
-        "device_missing": "平板或电脑",
-        "life_hard": "否",
-        "emotion": "稳定",
-        "relation": "融洽",
-        "other": "无",
-    }
+    assert visit.answers == TABLET_ANSWERS
     [fu] = rows(deps, followups)
     assert (fu.kind, fu.detail, fu.status) == ("device", "平板或电脑", "open")
     local_today = deps.clock.now().astimezone(ZoneInfo("Asia/Shanghai")).date()

@@ -31,6 +31,7 @@ from tests import fake_wecom
 from tests.conftest import make_db_url
 from tests.fake_wecom import AGENT_ID, CORP_ID, SECRET, FakeWeCom
 from tests.procs import BotServer, bot_env, run_bot
+from tests.test_conversation import TABLET_ANSWERS, TABLET_VISIT
 
 API_TOKEN = "instances-test-token-0123456789abcdef"
 WECOM_TOKEN = "hvToken2026"
@@ -39,17 +40,8 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 REMIND_AT = "2026-03-02T09:00:00+08:00"  # a Monday school day, outside QUIET_HOURS (21:00-07:00)
 REMIND_DAY = date(2026, 3, 2)
 
-ANSWERS = ["3", "1", "2", "1", "2", "1", "1", "无"]
-EXPECTED_ANSWERS = {
-    "method": "电话",
-    "study": "好",
-    "device_ok": "否",
-    "device_missing": "平板或电脑",
-    "life_hard": "否",
-    "emotion": "稳定",
-    "relation": "融洽",
-    "other": "无",
-}
+ANSWERS = TABLET_VISIT
+EXPECTED_ANSWERS = TABLET_ANSWERS
 # The check-ins of the load run: one student each, names unique in that teacher's list.
 CHECKINS = {"T001": "周小禾", "T002": "孙小川", "T003": "冯小苗"}
 KILL_DELAY = 0.002  # seconds between sending a request to the instance and SIGKILLing it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from bot.core.errors import SendError
@@ -139,3 +140,13 @@ async def test_two_workers_send_each_row_once(db: Database, clock: FakeClock) ->
         second_db.close()
     assert sorted(r for r, _ in sender.sent) == sorted(f"u{i}" for i in range(40))
     assert {s for _, s, _ in statuses(db)} == {"sent"}
+
+
+async def test_the_database_thread_survives_a_job_that_raises(db: Database) -> None:
+    def explode(conn: object) -> None:
+        raise SystemExit("not even this may kill the database thread")
+
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            await db.run(explode)
+    assert await db.ping()

@@ -229,3 +229,30 @@ async def test_quiet_hours_window(world: World, settings: Settings) -> None:
 )
 def test_cron_day_of_week_uses_cron_numbering(field: str, days: set[int]) -> None:
     assert weekdays(field) == days
+
+
+async def test_a_job_that_dies_half_way_leaves_nothing_and_runs_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.jobs
+
+    real = bot.jobs.outbox.enqueue_many
+
+    def crash_after_writing(*args: object, **kwargs: object) -> int:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise RuntimeError("killed")  # the job dies inside its transaction
+
+    monday = date(2026, 3, 2)
+    monkeypatch.setattr(bot.jobs.outbox, "enqueue_many", crash_after_writing)
+    with pytest.raises(RuntimeError, match="killed"):
+        await world.at(local(monday, 9), "remind")
+    with world.deps.db.begin() as conn:
+        assert conn.execute(select(outbox)).all() == []  # rolled back with the transaction
+    monkeypatch.setattr(bot.jobs.outbox, "enqueue_many", real)
+
+    restarted = JobScheduler(world.jobs, world.clock)
+    world.clock.current = local(monday, 9, 30)
+    assert await restarted.catch_up() == ["remind"]
+    await world.delivery.run_once()
+    assert await restarted.catch_up() == []
+    assert len(world.wecom.to("zhanglaoshi")) == 1 and len(world.wecom.to("li")) == 1

@@ -19,8 +19,6 @@ students and their families' difficulties.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -41,6 +39,7 @@ from bot.core.ports import Clock, Sender
 from bot.core.types import InboundMessage, MessageKind
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
+from bot.locks import KeyedLocks
 from bot.web import DELIVERY, DISPATCHER, SERVING, json_response
 from config.settings import Settings
 from storage import outbox
@@ -131,27 +130,6 @@ def check_signature(timestamp: str | None, sign: str | None, secret: str, now: d
         return 403
     expected = api.sign(secret, timestamp)
     return 0 if hmac.compare_digest(expected.encode(), sign.encode()) else 403
-
-
-class KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class DingTalkChannel:
