@@ -17,6 +17,7 @@ from bot.core.engine import Engine
 from bot.core.errors import DuplicateMessage, StorageUnavailable
 from bot.core.types import InboundMessage
 from bot.locks import KeyedLocks
+from bot.logsafe import log_failure
 from handlers import texts
 from storage.db import Database
 from storage.store import ConcurrentUpdate, SqlStore
@@ -51,10 +52,15 @@ class Dispatcher:
             except StorageUnavailable as exc:
                 log.warning("database unavailable (%s) channel=%s", exc, message.channel)
                 return [texts.UNAVAILABLE]
-            except Exception:
-                # Logged without the message text: it may hold a student's details.
-                log.exception(
-                    "turn failed channel=%s message_id=%s", message.channel, message.message_id
+            except Exception as exc:
+                # Neither the message text nor the error's own message: both may hold a
+                # student's details.
+                log_failure(
+                    log,
+                    "turn failed channel=%s message_id=%s",
+                    message.channel,
+                    message.message_id,
+                    exc=exc,
                 )
                 return [texts.APOLOGY]
         raise AssertionError("unreachable")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Connection
 
 from bot.core.errors import SendError, StorageUnavailable
 from bot.core.ports import Clock, Sender
+from bot.logsafe import log_failure
 from storage import outbox
 from storage.db import Database
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=2)
 GIVE_UP_AFTER = timedelta(days=1)
 BATCH = 50
+# Answers to a teacher's own message: sent whatever the hour.
+PROMPT_KINDS = frozenset({"reply"})
 
 
 def backoff(attempts: int) -> timedelta:
@@ -39,11 +42,13 @@ class OutboxDelivery:
         clock: Clock,
         *,
         poll_seconds: float = 5.0,
+        quiet: Callable[[datetime], datetime | None] | None = None,
     ) -> None:
         self.db = db
         self.senders = senders
         self.clock = clock
         self.poll_seconds = poll_seconds
+        self.quiet = quiet  # when a moment is in quiet hours, when they end
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -73,7 +78,9 @@ class OutboxDelivery:
         except SendError as exc:
             await self._failed(item, exc)
         except Exception as exc:  # a bug in a sender must not stop delivery of the rest
-            log.exception("sender crashed outbox_id=%s channel=%s", item.id, item.channel)
+            log_failure(
+                log, "sender crashed outbox_id=%s channel=%s", item.id, item.channel, exc=exc
+            )
             await self._failed(item, SendError(type(exc).__name__))
         else:
             now = self.clock.now()
@@ -88,6 +95,11 @@ class OutboxDelivery:
         delay = backoff(item.attempts)
         if exc.retry_after is not None:
             delay = max(delay, timedelta(seconds=exc.retry_after))
+        retry_at = now + delay
+        # A retried reminder or digest still keeps out of quiet hours; a reply to a teacher's
+        # own message does not wait.
+        if self.quiet is not None and item.kind not in PROMPT_KINDS:
+            retry_at = self.quiet(retry_at) or retry_at
         log.info(
             "outbox_id=%s attempt %s failed (%s); retry in %s",
             item.id,
@@ -95,7 +107,7 @@ class OutboxDelivery:
             exc.reason,
             delay,
         )
-        await self.db.run(lambda c: outbox.mark_retry(c, item.id, exc.reason, now + delay))
+        await self.db.run(lambda c: outbox.mark_retry(c, item.id, exc.reason, retry_at))
 
     async def run_forever(self) -> None:
         """Background task: deliver, then sleep until poked or the next poll."""
@@ -104,8 +116,8 @@ class OutboxDelivery:
                 await self.run_once()
             except StorageUnavailable as exc:
                 log.warning("outbox delivery paused: database unavailable (%s)", exc)
-            except Exception:
-                log.exception("outbox delivery round failed")
+            except Exception as exc:
+                log_failure(log, "outbox delivery round failed", exc=exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
             self._wake.clear()

@@ -3,7 +3,8 @@
 Each job fires on its crontab (REMINDER_CRON / DIGEST_CRON) and, at the same times, on weekends
 too: the job itself runs only on school days, so a make-up working day (调休) on a Saturday gets
 its reminders like any weekday. At start-up, a job whose time today has passed without a recorded
-run (the server was down) runs once. Job bodies never let an exception escape.
+run (the server was down) runs once, unless quiet hours would hold its messages until tomorrow.
+Job bodies never let an exception escape.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bot.core.ports import Clock
 from bot.jobs import DIGEST, REMIND, Jobs
+from bot.logsafe import log_failure
 from config.cron import crontab_trigger
 from storage.snapshot import has_run
 
@@ -59,8 +61,8 @@ class JobScheduler:
         """Run one job now; failures are logged, never raised (the scheduler must go on)."""
         try:
             await self.jobs.run(job, self.clock.now())
-        except Exception:
-            log.exception("scheduled job %s failed", job)
+        except Exception as exc:
+            log_failure(log, "scheduled job %s failed", job, exc=exc)
 
     async def catch_up(self) -> list[str]:
         """Run, once, each job whose time today has passed with no run recorded for today."""
@@ -73,6 +75,13 @@ class JobScheduler:
             if fire is None or fire > now:
                 continue
             done = await self.jobs.deps.db.run(partial(has_run, job=job, day=local.date()))
+            held = self.jobs.quiet_until(now)
+            if not done and held is not None and held.astimezone(self.tz).date() != local.date():
+                # Too late today: it would reach teachers tomorrow next to tomorrow's own run.
+                log.info(
+                    "missed job %s for %s skipped: quiet hours until tomorrow", job, local.date()
+                )
+                continue
             if not done:
                 missed.append(job)
                 log.info("running missed job %s for %s", job, local.date())

@@ -12,6 +12,7 @@ from aiohttp import web
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
 from bot.jobs import Jobs
+from bot.logsafe import log_failure
 from bot.outbox import OutboxDelivery
 from config.settings import Settings
 
@@ -45,8 +46,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return json_response({"error": exc.reason}, status=exc.status)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+    except Exception as exc:
+        log_failure(log, "unhandled error on %s %s", request.method, request.path, exc=exc)
         return json_response({"error": "internal error"}, status=500)
 
 

@@ -100,6 +100,12 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    error = StorageUnavailable(type(exc).__name__)
+    error.__cause__ = exc
+    return error
+
+
 class _Job:
     __slots__ = ("fn", "future", "loop")
 
@@ -200,6 +206,9 @@ class _SqliteWriter:
                         savepoint = conn.begin_nested()
                         try:
                             result = job.fn(conn)
+                        except (OperationalError, PoolTimeout) as exc:
+                            savepoint.rollback()
+                            outcomes.append((None, _unavailable(exc)))
                         except BaseException as exc:  # the writer must outlive any job
                             savepoint.rollback()
                             outcomes.append((None, exc))
@@ -208,9 +217,7 @@ class _SqliteWriter:
                             outcomes.append((result, None))
         except (OperationalError, PoolTimeout) as exc:
             self._drop_connection()
-            unavailable = StorageUnavailable(type(exc).__name__)
-            unavailable.__cause__ = exc
-            outcomes = [(None, unavailable)] * len(batch)
+            outcomes = [(None, _unavailable(exc))] * len(batch)
         except BaseException as exc:  # rolled back as a whole: every job of the batch failed
             outcomes = [(None, exc)] * len(batch)
         _settle_all([(job, r, e) for job, (r, e) in zip(batch, outcomes, strict=True)])
@@ -252,21 +259,37 @@ class Database:
             raise StorageUnavailable(type(exc).__name__) from exc
 
     def _worker_call(self, fn: Callable[[Connection], T]) -> T:
+        try:
+            return self._attempt(fn)
+        except OperationalError as exc:
+            if not exc.connection_invalidated:
+                raise StorageUnavailable(type(exc).__name__) from exc
+        # The thread's connection had died while idle (a restart, a failover): the turn was rolled
+        # back with it, so run it once more on a fresh connection.
+        try:
+            return self._attempt(fn)
+        except (OperationalError, PoolTimeout) as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
+
+    def _attempt(self, fn: Callable[[Connection], T]) -> T:
         conn: Connection | None = getattr(self._local, "conn", None)
         try:
             if conn is None or conn.invalidated or conn.closed:
                 conn = self.engine.connect()
                 self._local.conn = conn
                 with self._lock:
-                    self._opened.append(conn)
+                    self._opened = [c for c in self._opened if not c.closed] + [conn]
             with conn.begin():
                 return fn(conn)
-        except (OperationalError, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise StorageUnavailable(type(exc).__name__) from exc
+        except OperationalError:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.invalidate()
+                    conn.close()
             self._local.conn = None
-            raise StorageUnavailable(type(exc).__name__) from exc
+            raise
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn(conn)` inside one transaction on a database thread; await its result."""
@@ -283,7 +306,7 @@ class Database:
         try:
             await asyncio.wait_for(self.run(lambda c: c.execute(text("SELECT 1")).scalar()), 3)
         except Exception:  # any failure means "not healthy"; the reason is logged once
-            log.warning("database ping failed", exc_info=True)
+            log.warning("database ping failed")
             return False
         return True
 

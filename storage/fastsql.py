@@ -83,6 +83,7 @@ class Prepared:
                 args,
                 exc,
                 conn.dialect.loaded_dbapi.Error,
+                hide_parameters=True,  # parameters hold answers and names: never in a message
                 connection_invalidated=conn.dialect.is_disconnect(exc, raw, cursor),
                 dialect=conn.dialect,
             ) from exc

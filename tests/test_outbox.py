@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -150,3 +151,42 @@ async def test_the_database_thread_survives_a_job_that_raises(db: Database) -> N
         with pytest.raises(SystemExit):
             await db.run(explode)
     assert await db.ping()
+
+
+async def test_a_retried_reminder_waits_for_quiet_hours_to_end(
+    db: Database, clock: FakeClock
+) -> None:
+    from config.settings import QuietHours
+
+    tz = ZoneInfo("Asia/Shanghai")
+    quiet = QuietHours(time(21), time(7))
+    clock.current = datetime(2026, 3, 2, 20, 59, 50, tzinfo=tz).astimezone(UTC)
+    put(db, clock, "k1")
+    sender = FakeSender()
+    sender.errors = [SendError("503")]
+    delivery = OutboxDelivery(
+        db, {"fake": sender}, clock, quiet=lambda moment: quiet.release(moment, tz)
+    )
+    await delivery.run_once()  # fails at 20:59:50; the 30 s backoff lands inside quiet hours
+    clock.advance(minutes=5)
+    assert await delivery.run_once() == 0
+    clock.current = datetime(2026, 3, 3, 7, 0, tzinfo=tz).astimezone(UTC)
+    assert await delivery.run_once() == 1 and sender.sent == [("u1", "hello k1")]
+
+
+def test_driver_errors_on_the_fast_path_hide_their_parameters(db: Database) -> None:
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from storage.fastsql import Prepared
+    from storage.schema import schools, students
+
+    with db.begin() as conn:
+        conn.execute(insert(schools).values(id=1, name="一小"))
+    add = Prepared(insert(students))
+    row = {"student_no": "S1", "school_id": 1, "class_name": "一班", "active": True}
+    with db.begin() as conn:
+        add.execute(conn, {**row, "id": 1, "name": "王小雨"})
+    with pytest.raises(IntegrityError) as info, db.begin() as conn:
+        add.execute(conn, {**row, "id": 2, "name": "李小雪"})  # same 学籍号: unique violation
+    assert "李小雪" not in str(info.value) and "parameters hidden" in str(info.value)

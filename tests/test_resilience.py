@@ -92,3 +92,24 @@ async def test_exhausted_pool_answers_instead_of_hanging(pg_url: str, clock: Fak
             conn.close()
     assert "共5名" in await bot.say("家访")
     db.close()
+
+
+async def test_a_connection_killed_while_idle_is_replaced_without_failing_a_turn(
+    pg_url: str, clock: FakeClock
+) -> None:
+    settings = make_settings(pg_url)
+    db = Database(pg_url)
+    metadata.create_all(db.engine)
+    with db.begin() as conn:
+        load_demo(conn, now=clock.now())
+    bot = ChatDriver(build_dispatcher(settings, Deps(db, load_form(settings.form_path), clock)))
+    try:
+        assert "共5名" in await bot.say("家访")
+        pid = await db.run(lambda c: c.exec_driver_sql("SELECT pg_backend_pid()").scalar())
+        admin = Database(pg_url)
+        with admin.begin() as conn:  # PostgreSQL restarts, or a failover drops the connection
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")  # type: ignore[arg-type]
+        admin.close()
+        assert "开始登记" in await bot.say("周小禾")  # the first turn afterwards still works
+    finally:
+        db.close()

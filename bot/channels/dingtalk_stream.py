@@ -28,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from bot.channels.dingtalk_api import Http
+from bot.logsafe import log_failure
 from config.settings import Secret
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ class StreamClient:
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 log.warning("dingtalk stream dropped (%s); retry in %.1f s", type(exc).__name__,
                             delay)  # fmt: skip
-            except Exception:
-                log.exception("dingtalk stream failed; retry in %.1f s", delay)
+            except Exception as exc:
+                log_failure(log, "dingtalk stream failed; retry in %.1f s", delay, exc=exc)
             if delivered:  # the connection worked for a while: start the backoff over
                 delay = self.backoff.first
             await asyncio.sleep(delay)
@@ -196,8 +197,8 @@ class StreamClient:
     async def _handle(self, payload: Any, message_id: Any) -> None:
         try:
             await self.on_robot(payload)
-        except Exception:  # one bad message must not disturb the connection
-            log.exception("dingtalk stream: handling frame %s failed", message_id)
+        except Exception as exc:  # one bad message must not disturb the connection
+            log_failure(log, "dingtalk stream: handling frame %s failed", message_id, exc=exc)
 
 
 @contextlib.asynccontextmanager

@@ -55,6 +55,7 @@ from bot.core.ports import Sender
 from bot.core.types import InboundMessage, MessageKind
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
+from bot.logsafe import log_failure
 from bot.web import DELIVERY, DISPATCHER
 from config.settings import Settings
 from storage import outbox
@@ -292,10 +293,10 @@ class WeComChannel:
 
         try:
             await self.deps.db.run(put)
-        except Exception:
+        except Exception as exc:
             # The turn is saved; only its answer is lost. A retry of this message gets it
             # passively (no outbox rows), and "继续" repeats the current question.
-            log.exception("wecom could not queue the reply message_id=%s", message_id)
+            log_failure(log, "wecom could not queue the reply message_id=%s", message_id, exc=exc)
 
     async def drain(self, grace: float = SHUTDOWN_GRACE) -> None:
         """On shutdown: let running turns finish (queuing their replies), then cancel the rest."""
