@@ -95,7 +95,12 @@ def create_app(
     app[DISPATCHER] = build_dispatcher(settings, deps)
     app.router.add_get("/healthz", healthz)
     senders = install_channels(app, settings, deps)
-    app[DELIVERY] = OutboxDelivery(deps.db, senders, deps.clock)
+    app[DELIVERY] = OutboxDelivery(
+        deps.db,
+        senders,
+        deps.clock,
+        quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),
+    )
     app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY])
     if serving:
         app.cleanup_ctx.append(_deliver_outbox)

@@ -68,14 +68,7 @@ class Jobs:
 
     def quiet_until(self, at: datetime) -> datetime | None:
         """When `at` falls inside QUIET_HOURS, the moment the window ends; else None."""
-        tz, quiet = self.settings.tz, self.settings.quiet_hours
-        local = at.astimezone(tz)
-        if not quiet.contains(local.time()):
-            return None
-        end = local.replace(hour=quiet.end.hour, minute=quiet.end.minute, second=0, microsecond=0)
-        if end <= local:
-            end += timedelta(days=1)
-        return end
+        return self.settings.quiet_hours.release(at, self.settings.tz)
 
     async def run(self, job: str, at: datetime) -> JobReport:
         """Run `job` as if at `at`; only on school days. Never sends directly: writes the outbox."""
@@ -114,11 +107,14 @@ class Jobs:
                 self.settings.escalate_after_days,
                 unreachable_teachers,
             )
-        not_before = self.quiet_until(at)
+        # Messages go out from now on (a job run "as if" at an earlier time sends now), never
+        # inside quiet hours.
+        send_from = max(at, self.deps.clock.now())
+        not_before = self.quiet_until(send_from)
         messages = [
             outbox.NewMessage(m.key, m.channel, m.recipient, m.kind, m.body) for m in plan.messages
         ]
-        queued = outbox.enqueue_many(conn, messages, not_before=not_before or at, now=at)
+        queued = outbox.enqueue_many(conn, messages, not_before=not_before or send_from, now=at)
         record_run(conn, job, today, at)
         return JobReport(
             job,

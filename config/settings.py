@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import time, timedelta
+from datetime import datetime, time, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -57,6 +57,16 @@ class QuietHours:
         if self.start <= self.end:
             return self.start <= t < self.end
         return t >= self.start or t < self.end  # window crosses midnight
+
+    def release(self, moment: datetime, tz: tzinfo) -> datetime | None:
+        """When `moment` falls inside the window (read in `tz`), the moment it ends; else None."""
+        local = moment.astimezone(tz)
+        if not self.contains(local.time()):
+            return None
+        end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
+        if end <= local:
+            end += timedelta(days=1)
+        return end
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,10 +140,16 @@ class CheckIn:
             body = render.question(self.form, nxt, answers, s.data["student"])
         return [f"{head}\n\n{body}" if head else body]
 
-    def _save(self, t: Turn, answers: dict[str, Any]) -> None:
+    def _save(self, t: Turn, answers: dict[str, Any]) -> bool:
+        """Store the draft's answers; False when the draft was closed from another channel."""
         answers = self.form.prune(answers)
         t.session.data["answers"] = answers
-        t.store.save_answers(t.session.data["visit"], answers, t.now)
+        return t.store.save_answers(t.session.data["visit"], answers, t.now)
+
+    def _draft_gone(self, t: Turn) -> list[str]:
+        student = t.session.data["student"]
+        _idle(t.session)
+        return [texts.DRAFT_GONE.format(student=student)]
 
     # ------------------------------------------------------------------ choosing a student
     def _list(self, t: Turn, _c: Command, _raw: str) -> list[str]:
@@ -206,7 +212,9 @@ class CheckIn:
             )
             answers = {}
             head = texts.VISIT_STARTED.format(student=label, version=self.form.version)
-        _set_state(t.session, QUESTION, visit=visit_id, student=label, answers=answers, hist=[])
+        # 上一题 after resuming a draft steps back through the answers already given.
+        hist = [q.key for q in render.answered(self.form, answers)]
+        _set_state(t.session, QUESTION, visit=visit_id, student=label, answers=answers, hist=hist)
         return self._advance(t, head)
 
     # ------------------------------------------------------------------ answering
@@ -217,7 +225,8 @@ class CheckIn:
             value = parse_answer(q, raw, self.today(t))
         except InvalidAnswer as exc:
             return [self._with_prompt(t, exc.reason)]
-        self._save(t, {**s.data["answers"], q.key: value})
+        if not self._save(t, {**s.data["answers"], q.key: value}):
+            return self._draft_gone(t)
         if not s.data["hist"] or s.data["hist"][-1] != q.key:
             s.data["hist"].append(q.key)
         return self._advance(t)
@@ -229,7 +238,8 @@ class CheckIn:
         q = self.form.question(s.data["q"])
         if q.required:
             return [self._with_prompt(t, texts.NOT_OPTIONAL)]
-        self._save(t, {**s.data["answers"], q.key: None})
+        if not self._save(t, {**s.data["answers"], q.key: None}):
+            return self._draft_gone(t)
         s.data["hist"].append(q.key)
         return self._advance(t)
 
@@ -276,9 +286,10 @@ class CheckIn:
             return self._advance(t)
         found = self.form.followups(answers, self.today(t))
         reached = self.form.reached(answers)
-        t.store.submit_visit(
+        if not t.store.submit_visit(
             s.data["visit"], answers, self.form.method(answers), reached, found, t.now
-        )
+        ):
+            return self._draft_gone(t)
         student = s.data["student"]
         _idle(s)
         lines = [

@@ -73,6 +73,7 @@ SUBMITTED_UNREACHED = "已记录：这次没有联系上 {student} 的家庭，�
 NEW_FOLLOWUPS = "新增跟进事项{count}项："
 NEXT_HINT = "回复“家访”继续下一位学生。"
 DISCARDED = "已放弃 {student} 的这份家访草稿。"
+DRAFT_GONE = "{student} 的这份家访草稿已在别处提交或放弃，这里不再修改。回复“家访”查看名单。"
 PARKED = "已保存 {student} 的家访草稿，回复“继续”可接着填。"
 NO_DRAFT = "没有未完成的家访草稿。回复“家访”开始新的家访。"
 NOTHING_TO_CANCEL = "当前没有进行中的家访。"

@@ -140,7 +140,7 @@ _CATEGORIES = (
 )
 _SUBMIT = (
     update(visits)
-    .where(visits.c.id == bindparam("visit_id"))
+    .where(visits.c.id == bindparam("visit_id"), visits.c.status == VisitStatus.DRAFT.value)
     .values(
         status=VisitStatus.SUBMITTED.value,
         answers=bindparam("answers"),
@@ -171,6 +171,7 @@ _DRAFTS = (
         visits.c.staff_id == bindparam("staff_id"),
         visits.c.status == VisitStatus.DRAFT.value,
         students.c.active.is_(True),
+        students.c.id.in_(_MY_STUDENT_IDS),  # a draft of a student reassigned since is not theirs
     )
     .order_by(visits.c.updated_at.desc(), visits.c.id.desc())
     .limit(1)
@@ -336,10 +337,10 @@ class SqlStore:
         assert pk is not None
         return int(pk[0])
 
-    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> None:
-        _FAST_SAVE_ANSWERS.execute(
-            self.conn, {"visit_id": visit_id, "answers": answers, "now": now}
-        )
+    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> bool:
+        params = {"visit_id": visit_id, "answers": answers, "now": now}
+        _, count = _FAST_SAVE_ANSWERS.execute(self.conn, params)
+        return count == 1
 
     def submit_visit(
         self,
@@ -349,7 +350,7 @@ class SqlStore:
         reached: bool,
         followups_: Sequence[NewFollowUp],
         now: datetime,
-    ) -> None:
+    ) -> bool:
         rows, _ = _FAST_SUBMIT.execute(
             self.conn,
             {
@@ -360,6 +361,8 @@ class SqlStore:
                 "now": now,
             },
         )
+        if not rows:  # no longer a draft: submitted or discarded from another channel
+            return False
         student_id, staff_id = rows[0]
         if followups_:
             self.conn.execute(
@@ -378,6 +381,7 @@ class SqlStore:
                     for f in followups_
                 ],
             )
+        return True
 
     def discard_visit(self, visit_id: int, now: datetime) -> None:
         self.conn.execute(

@@ -12,12 +12,12 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot.core.types import MessageKind
 from bot.deps import Deps
 from handlers import texts
-from storage.schema import conversations, followups, visits
+from storage.schema import assignments, conversations, followups, staff, students, visits
 from tests.conftest import ChatDriver, FakeClock
 
 # method=电话, study=好, device_ok=否, device_missing=平板或电脑, life_hard=否, emotion=稳定,
@@ -297,3 +297,60 @@ async def test_messages_of_one_teacher_are_processed_one_at_a_time(
     with deps.db.begin() as conn:
         version = conn.execute(select(func.max(conversations.c.version))).scalar_one()
     assert version == 2 + len(TABLET_VISIT)
+
+
+async def test_a_draft_closed_on_one_channel_cannot_be_submitted_on_another(
+    bot: ChatDriver, deps: Deps
+) -> None:
+    console = bot
+    api = ChatDriver(bot.dispatcher, channel="api")
+    await start(console)
+    for answer in TABLET_VISIT:
+        await console.say(answer)
+    resumed = await api.say("继续")
+    assert "请核对" in resumed  # the same draft, reached from the JSON channel
+    assert "已提交" in await api.say("提交")
+    gone = await console.say("提交")  # the console session still shows the summary
+    assert gone == texts.DRAFT_GONE.format(student="周小禾（三年级1班）")
+    [visit] = rows(deps, visits)
+    assert visit.status == "submitted" and len(rows(deps, followups)) == 1
+
+
+async def test_an_answer_to_a_draft_discarded_elsewhere_is_refused(
+    bot: ChatDriver, deps: Deps
+) -> None:
+    api = ChatDriver(bot.dispatcher, channel="api")
+    await start(bot)
+    await bot.say("3")
+    await api.say("继续")
+    assert "已放弃" in await api.say("取消")
+    assert await bot.say("1") == texts.DRAFT_GONE.format(student="周小禾（三年级1班）")
+    [visit] = rows(deps, visits)
+    assert visit.status == "discarded" and visit.answers == {"method": "电话"}
+
+
+async def test_back_after_resuming_a_draft_goes_to_the_previous_answer(bot: ChatDriver) -> None:
+    await start(bot)
+    for answer in ["3", "1", "2"]:
+        await bot.say(answer)
+    await bot.say("稍后")
+    assert "【第4题】" in await bot.say("继续")
+    back = await bot.say("上一题")
+    assert "【第3题】" in back and "当前回答：否" in back
+
+
+async def test_a_draft_of_a_student_moved_to_another_teacher_is_not_shown(
+    bot: ChatDriver, deps: Deps
+) -> None:
+    await start(bot)
+    await bot.say("3")
+    await bot.say("稍后")
+    with deps.db.begin() as conn:
+        t2 = conn.execute(select(staff.c.id).where(staff.c.staff_no == "T002")).scalar_one()
+        zhou = conn.execute(select(students.c.id).where(students.c.name == "周小禾")).scalar_one()
+        conn.execute(
+            update(assignments).where(assignments.c.student_id == zhou).values(staff_id=t2)
+        )
+    listing = await bot.say("家访")
+    assert "周小禾" not in listing and "草稿" not in listing
+    assert await bot.say("继续") == texts.NO_DRAFT

@@ -58,7 +58,10 @@ class Store(Protocol):
     def start_visit(
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
     ) -> int: ...
-    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> None: ...
+    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> bool:
+        """False when the visit is no longer a draft (submitted or discarded elsewhere)."""
+        ...
+
     def submit_visit(
         self,
         visit_id: int,
@@ -67,7 +70,10 @@ class Store(Protocol):
         reached: bool,
         followups: Sequence[NewFollowUp],
         now: datetime,
-    ) -> None: ...
+    ) -> bool:
+        """Submit the draft with its follow-ups; False when it is no longer a draft."""
+        ...
+
     def discard_visit(self, visit_id: int, now: datetime) -> None: ...
 
     # -- follow-ups
