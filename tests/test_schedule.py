@@ -256,3 +256,10 @@ async def test_a_job_that_dies_half_way_leaves_nothing_and_runs_again(
     await world.delivery.run_once()
     assert await restarted.catch_up() == []
     assert len(world.wecom.to("zhanglaoshi")) == 1 and len(world.wecom.to("li")) == 1
+
+
+async def test_catch_up_late_at_night_skips_instead_of_sending_tomorrow(world: World) -> None:
+    world.clock.current = local(date(2026, 3, 2), 23)  # down all day, back at 23:00
+    assert await JobScheduler(world.jobs, world.clock).catch_up() == []
+    with world.deps.db.begin() as conn:
+        assert conn.execute(select(outbox)).all() == []
