@@ -74,7 +74,7 @@ class OutboxDelivery:
         try:
             if sender is None:
                 raise SendError(f"channel {item.channel!r} is not configured", permanent=True)
-            await sender.send(item.recipient, item.body)
+            await sender.send(item.recipient, item.body, proactive=item.kind not in PROMPT_KINDS)
         except SendError as exc:
             await self._failed(item, exc)
         except Exception as exc:  # a bug in a sender must not stop delivery of the rest

@@ -24,7 +24,7 @@ class FakeSender:
         self.sent: list[tuple[str, str]] = []
         self.errors: list[SendError] = []
 
-    async def send(self, recipient: str, text: str) -> None:
+    async def send(self, recipient: str, text: str, *, proactive: bool = True) -> None:
         await asyncio.sleep(0)
         if self.errors:
             raise self.errors.pop(0)

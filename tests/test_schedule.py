@@ -41,7 +41,7 @@ class Inbox:
         self.got: list[tuple[str, str]] = []
         self.refuse: set[str] = set()
 
-    async def send(self, recipient: str, text: str) -> None:
+    async def send(self, recipient: str, text: str, *, proactive: bool = True) -> None:
         await asyncio.sleep(0)
         if recipient in self.refuse:
             raise SendError("81013", permanent=True)

@@ -520,10 +520,14 @@ async def test_a_slow_turn_answers_empty_and_the_reply_arrives_by_message_send(
     await eventually(lambda: len(fake.sent) == 1)
     [message] = fake.sent
     assert message.touser == USER and message.msgtype == "text" and "共5名" in message.content
-    assert message.body["agentid"] == AGENT_ID and message.body["enable_duplicate_check"] == 1
+    # A reply is sent without WeCom's duplicate check: the same list asked for again must show.
+    assert message.body["agentid"] == AGENT_ID and message.body["enable_duplicate_check"] == 0
     await eventually(lambda: [r.status for r in outbox_rows(deps)] == ["sent"])
     [row] = outbox_rows(deps)
     assert row.kind == "reply" and row.idempotency_key.startswith("wecom-reply:")
+    assert await wx.say("家访") == ""
+    await eventually(lambda: len(fake.sent) == 2)
+    assert fake.sent[1].content == message.content
 
 
 async def test_a_retry_of_a_deferred_message_answers_empty_and_wecom_shows_one_reply(
@@ -608,6 +612,8 @@ async def test_the_token_is_cached_across_sends_until_shortly_before_it_expires(
     for i in range(3):
         await client.send(USER, f"提醒{i}")
     assert fake.gettoken_calls == 1 and fake.texts() == ["提醒0", "提醒1", "提醒2"]
+    # proactive messages (the default) ask WeCom to drop an identical resend
+    assert {m.body["enable_duplicate_check"] for m in fake.sent} == {1}
     clock.advance(seconds=7200 - 301)
     await client.send(USER, "still cached")
     assert fake.gettoken_calls == 1

@@ -188,7 +188,7 @@ class RobotSender:
         self.url = f"{api_base}/v1.0/robot/oToMessages/batchSend"
         self.robot_code = robot_code
 
-    async def send(self, recipient: str, text: str) -> None:
+    async def send(self, recipient: str, text: str, *, proactive: bool = True) -> None:
         result = await self.send_text([recipient], text)
         if result.invalid:
             raise SendError("batchSend: unknown user or app not visible to them", permanent=True)
@@ -300,7 +300,7 @@ class GroupRobotSender:
         self.clock = clock
         self.window = RateWindow()
 
-    async def send(self, recipient: str, text: str) -> None:
+    async def send(self, recipient: str, text: str, *, proactive: bool = True) -> None:
         now = self.clock.now()
         wait = self.window.reserve(now)
         if wait:

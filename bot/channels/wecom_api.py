@@ -7,9 +7,10 @@ delivers it or raises `SendError`. Everything goes through ``WECOM_API_BASE``
 - ``GET /cgi-bin/gettoken?corpid=&corpsecret=`` -> ``access_token``, cached until `TOKEN_MARGIN`
   before its ``expires_in``; one fetch at a time. Errcode 40014/42001/42009 on a send drops the
   cached token, fetches a new one and retries that send once at once.
-- ``POST /cgi-bin/message/send?access_token=`` with ``enable_duplicate_check``: WeCom drops an
-  identical message within `DUPLICATE_CHECK_SECONDS`, so a resend after a crash between "sent"
-  and "recorded as sent" (or after a timeout the platform actually served) is not shown twice.
+- ``POST /cgi-bin/message/send?access_token=`` with ``enable_duplicate_check`` for proactive
+  messages (reminders, digests: one per member and day): WeCom drops an identical message within
+  `DUPLICATE_CHECK_SECONDS`, so a resend after a crash between "sent" and "recorded as sent" is
+  not shown twice. Replies go without it: the same reply twice can be legitimate.
 - Text is limited to 2,048 bytes and markdown to 4,096: longer texts are split at line breaks
   into several messages, in order.
 - WeCom silently drops messages past 30 a minute and 1,000 an hour per member for one app; the
@@ -181,15 +182,21 @@ class WeComClient:
 
     # -- the Sender
 
-    async def send(self, recipient: str, text: str) -> None:
-        """Deliver ``text`` to the member ``recipient`` (split if longer than 2,048 bytes)."""
-        await self._send(recipient, "text", split_text(text, TEXT_LIMIT))
+    async def send(self, recipient: str, text: str, *, proactive: bool = True) -> None:
+        """Deliver ``text`` to the member ``recipient`` (split if longer than 2,048 bytes).
+
+        Only proactive messages ask WeCom's duplicate check: a reply may legitimately repeat
+        itself (the same student list asked for twice) and must not be swallowed.
+        """
+        await self._send(recipient, "text", split_text(text, TEXT_LIMIT), dedupe=proactive)
 
     async def send_markdown(self, recipient: str, content: str) -> None:
         """Deliver markdown (rendered in the WeCom client; up to 4,096 bytes a message)."""
         await self._send(recipient, "markdown", split_text(content, MARKDOWN_LIMIT))
 
-    async def _send(self, recipient: str, msgtype: str, chunks: list[str]) -> None:
+    async def _send(
+        self, recipient: str, msgtype: str, chunks: list[str], *, dedupe: bool = True
+    ) -> None:
         wait = self.limits.wait(recipient, self.clock.now(), len(chunks))
         if wait > 0:
             raise SendError("wecom member rate limit", retry_after=wait)
@@ -201,7 +208,7 @@ class WeComClient:
                     "agentid": self.settings.agent_id,
                     msgtype: {"content": chunk},
                     "safe": 0,
-                    "enable_duplicate_check": 1,
+                    "enable_duplicate_check": 1 if dedupe else 0,
                     "duplicate_check_interval": DUPLICATE_CHECK_SECONDS,
                 }
             )

@@ -87,4 +87,7 @@ class Store(Protocol):
 class Sender(Protocol):
     """Delivers one proactive text to one platform user; raises SendError when it cannot."""
 
-    async def send(self, recipient: str, text: str) -> None: ...
+    async def send(self, recipient: str, text: str, *, proactive: bool = True) -> None:
+        """`proactive`: a reminder or digest (one per recipient and day), not a reply to a
+        message the teacher just sent; a platform may then suppress an identical resend."""
+        ...
