@@ -97,7 +97,11 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(conn: Connection) -> None:
     # Take the write lock up front: two processes never deadlock upgrading a read lock.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # (Straight on the driver: this runs once per message, and isolation_level=None means
+    # the driver itself never begins or commits behind our back.)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute("BEGIN IMMEDIATE")
 
 
 def _unavailable(exc: BaseException) -> StorageUnavailable:
