@@ -12,7 +12,9 @@ it was sent, so tests can assert what a teacher would have seen. Knobs:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,3 +122,14 @@ async def start(fake: FakeWeCom) -> TestServer:
     await server.start_server()
     fake.base_url = str(server.make_url("")).rstrip("/")
     return server
+
+
+@contextlib.asynccontextmanager
+async def running() -> AsyncIterator[FakeWeCom]:
+    """A fake WeCom API listening on loopback for the duration of the block."""
+    api = FakeWeCom()
+    server = await start(api)
+    try:
+        yield api
+    finally:
+        await server.close()

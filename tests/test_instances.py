@@ -72,12 +72,8 @@ def db(pg_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
-    api = FakeWeCom()
-    server = await fake_wecom.start(api)
-    try:
+    async with fake_wecom.running() as api:
         yield api
-    finally:
-        await server.close()
 
 
 @pytest.fixture

@@ -56,12 +56,8 @@ NONCE = "1372623149"
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeWeCom]:
-    api = FakeWeCom()
-    server = await fake_wecom.start(api)
-    try:
+    async with fake_wecom.running() as api:
         yield api
-    finally:
-        await server.close()
 
 
 @pytest.fixture
