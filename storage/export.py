@@ -262,9 +262,11 @@ def _xlsx_writer(sheets: Sequence[_Sheet]) -> Callable[[Path], None]:
 
 
 def _xlsx_cell(value: Cell) -> Cell:
-    # Control characters are not allowed in the XML of a workbook; drop them rather than fail.
-    value = safe_cell(value)
-    return ILLEGAL_CHARACTERS_RE.sub("", value) if isinstance(value, str) else value
+    # Control characters are not allowed in the XML of a workbook; drop them rather than fail,
+    # and before the formula guard, so "\x01=..." cannot become a formula once stripped.
+    if isinstance(value, str):
+        value = ILLEGAL_CHARACTERS_RE.sub("", value)
+    return safe_cell(value)
 
 
 def _write_atomically(targets: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:

@@ -213,3 +213,11 @@ def test_empty_database_exports_headers_only(db: Database, out_dir: Path) -> Non
     assert (report.visits, report.followups) == (0, 0)
     assert read_csv(out) == [EXPECTED_HEADER]
     assert read_csv(out_dir / "empty_followups.csv") == [list(FOLLOWUP_HEADER)]
+
+
+def test_a_control_character_cannot_smuggle_a_formula_into_xlsx() -> None:
+    from storage.export import _xlsx_cell
+
+    assert _xlsx_cell('\x01=HYPERLINK("http://x.invalid","点我")') == (
+        '\'=HYPERLINK("http://x.invalid","点我")'
+    )

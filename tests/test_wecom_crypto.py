@@ -682,3 +682,13 @@ def test_errors_do_not_leak_the_decrypted_message() -> None:
         crypto.decrypt_message(signature, TS, NONCE, body)
 
     assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize("declaration", ['encoding="bogus"', 'encoding="utf-32"'])
+def test_an_unusable_xml_encoding_is_malformed(declaration: str) -> None:
+    crypto = WeComCrypto(
+        "QDG6eK", "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", "wx5823bf96d3bd56c7"
+    )
+    body = f'<?xml version="1.0" {declaration}?><xml><Encrypt>x</Encrypt></xml>'.encode()
+    with pytest.raises(MalformedMessage):
+        crypto.decrypt_message("sig", "1409659813", "nonce", body)

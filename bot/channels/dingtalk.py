@@ -10,7 +10,9 @@ Replies, exactly once per `msgId`: each reply is first written to the outbox und
 (DingTalk redelivered it, or the Stream server pushed it twice), and nothing is sent again. A new
 reply goes out at once through the message's `sessionWebhook` while that is valid and points at
 DingTalk (`DINGTALK_OAPI_BASE`), and its outbox row is marked sent; otherwise, or when the webhook
-fails, the row is left to the outbox, which sends it with the robot's 1:1 API. If the process dies
+fails, the row is left to the outbox, which sends it with the robot's 1:1 API. In HTTP mode the
+webhook is never used: the `sign` header covers the timestamp but not the body, so a replayed
+header with a forged body could name an outsider's conversation as the webhook. If the process dies
 in between, the outbox sends it a little later (`WEBHOOK_GRACE`): late, but not lost.
 
 Messages from a group chat (@-mentions) are answered 1:1, never in the group: the answers name
@@ -143,8 +145,13 @@ class DingTalkChannel:
         http: api.Http,
         oapi_base: str,
         poke: Callable[[], None],
+        *,
+        trust_webhook: bool = True,
     ) -> None:
         self.dispatcher = dispatcher
+        # HTTP mode's sign covers the timestamp, not the body: a sessionWebhook from the body
+        # could be an outsider's conversation, so replies there go by batchSend to the sender.
+        self.trust_webhook = trust_webhook
         self.db = db
         self.clock = clock
         self.http = http
@@ -173,6 +180,8 @@ class DingTalkChannel:
 
     def _webhook(self, message: RobotMessage, now: datetime) -> str | None:
         url, expires = message.session_webhook, message.webhook_expires
+        if not self.trust_webhook:
+            return None
         if message.in_group or url is None or expires is None or expires <= now:
             return None
         if not url.startswith(self.oapi_prefix):
@@ -292,7 +301,13 @@ def install(app: web.Application, settings: Settings, deps: Deps) -> Sender:
     http = api.Http()
     token = api.AccessToken(http, conf.api_base, conf.app_key, conf.app_secret, deps.clock)
     channel = DingTalkChannel(
-        app[DISPATCHER], deps.db, deps.clock, http, conf.oapi_base, lambda: app[DELIVERY].poke()
+        app[DISPATCHER],
+        deps.db,
+        deps.clock,
+        http,
+        conf.oapi_base,
+        lambda: app[DELIVERY].poke(),
+        trust_webhook=conf.mode == "stream",
     )
     app[DINGTALK] = channel
     app.cleanup_ctx.append(_closing(http))

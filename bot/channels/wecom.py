@@ -163,8 +163,8 @@ class WeComChannel:
         return web.Response(text=xml, content_type=XML)
 
     def _refuse_timestamp(self, timestamp: str) -> web.Response | None:
-        if not timestamp.isascii() or not timestamp.isdigit():
-            return _text(400, "timestamp must be a number")
+        if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+            return _text(400, "timestamp must be a number of seconds")
         skew = abs(self.deps.clock.now().timestamp() - int(timestamp))
         if skew > REPLAY_WINDOW.total_seconds():
             log.warning("wecom callback refused: timestamp %.0f s away from our clock", skew)

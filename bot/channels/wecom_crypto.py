@@ -295,7 +295,8 @@ def _parse_xml(data: bytes) -> Element:
     """Parse untrusted XML rooted at ``<xml>``; any DTD, entity or syntax error is malformed."""
     try:
         root: Element = safe_et.fromstring(data, forbid_dtd=True)
-    except (defusedxml.DefusedXmlException, ParseError) as exc:
+    except (defusedxml.DefusedXmlException, ParseError, LookupError, ValueError) as exc:
+        # LookupError / ValueError: an unknown or unusable encoding in the XML declaration
         raise MalformedMessage(f"unusable XML: {type(exc).__name__}") from exc
     if root.tag != "xml":
         raise MalformedMessage(f"root element is <{root.tag}>, expected <xml>")
