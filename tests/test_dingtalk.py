@@ -606,8 +606,9 @@ async def test_batches_never_exceed_twenty_users(robot: RobotSender, fake: FakeD
         (503, {}, False, None),
         (429, {"code": "Throttling"}, False, 60.0),
         (403, {"code": "Forbidden.AccessDenied.QpsLimitForApi"}, False, 60.0),
-        (400, {"code": "invalidParameter.robotCode", "message": "robot 不存在"}, True, None),
-        (403, {"code": "Forbidden.AccessDenied.AccessTokenPermissionDenied"}, True, None),
+        # set-up mistakes an admin can fix: kept queued, retried every 10 minutes
+        (400, {"code": "invalidParameter.robotCode", "message": "robot 不存在"}, False, 600.0),
+        (403, {"code": "Forbidden.AccessDenied.AccessTokenPermissionDenied"}, False, 600.0),
         (404, {"code": "resource.notFound"}, True, None),
     ],
 )

@@ -241,6 +241,12 @@ def _ids(value: Any) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
+SETUP_ERRORS = frozenset(
+    {"Forbidden.AccessDenied.AccessTokenPermissionDenied", "invalidParameter.robotCode"}
+)
+SETUP_RETRY = 600.0
+
+
 def _raise_for(reply: ApiReply, api: str) -> None:
     """Map a new-style API answer onto SendError; return quietly on success."""
     if reply.status == 200:
@@ -250,7 +256,14 @@ def _raise_for(reply: ApiReply, api: str) -> None:
         raise SendError(reason, retry_after=reply.retry_after or THROTTLED_RETRY)
     if reply.status >= 500 or _token_rejected(reply):
         raise SendError(reason)
-    raise SendError(reason, permanent=True)  # 400/403/404: bad user, robot code or permission
+    if reply.code in SETUP_ERRORS:
+        # The app lacks a permission or the robot code is wrong: an admin fixes it in the
+        # console. Keep the messages queued (and say so in the log) instead of dropping them.
+        log.warning(
+            "dingtalk %s refused: %s; fix the app set-up, messages stay queued", api, reply.code
+        )
+        raise SendError(reason, retry_after=SETUP_RETRY)
+    raise SendError(reason, permanent=True)  # 400/403/404: a bad user or request
 
 
 async def reply_by_session(http: Http, webhook: str, text: str) -> None:

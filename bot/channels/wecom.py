@@ -152,7 +152,8 @@ class WeComChannel:
         if message is None:
             log.info("wecom event %r ignored", msg.event)
             return _text(200, "")
-        log.info("wecom %s message_id=%s", msg.msg_type, message.message_id)
+        # Events have no MsgId: their id is "UserID:CreateTime", and a UserID is often a name.
+        log.info("wecom %s msg_id=%s", msg.msg_type, msg.msg_id or "-")
         reply = await self._answer(message, request.app[DISPATCHER], request.app[DELIVERY].poke)
         if reply is None:
             return _text(200, "")

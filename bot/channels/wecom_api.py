@@ -290,7 +290,8 @@ def _errcode(answer: Mapping[str, Any]) -> int:
 def _send_error(errcode: int, api: str, recipient: str) -> SendError:
     reason = f"wecom {api} errcode {errcode}"
     if errcode in PERMANENT_ERRORS:
-        log.info("wecom %s errcode %s for recipient %s: not retried", api, errcode, recipient)
+        # (no recipient: a WeCom UserID is often the teacher's name in pinyin)
+        log.info("wecom %s errcode %s: not retried", api, errcode)
         return SendError(reason, permanent=True)
     if errcode in SETUP_ERRORS:
         log.warning(
