@@ -279,7 +279,7 @@ def _read_csv(path: Path, problems: list[str]) -> _Table | None:
         problems.append(f"{path.name}: {_NOT_UTF8_OR_GB}")
         return None
     rows = [
-        [cell.strip() for cell in record] for record in csv.reader(io.StringIO(text, newline=""))
+        [_clean(cell) for cell in record] for record in csv.reader(io.StringIO(text, newline=""))
     ]
     return _Table(path.name, None, rows)
 
@@ -326,7 +326,15 @@ def _cell_text(value: object) -> str:
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    return _clean(str(value))
+
+
+_CONTROL = dict.fromkeys(c for c in range(32))
+
+
+def _clean(text: str) -> str:
+    """Stripped, without control characters: they break chat XML and can hide a formula."""
+    return text.translate(_CONTROL).strip()
 
 
 def _kind_of(header: list[str]) -> str | None:

@@ -537,3 +537,15 @@ def test_clock_times_are_recorded(db: Database, tmp_path: Path, clock: FakeClock
         at = conn.execute(select(audit_log.c.at)).scalar_one()
     assert at == clock.now()
     assert isinstance(at, datetime)
+
+
+def test_control_characters_in_roster_cells_are_dropped(tmp_path: Path) -> None:
+    students_csv = tmp_path / "students.csv"
+    students_csv.write_text(
+        "学籍号,姓名,学校,班级,资助类别,班主任工号\nS1,\x01=王\x0b小雨,一小,一班,低保,T1\n",
+        encoding="utf-8",
+    )
+    staff_csv = tmp_path / "staff.csv"
+    staff_csv.write_text("工号,姓名,学校,角色\nT1,李老师,一小,教师\n", encoding="utf-8")
+    roster = read_roster([students_csv, staff_csv])
+    assert [s.name for s in roster.students] == ["=王小雨"]
