@@ -227,7 +227,7 @@ class WeComClient:
         if errcode == 0 and payload["touser"] in str(answer.get("invaliduser", "")).split("|"):
             errcode = 81013  # accepted, but not for this member
         if errcode != 0:
-            raise _send_error(errcode, "message/send", str(payload["touser"]))
+            raise _send_error(errcode, "message/send")
 
     async def _post_send(self, token: str, payload: dict[str, Any]) -> Mapping[str, Any]:
         url = f"{self.settings.api_base}/cgi-bin/message/send"
@@ -246,7 +246,7 @@ class WeComClient:
             answer = await self._call("GET", url, query, None)
             errcode, token = _errcode(answer), answer.get("access_token")
             if errcode != 0 or not isinstance(token, str) or not token:
-                raise _send_error(errcode or -1, "gettoken", "-")
+                raise _send_error(errcode or -1, "gettoken")
             expires_in = answer.get("expires_in")
             lifetime = timedelta(seconds=expires_in if isinstance(expires_in, int) else 7200)
             self._token = (token, now + max(lifetime - TOKEN_MARGIN, lifetime / 2))
@@ -287,10 +287,10 @@ def _errcode(answer: Mapping[str, Any]) -> int:
     return code if isinstance(code, int) else -1
 
 
-def _send_error(errcode: int, api: str, recipient: str) -> SendError:
+def _send_error(errcode: int, api: str) -> SendError:
     reason = f"wecom {api} errcode {errcode}"
     if errcode in PERMANENT_ERRORS:
-        # (no recipient: a WeCom UserID is often the teacher's name in pinyin)
+        # No recipient in the log: a WeCom UserID is often the teacher's name in pinyin.
         log.info("wecom %s errcode %s: not retried", api, errcode)
         return SendError(reason, permanent=True)
     if errcode in SETUP_ERRORS:
