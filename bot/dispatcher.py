@@ -20,7 +20,7 @@ from bot.locks import KeyedLocks
 from bot.logsafe import log_failure
 from handlers import texts
 from storage.db import Database
-from storage.store import ConcurrentUpdate, SqlStore
+from storage.store import ConcurrentUpdate, HeldWriteMissed, SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,22 @@ class Dispatcher:
             return await self._process(message)
 
     async def _process(self, message: InboundMessage) -> list[str]:
-        def turn(conn: Connection) -> list[str]:
-            return self.engine.process(SqlStore(conn), message)
+        hold = True
 
-        for attempt in (1, 2):
+        def turn(conn: Connection) -> list[str]:
+            return self.engine.process(SqlStore(conn, hold_writes=hold), message)
+
+        conflicts = 0
+        while True:  # at most three runs: HeldWriteMissed turns holding off
             try:
                 return await self.db.run(turn)
             except DuplicateMessage as dup:
                 return await self._earlier_replies(dup)
+            except HeldWriteMissed:
+                hold = False  # run it again with exact answers from every write
             except ConcurrentUpdate:
-                if attempt == 2:
+                conflicts += 1
+                if conflicts == 2:
                     log.error("conversation changed concurrently twice channel=%s", message.channel)
                     return [texts.APOLOGY]
             except StorageUnavailable as exc:
@@ -63,7 +69,6 @@ class Dispatcher:
                     exc=exc,
                 )
                 return [texts.APOLOGY]
-        raise AssertionError("unreachable")
 
     async def _earlier_replies(self, dup: DuplicateMessage) -> list[str]:
         """What the first delivery of a retried message was answered."""

@@ -75,4 +75,5 @@ class Engine:
             message.channel, message.message_id, replies, now
         ):
             raise DuplicateMessage(message.channel, message.message_id)
+        store.flush()
         return replies

@@ -30,7 +30,13 @@ class Clock(Protocol):
 
 
 class Store(Protocol):
-    """Everything one conversation turn reads and writes; all calls share one transaction."""
+    """Everything one conversation turn reads and writes; all calls share one transaction.
+
+    A store may hold writes back and send them together, answering their calls optimistically;
+    `flush` sends them and raises if one did not apply (the turn is then rolled back).
+    """
+
+    def flush(self) -> None: ...
 
     # -- who is talking, and the conversation state (loaded after the per-key lock is held)
     def find_staff(self, channel: str, user_id: str) -> Staff | None: ...
