@@ -54,6 +54,7 @@ class Teacher:
     step: int = 0  # index into STEPS (unchecked mode: the floors)
     text: str = "家访"  # the next message (checked mode: chosen from the last reply)
     sent: int = 0
+    kind: str = "list"  # what the next message is: list, pick, answer or submit
 
 
 QUESTION = re.compile(r"【第(\d+)题】")
@@ -86,6 +87,7 @@ def next_text(sent: str, reply: str) -> str | None:
 @dataclass
 class Stats:
     latencies: list[float] = field(default_factory=list)
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)
@@ -152,16 +154,22 @@ async def worker(
                     if nxt is None:
                         problem = f"unexpected reply to {text!r}"
         if problem:
-            t.step, t.text = 0, "家访"  # start this teacher over
+            t.step, t.text, t.kind = 0, "家访", "list"  # start this teacher over
             if counted:
                 stats.error(problem, err or payload)
             continue
+        kind = t.kind
         t.step = (t.step + 1) % len(STEPS)
         if nxt is not None:
             t.text = nxt
+        next_text_ = t.text if check else STEPS[t.step][0]
+        t.kind = {"家访": "list", "提交": "submit"}.get(next_text_) or (
+            "pick" if kind == "list" else "answer"
+        )
         if counted:
             stats.ok += 1
             stats.latencies.append(end - start)
+            stats.by_kind.setdefault(kind, []).append(end - start)
             if text == "提交":
                 stats.checkins += 1
 
@@ -218,6 +226,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "p90_ms": percentile(lat, 90) * 1000,
         "p99_ms": percentile(lat, 99) * 1000,
         "max_ms": (lat[-1] * 1000) if lat else float("nan"),
+        "by_kind": {
+            kind: {
+                "n": len(values),
+                "p50_ms": percentile(sorted(values), 50) * 1000,
+                "p99_ms": percentile(sorted(values), 99) * 1000,
+            }
+            for kind, values in sorted(stats.by_kind.items())
+        },
         "client_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
         "client_pid": os.getpid(),
     }

@@ -327,6 +327,7 @@ class Result:
     rss_end_kb: int | None = None
     rss_max_kb: int | None = None
     rss_series: list[tuple[float, int]] = field(default_factory=list)
+    by_kind: dict[str, dict[str, float]] = field(default_factory=dict)  # latency per step kind
     server_cpu_pct: float | None = None
     client_cpu_pct: float | None = None
     machine_cpu_pct: float | None = None  # all processes, 200% = both cores
@@ -400,6 +401,7 @@ def _run_loadgen(server: Server, args: argparse.Namespace, *, check: bool) -> Re
         rss_end_kb=end[1] if end else None,
         rss_max_kb=max((s[1] for s in sampler.samples), default=None),
         rss_series=series,
+        by_kind=out.get("by_kind", {}),
         server_cpu_pct=cpu_pct,
         client_cpu_pct=100 * out["client_cpu_s"] / (args.seconds + args.warmup),
         machine_cpu_pct=machine_pct,
@@ -805,6 +807,16 @@ def main() -> int:
     print()
     print("targets (issue 6):")
     print(targets(results, args.seconds))
+    kinds = [r for r in results if r.name.startswith("homevisit/") and r.by_kind]
+    if kinds:
+        print()
+        print("latency by step (p50 / p99 ms; list = 家访, pick = choosing the student):")
+        for r in kinds:
+            cells = [
+                f"{k} {v['p50_ms']:.1f}/{v['p99_ms']:.1f} ({100 * v['n'] / max(r.ok, 1):.0f}%)"
+                for k, v in r.by_kind.items()
+            ]
+            print(f"  {r.name:<22}" + "   ".join(cells))
     noisy = [
         r
         for r in results

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
-from bot.core.types import MessageKind, Session, Staff, StudentListing
+from bot.core.types import Draft, MessageKind, Session, Staff, StudentListing
 from handlers import render, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
 from handlers.cadence import Cadence, urgency_key
@@ -178,17 +178,20 @@ class CheckIn:
         choices: list[int] = t.session.data.get("choices", [])
         if not 1 <= n <= len(choices):
             return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        label = t.store.my_student(staff.id, choices[n - 1])
-        if label is None:  # no longer assigned since the list was shown
+        found = t.store.find_student(staff.id, choices[n - 1])
+        if found is None:  # no longer assigned since the list was shown
             return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        return self._start(t, staff, choices[n - 1], label)
+        label, draft = found
+        return self._start(t, staff, choices[n - 1], label, draft)
 
     def _pick_name(self, t: Turn, staff: Staff, text: str, *, from_idle: bool) -> list[str]:
         students = t.store.my_students(staff.id)
         matches = _match_name(students, text)
         if len(matches) == 1:
             only = matches[0]
-            return self._start(t, staff, only.id, render.student_label(only.name, only.class_name))
+            label = render.student_label(only.name, only.class_name)
+            found = t.store.find_student(staff.id, only.id)
+            return self._start(t, staff, only.id, label, found[1] if found else None)
         if from_idle and not matches:
             return [texts.UNKNOWN_IDLE]
         if not matches:
@@ -201,8 +204,10 @@ class CheckIn:
         _set_state(t.session, CHOOSING, choices=[s.id for s in matches])
         return ["\n".join(lines)]
 
-    def _start(self, t: Turn, staff: Staff, student_id: int, label: str) -> list[str]:
-        draft = t.store.find_draft(staff.id, student_id)
+    def _start(
+        self, t: Turn, staff: Staff, student_id: int, label: str, draft: Draft | None
+    ) -> list[str]:
+        """Open the student's draft `draft`, or start a new visit when there is none."""
         if draft is not None:
             visit_id, answers = draft.visit_id, self.form.prune(draft.answers)
             head = texts.VISIT_RESUMED.format(student=label)
@@ -328,13 +333,11 @@ class CheckIn:
         assert t.staff is not None
         if t.session.state in IN_VISIT:
             return [self._prompt(t) or ""]
+        # (only a draft of a student still assigned to them: a reassigned one stays, hidden)
         draft = t.store.find_draft(t.staff.id)
         if draft is None:
             return [texts.NO_DRAFT]
-        label = t.store.my_student(t.staff.id, draft.student_id)
-        if label is None:  # reassigned meanwhile: the draft stays, but is not theirs to fill
-            return [texts.NO_DRAFT]
-        return self._start(t, t.staff, draft.student_id, label)
+        return self._start(t, t.staff, draft.student_id, draft.student_label, draft)
 
     def _help(self, t: Turn, _c: Command, _raw: str) -> list[str]:
         return [self._with_prompt(t, texts.HELP)]

@@ -11,7 +11,7 @@ Driver errors are wrapped into SQLAlchemy's exception classes, so callers see on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -54,7 +54,7 @@ def _cursor(conn: Connection, raw: Any) -> Any:
 class Prepared:
     """A statement compiled once per dialect. `columns` are the selected/returned columns."""
 
-    def __init__(self, stmt: ClauseElement, columns: Sequence[ColumnElement[Any]] = ()) -> None:
+    def __init__(self, stmt: ClauseElement, columns: Iterable[ColumnElement[Any]] = ()) -> None:
         self.stmt = stmt
         self.columns = tuple(columns)
         self._compiled: dict[str, _Compiled] = {}
@@ -63,6 +63,8 @@ class Prepared:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             c = cast(SQLCompiler, self.stmt.compile(dialect=dialect))
+            if "POSTCOMPILE" in c.string:  # IN (...) of a list, literal_execute parameters
+                raise ValueError(f"cannot prepare a statement SQLAlchemy completes late: {c}")
             # The processors SQLAlchemy itself applies for this dialect (its own cache).
             binds = cast(
                 dict[str, Processor], {name: c._bind_processors.get(name) for name in c.binds}

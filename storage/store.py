@@ -6,7 +6,17 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -118,7 +128,20 @@ _REMEMBER = {
     .returning(inbound_messages.c.message_id)
     for name, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
 }
-_START_VISIT = insert(visits)
+_START_VISIT = (
+    insert(visits)
+    .values(
+        student_id=bindparam("student_id"),
+        staff_id=bindparam("staff_id"),
+        form_id=bindparam("form_id"),
+        form_version=bindparam("form_version"),
+        status=VisitStatus.DRAFT.value,
+        answers=bindparam("answers"),
+        started_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(visits.c.id)
+)
 
 _SUBMITTED = and_(
     visits.c.student_id == students.c.id, visits.c.status == VisitStatus.SUBMITTED.value
@@ -138,15 +161,25 @@ _MY_STUDENTS = select(
     .label("last_unreached"),
     select(func.count())
     .select_from(followups)
-    .where(followups.c.student_id == students.c.id, followups.c.status.in_(OPEN_STATES))
+    .where(
+        followups.c.student_id == students.c.id,
+        or_(*(followups.c.status == state for state in OPEN_STATES)),  # IN (...) would expand
+    )
     .scalar_subquery()
     .label("open_count"),
+    # string_agg / group_concat; a category never holds a comma (the roster splits on it). The
+    # separator is a literal: a bound one would be a post-compile parameter, which the prepared
+    # statement (storage.fastsql) cannot carry.
+    select(
+        func.aggregate_strings(
+            student_categories.c.category,
+            literal_column("','"),  # type: ignore[arg-type]
+        )
+    )
+    .where(student_categories.c.student_id == students.c.id)
+    .scalar_subquery()
+    .label("categories"),
 ).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))
-_CATEGORIES = (
-    select(student_categories.c.student_id, student_categories.c.category)
-    .where(student_categories.c.student_id.in_(_MY_STUDENT_IDS))
-    .order_by(student_categories.c.category)
-)
 _SUBMIT = (
     update(visits)
     .where(visits.c.id == bindparam("visit_id"), visits.c.status == VisitStatus.DRAFT.value)
@@ -161,10 +194,32 @@ _SUBMIT = (
     .returning(visits.c.student_id, visits.c.staff_id)
 )
 _ADD_FOLLOWUPS = insert(followups)
-_MY_STUDENT = select(students.c.name, students.c.class_name).where(
-    students.c.id == bindparam("student_id"),
-    students.c.id.in_(_MY_STUDENT_IDS),
-    students.c.active.is_(True),
+# An active student of the teacher's, with the teacher's open draft for them if there is one.
+_STUDENT_AND_DRAFT = (
+    select(
+        students.c.name,
+        students.c.class_name,
+        visits.c.id,
+        visits.c.answers,
+        visits.c.updated_at,
+    )
+    .select_from(
+        students.outerjoin(
+            visits,
+            and_(
+                visits.c.student_id == students.c.id,
+                visits.c.staff_id == bindparam("staff_id"),
+                visits.c.status == VisitStatus.DRAFT.value,
+            ),
+        )
+    )
+    .where(
+        students.c.id == bindparam("student_id"),
+        students.c.id.in_(_MY_STUDENT_IDS),
+        students.c.active.is_(True),
+    )
+    .order_by(visits.c.updated_at.desc(), visits.c.id.desc())
+    .limit(1)
 )
 _DRAFTS = (
     select(
@@ -186,7 +241,6 @@ _DRAFTS = (
     .limit(1)
 )
 _LATEST_DRAFT = _DRAFTS
-_STUDENT_DRAFT = _DRAFTS.where(visits.c.student_id == bindparam("student_id"))
 
 # The four statements of an ordinary answer, on the driver's cursor (see storage.fastsql).
 _FAST_SESSION = Prepared(
@@ -201,6 +255,11 @@ _FAST_SESSION = Prepared(
 _FAST_SESSION_UPDATE = Prepared(_SESSION_UPDATE)
 _FAST_SAVE_ANSWERS = Prepared(_SAVE_ANSWERS)
 _FAST_SUBMIT = Prepared(_SUBMIT, [visits.c.student_id, visits.c.staff_id])
+# ... and of choosing a student (the list, the pick, the new draft)
+_FAST_MY_STUDENTS = Prepared(_MY_STUDENTS, _MY_STUDENTS.selected_columns)
+_FAST_LATEST_DRAFT = Prepared(_LATEST_DRAFT, _LATEST_DRAFT.selected_columns)
+_FAST_STUDENT_AND_DRAFT = Prepared(_STUDENT_AND_DRAFT, _STUDENT_AND_DRAFT.selected_columns)
+_FAST_START_VISIT = Prepared(_START_VISIT, [visits.c.id])
 _FAST_REMEMBER = {
     name: Prepared(stmt, [inbound_messages.c.message_id]) for name, stmt in _REMEMBER.items()
 }
@@ -363,66 +422,63 @@ class SqlStore:
     # ---------------------------------------------------------------- students and visits
     def my_students(self, staff_id: int) -> list[StudentListing]:
         """The teacher's active students, unsorted (the conversation orders them by urgency)."""
-        rows = self.conn.execute(_MY_STUDENTS, {"staff_id": staff_id}).all()
-        cats: dict[int, list[str]] = {}
-        if rows:
-            for sid, cat in self.conn.execute(_CATEGORIES, {"staff_id": staff_id}).all():
-                cats.setdefault(sid, []).append(cat)
+        rows, _ = _FAST_MY_STUDENTS.execute(self.conn, {"staff_id": staff_id})
         return [
             StudentListing(
-                r.id,
-                r.student_no,
-                r.name,
-                r.class_name,
-                tuple(cats.get(r.id, ())),
-                r.last_reached,
-                r.open_count,
-                r.last_unreached,
+                sid,
+                student_no,
+                name,
+                class_name,
+                tuple(sorted(categories.split(","))) if categories else (),
+                last_reached,
+                open_count,
+                last_unreached,
             )
-            for r in rows
+            for (
+                sid,
+                student_no,
+                name,
+                class_name,
+                last_reached,
+                last_unreached,
+                open_count,
+                categories,
+            ) in rows
         ]
 
-    def my_student(self, staff_id: int, student_id: int) -> str | None:
-        row = self.conn.execute(
-            _MY_STUDENT, {"staff_id": staff_id, "student_id": student_id}
-        ).first()
-        return f"{row.name}（{row.class_name}）" if row else None
-
-    def find_draft(self, staff_id: int, student_id: int | None = None) -> Draft | None:
-        if student_id is None:
-            row = self.conn.execute(_LATEST_DRAFT, {"staff_id": staff_id}).first()
-        else:
-            params = {"staff_id": staff_id, "student_id": student_id}
-            row = self.conn.execute(_STUDENT_DRAFT, params).first()
-        if row is None:
+    def find_student(self, staff_id: int, student_id: int) -> tuple[str, Draft | None] | None:
+        params = {"staff_id": staff_id, "student_id": student_id}
+        rows, _ = _FAST_STUDENT_AND_DRAFT.execute(self.conn, params)
+        if not rows:
             return None
-        return Draft(
-            row.id,
-            row.student_id,
-            f"{row.name}（{row.class_name}）",
-            dict(row.answers),
-            row.updated_at,
-        )
+        name, class_name, visit_id, answers, updated_at = rows[0]
+        label = f"{name}（{class_name}）"
+        if visit_id is None:
+            return label, None
+        return label, Draft(visit_id, student_id, label, dict(answers), updated_at)
+
+    def find_draft(self, staff_id: int) -> Draft | None:
+        rows, _ = _FAST_LATEST_DRAFT.execute(self.conn, {"staff_id": staff_id})
+        if not rows:
+            return None
+        visit_id, student_id, answers, updated_at, name, class_name = rows[0]
+        return Draft(visit_id, student_id, f"{name}（{class_name}）", dict(answers), updated_at)
 
     def start_visit(
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
     ) -> int:
-        result = self.conn.execute(
-            _START_VISIT,
+        rows, _ = _FAST_START_VISIT.execute(
+            self.conn,
             {
                 "student_id": student_id,
                 "staff_id": staff_id,
                 "form_id": form_id,
                 "form_version": form_version,
-                "status": VisitStatus.DRAFT.value,
                 "answers": {},
-                "started_at": now,
-                "updated_at": now,
+                "now": now,
             },
         )
-        pk = result.inserted_primary_key
-        assert pk is not None
-        return int(pk[0])
+        return int(rows[0][0])
 
     def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> bool:
         params = {"visit_id": visit_id, "answers": answers, "now": now}

@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection
 from bot.core.errors import DuplicateMessage
 from bot.core.types import ConversationKey, Session
 from bot.deps import Deps
-from storage.schema import conversations, inbound_messages, visits
+from storage.fastsql import Prepared
+from storage.schema import conversations, inbound_messages, students, visits
 from storage.store import ConcurrentUpdate, HeldWriteMissed, SqlStore
 from tests.conftest import FakeClock
 
@@ -152,3 +153,40 @@ async def test_flush_raises_on_a_stale_session_version(deps: Deps, clock: FakeCl
         store.flush()
     with deps.db.begin() as conn:
         assert conn.execute(select(conversations.c.state)).scalar_one() == "question"
+
+
+async def test_my_students_carry_their_categories(deps: Deps) -> None:
+    with deps.db.begin() as conn:
+        store = SqlStore(conn)
+        staff = store.find_staff("api", "T001")
+        assert staff is not None
+        listed = {s.student_no: s.categories for s in store.my_students(staff.id)}
+    assert listed["DEMO0002"] == ("低保", "留守")
+    assert listed["DEMO0001"] == ("建档立卡",)
+    assert "DEMO0011" in listed  # a carer (包靠教师) sees the student they look after
+
+
+async def test_find_student_gives_the_label_and_the_open_draft(
+    deps: Deps, clock: FakeClock
+) -> None:
+    now = clock.now()
+    visit_id = _setup(deps, now)
+    with deps.db.begin() as conn:
+        store = SqlStore(conn)
+        staff = store.find_staff("api", "T001")
+        other = store.find_staff("api", "T002")
+        assert staff is not None and other is not None
+        students = {s.student_no: s.id for s in store.my_students(staff.id)}
+        first = min(students.values())
+        found = store.find_student(staff.id, first)
+        assert found is not None
+        label, draft = found
+        assert draft is not None and draft.visit_id == visit_id and draft.student_label == label
+        assert store.find_student(staff.id, students["DEMO0002"]) == ("陈小树（三年级1班）", None)
+        assert store.find_student(other.id, students["DEMO0002"]) is None  # not T002's
+
+
+def test_a_statement_sqlalchemy_completes_late_is_refused(deps: Deps) -> None:
+    prepared = Prepared(select(students.c.id).where(students.c.id.in_([1, 2])))
+    with pytest.raises(ValueError, match="cannot prepare"), deps.db.begin() as conn:
+        prepared.execute(conn, {})

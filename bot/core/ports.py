@@ -56,11 +56,15 @@ class Store(Protocol):
 
     # -- students and visits of one teacher
     def my_students(self, staff_id: int) -> list[StudentListing]: ...
-    def my_student(self, staff_id: int, student_id: int) -> str | None:
-        """The label "name（class）" of an active student assigned to the teacher, else None."""
+    def find_student(self, staff_id: int, student_id: int) -> tuple[str, Draft | None] | None:
+        """An active student assigned to the teacher: their label "name（class）" and the
+        teacher's open draft for them, if any. None if the student is not the teacher's."""
         ...
 
-    def find_draft(self, staff_id: int, student_id: int | None = None) -> Draft | None: ...
+    def find_draft(self, staff_id: int) -> Draft | None:
+        """The teacher's most recently changed open draft of a student still theirs."""
+        ...
+
     def start_visit(
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
     ) -> int: ...
