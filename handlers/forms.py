@@ -56,8 +56,11 @@ class Condition:
         value = answers.get(self.key)
         if value is None:
             return False
-        given = {str(v) for v in value} if isinstance(value, list) else {str(value)}
-        return bool(given & self.values) != self.negate
+        if isinstance(value, list):
+            matched = any(str(v) in self.values for v in value)
+        else:
+            matched = str(value) in self.values
+        return matched != self.negate
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ class Question:
     max_length: int = 500
 
     def visible(self, answers: Mapping[str, Any]) -> bool:
+        if not self.when:  # most questions: no generator to build, once per question per turn
+            return True
         return all(c.holds(answers) for c in self.when)
 
     @property
