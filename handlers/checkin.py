@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, timedelta
+from operator import attrgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -160,9 +161,11 @@ class CheckIn:
             _idle(t.session)
             return [*parked, texts.NO_STUDENTS]
         body = render.student_list(students, self.today(t), self.tz, self._due)
-        draft = t.store.find_draft(t.staff.id)
-        if draft is not None:
-            body += "\n" + texts.DRAFT_HINT.format(student=draft.student_label)
+        drafted = [s for s in students if s.draft_at is not None]
+        if drafted:  # the draft 继续 resumes: the latest changed (as `Store.find_draft` orders)
+            latest = max(drafted, key=attrgetter("draft_at", "id"))
+            label = render.student_label(latest.name, latest.class_name)
+            body += "\n" + texts.DRAFT_HINT.format(student=label)
         _set_state(t.session, CHOOSING, choices=[s.id for s in students])
         return [*parked, body]
 

@@ -179,6 +179,14 @@ _MY_STUDENTS = select(
     .where(student_categories.c.student_id == students.c.id)
     .scalar_subquery()
     .label("categories"),
+    select(func.max(visits.c.updated_at))
+    .where(
+        visits.c.student_id == students.c.id,
+        visits.c.staff_id == bindparam("staff_id"),
+        visits.c.status == VisitStatus.DRAFT.value,
+    )
+    .scalar_subquery()
+    .label("draft_at"),
 ).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))
 _SUBMIT = (
     update(visits)
@@ -237,7 +245,8 @@ _DRAFTS = (
         students.c.active.is_(True),
         students.c.id.in_(_MY_STUDENT_IDS),  # a draft of a student reassigned since is not theirs
     )
-    .order_by(visits.c.updated_at.desc(), visits.c.id.desc())
+    # (the order the student list uses to name the draft 继续 resumes: see CheckIn._list)
+    .order_by(visits.c.updated_at.desc(), visits.c.student_id.desc(), visits.c.id.desc())
     .limit(1)
 )
 _LATEST_DRAFT = _DRAFTS
@@ -433,6 +442,7 @@ class SqlStore:
                 last_reached,
                 open_count,
                 last_unreached,
+                draft_at,
             )
             for (
                 sid,
@@ -443,6 +453,7 @@ class SqlStore:
                 last_unreached,
                 open_count,
                 categories,
+                draft_at,
             ) in rows
         ]
 

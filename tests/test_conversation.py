@@ -354,3 +354,29 @@ async def test_a_draft_of_a_student_moved_to_another_teacher_is_not_shown(
     listing = await bot.say("家访")
     assert "周小禾" not in listing and "草稿" not in listing
     assert await bot.say("继续") == texts.NO_DRAFT
+
+
+async def test_the_list_names_the_draft_that_resume_opens(
+    bot: ChatDriver, clock: FakeClock
+) -> None:
+    await start(bot, "周小禾")
+    await bot.say("3")
+    listed = await bot.say("家访")  # parks 周小禾's draft
+    assert texts.DRAFT_HINT.format(student="周小禾（三年级1班）") in listed
+    await bot.say("陈小树")
+    await bot.say("3")  # a second draft, changed at the same moment
+    listed = await bot.say("家访")
+    hint = listed.split("\n")[-1]
+    hinted = [s for s in ("周小禾（三年级1班）", "陈小树（三年级1班）") if s in hint]
+    assert len(hinted) == 1
+    assert texts.VISIT_RESUMED.format(student=hinted[0]) in await bot.say("继续")
+    clock.advance(minutes=1)
+    await bot.say("1")  # the draft just resumed is now the latest changed
+    await bot.say("家访")
+    await bot.say("周小禾" if hinted[0].startswith("陈") else "陈小树")
+    clock.advance(minutes=1)
+    await bot.say("1")
+    listed = await bot.say("家访")
+    other = "周小禾（三年级1班）" if hinted[0].startswith("陈") else "陈小树（三年级1班）"
+    assert texts.DRAFT_HINT.format(student=other) in listed
+    assert texts.VISIT_RESUMED.format(student=other) in await bot.say("继续")

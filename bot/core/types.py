@@ -83,6 +83,7 @@ class StudentListing:
     last_visit_at: datetime | None  # the last visit that reached the family
     open_followups: int
     last_unreached_at: datetime | None = None  # a later attempt that did not reach the family
+    draft_at: datetime | None = None  # when the teacher's open draft for them last changed
 
 
 @dataclass(frozen=True, slots=True)
