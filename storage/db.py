@@ -131,6 +131,10 @@ class _Job:
         """On the job's event loop."""
         if self.future.cancelled():
             return
+        if isinstance(error, StopIteration):  # a future refuses it (it would end a coroutine)
+            wrapped = RuntimeError("a database job raised StopIteration")
+            wrapped.__cause__ = error
+            error = wrapped
         if error is not None:
             self.future.set_exception(error)
         else:
@@ -208,6 +212,11 @@ class _SqliteWriter:
         return self._conn
 
     def _run(self, batch: list[_Job]) -> None:
+        # A job whose caller gave up while it was queued is not run: its turn must not commit
+        # after the next message of the same teacher, which the caller's lock has let through.
+        batch = [job for job in batch if not job.future.cancelled()]
+        if not batch:
+            return
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             conn = self._connection()
@@ -272,6 +281,8 @@ class _WorkerPool:
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
+            if job.future.cancelled():  # the caller gave up while it was queued (see above)
+                continue
             outcome: tuple[_Job, Any, BaseException | None]
             try:
                 outcome = (job, self._call(job.fn), None)
@@ -297,6 +308,7 @@ class Database:
         self._local = threading.local()
         self._opened: list[Connection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -343,6 +355,8 @@ class Database:
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn(conn)` inside one transaction on a database thread; await its result."""
+        if self._closed:  # shutting down: no thread is left to run it
+            raise StorageUnavailable("closed")
         if self.is_sqlite:
             if self._writer is None:
                 self._writer = _SqliteWriter(self.engine)
@@ -366,6 +380,7 @@ class Database:
         upgrade(self.engine)
 
     def close(self) -> None:
+        self._closed = True
         if self._writer is not None:
             self._writer.close()
         if self._workers is not None:

@@ -317,7 +317,9 @@ class SqlStore:
     answers optimistically; if `flush` finds it changed nothing, it raises and the caller runs
     the turn again without holding (`HeldWriteMissed`), or treats it as the conflict it is
     (`DuplicateMessage`, `ConcurrentUpdate`). SQLite has no round trips to save and no
-    data-modifying CTEs: there every write goes out at once.
+    data-modifying CTEs: there every write goes out at once. Held values are serialized when
+    they are sent, so a caller must not change a dict it has passed (the conversation builds a
+    new one for every change; copying here would cost more than the round trip saved).
     """
 
     def __init__(self, conn: Connection, *, hold_writes: bool = False) -> None:

@@ -180,6 +180,17 @@ async def test_retry_with_the_same_message_id_is_processed_once(
     assert answers == {"method": "电话"}
 
 
+async def test_half_an_emoji_is_answered_like_any_text(
+    server: TestServer, http: ClientSession
+) -> None:
+    # "\ud83d" alone (JSON allows the escape) cannot be stored by any driver as it is
+    await post(http, server, {"user": "T001", "text": "家访"})
+    body = {"user": "T001", "text": "小\ud83d", "message_id": "m-\ud83d"}
+    first = await post(http, server, body)
+    assert first == (200, {"replies": [texts.NO_SUCH_NAME.format(name="小\ufffd")]})
+    assert await post(http, server, body) == first  # and its retry is recognised
+
+
 async def test_json_channel_is_off_without_a_token(
     settings: Settings, deps: Deps, http: ClientSession
 ) -> None:

@@ -33,7 +33,8 @@ class Store(Protocol):
     """Everything one conversation turn reads and writes; all calls share one transaction.
 
     A store may hold writes back and send them together, answering their calls optimistically;
-    `flush` sends them and raises if one did not apply (the turn is then rolled back).
+    `flush` sends them and raises if one did not apply (the turn is then rolled back). A held
+    write reads its values when it is sent: a value given to a write is not changed afterwards.
     """
 
     def flush(self) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -40,6 +41,9 @@ class ConversationKey:
     user_id: str
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     """A message from a teacher, already verified and parsed by its channel."""
@@ -49,6 +53,14 @@ class InboundMessage:
     text: str = ""
     kind: MessageKind = MessageKind.TEXT
     message_id: str | None = None  # the platform's id, used to drop retried deliveries
+
+    def __post_init__(self) -> None:
+        # JSON's \ud83d escapes let a client send half of an emoji: a lone surrogate, which no
+        # database driver can encode. It becomes U+FFFD so the message is handled like any other.
+        for name in ("user_id", "text", "message_id"):
+            value = getattr(self, name)
+            if value is not None and not value.isascii():
+                object.__setattr__(self, name, _LONE_SURROGATE.sub("\ufffd", value))
 
     @property
     def key(self) -> ConversationKey:
