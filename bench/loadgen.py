@@ -58,7 +58,9 @@ class Teacher:
 
 
 QUESTION = re.compile(r"【第(\d+)题】")
-EXPECT = {"家访": "回复序号", "1": "【第", "提交": "已提交"}  # answers: a question or the summary
+# 家访 and 提交 have one expected answer; any other message (the pick or an answer) leads to a
+# question or, for a resumed draft that was complete, to the summary
+EXPECT = {"家访": "回复序号", "提交": "已提交"}
 
 
 def next_text(sent: str, reply: str) -> str | None:

@@ -476,6 +476,63 @@ def _run_wrk(server: Server, args: argparse.Namespace, workdir: Path) -> Result:
     )
 
 
+def run_wrk_checkin(server: Server, args: argparse.Namespace) -> Result:
+    """The check-in load played by wrk (`checkin.lua`): same steps, far less client CPU."""
+    threads = args.connections  # one connection per thread: each thread keeps its own state
+
+    def wrk(seconds: float, run_id: str) -> subprocess.CompletedProcess[str]:
+        argv = ["wrk", f"-t{threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s"]
+        argv += ["--latency", "-s", str(BENCH / "checkin.lua"), server.url + "/api/messages"]
+        argv += ["--", str(args.teachers), "BT", TOKEN, run_id, str(threads)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+
+    busy = wait_for_quiet(args.wait_idle)
+    run_id = uuid.uuid4().hex[:8]
+    if args.warmup > 0:
+        wrk(args.warmup, run_id + "w")
+    rss_start = read_rss_kb(server.proc.pid)
+    cpu0, m0, t0 = read_cpu_s(server.proc.pid), read_machine_busy_s(), time.time()
+    pg0 = postgres_cpu_s() if server.name.endswith("postgresql") else None
+    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = wrk(args.seconds, run_id)
+    ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu1, m1, t1 = read_cpu_s(server.proc.pid), read_machine_busy_s(), time.time()
+    pg_pct = 100 * (postgres_cpu_s() - pg0) / (t1 - t0) if pg0 is not None else None
+    errors: dict[str, int] = {}
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Result(
+            server.name, "wrk", float("nan"), float("nan"), float("nan"),
+            errors={"wrk failed": 1}, error_examples={"wrk failed": proc.stderr[-500:]},
+        )  # fmt: skip
+    for key, label in (("http_errors", "HTTP errors"), ("unexpected", "unexpected reply")):
+        if out[key]:
+            errors[label] = out[key]
+    if out["socket_errors"]:
+        errors["socket errors"] = out["socket_errors"]
+    wrk_cpu = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+    return Result(
+        name=server.name,
+        client="wrk",
+        rps=out["requests"] / (out["duration_us"] / 1e6),
+        p50_ms=out["p50_us"] / 1000,
+        p99_ms=out["p99_us"] / 1000,
+        ok=out["requests"] - sum(errors.values()),
+        errors=errors,
+        error_examples={kind: out["example"] for kind in errors},
+        checkins=out["checkins"],
+        rss_start_kb=rss_start,
+        rss_end_kb=read_rss_kb(server.proc.pid),
+        server_cpu_pct=(100 * (cpu1 - cpu0) / (t1 - t0)) if cpu0 is not None and cpu1 else None,
+        machine_cpu_pct=100 * (m1 - m0) / (t1 - t0),
+        client_cpu_pct=100 * wrk_cpu / (t1 - t0),
+        db_cpu_pct=pg_pct,
+        busy_before_pct=busy,
+        note="wrk + checkin.lua",
+    )
+
+
 # ---------------------------------------------------------------------------- profiling
 def profile(server: Server, args: argparse.Namespace, out_dir: Path) -> Path | None:
     """Run the check-in load again while py-spy samples the server (raw collapsed stacks).
@@ -646,13 +703,14 @@ def table(results: list[Result]) -> str:
 
 
 def ratios(results: list[Result]) -> str:
+    """Each homevisit row against the floors measured with the same client."""
     floors = {(r.name, r.client): r for r in results if r.name.startswith("floor/")}
     lines = []
     for r in results:
         if not r.name.startswith("homevisit/"):
             continue
         for (fname, client), f in floors.items():
-            if f.rps and f.rps == f.rps:  # not NaN
+            if client == r.client and f.rps and f.rps == f.rps:  # not NaN
                 lines.append(
                     f"{r.name:<22} / {fname:<13} ({client:<7}): throughput {r.rps / f.rps:6.1%}"
                     f"   p99 {r.p99_ms / f.p99_ms:5.1f}x"
@@ -668,14 +726,14 @@ def targets(results: list[Result], seconds: float) -> str:
             ok_rps = r.rps >= want[r.name]
             ok_p99 = r.p99_ms < 50
             lines.append(
-                f"{r.name:<22} {r.rps:7.0f} msg/s (target >= {want[r.name]}): "
-                f"{'MET' if ok_rps else 'NOT MET'};  p99 {r.p99_ms:.1f} ms (target < 50): "
+                f"{r.name + ' [' + r.client + ']':<32} {r.rps:5.0f} msg/s (>= {want[r.name]}): "
+                f"{'MET' if ok_rps else 'NOT MET'};  p99 {r.p99_ms:.1f} ms (< 50): "
                 f"{'MET' if ok_p99 else 'NOT MET'};  errors {sum(r.errors.values())}"
             )
             if r.rss_warm_kb and r.rss_end_kb:
                 growth = (r.rss_end_kb - r.rss_warm_kb) / 1024
                 lines.append(
-                    f"{'':<22} RSS after warm-up {fmt_kb(r.rss_warm_kb)} MiB -> end "
+                    f"{'':<32} RSS after warm-up {fmt_kb(r.rss_warm_kb)} MiB -> end "
                     f"{fmt_kb(r.rss_end_kb)} MiB ({growth:+.1f} MiB over {seconds:.0f} s)"
                 )
     return "\n".join(lines)
@@ -737,9 +795,11 @@ def main() -> int:
         f"message_id {'on' if args.message_ids else 'off'}"
     )
     print(
-        "  NOTE: 2-core machine: the load generator (a Python process) and the server share the\n"
-        "        cores; nothing is pinned. CPU columns: 100% = one core; 'all CPU' is the whole\n"
-        "        machine (200% max) - far above srv+cli means something else was running.\n"
+        "  NOTE: 2-core machine: the load generator and the server share the cores; nothing is\n"
+        "        pinned. Each target is loaded by loadgen.py (aiohttp, a Python process) and, if\n"
+        "        installed, by wrk (checkin.lua for homevisit: the same check-in steps for far\n"
+        "        less client CPU). CPU columns: 100% = one core; 'all CPU' is the whole machine\n"
+        "        (200% max) - far above srv+cli(+PG) means something else was running.\n"
     )
 
     work = Path(tempfile.mkdtemp(prefix="homevisit-bench-"))
@@ -779,6 +839,8 @@ def main() -> int:
             server = start_server(name, argv, env, work, port)
             try:
                 results.append(run_loadgen(server, args, check=True))
+                if have_wrk:
+                    results.append(run_wrk_checkin(server, args))
                 if args.profile:
                     print(f"profiling {name} with py-spy ...", flush=True)
                     wait_for_quiet(args.wait_idle)
