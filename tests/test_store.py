@@ -7,7 +7,7 @@ held write answers, when held writes go out, and what `flush` raises when one di
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -26,15 +26,21 @@ from tests.conftest import FakeClock
 KEY = ConversationKey("api", "T001")
 
 
-def _setup(deps: Deps, now: datetime) -> int:
-    """A draft visit of T001's first student and a saved session; returns the visit id."""
+def _draft(deps: Deps, now: datetime, pick: Callable[[list[int]], int] = min) -> int:
+    """A new draft visit by T001 of one of their students (`pick` of the ids); its id."""
     with deps.db.begin() as conn:
         store = SqlStore(conn)
         staff = store.find_staff("api", "T001")
         assert staff is not None
-        student = min(s.id for s in store.my_students(staff.id))
-        visit_id = store.start_visit(staff.id, student, "home_visit", "1", now)
-        store.save_session(KEY, Session(state="question", data={"visit": visit_id}), now)
+        student = pick([s.id for s in store.my_students(staff.id)])
+        return store.start_visit(staff.id, student, "home_visit", "1", now)
+
+
+def _setup(deps: Deps, now: datetime) -> int:
+    """A draft visit of T001's first student and a saved session; returns the visit id."""
+    visit_id = _draft(deps, now)
+    with deps.db.begin() as conn:
+        SqlStore(conn).save_session(KEY, Session(state="question", data={"visit": visit_id}), now)
     return visit_id
 
 
@@ -87,13 +93,7 @@ async def test_held_writes_apply_and_reads_see_them(deps: Deps, clock: FakeClock
 @ONLY_POSTGRESQL
 async def test_two_writes_of_one_kind_are_not_merged(deps: Deps, clock: FakeClock) -> None:
     now = clock.now()
-    first = _setup(deps, now)
-    with deps.db.begin() as conn:
-        store = SqlStore(conn)
-        staff = store.find_staff("api", "T001")
-        assert staff is not None
-        student = max(s.id for s in store.my_students(staff.id))
-        second = store.start_visit(staff.id, student, "home_visit", "1", now)
+    first, second = _draft(deps, now, min), _draft(deps, now, max)
     with deps.db.begin() as conn:
         store = SqlStore(conn, hold_writes=True)
         with round_trips(conn) as trips:
