@@ -118,6 +118,9 @@ class OutboxDelivery:
                 log.warning("outbox delivery paused: database unavailable (%s)", exc)
             except Exception as exc:
                 log_failure(log, "outbox delivery round failed", exc=exc)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as the wait ends (a poke at shutdown), and the app then never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()

@@ -367,7 +367,8 @@ class Database:
 
     async def ping(self) -> bool:
         try:
-            await asyncio.wait_for(self.run(lambda c: c.execute(text("SELECT 1")).scalar()), 3)
+            async with asyncio.timeout(3):  # (not wait_for: see OutboxDelivery.run_forever)
+                await self.run(lambda c: c.execute(text("SELECT 1")).scalar())
         except Exception:  # any failure means "not healthy"; the reason is logged once
             log.warning("database ping failed")
             return False

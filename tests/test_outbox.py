@@ -190,3 +190,17 @@ def test_driver_errors_on_the_fast_path_hide_their_parameters(db: Database) -> N
     with pytest.raises(IntegrityError) as info, db.begin() as conn:
         add.execute(conn, {**row, "id": 2, "name": "李小雪"})  # same 学籍号: unique violation
     assert "李小雪" not in str(info.value) and "parameters hidden" in str(info.value)
+
+
+async def test_the_delivery_loop_stops_when_cancelled_as_it_is_poked(
+    db: Database, clock: FakeClock
+) -> None:
+    # (a shutdown while a reply has just been queued: the app must still stop)
+    delivery = OutboxDelivery(db, {}, clock, poll_seconds=3600)
+    for _ in range(20):  # the race is in the event loop's ordering: try it many times
+        task = asyncio.create_task(delivery.run_forever())
+        await asyncio.sleep(0.05)  # waiting to be poked
+        delivery.poke()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert task in done and task.cancelled()
