@@ -178,3 +178,24 @@ def test_roster_import_names_row_and_column_and_writes_nothing(
     assert db_rows(tmp_path, students) == []
     real = homevisit(env, tmp_path, "roster", "import", str(pupils), str(staff))
     assert real.returncode == 0 and len(db_rows(tmp_path, students)) == 1
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(env: dict[str, str], tmp_path: Path) -> None:
+    homevisit(env, tmp_path, "demo")
+    with subprocess.Popen(
+        [sys.executable, "-m", "bot", "chat", "--user", "T001"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write("家访\n".encode())
+        proc.stdin.flush()
+        assert proc.stdout.readline().decode().startswith("> 家访")  # (what `| head -1` reads)
+        proc.stdout.close()  # the reader goes away
+        proc.stdin.write(b"1\n3\n")
+        proc.stdin.close()
+        assert proc.wait(30) == 1
+        assert "Traceback" not in proc.stderr.read().decode()
