@@ -124,6 +124,12 @@ _MY_STUDENT_IDS = select(assignments.c.student_id).where(
 _SESSION_INSERT = insert(conversations)
 _REMEMBER = {
     name: make(inbound_messages)
+    .values(  # named, so that it also serves as a CTE of held writes (see `_HOLDABLE`)
+        channel=bindparam("channel"),
+        message_id=bindparam("message_id"),
+        replies=bindparam("replies"),
+        received_at=bindparam("received_at"),
+    )
     .on_conflict_do_nothing(index_elements=["channel", "message_id"])
     .returning(inbound_messages.c.message_id)
     for name, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
@@ -279,15 +285,7 @@ _FAST_REMEMBER = {
 _HOLDABLE: dict[str, Any] = {
     "answers": _SAVE_ANSWERS.returning(visits.c.id),
     "session": _SESSION_UPDATE.returning(conversations.c.version),
-    "remember": pg_insert(inbound_messages)
-    .values(
-        channel=bindparam("channel"),
-        message_id=bindparam("message_id"),
-        replies=bindparam("replies"),
-        received_at=bindparam("received_at"),
-    )
-    .on_conflict_do_nothing(index_elements=["channel", "message_id"])
-    .returning(inbound_messages.c.message_id),
+    "remember": _REMEMBER["postgresql"],
 }
 _HELD_BATCHES: dict[tuple[str, ...], Prepared] = {}
 
