@@ -157,7 +157,26 @@ def _settle_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
             loop.call_soon_threadsafe(settle)
 
 
-class _SqliteWriter:
+def _close_quietly(conn: Connection) -> None:
+    """Drop a connection that failed: nothing more can be learnt from it."""
+    with contextlib.suppress(Exception):
+        conn.invalidate()
+        conn.close()
+
+
+class _JobQueue:
+    """Jobs handed from event loops to database threads; each future is settled on its loop."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+
+    def submit(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
+        job = _Job(fn, asyncio.get_running_loop())
+        self._queue.put(job)
+        return job.future
+
+
+class _SqliteWriter(_JobQueue):
     """SQLite's single writer, with group commit.
 
     Turns queue up while the writer is busy; it then runs every waiting turn in its own
@@ -169,16 +188,11 @@ class _SqliteWriter:
     MAX_BATCH = 64
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__()
         self.engine = engine
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._conn: Connection | None = None
         self._thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
         self._thread.start()
-
-    def submit(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
-        job = _Job(fn, asyncio.get_running_loop())
-        self._queue.put(job)
-        return job.future
 
     def close(self) -> None:
         self._queue.put(None)
@@ -246,13 +260,11 @@ class _SqliteWriter:
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.invalidate()
-                self._conn.close()
+            _close_quietly(self._conn)
             self._conn = None
 
 
-class _WorkerPool:
+class _WorkerPool(_JobQueue):
     """PostgreSQL's database threads: each takes the next job and runs it on its own connection.
 
     Lighter than `run_in_executor` (no concurrent.futures.Future chained to an asyncio one):
@@ -260,18 +272,13 @@ class _WorkerPool:
     """
 
     def __init__(self, size: int, call: Callable[[Callable[[Connection], Any]], Any]) -> None:
+        super().__init__()
         self._call = call
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._loop, name=f"db-{n}", daemon=True) for n in range(size)
         ]
         for thread in self._threads:
             thread.start()
-
-    def submit(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
-        job = _Job(fn, asyncio.get_running_loop())
-        self._queue.put(job)
-        return job.future
 
     def close(self) -> None:
         for _ in self._threads:
@@ -347,9 +354,7 @@ class Database:
             raise StorageUnavailable(type(exc).__name__) from exc
         except OperationalError:
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.invalidate()
-                    conn.close()
+                _close_quietly(conn)
             self._local.conn = None
             raise
 
