@@ -37,6 +37,19 @@ async def proxy(pg_url: str) -> AsyncIterator[OutageProxy]:
     await p.stop()
 
 
+def demo_database(url: str, clock: FakeClock) -> Database:
+    """A Database on `url` with the schema and the demo roster."""
+    db = Database(url)
+    metadata.create_all(db.engine)
+    with db.begin() as conn:
+        load_demo(conn, now=clock.now())
+    return db
+
+
+def demo_bot(settings: Settings, db: Database, clock: FakeClock) -> ChatDriver:
+    return ChatDriver(build_dispatcher(settings, Deps(db, load_form(settings.form_path), clock)))
+
+
 def through(url: str, port: int) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}").geturl()
@@ -45,15 +58,11 @@ def through(url: str, port: int) -> str:
 async def test_database_outage_gets_an_apology_and_recovers(
     pg_url: str, proxy: OutageProxy, clock: FakeClock
 ) -> None:
-    setup = Database(pg_url)
-    metadata.create_all(setup.engine)
-    with setup.begin() as conn:
-        load_demo(conn, now=clock.now())
-    setup.close()
+    demo_database(pg_url, clock).close()
     settings: Settings = make_settings(through(pg_url, proxy.port))
     db = Database(settings.database_url)
     try:
-        bot = ChatDriver(build_dispatcher(settings, Deps(db, load_form(settings.form_path), clock)))
+        bot = demo_bot(settings, db, clock)
         await bot.say("周小禾")
         assert "【第2题】" in await bot.say("3")
         assert await db.ping()
@@ -76,11 +85,8 @@ async def test_database_outage_gets_an_apology_and_recovers(
 
 async def test_exhausted_pool_answers_instead_of_hanging(pg_url: str, clock: FakeClock) -> None:
     settings = make_settings(pg_url)
-    db = Database(pg_url)
-    metadata.create_all(db.engine)
-    with db.begin() as conn:
-        load_demo(conn, now=clock.now())
-    bot = ChatDriver(build_dispatcher(settings, Deps(db, load_form(settings.form_path), clock)))
+    db = demo_database(pg_url, clock)
+    bot = demo_bot(settings, db, clock)
     held = [db.engine.connect() for _ in range(PG_POOL_SIZE)]  # every pooled connection in use
     try:
         started = time.monotonic()
@@ -98,11 +104,8 @@ async def test_a_connection_killed_while_idle_is_replaced_without_failing_a_turn
     pg_url: str, clock: FakeClock
 ) -> None:
     settings = make_settings(pg_url)
-    db = Database(pg_url)
-    metadata.create_all(db.engine)
-    with db.begin() as conn:
-        load_demo(conn, now=clock.now())
-    bot = ChatDriver(build_dispatcher(settings, Deps(db, load_form(settings.form_path), clock)))
+    db = demo_database(pg_url, clock)
+    bot = demo_bot(settings, db, clock)
     try:
         assert "共5名" in await bot.say("家访")
         pid = await db.run(lambda c: c.exec_driver_sql("SELECT pg_backend_pid()").scalar())
