@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.command == "serve" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # (its plugins announce themselves)
     try:
         settings = load_settings()
         return _run(args, settings)
@@ -102,6 +104,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`homevisit export ... | head`): stop quietly, and keep Python
         # from failing again when it flushes stdout on the way out.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        # Nobody expected this: one line with the error's type and where it was raised, never
+        # its message (it may quote a student's data) nor a traceback on an operator's screen.
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(
+            f"homevisit: unexpected error {type(exc).__name__} "
+            f"({Path(where.filename).name}:{where.lineno}); nothing more was done",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -24,6 +24,10 @@ from storage.store import ConcurrentUpdate, HeldWriteMissed, SqlStore
 
 log = logging.getLogger(__name__)
 
+# A turn is a few milliseconds of database work; past this the teacher is told to try again
+# rather than kept waiting (a stalled database connection is cut: see `Database.run`).
+TURN_DEADLINE = 5.0
+
 
 class Dispatcher:
     def __init__(self, db: Database, engine: Engine) -> None:
@@ -45,7 +49,7 @@ class Dispatcher:
         conflicts = 0
         while True:  # at most three runs: HeldWriteMissed turns holding off
             try:
-                return await self.db.run(turn)
+                return await self.db.run(turn, deadline=TURN_DEADLINE)
             except DuplicateMessage as dup:
                 return await self._earlier_replies(dup)
             except HeldWriteMissed:
@@ -61,11 +65,12 @@ class Dispatcher:
             except Exception as exc:
                 # Neither the message text nor the error's own message: both may hold a
                 # student's details.
+                # The client's message id, escaped (%r): it may carry newlines or NUL.
                 log_failure(
                     log,
-                    "turn failed channel=%s message_id=%s",
+                    "turn failed channel=%s message_id=%r",
                     message.channel,
-                    message.message_id,
+                    (message.message_id or "")[:64],
                     exc=exc,
                 )
                 return [texts.APOLOGY]
@@ -74,8 +79,10 @@ class Dispatcher:
         """What the first delivery of a retried message was answered."""
         try:
             earlier = await self.db.run(
-                lambda conn: SqlStore(conn).seen_message(dup.channel, dup.message_id)
+                lambda conn: SqlStore(conn).seen_message(dup.channel, dup.user_id, dup.message_id),
+                deadline=TURN_DEADLINE,
             )
         except StorageUnavailable:
             return [texts.UNAVAILABLE]
-        return earlier or []
+        # (the replies are cleared after a day: a very late retry is only told it was handled)
+        return earlier or [texts.ALREADY_HANDLED]

@@ -19,6 +19,7 @@ from bot.outbox import OutboxDelivery
 from config.settings import Settings
 from handlers.reminders import Plan, View, pick_channel, plan_digests, plan_reminders
 from storage import outbox
+from storage.maintenance import Pruned, prune_inbound
 from storage.snapshot import escalate_overdue, last_run, load_snapshot, record_run
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,25 @@ class Jobs:
         today = at.astimezone(self.settings.tz).date()
         if not self.deps.calendar.is_school_day(today):
             return JobReport(job, today, skipped="not a school day")
-        report = await self.deps.db.run(lambda conn: self._run(conn, job, at, today))
+        report = await self.deps.db.run(
+            lambda conn: self._run(conn, job, at, today),
+            deadline=None,  # a city takes seconds
+        )
         log.info("%s", report.summary())
         if self.delivery is not None and report.queued:
             self.delivery.poke()
         return report
+
+    async def housekeep(self) -> Pruned:
+        """Clear what is kept only for a while (see `storage.maintenance`); any day, any hour."""
+        pruned = await self.deps.db.run(lambda conn: prune_inbound(conn, self.deps.clock.now()))
+        if pruned.replies_cleared or pruned.ids_deleted:
+            log.info(
+                "housekeeping: %s stored replies cleared, %s old message ids deleted",
+                pruned.replies_cleared,
+                pruned.ids_deleted,
+            )
+        return pruned
 
     def _run(self, conn: Connection, job: str, at: datetime, today: date) -> JobReport:
         escalated = escalate_overdue(conn, today, self.settings.escalate_after_days, at)
@@ -114,7 +129,10 @@ class Jobs:
         messages = [
             outbox.NewMessage(m.key, m.channel, m.recipient, m.kind, m.body) for m in plan.messages
         ]
-        queued = outbox.enqueue_many(conn, messages, not_before=not_before or send_from, now=at)
+        # Queued now, whatever `at` says: the outbox gives up a day after a row was queued.
+        queued = outbox.enqueue_many(
+            conn, messages, not_before=not_before or send_from, now=self.deps.clock.now()
+        )
         record_run(conn, job, today, at)
         return JobReport(
             job,

@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.core.ports import Clock
 from bot.jobs import DIGEST, REMIND, Jobs
@@ -64,6 +65,12 @@ class JobScheduler:
         except Exception as exc:
             log_failure(log, "scheduled job %s failed", job, exc=exc)
 
+    async def housekeep(self) -> None:
+        try:
+            await self.jobs.housekeep()
+        except Exception as exc:
+            log_failure(log, "housekeeping failed", exc=exc)
+
     async def catch_up(self) -> list[str]:
         """Run, once, each job whose time today has passed with no run recorded for today."""
         now = self.clock.now()
@@ -101,6 +108,14 @@ class JobScheduler:
                 max_instances=1,
                 misfire_grace_time=3600,
             )
+        scheduler.add_job(
+            self.housekeep,
+            IntervalTrigger(hours=1, timezone=self.tz),
+            id="housekeeping",
+            next_run_time=self.clock.now(),  # once at start-up too
+            coalesce=True,
+            max_instances=1,
+        )
         scheduler.start()
         self._scheduler = scheduler
 

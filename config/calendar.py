@@ -42,11 +42,15 @@ def load_calendar(path: str | Path) -> SchoolCalendar:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the calendar ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         raise ConfigError(f"{path}:{line}: not valid YAML ({exc.problem})") from exc
+    except yaml.YAMLError as exc:  # e.g. a character YAML does not allow
+        raise ConfigError(f"{path}: not valid YAML ({type(exc).__name__})") from exc
     if node is None:
         return SchoolCalendar()
     if not isinstance(node, yaml.MappingNode):

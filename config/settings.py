@@ -113,6 +113,12 @@ class Settings:
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
 _DINGTALK_VARS = ("DINGTALK_APP_KEY", "DINGTALK_APP_SECRET")
+_DIGITS = re.compile(r"[0-9]{1,9}")
+# Ranges that keep every date computed from a setting inside what Python's dates can hold, and
+# that still cover any sensible school: a visit cycle or an escalation of up to a year, a
+# conversation that waits up to a year for the teacher to come back.
+MAX_DAYS = 366
+MAX_SESSION_TTL_HOURS = 24 * 366
 _QUIET = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
@@ -167,16 +173,16 @@ class _Parser:
         if "QUIET_HOURS" in env:
             kwargs["quiet_hours"] = self.quiet_hours(env["QUIET_HOURS"])
         if "HOMEVISIT_SESSION_TTL_HOURS" in env:
-            hours = self.positive_int("HOMEVISIT_SESSION_TTL_HOURS")
+            hours = self.whole_number("HOMEVISIT_SESSION_TTL_HOURS", MAX_SESSION_TTL_HOURS)
             kwargs["session_ttl"] = timedelta(hours=hours or 72)
         if "HOMEVISIT_VISIT_CYCLE_DAYS" in env:
-            kwargs["visit_cycle_days"] = self.positive_int("HOMEVISIT_VISIT_CYCLE_DAYS") or 14
+            kwargs["visit_cycle_days"] = self.whole_number("HOMEVISIT_VISIT_CYCLE_DAYS") or 14
         if "HOMEVISIT_CATEGORY_CYCLE_DAYS" in env:
             kwargs["category_cycle_days"] = self.category_cycles(
                 env["HOMEVISIT_CATEGORY_CYCLE_DAYS"]
             )
         if "HOMEVISIT_ESCALATE_AFTER_DAYS" in env:
-            kwargs["escalate_after_days"] = self.positive_int("HOMEVISIT_ESCALATE_AFTER_DAYS") or 3
+            kwargs["escalate_after_days"] = self.whole_number("HOMEVISIT_ESCALATE_AFTER_DAYS") or 3
         if "HOMEVISIT_CALENDAR" in env:
             calendar = Path(env["HOMEVISIT_CALENDAR"])
             if not calendar.is_file():
@@ -196,15 +202,13 @@ class _Parser:
             self.problem("DATABASE_URL", "must start with sqlite:/// or postgresql://")
         return url
 
-    def positive_int(self, var: str) -> int | None:
-        try:
-            value = int(self.env[var])
-        except ValueError:
-            value = 0
-        if value <= 0:
-            self.problem(var, "must be a positive whole number")
+    def whole_number(self, var: str, high: int = MAX_DAYS, low: int = 1) -> int | None:
+        """A whole number from `low` to `high` (ASCII digits only: `²` is a digit to Python)."""
+        text = self.env[var]
+        if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+            self.problem(var, f"must be a whole number from {low} to {high}")
             return None
-        return value
+        return int(text)
 
     def category_cycles(self, text: str) -> dict[str, int]:
         """`孤儿:7,大病:7` (also with ， or ； and full-width colons); `none` for no overrides."""
@@ -213,10 +217,17 @@ class _Parser:
         cycles: dict[str, int] = {}
         for part in re.split(r"[,，;；]", text):
             name, sep, days = part.replace("：", ":").partition(":")
-            if not sep or not name.strip() or not days.strip().isdigit() or int(days) <= 0:
+            days = days.strip()
+            if not sep or not name.strip() or not _DIGITS.fullmatch(days):
                 self.problem(
                     "HOMEVISIT_CATEGORY_CYCLE_DAYS",
                     f"expected 类别:天数 pairs like 孤儿:7,大病:7, got {part.strip()!r}",
+                )
+                continue
+            if not 1 <= int(days) <= MAX_DAYS:
+                self.problem(
+                    "HOMEVISIT_CATEGORY_CYCLE_DAYS",
+                    f"{name.strip()}: days must be from 1 to {MAX_DAYS}, got {days}",
                 )
                 continue
             cycles[name.strip()] = int(days)
@@ -253,10 +264,10 @@ class _Parser:
             return None
         env = self.env
         agent_id = 0
-        try:
+        if _DIGITS.fullmatch(env["WECOM_AGENT_ID"]) and int(env["WECOM_AGENT_ID"]) < 2**31:
             agent_id = int(env["WECOM_AGENT_ID"])
-        except ValueError:
-            self.problem("WECOM_AGENT_ID", "must be a number")
+        else:
+            self.problem("WECOM_AGENT_ID", "must be the app's AgentId (a number)")
         aes_key = env["WECOM_AES_KEY"]
         if not re.fullmatch(r"[A-Za-z0-9]{43}", aes_key):
             self.problem("WECOM_AES_KEY", "must be 43 letters and digits (the EncodingAESKey)")

@@ -63,7 +63,7 @@ def _matches(option: Option, text: str) -> bool:
 
 
 def _choose_one(options: tuple[Option, ...], text: str) -> str:
-    if text.isdigit():
+    if text.isdecimal():  # (isdigit() also takes digits int() refuses, such as ፩)
         n = int(text)
         if 1 <= n <= len(options):
             return options[n - 1].text

@@ -89,7 +89,7 @@ class CheckIn:
             return self._answer(t, raw)
         if state == SUMMARY:
             return [texts.SUMMARY_EXPECT]
-        if state == CHOOSING and text.isdigit():
+        if state == CHOOSING and text.isdecimal():  # (not isdigit: int() refuses ፩)
             return self._pick_number(t, staff, int(text))
         return self._pick_name(t, staff, text, from_idle=state == IDLE)
 
@@ -141,11 +141,37 @@ class CheckIn:
             body = render.question(self.form, nxt, answers, s.data["student"])
         return [f"{head}\n\n{body}" if head else body]
 
-    def _save(self, t: Turn, answers: dict[str, Any]) -> bool:
-        """Store the draft's answers; False when the draft was closed from another channel."""
-        answers = self.form.prune(answers)
-        t.session.data["answers"] = answers
-        return t.store.save_answers(t.session.data["visit"], answers, t.now)
+    def _save(self, t: Turn, changes: dict[str, Any]) -> bool:
+        """Store `changes` to the draft's answers; False when the draft is closed or its student
+        no longer the teacher's.
+
+        The session's copy of the answers may be stale: the teacher may have answered other
+        questions of the same draft on another channel since. The store then refuses the write
+        (the revision moved on), and the changes are applied to the draft as stored instead.
+        """
+        s = t.session
+        answers = self.form.prune({**s.data["answers"], **changes})
+        revision = s.data.get("rev", 0)  # (sessions saved before revisions existed: 0)
+        if not t.store.save_answers(s.data["visit"], answers, revision, t.now):
+            if not self._reload(t):
+                return False
+            answers = self.form.prune({**s.data["answers"], **changes})
+            revision = s.data["rev"]
+            if not t.store.save_answers(s.data["visit"], answers, revision, t.now):
+                return False  # (nothing else writes within this transaction)
+        s.data["answers"] = answers
+        s.data["rev"] = revision + 1
+        return True
+
+    def _reload(self, t: Turn) -> bool:
+        """Refresh the session's copy of the draft from the store; False when it is gone."""
+        assert t.staff is not None
+        draft = t.store.load_draft(t.staff.id, t.session.data["visit"])
+        if draft is None:
+            return False
+        t.session.data["answers"] = self.form.prune(draft.answers)
+        t.session.data["rev"] = draft.revision
+        return True
 
     def _draft_gone(self, t: Turn) -> list[str]:
         student = t.session.data["student"]
@@ -213,16 +239,25 @@ class CheckIn:
         """Open the student's draft `draft`, or start a new visit when there is none."""
         if draft is not None:
             visit_id, answers = draft.visit_id, self.form.prune(draft.answers)
+            revision = draft.revision
             head = texts.VISIT_RESUMED.format(student=label)
         else:
             visit_id = t.store.start_visit(
                 staff.id, student_id, self.form.id, self.form.version, t.now
             )
-            answers = {}
+            answers, revision = {}, 0
             head = texts.VISIT_STARTED.format(student=label, version=self.form.version)
         # 上一题 after resuming a draft steps back through the answers already given.
         hist = [q.key for q in render.answered(self.form, answers)]
-        _set_state(t.session, QUESTION, visit=visit_id, student=label, answers=answers, hist=hist)
+        _set_state(
+            t.session,
+            QUESTION,
+            visit=visit_id,
+            student=label,
+            answers=answers,
+            hist=hist,
+            rev=revision,
+        )
         return self._advance(t, head)
 
     # ------------------------------------------------------------------ answering
@@ -233,7 +268,7 @@ class CheckIn:
             value = parse_answer(q, raw, self.today(t))
         except InvalidAnswer as exc:
             return [self._with_prompt(t, exc.reason)]
-        if not self._save(t, {**s.data["answers"], q.key: value}):
+        if not self._save(t, {q.key: value}):
             return self._draft_gone(t)
         if not s.data["hist"] or s.data["hist"][-1] != q.key:
             s.data["hist"].append(q.key)
@@ -246,7 +281,7 @@ class CheckIn:
         q = self.form.question(s.data["q"])
         if q.required:
             return [self._with_prompt(t, texts.NOT_OPTIONAL)]
-        if not self._save(t, {**s.data["answers"], q.key: None}):
+        if not self._save(t, {q.key: None}):
             return self._draft_gone(t)
         s.data["hist"].append(q.key)
         return self._advance(t)
@@ -295,9 +330,18 @@ class CheckIn:
         found = self.form.followups(answers, self.today(t))
         reached = self.form.reached(answers)
         if not t.store.submit_visit(
-            s.data["visit"], answers, self.form.method(answers), reached, found, t.now
+            s.data["visit"],
+            s.data.get("rev", 0),
+            answers,
+            self.form.method(answers),
+            reached,
+            found,
+            t.now,
         ):
-            return self._draft_gone(t)
+            if not self._reload(t):
+                return self._draft_gone(t)
+            # Changed on another channel since this summary was shown: show it again.
+            return self._advance(t, texts.DRAFT_CHANGED)
         student = s.data["student"]
         _idle(s)
         lines = [

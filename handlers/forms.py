@@ -204,9 +204,13 @@ def load_form(path: str | Path) -> Form:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the form file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         raise ConfigError(f"{path}:{line}: not valid YAML ({exc.problem})") from exc
+    except yaml.YAMLError as exc:  # e.g. a character YAML does not allow
+        raise ConfigError(f"{path}: not valid YAML ({type(exc).__name__})") from exc
     try:
         return _parse_form(raw)
     except _FormError as exc:

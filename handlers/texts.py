@@ -8,6 +8,7 @@ NOT_REGISTERED = (
 )
 APOLOGY = "抱歉，系统刚才出了点问题，这条消息没有处理成功。你填过的内容都已保存，请稍后再发一次。"
 UNAVAILABLE = "抱歉，系统暂时繁忙（数据库连接不上），这条消息没有处理。请过几分钟再发一次。"
+ALREADY_HANDLED = "这条消息之前已经收到并处理过了。"
 GREETING = "你好，{name}老师！我是家访助手，帮你逐一登记学生的网上家访情况。"
 TEXT_ONLY = "暂时只能处理文字消息，请用文字回复。"
 TOO_LONG_MESSAGE = "消息太长了（{length}字），请控制在{limit}字以内。"
@@ -73,7 +74,11 @@ SUBMITTED_UNREACHED = "已记录：这次没有联系上 {student} 的家庭，�
 NEW_FOLLOWUPS = "新增跟进事项{count}项："
 NEXT_HINT = "回复“家访”继续下一位学生。"
 DISCARDED = "已放弃 {student} 的这份家访草稿。"
-DRAFT_GONE = "{student} 的这份家访草稿已在别处提交或放弃，这里不再修改。回复“家访”查看名单。"
+DRAFT_GONE = (
+    "{student} 的这份家访草稿已提交或放弃，或这名学生已不由你负责，这里不再修改。"
+    "回复“家访”查看名单。"
+)
+DRAFT_CHANGED = "这份草稿刚在别处改过，下面是最新的内容，请再核对一遍。"
 PARKED = "已保存 {student} 的家访草稿，回复“继续”可接着填。"
 NO_DRAFT = "没有未完成的家访草稿。回复“家访”开始新的家访。"
 NOTHING_TO_CANCEL = "当前没有进行中的家访。"

@@ -14,12 +14,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
+import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -36,6 +39,21 @@ PG_POOL_SIZE = 20
 # pay off; measured with bench/run.py on 2 cores: 2 -> ~320, 8 -> ~530, 12 -> ~540 messages/s.
 # The pool keeps headroom above the workers for CLI commands and health checks.
 PG_WORKERS = 10
+# How long a caller waits for its database work before giving up with StorageUnavailable (the
+# work is then abandoned: rolled back if it has not committed, its connection cut if a query of
+# it hangs). A stalled network (a proxy or a firewall that keeps the socket open but forwards
+# nothing) would otherwise hold every request until TCP gives up, many minutes later.
+DEFAULT_DEADLINE = 30.0
+# libpq's own guards against a dead peer: a connection attempt gives up after CONNECT_TIMEOUT,
+# and keepalives notice a host that vanished without a word.
+CONNECT_TIMEOUT = 5
+PG_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20000,
+}
 
 
 def engine_url(url: str) -> str:
@@ -53,7 +71,7 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, pool_timeout: float = 5.0) -> Engine:
     sync_url = engine_url(url)
     if sync_url.startswith("sqlite"):
         database = make_url(sync_url).database
@@ -86,9 +104,9 @@ def create_db_engine(url: str) -> Engine:
             json_serializer=_json_dumps,
             pool_size=PG_POOL_SIZE,
             max_overflow=0,
-            pool_timeout=5,
+            pool_timeout=pool_timeout,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": 5, "options": options},
+            connect_args={"connect_timeout": CONNECT_TIMEOUT, "options": options, **PG_KEEPALIVES},
         )
     raise ConfigError(f"DATABASE_URL: unsupported database {url.split(':', 1)[0]!r}")
 
@@ -110,22 +128,74 @@ def _sqlite_on_begin(conn: Connection) -> None:
     # the driver itself never begins or commits behind our back.)
     raw = conn.connection.driver_connection
     assert raw is not None
-    raw.execute("BEGIN IMMEDIATE")
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        # another process holds the write lock past busy_timeout (or the disk is gone): this is
+        # the driver's own error, which SQLAlchemy does not wrap, so say what it means here
+        raise _unavailable(exc) from exc
 
 
 def _unavailable(exc: BaseException) -> StorageUnavailable:
-    error = StorageUnavailable(type(exc).__name__)
+    """StorageUnavailable saying what the driver said, on its first line only.
+
+    Connection and lock errors (refused, timed out, locked, a pooler refusing a parameter) quote
+    no data, and an operator needs their words; the SQL statement SQLAlchemy appends is left out.
+    """
+    driver = getattr(exc, "orig", None) or exc
+    first = (str(driver).strip().splitlines() or [""])[0][:200]
+    error = StorageUnavailable(f"{type(driver).__name__}: {first}" if first else type(exc).__name__)
     error.__cause__ = exc
     return error
 
 
+class Abandoned(Exception):
+    """The caller stopped waiting for this work: it must not commit (see `Database.run`)."""
+
+
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("_lock", "_running_on", "fn", "future", "loop")
 
     def __init__(self, fn: Callable[[Connection], Any], loop: asyncio.AbstractEventLoop) -> None:
         self.fn = fn
         self.loop = loop
         self.future: asyncio.Future[Any] = loop.create_future()
+        self._lock = threading.Lock()
+        self._running_on: Any = None  # the driver connection while the job runs on it
+
+    @property
+    def abandoned(self) -> bool:
+        return self.future.cancelled()
+
+    def call(self, conn: Connection) -> Any:
+        """Run the job on `conn` (inside the caller's transaction); Abandoned if the caller gave
+        up meanwhile, so that the transaction rolls back instead of committing."""
+        with self._lock:
+            self._running_on = conn.connection.driver_connection
+        try:
+            result = self.fn(conn)
+        finally:
+            with self._lock:
+                self._running_on = None
+        if self.abandoned:
+            raise Abandoned
+        return result
+
+    def cut(self) -> None:
+        """From any thread: if the job is running a query, shut its connection's socket down.
+
+        A query stuck on a stalled network then fails at once (the socket reads end-of-file),
+        the connection is dropped and the thread is free for the next job.
+        """
+        with self._lock:
+            raw = self._running_on
+            pgconn = getattr(raw, "pgconn", None)  # psycopg; SQLite has no socket to cut
+            if pgconn is None:
+                return
+            with contextlib.suppress(OSError, ValueError):
+                fd = pgconn.socket
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def settle(self, result: Any, error: BaseException | None) -> None:
         """On the job's event loop."""
@@ -170,10 +240,10 @@ class _JobQueue:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
 
-    def submit(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[Connection], T]) -> _Job:
         job = _Job(fn, asyncio.get_running_loop())
         self._queue.put(job)
-        return job.future
+        return job
 
 
 class _SqliteWriter(_JobQueue):
@@ -236,12 +306,12 @@ class _SqliteWriter(_JobQueue):
             conn = self._connection()
             with conn.begin():
                 if len(batch) == 1:
-                    outcomes.append((batch[0].fn(conn), None))
+                    outcomes.append((batch[0].call(conn), None))
                 else:
                     for job in batch:
                         savepoint = conn.begin_nested()
                         try:
-                            result = job.fn(conn)
+                            result = job.call(conn)
                         except (OperationalError, PoolTimeout) as exc:
                             savepoint.rollback()
                             outcomes.append((None, _unavailable(exc)))
@@ -271,7 +341,7 @@ class _WorkerPool(_JobQueue):
     about 30 µs less of the event loop's CPU per message, measured with 20 callers.
     """
 
-    def __init__(self, size: int, call: Callable[[Callable[[Connection], Any]], Any]) -> None:
+    def __init__(self, size: int, call: Callable[[_Job], Any]) -> None:
         super().__init__()
         self._call = call
         self._threads = [
@@ -292,7 +362,7 @@ class _WorkerPool(_JobQueue):
                 continue
             outcome: tuple[_Job, Any, BaseException | None]
             try:
-                outcome = (job, self._call(job.fn), None)
+                outcome = (job, self._call(job), None)
             except BaseException as exc:  # the thread must outlive any job
                 outcome = (job, None, exc)
             _settle_all([outcome])
@@ -306,9 +376,9 @@ class Database:
     fails is dropped and the next turn opens a new one.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_timeout: float = 5.0) -> None:
         self.url = url
-        self.engine = create_db_engine(url)
+        self.engine = create_db_engine(url, pool_timeout=pool_timeout)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: _SqliteWriter | None = None
         self._workers: _WorkerPool | None = None
@@ -323,24 +393,24 @@ class Database:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except (OperationalError, PoolTimeout) as exc:
+        except (OperationalError, PoolTimeout, sqlite3.OperationalError) as exc:
             # connection refused or lost, pool exhausted, SQLite busy past its timeout
-            raise StorageUnavailable(type(exc).__name__) from exc
+            raise _unavailable(exc) from exc
 
-    def _worker_call(self, fn: Callable[[Connection], T]) -> T:
+    def _worker_call(self, job: _Job) -> Any:
         try:
-            return self._attempt(fn)
+            return self._attempt(job)
         except OperationalError as exc:
-            if not exc.connection_invalidated:
-                raise StorageUnavailable(type(exc).__name__) from exc
+            if not exc.connection_invalidated or job.abandoned:
+                raise _unavailable(exc) from exc
         # The thread's connection had died while idle (a restart, a failover): the turn was rolled
         # back with it, so run it once more on a fresh connection.
         try:
-            return self._attempt(fn)
+            return self._attempt(job)
         except (OperationalError, PoolTimeout) as exc:
-            raise StorageUnavailable(type(exc).__name__) from exc
+            raise _unavailable(exc) from exc
 
-    def _attempt(self, fn: Callable[[Connection], T]) -> T:
+    def _attempt(self, job: _Job) -> Any:
         conn: Connection | None = getattr(self._local, "conn", None)
         try:
             if conn is None or conn.invalidated or conn.closed:
@@ -349,31 +419,48 @@ class Database:
                 with self._lock:
                     self._opened = [c for c in self._opened if not c.closed] + [conn]
             with conn.begin():
-                return fn(conn)
+                return job.call(conn)
         except PoolTimeout as exc:
-            raise StorageUnavailable(type(exc).__name__) from exc
+            raise _unavailable(exc) from exc
         except OperationalError:
             if conn is not None:
                 _close_quietly(conn)
             self._local.conn = None
             raise
 
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run `fn(conn)` inside one transaction on a database thread; await its result."""
+    async def run(
+        self, fn: Callable[[Connection], T], *, deadline: float | None = DEFAULT_DEADLINE
+    ) -> T:
+        """Run `fn(conn)` inside one transaction on a database thread; await its result.
+
+        After `deadline` seconds (None: no limit, for long jobs) the caller stops waiting and
+        gets StorageUnavailable; the work is abandoned: not run if it has not started, rolled
+        back if it has not committed, its query cut off if it hangs on the network.
+        """
         if self._closed:  # shutting down: no thread is left to run it
             raise StorageUnavailable("closed")
         if self.is_sqlite:
             if self._writer is None:
                 self._writer = _SqliteWriter(self.engine)
-            return await self._writer.submit(fn)
-        if self._workers is None:
-            self._workers = _WorkerPool(PG_WORKERS, self._worker_call)
-        return await self._workers.submit(fn)
+            job = self._writer.submit(fn)
+        else:
+            if self._workers is None:
+                self._workers = _WorkerPool(PG_WORKERS, self._worker_call)
+            job = self._workers.submit(fn)
+        if deadline is None:
+            return cast(T, await job.future)
+        try:
+            # (asyncio.timeout, not wait_for: see OutboxDelivery.run_forever)
+            async with asyncio.timeout(deadline):
+                return cast(T, await job.future)  # a timeout cancels the future: abandoned
+        except TimeoutError:
+            job.cut()
+            log.warning("database work abandoned after %.0f s", deadline)
+            raise StorageUnavailable("deadline") from None
 
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(3):  # (not wait_for: see OutboxDelivery.run_forever)
-                await self.run(lambda c: c.execute(text("SELECT 1")).scalar())
+            await self.run(lambda c: c.execute(text("SELECT 1")).scalar(), deadline=3)
         except Exception:  # any failure means "not healthy"; the reason is logged once
             log.warning("database ping failed")
             return False
@@ -383,7 +470,10 @@ class Database:
         """Apply migrations up to the newest (safe to call on every start)."""
         from storage.migrate import upgrade
 
-        upgrade(self.engine)
+        try:
+            upgrade(self.engine)
+        except (OperationalError, PoolTimeout, sqlite3.OperationalError) as exc:
+            raise _unavailable(exc) from exc
 
     def close(self) -> None:
         self._closed = True

@@ -122,6 +122,9 @@ visits = Table(
     Column("method", String(50), nullable=True),
     Column("reached", Boolean, nullable=True),  # False: family unreachable, not a real visit
     Column("answers", JSON, nullable=False),
+    # Bumped by every write of the answers: a session that saw an older revision (the teacher
+    # answered meanwhile on another channel) re-reads the draft instead of overwriting it.
+    Column("revision", Integer, nullable=False, default=0, server_default="0"),
     Column("started_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("submitted_at", UtcDateTime, nullable=True),
@@ -160,12 +163,16 @@ conversations = Table(
     Column("updated_at", UtcDateTime, nullable=False),
 )
 
+# Keyed by sender too: a message id is the client's word, and one teacher's id must never answer
+# another with the first one's replies. `replies` is cleared once platforms stop retrying
+# (`storage.maintenance`); the key stays longer, so a late retry is still recognised.
 inbound_messages = Table(
     "inbound_messages",
     metadata,
     Column("channel", String(20), primary_key=True),
+    Column("user_id", String(128), primary_key=True),
     Column("message_id", String(128), primary_key=True),
-    Column("replies", JSON, nullable=False),
+    Column("replies", JSON, nullable=True),
     Column("received_at", UtcDateTime, nullable=False, index=True),
 )
 

@@ -108,17 +108,34 @@ _SESSION_UPDATE = (
         updated_at=bindparam("now"),
     )
 )
+_MY_STUDENT_IDS = select(assignments.c.student_id).where(
+    assignments.c.staff_id == bindparam("staff_id")
+)
+# A draft its teacher may still change: not closed, at the revision the session saw, and of a
+# student still assigned to them (a roster import may have moved the student since).
+_WRITABLE_DRAFT = and_(
+    visits.c.id == bindparam("visit_id"),
+    visits.c.status == VisitStatus.DRAFT.value,
+    visits.c.revision == bindparam("revision"),
+    exists().where(
+        assignments.c.student_id == visits.c.student_id,
+        assignments.c.staff_id == visits.c.staff_id,
+    ),
+    exists().where(students.c.id == visits.c.student_id, students.c.active.is_(True)),
+)
 _SAVE_ANSWERS = (
     update(visits)
-    .where(visits.c.id == bindparam("visit_id"), visits.c.status == VisitStatus.DRAFT.value)
-    .values(answers=bindparam("answers"), updated_at=bindparam("now"))
+    .where(_WRITABLE_DRAFT)
+    .values(
+        answers=bindparam("answers"),
+        revision=visits.c.revision + 1,
+        updated_at=bindparam("now"),
+    )
 )
 _SEEN = select(inbound_messages.c.replies).where(
     inbound_messages.c.channel == bindparam("channel"),
+    inbound_messages.c.user_id == bindparam("user_id"),
     inbound_messages.c.message_id == bindparam("message_id"),
-)
-_MY_STUDENT_IDS = select(assignments.c.student_id).where(
-    assignments.c.staff_id == bindparam("staff_id")
 )
 
 _SESSION_INSERT = insert(conversations)
@@ -126,11 +143,12 @@ _REMEMBER = {
     name: make(inbound_messages)
     .values(  # named, so that it also serves as a CTE of held writes (see `_HOLDABLE`)
         channel=bindparam("channel"),
+        user_id=bindparam("user_id"),
         message_id=bindparam("message_id"),
         replies=bindparam("replies"),
         received_at=bindparam("received_at"),
     )
-    .on_conflict_do_nothing(index_elements=["channel", "message_id"])
+    .on_conflict_do_nothing(index_elements=["channel", "user_id", "message_id"])
     .returning(inbound_messages.c.message_id)
     for name, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
 }
@@ -143,6 +161,7 @@ _START_VISIT = (
         form_version=bindparam("form_version"),
         status=VisitStatus.DRAFT.value,
         answers=bindparam("answers"),
+        revision=0,
         started_at=bindparam("now"),
         updated_at=bindparam("now"),
     )
@@ -196,10 +215,11 @@ _MY_STUDENTS = select(
 ).where(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))
 _SUBMIT = (
     update(visits)
-    .where(visits.c.id == bindparam("visit_id"), visits.c.status == VisitStatus.DRAFT.value)
+    .where(_WRITABLE_DRAFT)
     .values(
         status=VisitStatus.SUBMITTED.value,
         answers=bindparam("answers"),
+        revision=visits.c.revision + 1,
         method=bindparam("method"),
         reached=bindparam("reached"),
         submitted_at=bindparam("now"),
@@ -216,6 +236,7 @@ _STUDENT_AND_DRAFT = (
         visits.c.id,
         visits.c.answers,
         visits.c.updated_at,
+        visits.c.revision,
     )
     .select_from(
         students.outerjoin(
@@ -243,6 +264,7 @@ _DRAFTS = (
         visits.c.updated_at,
         students.c.name,
         students.c.class_name,
+        visits.c.revision,
     )
     .join(students, students.c.id == visits.c.student_id)
     .where(
@@ -251,11 +273,12 @@ _DRAFTS = (
         students.c.active.is_(True),
         students.c.id.in_(_MY_STUDENT_IDS),  # a draft of a student reassigned since is not theirs
     )
-    # (the order the student list uses to name the draft 继续 resumes: see CheckIn._list)
-    .order_by(visits.c.updated_at.desc(), visits.c.student_id.desc(), visits.c.id.desc())
-    .limit(1)
 )
-_LATEST_DRAFT = _DRAFTS
+# (the order the student list uses to name the draft 继续 resumes: see CheckIn._list)
+_LATEST_DRAFT = _DRAFTS.order_by(
+    visits.c.updated_at.desc(), visits.c.student_id.desc(), visits.c.id.desc()
+).limit(1)
+_DRAFT_BY_ID = _DRAFTS.where(visits.c.id == bindparam("visit_id"))
 
 # The four statements of an ordinary answer, on the driver's cursor (see storage.fastsql).
 _FAST_SESSION = Prepared(
@@ -298,6 +321,12 @@ def _held_batch(names: tuple[str, ...]) -> Prepared:
         counts = [select(func.count()).select_from(cte).scalar_subquery() for cte in ctes]
         batch = _HELD_BATCHES[names] = Prepared(select(*counts))
     return batch
+
+
+def _draft(row: Any) -> Draft:
+    visit_id, student_id, answers, updated_at, name, class_name, revision = row
+    label = f"{name}（{class_name}）"
+    return Draft(visit_id, student_id, label, dict(answers), updated_at, revision)
 
 
 def _staff(row: Any) -> Staff:
@@ -352,7 +381,7 @@ class SqlStore:
         rows, _ = _held_batch(names).execute(self._conn, params)
         changed = dict(zip(names, rows[0], strict=True))
         if changed.get("remember") == 0:
-            raise DuplicateMessage(params["channel"], params["message_id"])
+            raise DuplicateMessage(params["channel"], params["user_id"], params["message_id"])
         if changed.get("session") == 0:
             raise ConcurrentUpdate
         if changed.get("answers") == 0:
@@ -409,15 +438,19 @@ class SqlStore:
         session.version += 1
 
     # ---------------------------------------------------------------- inbound de-duplication
-    def seen_message(self, channel: str, message_id: str) -> list[str] | None:
-        row = self.conn.execute(_SEEN, {"channel": channel, "message_id": message_id}).first()
-        return list(row.replies) if row else None
+    def seen_message(self, channel: str, user_id: str, message_id: str) -> list[str] | None:
+        params = {"channel": channel, "user_id": user_id, "message_id": message_id}
+        row = self.conn.execute(_SEEN, params).first()
+        if row is None:
+            return None
+        return list(row.replies) if row.replies is not None else []
 
     def remember_message(
-        self, channel: str, message_id: str, replies: Sequence[str], now: datetime
+        self, channel: str, user_id: str, message_id: str, replies: Sequence[str], now: datetime
     ) -> bool:
         params = {
             "channel": channel,
+            "user_id": user_id,
             "message_id": message_id,
             "replies": list(replies),
             "received_at": now,
@@ -462,18 +495,19 @@ class SqlStore:
         rows, _ = _FAST_STUDENT_AND_DRAFT.execute(self.conn, params)
         if not rows:
             return None
-        name, class_name, visit_id, answers, updated_at = rows[0]
+        name, class_name, visit_id, answers, updated_at, revision = rows[0]
         label = f"{name}（{class_name}）"
         if visit_id is None:
             return label, None
-        return label, Draft(visit_id, student_id, label, dict(answers), updated_at)
+        return label, Draft(visit_id, student_id, label, dict(answers), updated_at, revision)
 
     def find_draft(self, staff_id: int) -> Draft | None:
         rows, _ = _FAST_LATEST_DRAFT.execute(self.conn, {"staff_id": staff_id})
-        if not rows:
-            return None
-        visit_id, student_id, answers, updated_at, name, class_name = rows[0]
-        return Draft(visit_id, student_id, f"{name}（{class_name}）", dict(answers), updated_at)
+        return _draft(rows[0]) if rows else None
+
+    def load_draft(self, staff_id: int, visit_id: int) -> Draft | None:
+        rows = self.conn.execute(_DRAFT_BY_ID, {"staff_id": staff_id, "visit_id": visit_id}).all()
+        return _draft(rows[0]) if rows else None
 
     def start_visit(
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
@@ -491,8 +525,10 @@ class SqlStore:
         )
         return int(rows[0][0])
 
-    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> bool:
-        params = {"visit_id": visit_id, "answers": answers, "now": now}
+    def save_answers(
+        self, visit_id: int, answers: dict[str, Any], revision: int, now: datetime
+    ) -> bool:
+        params = {"visit_id": visit_id, "answers": answers, "revision": revision, "now": now}
         if self._hold:
             self._hold_write("answers", params)  # no draft any more: HeldWriteMissed at flush
             return True
@@ -502,6 +538,7 @@ class SqlStore:
     def submit_visit(
         self,
         visit_id: int,
+        revision: int,
         answers: dict[str, Any],
         method: str | None,
         reached: bool,
@@ -512,13 +549,14 @@ class SqlStore:
             self.conn,
             {
                 "visit_id": visit_id,
+                "revision": revision,
                 "answers": answers,
                 "method": method,
                 "reached": reached,
                 "now": now,
             },
         )
-        if not rows:  # no longer a draft: submitted or discarded from another channel
+        if not rows:  # closed, changed or reassigned meanwhile (see _WRITABLE_DRAFT)
             return False
         student_id, staff_id = rows[0]
         if followups_:

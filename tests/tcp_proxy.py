@@ -1,4 +1,8 @@
-"""A loopback TCP proxy that can cut every connection and refuse new ones: a database outage."""
+"""A loopback TCP proxy between the tests and PostgreSQL that fails on command.
+
+`cut()` drops every connection and refuses new ones (the server restarts); `stall()` keeps every
+socket open, accepts new ones, and forwards nothing until `resume()` (a broken middlebox).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ class OutageProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.up = True
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -33,6 +39,7 @@ class OutageProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -52,7 +59,15 @@ class OutageProxy:
     def restore(self) -> None:
         self.up = True
 
+    def stall(self) -> None:
+        """Keep connections open but forward nothing (the peers see no error at all)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def stop(self) -> None:
+        self.resume()
         self.cut()
         if self._server is not None:
             self._server.close()

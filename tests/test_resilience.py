@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from bot.app import build_dispatcher
 from bot.deps import Deps
+from bot.dispatcher import TURN_DEADLINE
 from config.settings import Settings
 from handlers import texts
 from handlers.forms import load_form
@@ -114,5 +115,55 @@ async def test_a_connection_killed_while_idle_is_replaced_without_failing_a_turn
             conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")  # type: ignore[arg-type]
         admin.close()
         assert "开始登记" in await bot.say("周小禾")  # the first turn afterwards still works
+    finally:
+        db.close()
+
+
+async def test_a_stalled_connection_is_answered_busy_within_seconds_and_replaced(
+    pg_url: str, proxy: OutageProxy, clock: FakeClock
+) -> None:
+    demo_database(pg_url, clock).close()
+    settings: Settings = make_settings(through(pg_url, proxy.port))
+    db = Database(settings.database_url)
+    try:
+        bot = demo_bot(settings, db, clock)
+        teachers = ("T001", "T002", "T003")
+        for user in teachers:  # every worker thread that serves them has its connection open
+            assert "近14天" in await bot.say("进度", user=user)
+
+        proxy.stall()  # sockets stay open, nothing is forwarded: no error reaches libpq
+        started = time.monotonic()
+        replies = await asyncio.gather(*(bot.say("进度", user=u) for u in teachers * 3))
+        took = time.monotonic() - started
+        assert replies == [texts.UNAVAILABLE] * 9
+        # each teacher's three messages wait their turn: at most three deadlines in a row
+        assert took < 3 * TURN_DEADLINE + 3
+
+        proxy.resume()
+        started = time.monotonic()
+        for user in teachers:
+            assert "近14天" in await bot.say("进度", user=user)
+        assert time.monotonic() - started < 10  # fresh connections, no restart
+    finally:
+        db.close()
+
+
+async def test_work_abandoned_at_the_deadline_does_not_commit_later(
+    pg_url: str, proxy: OutageProxy, clock: FakeClock
+) -> None:
+    """A teacher told "busy" must not find the answer saved after all: it would shift every
+    later answer by one question."""
+    demo_database(pg_url, clock).close()
+    settings: Settings = make_settings(through(pg_url, proxy.port))
+    db = Database(settings.database_url)
+    try:
+        bot = demo_bot(settings, db, clock)
+        await bot.say("周小禾")
+        proxy.stall()
+        assert await bot.say("3") == texts.UNAVAILABLE
+        proxy.resume()
+        answers = await db.run(lambda c: c.execute(select(visits.c.answers)).scalar_one())
+        assert answers == {}
+        assert "【第2题】" in await bot.say("3")
     finally:
         db.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -263,3 +263,22 @@ async def test_catch_up_late_at_night_skips_instead_of_sending_tomorrow(world: W
     assert await JobScheduler(world.jobs, world.clock).catch_up() == []
     with world.deps.db.begin() as conn:
         assert conn.execute(select(outbox)).all() == []
+
+
+async def test_a_job_run_for_a_past_time_gives_up_a_day_after_queuing_not_after_at(
+    world: World,
+) -> None:
+    """`homevisit remind --at` 34 hours back during an outage: the messages are retried."""
+    now = local(date(2026, 3, 3), 20)
+    world.clock.current = now
+    report = await world.jobs.run("remind", now - timedelta(hours=34))
+    assert report.queued > 0
+
+    async def outage(recipient: str, text: str, *, proactive: bool = True) -> None:
+        raise SendError("503")
+
+    world.wecom.send = outage  # type: ignore[method-assign]
+    await world.delivery.run_once()
+    with world.deps.db.begin() as conn:
+        states = conn.execute(select(outbox.c.status, outbox.c.attempts)).all()
+    assert states and all(s == ("pending", 1) for s in states)

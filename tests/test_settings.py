@@ -90,3 +90,39 @@ def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path) -> None:
     assert (s.quiet_hours.start, s.quiet_hours.end) == (time(22), time(6, 30))
     assert s.quiet_hours.contains(time(23)) and s.quiet_hours.contains(time(5))
     assert not s.quiet_hours.contains(time(12))
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("HOMEVISIT_SESSION_TTL_HOURS", "100000000"),  # accepted before, then every turn failed
+        ("HOMEVISIT_SESSION_TTL_HOURS", "99999999999"),  # a traceback at start-up before
+        ("HOMEVISIT_ESCALATE_AFTER_DAYS", "3000000"),  # the job crashed on it before
+        ("HOMEVISIT_VISIT_CYCLE_DAYS", "0"),
+        ("HOMEVISIT_VISIT_CYCLE_DAYS", "²"),  # a digit to str.isdigit(), not to int()
+        ("HOMEVISIT_CATEGORY_CYCLE_DAYS", "孤儿:²"),
+        ("HOMEVISIT_CATEGORY_CYCLE_DAYS", "孤儿:99999999"),
+        ("WECOM_AGENT_ID", "99999999999999999999"),
+    ],
+)
+def test_out_of_range_numbers_name_the_variable_and_the_range(var: str, value: str) -> None:
+    env = {**GOOD_WECOM, var: value}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, env_file=None)
+    [problem] = info.value.problems
+    assert problem.startswith(f"{var}: ")
+
+
+def test_the_largest_values_in_range_are_usable() -> None:
+    s = load_settings(
+        {
+            "HOMEVISIT_SESSION_TTL_HOURS": "8784",
+            "HOMEVISIT_ESCALATE_AFTER_DAYS": "366",
+            "HOMEVISIT_CATEGORY_CYCLE_DAYS": "孤儿:366",
+        },
+        env_file=None,
+    )
+    from datetime import UTC, datetime
+
+    assert datetime(9000, 1, 1, tzinfo=UTC) + s.session_ttl > datetime(9000, 1, 1, tzinfo=UTC)
+    assert s.escalate_after_days == 366 and s.category_cycle_days == {"孤儿": 366}

@@ -75,19 +75,19 @@ async def test_held_writes_apply_and_reads_see_them(deps: Deps, clock: FakeClock
         store = SqlStore(conn, hold_writes=True)
         session = store.load_session(KEY)
         assert session is not None
-        assert store.save_answers(visit_id, {"method": "电话"}, now) is True
+        assert store.save_answers(visit_id, {"method": "电话"}, 0, now) is True
         # a read in the same turn comes after the write, as it would without holding
         staff = store.find_staff("api", "T001")
         assert staff is not None
         draft = store.find_draft(staff.id)
         assert draft is not None and draft.answers == {"method": "电话"}
         store.save_session(KEY, session, now)
-        assert store.remember_message("api", "m-1", ["ok"], now) is True
+        assert store.remember_message("api", "T001", "m-1", ["ok"], now) is True
         store.flush()
     assert _visit_answers(deps, visit_id) == {"method": "电话"}
     with deps.db.begin() as conn:
         assert conn.execute(select(conversations.c.version)).scalar_one() == 2
-        assert SqlStore(conn).seen_message("api", "m-1") == ["ok"]
+        assert SqlStore(conn).seen_message("api", "T001", "m-1") == ["ok"]
 
 
 @ONLY_POSTGRESQL
@@ -97,8 +97,8 @@ async def test_two_writes_of_one_kind_are_not_merged(deps: Deps, clock: FakeCloc
     with deps.db.begin() as conn:
         store = SqlStore(conn, hold_writes=True)
         with round_trips(conn) as trips:
-            store.save_answers(first, {"method": "电话"}, now)
-            store.save_answers(second, {"method": "微信视频"}, now)  # sends the first
+            store.save_answers(first, {"method": "电话"}, 0, now)
+            store.save_answers(second, {"method": "微信视频"}, 0, now)  # sends the first
             store.flush()
     assert trips == [3]  # BEGIN, then each write in its own statement
     assert _visit_answers(deps, first) == {"method": "电话"}
@@ -116,9 +116,9 @@ async def test_an_answer_turn_sends_its_three_writes_in_one_round_trip(
         session = store.load_session(KEY)
         assert session is not None
         with round_trips(conn) as holding:
-            store.save_answers(visit_id, {"method": "电话"}, now)
+            store.save_answers(visit_id, {"method": "电话"}, 0, now)
             store.save_session(KEY, session, now)
-            store.remember_message("api", "m-1", ["ok"], now)
+            store.remember_message("api", "T001", "m-1", ["ok"], now)
         with round_trips(conn) as flushing:
             store.flush()
     assert holding == [0] and flushing == [1]
@@ -135,24 +135,24 @@ async def test_flush_raises_when_the_draft_was_closed_meanwhile(
     with deps.db.begin() as conn:
         store = SqlStore(conn, hold_writes=True)
         if db_url.startswith("postgresql"):
-            assert store.save_answers(visit_id, {"method": "电话"}, now) is True  # optimistic
+            assert store.save_answers(visit_id, {"method": "电话"}, 0, now) is True  # optimistic
             with pytest.raises(HeldWriteMissed):
                 store.flush()
         else:  # SQLite holds nothing: the answer is exact at once
-            assert store.save_answers(visit_id, {"method": "电话"}, now) is False
+            assert store.save_answers(visit_id, {"method": "电话"}, 0, now) is False
     with deps.db.begin() as conn:
-        assert SqlStore(conn).save_answers(visit_id, {"method": "电话"}, now) is False
+        assert SqlStore(conn).save_answers(visit_id, {"method": "电话"}, 0, now) is False
 
 
 async def test_flush_raises_on_a_known_message_id(deps: Deps, clock: FakeClock) -> None:
     now = clock.now()
     _setup(deps, now)
     with deps.db.begin() as conn:
-        SqlStore(conn).remember_message("api", "m-1", ["first"], now)
+        SqlStore(conn).remember_message("api", "T001", "m-1", ["first"], now)
     with pytest.raises(DuplicateMessage), deps.db.begin() as conn:
         store = SqlStore(conn, hold_writes=True)
-        if not store.remember_message("api", "m-1", ["second"], now):
-            raise DuplicateMessage("api", "m-1")  # SQLite: known at once
+        if not store.remember_message("api", "T001", "m-1", ["second"], now):
+            raise DuplicateMessage("api", "T001", "m-1")  # SQLite: known at once
         store.flush()
     with deps.db.begin() as conn:
         assert conn.execute(select(inbound_messages.c.replies)).scalar_one() == ["first"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from bot.web import DISPATCHER, SETTINGS, json_response
 
 CHANNEL = "api"
 MAX_ID = 128
+_CONTROL = re.compile("[\x00-\x1f\x7f]")  # in an id: NUL breaks PostgreSQL, newlines logs
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -54,10 +56,12 @@ def _validate(body: Any) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
     user, text, mid = body.get("user"), body.get("text"), body.get("message_id")
-    if not isinstance(user, str) or not user.strip() or len(user) > MAX_ID:
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_ID or _CONTROL.search(user):
         return '"user" must be a staff number (text)'
     if not isinstance(text, str):
         return '"text" must be text'
-    if mid is not None and (not isinstance(mid, str) or not mid or len(mid) > MAX_ID):
-        return '"message_id" must be text of at most 128 characters'
+    if mid is not None and (
+        not isinstance(mid, str) or not mid or len(mid) > MAX_ID or _CONTROL.search(mid)
+    ):
+        return '"message_id" must be text of at most 128 characters, without control characters'
     return None

@@ -72,8 +72,8 @@ class Engine:
         # A retried delivery is found here rather than with a read up front (one statement less
         # per message): the turn is rolled back and the first reply is given again.
         if message.message_id is not None and not store.remember_message(
-            message.channel, message.message_id, replies, now
+            message.channel, message.user_id, message.message_id, replies, now
         ):
-            raise DuplicateMessage(message.channel, message.message_id)
+            raise DuplicateMessage(message.channel, message.user_id, message.message_id)
         store.flush()
         return replies

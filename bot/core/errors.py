@@ -66,9 +66,14 @@ class SendError(HomevisitError):
 
 
 class DuplicateMessage(HomevisitError):
-    """This (channel, message id) was handled before: the turn must not take effect again."""
+    """This sender sent this message id before: the turn must not take effect again.
 
-    def __init__(self, channel: str, message_id: str) -> None:
+    The sender is part of the key: a message id is the client's word (the JSON channel lets the
+    caller choose it), and another user's message under a reused id is a new message.
+    """
+
+    def __init__(self, channel: str, user_id: str, message_id: str) -> None:
         self.channel = channel
+        self.user_id = user_id
         self.message_id = message_id
-        super().__init__(f"{channel}:{message_id}")
+        super().__init__(channel)  # (never the ids: they may name a teacher)

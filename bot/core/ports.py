@@ -45,14 +45,15 @@ class Store(Protocol):
     def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None: ...
 
     # -- inbound de-duplication
-    def seen_message(self, channel: str, message_id: str) -> list[str] | None:
-        """The replies given when this id was first handled; None if it is new."""
+    def seen_message(self, channel: str, user_id: str, message_id: str) -> list[str] | None:
+        """The replies given when this sender's id was first handled (empty once they have been
+        pruned); None if it is new."""
         ...
 
     def remember_message(
-        self, channel: str, message_id: str, replies: Sequence[str], now: datetime
+        self, channel: str, user_id: str, message_id: str, replies: Sequence[str], now: datetime
     ) -> bool:
-        """Store the replies under this id; False (and nothing stored) if the id is known."""
+        """Store the replies under this sender's id; False (nothing stored) if it is known."""
         ...
 
     # -- students and visits of one teacher
@@ -66,23 +67,34 @@ class Store(Protocol):
         """The teacher's most recently changed open draft of a student still theirs."""
         ...
 
+    def load_draft(self, staff_id: int, visit_id: int) -> Draft | None:
+        """This open draft as stored now, if it is the teacher's, of a student still theirs."""
+        ...
+
     def start_visit(
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
     ) -> int: ...
-    def save_answers(self, visit_id: int, answers: dict[str, Any], now: datetime) -> bool:
-        """False when the visit is no longer a draft (submitted or discarded elsewhere)."""
+    def save_answers(
+        self, visit_id: int, answers: dict[str, Any], revision: int, now: datetime
+    ) -> bool:
+        """Replace the draft's answers if it is still at `revision` (the revision then goes up
+        by one). False, and nothing written, when it is not: submitted or discarded elsewhere,
+        changed from another channel, or its student is no longer the teacher's (`load_draft`
+        tells which)."""
         ...
 
     def submit_visit(
         self,
         visit_id: int,
+        revision: int,
         answers: dict[str, Any],
         method: str | None,
         reached: bool,
         followups: Sequence[NewFollowUp],
         now: datetime,
     ) -> bool:
-        """Submit the draft with its follow-ups; False when it is no longer a draft."""
+        """Submit the draft with its follow-ups; False, as for `save_answers`, when it is not
+        writable at `revision`."""
         ...
 
     def discard_visit(self, visit_id: int, now: datetime) -> None: ...

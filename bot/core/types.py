@@ -42,6 +42,30 @@ class ConversationKey:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# What a chat message loses at the boundary, before anything matches or stores it:
+# - control characters but tab and line breaks (NUL is refused by PostgreSQL, and no control
+#   character can be written to XML: a WeCom reply or an xlsx export would break on it);
+# - U+FFFE and U+FFFF, which XML 1.0 cannot carry either;
+# - invisible format characters (Unicode category Cf: zero-width space, BOM, the bidirectional
+#   overrides that make text read backwards), so that "\u202e家访\u200b" is the command 家访
+#   and a note cannot hide or reorder what a coordinator reads. The zero-width joiner (U+200D)
+#   stays: emoji are built with it.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff"
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200c"
+    "\u200e-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f]"
+)
+
+
+def clean_input(value: str) -> str:
+    """Text as it enters from a platform: half an emoji (a lone surrogate, which JSON's \\ud83d
+    escapes allow and no database driver can encode) becomes U+FFFD; see `_INVISIBLE` for what
+    is dropped."""
+    if not value.isascii():
+        value = _LONE_SURROGATE.sub("\ufffd", value)
+    return _INVISIBLE.sub("", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +79,11 @@ class InboundMessage:
     message_id: str | None = None  # the platform's id, used to drop retried deliveries
 
     def __post_init__(self) -> None:
-        # JSON's \ud83d escapes let a client send half of an emoji: a lone surrogate, which no
-        # database driver can encode. It becomes U+FFFD so the message is handled like any other.
+        # The last line of defence: each channel refuses ids with control characters itself.
         for name in ("user_id", "text", "message_id"):
             value = getattr(self, name)
-            if value is not None and not value.isascii():
-                object.__setattr__(self, name, _LONE_SURROGATE.sub("\ufffd", value))
+            if value is not None:
+                object.__setattr__(self, name, clean_input(value))
 
     @property
     def key(self) -> ConversationKey:
@@ -105,6 +128,7 @@ class Draft:
     student_label: str
     answers: dict[str, Any]
     updated_at: datetime
+    revision: int = 0  # bumped by every write of the answers (see Store.save_answers)
 
 
 @dataclass(frozen=True, slots=True)
