@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bot.channels import api, dingtalk, wecom
 from bot.core.engine import Engine
-from bot.core.ports import Sender
+from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence
 from bot.dispatcher import Dispatcher
 from bot.jobs import Jobs
@@ -34,16 +34,26 @@ from bot.web import (
     error_middleware,
     healthz,
 )
+from config.calendar import SchoolCalendar
 from config.settings import Settings
 from handlers.checkin import CheckIn
+from handlers.forms import Form
+from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024
 
 
 def build_dispatcher(settings: Settings, deps: Deps) -> Dispatcher:
-    conversation = CheckIn(deps.form, settings.tz, cadence(settings, deps))
-    engine = Engine(conversation, deps.clock, settings.session_ttl)
-    return Dispatcher(deps.db, engine)
+    return conversation_over(SqlTurns(deps.db), settings, deps.form, deps.clock, deps.calendar)
+
+
+def conversation_over(
+    turns: Turns, settings: Settings, form: Form, clock: Clock, calendar: SchoolCalendar
+) -> Dispatcher:
+    """The check-in conversation on any store (tests run it on the memory store too)."""
+    conversation = CheckIn(form, settings.tz, cadence(settings, calendar))
+    engine = Engine(conversation, clock, settings.session_ttl)
+    return Dispatcher(turns, engine)
 
 
 def install_channels(app: web.Application, settings: Settings, deps: Deps) -> dict[str, Sender]:

@@ -14,11 +14,11 @@ from bot.app import build_dispatcher, create_app
 from bot.channels import console
 from bot.core.errors import HomevisitError
 from bot.deps import Deps, SystemClock, build_deps
+from bot.dispatcher import Dispatcher
 from bot.jobs import JobReport
 from bot.web import DELIVERY, JOBS
 from config.settings import Settings
 from storage.db import Database
-from storage.store import SqlStore
 
 
 def _open(settings: Settings) -> Deps:
@@ -72,18 +72,21 @@ def demo(settings: Settings) -> int:
 def chat(settings: Settings, staff_no: str) -> int:
     deps = _open(settings)
     try:
-        with deps.db.begin() as conn:
-            staff = SqlStore(conn).find_staff(console.CHANNEL, staff_no)
-        if staff is None:
-            raise HomevisitError(
-                f"工号 {staff_no} 不存在或已停用 / staff number {staff_no!r} not found "
-                "(load a roster first: homevisit demo, or homevisit roster import FILE)"
-            )
         dispatcher = build_dispatcher(settings, deps)
-        asyncio.run(console.run(dispatcher, staff_no, sys.stdin, sys.stdout))
+        asyncio.run(_chat(dispatcher, staff_no))
     finally:
         deps.db.close()
     return 0
+
+
+async def _chat(dispatcher: Dispatcher, staff_no: str) -> None:
+    staff = await dispatcher.turns.run(lambda store: store.find_staff(console.CHANNEL, staff_no))
+    if staff is None:
+        raise HomevisitError(
+            f"工号 {staff_no} 不存在或已停用 / staff number {staff_no!r} not found "
+            "(load a roster first: homevisit demo, or homevisit roster import FILE)"
+        )
+    await console.run(dispatcher, staff_no, sys.stdin, sys.stdout)
 
 
 def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> int:

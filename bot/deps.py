@@ -33,5 +33,5 @@ def build_deps(settings: Settings, clock: Clock | None = None) -> Deps:
     return Deps(Database(settings.database_url), form, clock or SystemClock(), calendar)
 
 
-def cadence(settings: Settings, deps: Deps) -> Cadence:
-    return Cadence(settings.visit_cycle_days, settings.category_cycle_days, deps.calendar)
+def cadence(settings: Settings, calendar: SchoolCalendar) -> Cadence:
+    return Cadence(settings.visit_cycle_days, settings.category_cycle_days, calendar)

@@ -1,26 +1,23 @@
 """The async edge of the engine: one message per conversation at a time, one transaction each.
 
 Order of operations per message (aiogram's lesson): take the conversation's lock, *then* load
-its state (inside the transaction), so two quick messages from one teacher never read the same
-state. The in-process lock orders messages within one process; across processes the session row
-is read `FOR UPDATE` on PostgreSQL and SQLite transactions start `IMMEDIATE`, and the row version
-catches anything that still slips through (the turn is then retried once).
+its state (inside the turn's transaction), so two quick messages from one teacher never read the
+same state. The in-process lock orders messages within one process; across processes the store
+locks the session row and its version catches anything that still slips through (the turn
+runner then runs the turn once more: see `bot.core.ports.Turns`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy.engine import Connection
-
 from bot.core.engine import Engine
-from bot.core.errors import DuplicateMessage, StorageUnavailable
+from bot.core.errors import ConcurrentUpdate, DuplicateMessage, StorageUnavailable
+from bot.core.ports import Turns
 from bot.core.types import InboundMessage
 from bot.locks import KeyedLocks
 from bot.logsafe import log_failure
 from handlers import texts
-from storage.db import Database
-from storage.store import ConcurrentUpdate, HeldWriteMissed, SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +27,8 @@ TURN_DEADLINE = 5.0
 
 
 class Dispatcher:
-    def __init__(self, db: Database, engine: Engine) -> None:
-        self.db = db
+    def __init__(self, turns: Turns, engine: Engine) -> None:
+        self.turns = turns
         self.engine = engine
         self._locks = KeyedLocks()
 
@@ -41,45 +38,35 @@ class Dispatcher:
             return await self._process(message)
 
     async def _process(self, message: InboundMessage) -> list[str]:
-        hold = True
-
-        def turn(conn: Connection) -> list[str]:
-            return self.engine.process(SqlStore(conn, hold_writes=hold), message)
-
-        conflicts = 0
-        while True:  # at most three runs: HeldWriteMissed turns holding off
-            try:
-                return await self.db.run(turn, deadline=TURN_DEADLINE)
-            except DuplicateMessage as dup:
-                return await self._earlier_replies(dup)
-            except HeldWriteMissed:
-                hold = False  # run it again with exact answers from every write
-            except ConcurrentUpdate:
-                conflicts += 1
-                if conflicts == 2:
-                    log.error("conversation changed concurrently twice channel=%s", message.channel)
-                    return [texts.APOLOGY]
-            except StorageUnavailable as exc:
-                log.warning("database unavailable (%s) channel=%s", exc, message.channel)
-                return [texts.UNAVAILABLE]
-            except Exception as exc:
-                # Neither the message text nor the error's own message: both may hold a
-                # student's details.
-                # The client's message id, escaped (%r): it may carry newlines or NUL.
-                log_failure(
-                    log,
-                    "turn failed channel=%s message_id=%r",
-                    message.channel,
-                    (message.message_id or "")[:64],
-                    exc=exc,
-                )
-                return [texts.APOLOGY]
+        try:
+            return await self.turns.run(
+                lambda store: self.engine.process(store, message), deadline=TURN_DEADLINE
+            )
+        except DuplicateMessage as dup:
+            return await self._earlier_replies(dup)
+        except ConcurrentUpdate:
+            log.error("conversation changed concurrently twice channel=%s", message.channel)
+            return [texts.APOLOGY]
+        except StorageUnavailable as exc:
+            log.warning("database unavailable (%s) channel=%s", exc, message.channel)
+            return [texts.UNAVAILABLE]
+        except Exception as exc:
+            # Neither the message text nor the error's own message: both may hold a student's
+            # details. The client's message id, escaped (%r): it may carry newlines or NUL.
+            log_failure(
+                log,
+                "turn failed channel=%s message_id=%r",
+                message.channel,
+                (message.message_id or "")[:64],
+                exc=exc,
+            )
+            return [texts.APOLOGY]
 
     async def _earlier_replies(self, dup: DuplicateMessage) -> list[str]:
         """What the first delivery of a retried message was answered."""
         try:
-            earlier = await self.db.run(
-                lambda conn: SqlStore(conn).seen_message(dup.channel, dup.user_id, dup.message_id),
+            earlier = await self.turns.run(
+                lambda store: store.seen_message(dup.channel, dup.user_id, dup.message_id),
                 deadline=TURN_DEADLINE,
             )
         except StorageUnavailable:

@@ -62,7 +62,7 @@ class Jobs:
     ) -> None:
         self.settings = settings
         self.deps = deps
-        self.cadence = cadence(settings, deps)
+        self.cadence = cadence(settings, deps.calendar)
         self.person_channels = [c for c in PERSON_CHANNELS if c in channels]
         self.channels = [*self.person_channels, *(c for c in channels if c not in PERSON_CHANNELS)]
         self.delivery = delivery

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     and_,
@@ -22,7 +22,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from bot.core.errors import DuplicateMessage
+from bot.core.errors import ConcurrentUpdate, DuplicateMessage
+from bot.core.ports import Store
 from bot.core.types import (
     ConversationKey,
     Coverage,
@@ -34,8 +35,10 @@ from bot.core.types import (
     Staff,
     StaffRole,
     StudentListing,
+    StudentRef,
     VisitStatus,
 )
+from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
     assignments,
@@ -49,20 +52,18 @@ from storage.schema import (
     visits,
 )
 
+T = TypeVar("T")
+
 # Channels whose user id is the staff number itself.
 STAFF_NO_CHANNELS = frozenset({"console", "api"})
 OPEN_STATES = (FollowUpStatus.OPEN.value, FollowUpStatus.ESCALATED.value)
 
 
-class ConcurrentUpdate(Exception):
-    """Another process changed the conversation between our read and our write."""
-
-
-class HeldWriteMissed(ConcurrentUpdate):
+class HeldWriteMissed(Exception):
     """A write held back for the end of the turn found no row to change (see `SqlStore.flush`).
 
-    Its method had already answered True, so the turn is rolled back and run again with every
-    write sent at once, where the method's answer is exact.
+    Its method had already answered True, so `SqlTurns` rolls the turn back and runs it again
+    with every write sent at once, where the method's answer is exact. Never leaves storage.
     """
 
 
@@ -325,8 +326,8 @@ def _held_batch(names: tuple[str, ...]) -> Prepared:
 
 def _draft(row: Any) -> Draft:
     visit_id, student_id, answers, updated_at, name, class_name, revision = row
-    label = f"{name}（{class_name}）"
-    return Draft(visit_id, student_id, label, dict(answers), updated_at, revision)
+    student = StudentRef(student_id, name, class_name)
+    return Draft(visit_id, student, dict(answers), updated_at, revision)
 
 
 def _staff(row: Any) -> Staff:
@@ -447,7 +448,7 @@ class SqlStore:
 
     def remember_message(
         self, channel: str, user_id: str, message_id: str, replies: Sequence[str], now: datetime
-    ) -> bool:
+    ) -> None:
         params = {
             "channel": channel,
             "user_id": user_id,
@@ -457,9 +458,10 @@ class SqlStore:
         }
         if self._hold:
             self._hold_write("remember", params)  # a known id raises DuplicateMessage at flush
-            return True
+            return
         rows, _ = _FAST_REMEMBER[self.conn.dialect.name].execute(self.conn, params)
-        return bool(rows)
+        if not rows:
+            raise DuplicateMessage(channel, user_id, message_id)
 
     # ---------------------------------------------------------------- students and visits
     def my_students(self, staff_id: int) -> list[StudentListing]:
@@ -490,16 +492,18 @@ class SqlStore:
             ) in rows
         ]
 
-    def find_student(self, staff_id: int, student_id: int) -> tuple[str, Draft | None] | None:
+    def find_student(
+        self, staff_id: int, student_id: int
+    ) -> tuple[StudentRef, Draft | None] | None:
         params = {"staff_id": staff_id, "student_id": student_id}
         rows, _ = _FAST_STUDENT_AND_DRAFT.execute(self.conn, params)
         if not rows:
             return None
         name, class_name, visit_id, answers, updated_at, revision = rows[0]
-        label = f"{name}（{class_name}）"
+        student = StudentRef(student_id, name, class_name)
         if visit_id is None:
-            return label, None
-        return label, Draft(visit_id, student_id, label, dict(answers), updated_at, revision)
+            return student, None
+        return student, Draft(visit_id, student, dict(answers), updated_at, revision)
 
     def find_draft(self, staff_id: int) -> Draft | None:
         rows, _ = _FAST_LATEST_DRAFT.execute(self.conn, {"staff_id": staff_id})
@@ -654,3 +658,35 @@ class SqlStore:
         ).all()
         overdue = sum(1 for r in open_rows if r.due_date < today)
         return Coverage(visited, total, len(open_rows), overdue)
+
+
+class SqlTurns:
+    """Implements `bot.core.ports.Turns` over a `Database`: each turn in one transaction.
+
+    On PostgreSQL a turn first runs holding its last writes (see `SqlStore`); should a held write
+    miss, the turn runs again without holding, where every store answer is exact. A session that
+    another process saved meanwhile (ConcurrentUpdate) gets one more run on fresh state.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def run(self, fn: Callable[[Store], T], *, deadline: float | None = None) -> T:
+        hold = True
+        conflicts = 0
+        while True:  # at most three runs
+
+            def turn(conn: Connection, hold: bool = hold) -> T:
+                store = SqlStore(conn, hold_writes=hold)
+                result = fn(store)
+                store.flush()
+                return result
+
+            try:
+                return await self.db.run(turn, deadline=deadline)
+            except HeldWriteMissed:
+                hold = False
+            except ConcurrentUpdate:
+                conflicts += 1
+                if conflicts == 2:
+                    raise

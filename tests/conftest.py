@@ -18,14 +18,16 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from bot.app import build_dispatcher
+from bot.app import build_dispatcher, conversation_over
 from bot.core.types import InboundMessage
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
+from config.calendar import SchoolCalendar
 from config.settings import Secret, Settings, load_settings
 from handlers.forms import load_form
 from storage.db import Database
-from storage.demo import load_demo
+from storage.demo import demo_roster, load_demo
+from storage.memory import MemoryStore, MemoryTurns
 from storage.schema import metadata
 
 PG_URL = os.environ.get("HOMEVISIT_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
@@ -146,4 +148,18 @@ def deps(settings: Settings, db: Database, clock: FakeClock) -> Deps:
 
 @pytest.fixture
 def bot(settings: Settings, deps: Deps) -> ChatDriver:
+    """The real dispatcher on a real database (SQLite and PostgreSQL), with the demo roster."""
     return ChatDriver(build_dispatcher(settings, deps))
+
+
+@pytest.fixture
+def memory_bot(clock: FakeClock) -> ChatDriver:
+    """The same conversation on the memory store with the demo roster: for conversation
+    scripts, which the store contract suite ties to the databases."""
+    store = MemoryStore()
+    store.load_roster(demo_roster())
+    settings = load_settings({}, env_file=None)
+    form = load_form(settings.form_path)
+    return ChatDriver(
+        conversation_over(MemoryTurns(store), settings, form, clock, SchoolCalendar())
+    )

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 
-from bot.core.types import MessageKind
 from bot.deps import Deps
 from handlers import texts
 from storage.schema import assignments, conversations, followups, staff, students, visits
@@ -258,16 +257,6 @@ async def test_followups_are_listed_and_closed_with_a_note(
     assert texts.FOLLOWUPS_NONE in await bot.say("todo")
 
 
-async def test_progress_counts_visits_in_the_cycle(bot: ChatDriver, clock: FakeClock) -> None:
-    await start(bot)
-    for answer in [*TABLET_VISIT, "提交"]:
-        await bot.say(answer)
-    assert "1/5" in await bot.say("进度")
-    clock.advance(days=15)
-    progress = await bot.say("progress")
-    assert "0/5" in progress and "已逾期 1 项" in progress
-
-
 async def test_a_retried_message_is_answered_once(bot: ChatDriver, deps: Deps) -> None:
     await start(bot)
     first = await bot.say("3", message_id="m-1")
@@ -275,14 +264,6 @@ async def test_a_retried_message_is_answered_once(bot: ChatDriver, deps: Deps) -
     assert first == retry and "【第2题】" in retry
     [visit] = rows(deps, visits)
     assert visit.answers == {"method": "电话"}
-
-
-async def test_events_and_non_text_messages(bot: ChatDriver) -> None:
-    greeting = await bot.say("", kind=MessageKind.EVENT)
-    assert "张示例老师" in greeting and "完成 N 备注" in greeting
-    await start(bot)
-    picture = await bot.say("", kind=MessageKind.UNSUPPORTED)
-    assert texts.TEXT_ONLY in picture and "【第1题】" in picture
 
 
 async def test_messages_of_one_teacher_are_processed_one_at_a_time(
@@ -329,16 +310,6 @@ async def test_an_answer_to_a_draft_discarded_elsewhere_is_refused(
     assert visit.status == "discarded" and visit.answers == {"method": "电话"}
 
 
-async def test_back_after_resuming_a_draft_goes_to_the_previous_answer(bot: ChatDriver) -> None:
-    await start(bot)
-    for answer in ["3", "1", "2"]:
-        await bot.say(answer)
-    await bot.say("稍后")
-    assert "【第4题】" in await bot.say("继续")
-    back = await bot.say("上一题")
-    assert "【第3题】" in back and "当前回答：否" in back
-
-
 async def test_a_draft_of_a_student_moved_to_another_teacher_is_not_shown(
     bot: ChatDriver, deps: Deps
 ) -> None:
@@ -354,29 +325,3 @@ async def test_a_draft_of_a_student_moved_to_another_teacher_is_not_shown(
     listing = await bot.say("家访")
     assert "周小禾" not in listing and "草稿" not in listing
     assert await bot.say("继续") == texts.NO_DRAFT
-
-
-async def test_the_list_names_the_draft_that_resume_opens(
-    bot: ChatDriver, clock: FakeClock
-) -> None:
-    await start(bot, "周小禾")
-    await bot.say("3")
-    listed = await bot.say("家访")  # parks 周小禾's draft
-    assert texts.DRAFT_HINT.format(student="周小禾（三年级1班）") in listed
-    await bot.say("陈小树")
-    await bot.say("3")  # a second draft, changed at the same moment
-    listed = await bot.say("家访")
-    hint = listed.split("\n")[-1]
-    hinted = [s for s in ("周小禾（三年级1班）", "陈小树（三年级1班）") if s in hint]
-    assert len(hinted) == 1
-    assert texts.VISIT_RESUMED.format(student=hinted[0]) in await bot.say("继续")
-    clock.advance(minutes=1)
-    await bot.say("1")  # the draft just resumed is now the latest changed
-    await bot.say("家访")
-    await bot.say("周小禾" if hinted[0].startswith("陈") else "陈小树")
-    clock.advance(minutes=1)
-    await bot.say("1")
-    listed = await bot.say("家访")
-    other = "周小禾（三年级1班）" if hinted[0].startswith("陈") else "陈小树（三年级1班）"
-    assert texts.DRAFT_HINT.format(student=other) in listed
-    assert texts.VISIT_RESUMED.format(student=other) in await bot.say("继续")

@@ -38,9 +38,9 @@ async def proxy(pg_url: str) -> AsyncIterator[OutageProxy]:
     await p.stop()
 
 
-def demo_database(url: str, clock: FakeClock) -> Database:
+def demo_database(url: str, clock: FakeClock, *, pool_timeout: float = 5.0) -> Database:
     """A Database on `url` with the schema and the demo roster."""
-    db = Database(url)
+    db = Database(url, pool_timeout=pool_timeout)
     metadata.create_all(db.engine)
     with db.begin() as conn:
         load_demo(conn, now=clock.now())
@@ -86,7 +86,7 @@ async def test_database_outage_gets_an_apology_and_recovers(
 
 async def test_exhausted_pool_answers_instead_of_hanging(pg_url: str, clock: FakeClock) -> None:
     settings = make_settings(pg_url)
-    db = demo_database(pg_url, clock)
+    db = demo_database(pg_url, clock, pool_timeout=0.5)  # (waiting out 5 s proves no more)
     bot = demo_bot(settings, db, clock)
     held = [db.engine.connect() for _ in range(PG_POOL_SIZE)]  # every pooled connection in use
     try:

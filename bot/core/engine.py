@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bot.core.errors import DuplicateMessage
 from bot.core.ports import Clock, Store
 from bot.core.types import InboundMessage, Session, Staff
 
@@ -70,10 +69,10 @@ class Engine:
             turn.session.expires_at = now + self.session_ttl
             store.save_session(message.key, turn.session, now)
         # A retried delivery is found here rather than with a read up front (one statement less
-        # per message): the turn is rolled back and the first reply is given again.
-        if message.message_id is not None and not store.remember_message(
-            message.channel, message.user_id, message.message_id, replies, now
-        ):
-            raise DuplicateMessage(message.channel, message.user_id, message.message_id)
-        store.flush()
+        # per message): the store raises DuplicateMessage, the turn is rolled back and the first
+        # reply is given again.
+        if message.message_id is not None:
+            store.remember_message(
+                message.channel, message.user_id, message.message_id, replies, now
+            )
         return replies

@@ -7,7 +7,10 @@ HomevisitError
 │                      row and column
 ├── StorageUnavailable the database does not answer: the user gets an apology, the web layer a 503
 ├── SendError          a platform did not take an outbound message: retried, or recorded as failed
-└── DuplicateMessage   a platform delivered a message again: roll the turn back, repeat the reply
+├── DuplicateMessage   a platform delivered a message again: roll the turn back, repeat the reply
+└── ConcurrentUpdate   the conversation kept changing under the turn (another process wrote the
+                       same session, twice in a row): the turn is rolled back, the user gets an
+                       apology
 
 Anything else raised inside a turn is unexpected: it is logged once (without personal data) and the
 teacher gets a short apology; the transaction is rolled back so nothing is half-written.
@@ -77,3 +80,11 @@ class DuplicateMessage(HomevisitError):
         self.user_id = user_id
         self.message_id = message_id
         super().__init__(channel)  # (never the ids: they may name a teacher)
+
+
+class ConcurrentUpdate(HomevisitError):
+    """Another process changed the conversation between our read and our write.
+
+    A store raises it inside a turn; the turn runner runs the turn once more and lets it
+    through only if that happens again.
+    """

@@ -2,14 +2,14 @@
 
 The store is synchronous on purpose: a whole conversation turn runs inside one short database
 transaction on a worker thread (see `storage.db.Database.run`), so the event loop pays one thread
-hop per message instead of one per statement.
+hop per message instead of one per statement. `Turns` is the asynchronous door to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bot.core.types import (
     ConversationKey,
@@ -20,7 +20,10 @@ from bot.core.types import (
     Session,
     Staff,
     StudentListing,
+    StudentRef,
 )
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -32,17 +35,25 @@ class Clock(Protocol):
 class Store(Protocol):
     """Everything one conversation turn reads and writes; all calls share one transaction.
 
-    A store may hold writes back and send them together, answering their calls optimistically;
-    `flush` sends them and raises if one did not apply (the turn is then rolled back). A held
-    write reads its values when it is sent: a value given to a write is not changed afterwards.
+    A store is only ever used inside `Turns.run`, which begins the transaction, commits it when
+    the turn returns and rolls it back when the turn raises. Writes take effect in the order they
+    are made and every read sees the writes before it. The same contract holds on every backend
+    (`tests/test_store_contract.py` runs it over memory, SQLite and PostgreSQL).
     """
 
-    def flush(self) -> None: ...
-
     # -- who is talking, and the conversation state (loaded after the per-key lock is held)
-    def find_staff(self, channel: str, user_id: str) -> Staff | None: ...
-    def load_session(self, key: ConversationKey) -> Session | None: ...
-    def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None: ...
+    def find_staff(self, channel: str, user_id: str) -> Staff | None:
+        """An active staff member with this identity (on `console` and `api`: this 工号)."""
+        ...
+
+    def load_session(self, key: ConversationKey) -> Session | None:
+        """The conversation's stored state, locked for this turn; None if it has none yet."""
+        ...
+
+    def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None:
+        """Store the state and bump `session.version`; ConcurrentUpdate if another turn saved
+        it since it was loaded."""
+        ...
 
     # -- inbound de-duplication
     def seen_message(self, channel: str, user_id: str, message_id: str) -> list[str] | None:
@@ -52,15 +63,21 @@ class Store(Protocol):
 
     def remember_message(
         self, channel: str, user_id: str, message_id: str, replies: Sequence[str], now: datetime
-    ) -> bool:
-        """Store the replies under this sender's id; False (nothing stored) if it is known."""
+    ) -> None:
+        """Store the replies under this sender's id. If the id is known, the turn fails with
+        DuplicateMessage (here, or when the turn ends) and nothing of it is kept."""
         ...
 
     # -- students and visits of one teacher
-    def my_students(self, staff_id: int) -> list[StudentListing]: ...
-    def find_student(self, staff_id: int, student_id: int) -> tuple[str, Draft | None] | None:
-        """An active student assigned to the teacher: their label "name（class）" and the
-        teacher's open draft for them, if any. None if the student is not the teacher's."""
+    def my_students(self, staff_id: int) -> list[StudentListing]:
+        """The teacher's active students, in no particular order."""
+        ...
+
+    def find_student(
+        self, staff_id: int, student_id: int
+    ) -> tuple[StudentRef, Draft | None] | None:
+        """An active student assigned to the teacher, with the teacher's open draft for them
+        (the most recently changed, if several). None if the student is not the teacher's."""
         ...
 
     def find_draft(self, staff_id: int) -> Draft | None:
@@ -73,14 +90,17 @@ class Store(Protocol):
 
     def start_visit(
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
-    ) -> int: ...
+    ) -> int:
+        """A new empty draft (revision 0); its id."""
+        ...
+
     def save_answers(
         self, visit_id: int, answers: dict[str, Any], revision: int, now: datetime
     ) -> bool:
         """Replace the draft's answers if it is still at `revision` (the revision then goes up
         by one). False, and nothing written, when it is not: submitted or discarded elsewhere,
         changed from another channel, or its student is no longer the teacher's (`load_draft`
-        tells which)."""
+        tells which). A caller must not change `answers` after passing it."""
         ...
 
     def submit_visit(
@@ -93,18 +113,44 @@ class Store(Protocol):
         followups: Sequence[NewFollowUp],
         now: datetime,
     ) -> bool:
-        """Submit the draft with its follow-ups; False, as for `save_answers`, when it is not
-        writable at `revision`."""
+        """Submit the draft with its follow-ups (owned by the visiting teacher); False, as for
+        `save_answers`, when it is not writable at `revision`."""
         ...
 
-    def discard_visit(self, visit_id: int, now: datetime) -> None: ...
+    def discard_visit(self, visit_id: int, now: datetime) -> None:
+        """Discard the draft, if it still is one."""
+        ...
 
     # -- follow-ups
-    def open_followups(self, staff_id: int) -> list[FollowUpListing]: ...
+    def open_followups(self, staff_id: int) -> list[FollowUpListing]:
+        """The open and escalated follow-ups the teacher owns, earliest due first."""
+        ...
+
     def close_followup(
         self, staff_id: int, followup_id: int, note: str, now: datetime
-    ) -> FollowUpListing | None: ...
-    def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage: ...
+    ) -> FollowUpListing | None:
+        """Mark the teacher's open follow-up done with `note`; None if it is not theirs or not
+        open."""
+        ...
+
+    def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
+        """The teacher's active students reached on a visit since `since`, and their open and
+        overdue (due before `today`) follow-ups."""
+        ...
+
+
+class Turns(Protocol):
+    """Runs conversation turns, each in one transaction of the store.
+
+    `run(fn)` calls `fn(store)` and commits what it wrote when it returns. It may call `fn`
+    more than once (a backend's optimistic shortcut missed, or another process wrote the same
+    session meanwhile): only the last call's writes are kept, so `fn` must do nothing but read
+    and write through the store. Raises only errors of `bot.core.errors`: DuplicateMessage,
+    ConcurrentUpdate (twice in a row), StorageUnavailable (no answer within `deadline` seconds,
+    and the turn is then rolled back), or whatever `fn` raised.
+    """
+
+    async def run(self, fn: Callable[[Store], T], *, deadline: float | None = None) -> T: ...
 
 
 class Sender(Protocol):

@@ -122,10 +122,20 @@ class StudentListing:
 
 
 @dataclass(frozen=True, slots=True)
+class StudentRef:
+    """Who a visit is about: enough to name the student to their teacher."""
+
+    id: int
+    name: str
+    class_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Draft:
+    """An open (unsubmitted) visit as stored."""
+
     visit_id: int
-    student_id: int
-    student_label: str
+    student: StudentRef
     answers: dict[str, Any]
     updated_at: datetime
     revision: int = 0  # bumped by every write of the answers (see Store.save_answers)

@@ -1,0 +1,386 @@
+"""`MemoryStore`: the `Store` port in plain Python objects, for fast conversation tests.
+
+It keeps the same contract as `SqlStore` (one suite, `tests/test_store_contract.py`, runs over
+both), so a conversation script that passes here passes on the databases. `MemoryTurns` runs a
+turn as a transaction: one at a time, and a turn that raises leaves everything as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+from bot.core.errors import ConcurrentUpdate, DuplicateMessage
+from bot.core.ports import Store
+from bot.core.types import (
+    ConversationKey,
+    Coverage,
+    Draft,
+    FollowUpListing,
+    FollowUpStatus,
+    NewFollowUp,
+    Session,
+    Staff,
+    StaffRole,
+    StudentListing,
+    StudentRef,
+    VisitStatus,
+)
+from storage.roster import Roster
+
+T = TypeVar("T")
+STAFF_NO_CHANNELS = frozenset({"console", "api"})  # (as in storage.store)
+OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
+
+
+@dataclass
+class _Student:
+    id: int
+    student_no: str
+    name: str
+    school: str
+    class_name: str
+    categories: tuple[str, ...]
+    active: bool = True
+
+
+@dataclass
+class _Visit:
+    id: int
+    student_id: int
+    staff_id: int
+    form_id: str
+    form_version: str
+    status: VisitStatus
+    answers: dict[str, Any]
+    started_at: datetime
+    updated_at: datetime
+    revision: int = 0
+    method: str | None = None
+    reached: bool | None = None
+    submitted_at: datetime | None = None
+
+
+@dataclass
+class _FollowUp:
+    id: int
+    visit_id: int
+    student_id: int
+    owner_staff_id: int
+    kind: str
+    detail: str
+    due_date: date
+    status: FollowUpStatus
+    created_at: datetime
+    closed_at: datetime | None = None
+    closed_by: int | None = None
+    note: str | None = None
+
+
+@dataclass
+class _Data:
+    staff: dict[int, Staff] = field(default_factory=dict)
+    active_staff: set[int] = field(default_factory=set)
+    identities: dict[tuple[str, str], int] = field(default_factory=dict)
+    students: dict[int, _Student] = field(default_factory=dict)
+    assignments: dict[tuple[int, str], int] = field(default_factory=dict)  # (student, role)
+    visits: dict[int, _Visit] = field(default_factory=dict)
+    followups: dict[int, _FollowUp] = field(default_factory=dict)
+    sessions: dict[ConversationKey, Session] = field(default_factory=dict)
+    inbound: dict[tuple[str, str, str], tuple[list[str] | None, datetime]] = field(
+        default_factory=dict
+    )
+    next_id: int = 1
+
+
+class MemoryStore:
+    """Implements `bot.core.ports.Store`; use it through `MemoryTurns`."""
+
+    def __init__(self) -> None:
+        self.data = _Data()
+
+    # ---------------------------------------------------------------- seeding (tests)
+    def _new_id(self) -> int:
+        self.data.next_id += 1
+        return self.data.next_id
+
+    def load_roster(self, roster: Roster) -> None:
+        """Add a checked roster's staff and students (a first import; nothing deactivated)."""
+        d = self.data
+        staff_ids: dict[str, int] = {}
+        schools: dict[str, int] = {}
+        for entry in roster.staff:
+            school_id = None
+            if entry.school:
+                school_id = schools.setdefault(entry.school, len(schools) + 1)
+            sid = self._new_id()
+            staff_ids[entry.staff_no] = sid
+            d.staff[sid] = Staff(sid, entry.staff_no, entry.name, StaffRole(entry.role), school_id)
+            d.active_staff.add(sid)
+            for channel in ("wecom", "dingtalk"):
+                external = entry.identity(channel)
+                if external:
+                    d.identities[(channel, external)] = sid
+        for s in roster.students:
+            student_id = self._new_id()
+            d.students[student_id] = _Student(
+                student_id, s.student_no, s.name, s.school, s.class_name, tuple(s.categories)
+            )
+            d.assignments[(student_id, "head_teacher")] = staff_ids[s.head_teacher_no]
+            if s.carer_no:
+                d.assignments[(student_id, "carer")] = staff_ids[s.carer_no]
+
+    def assign(self, student_id: int, role: str, staff_id: int | None) -> None:
+        """Change one assignment (None removes it), as a roster import would."""
+        if staff_id is None:
+            self.data.assignments.pop((student_id, role), None)
+        else:
+            self.data.assignments[(student_id, role)] = staff_id
+
+    # ---------------------------------------------------------------- helpers
+    def _mine(self, staff_id: int) -> list[_Student]:
+        d = self.data
+        ids = {sid for (sid, _), owner in d.assignments.items() if owner == staff_id}
+        return [d.students[i] for i in sorted(ids) if d.students[i].active]
+
+    def _is_mine(self, staff_id: int, student_id: int) -> bool:
+        student = self.data.students.get(student_id)
+        return (
+            student is not None
+            and student.active
+            and staff_id in {o for (s, _), o in self.data.assignments.items() if s == student_id}
+        )
+
+    def _ref(self, student_id: int) -> StudentRef:
+        s = self.data.students[student_id]
+        return StudentRef(s.id, s.name, s.class_name)
+
+    def _draft(self, v: _Visit) -> Draft:
+        return Draft(v.id, self._ref(v.student_id), dict(v.answers), v.updated_at, v.revision)
+
+    def _drafts(self, staff_id: int) -> list[_Visit]:
+        """The teacher's open drafts of students still theirs, latest changed first."""
+        drafts = [
+            v
+            for v in self.data.visits.values()
+            if v.staff_id == staff_id
+            and v.status is VisitStatus.DRAFT
+            and self._is_mine(staff_id, v.student_id)
+        ]
+        return sorted(drafts, key=lambda v: (v.updated_at, v.student_id, v.id), reverse=True)
+
+    def _writable(self, visit_id: int, revision: int) -> _Visit | None:
+        v = self.data.visits.get(visit_id)
+        if (
+            v is None
+            or v.status is not VisitStatus.DRAFT
+            or v.revision != revision
+            or not self._is_mine(v.staff_id, v.student_id)
+        ):
+            return None
+        return v
+
+    def _listing(self, f: _FollowUp) -> FollowUpListing:
+        s = self.data.students[f.student_id]
+        return FollowUpListing(f.id, f.kind, f.detail, s.name, s.class_name, f.due_date, f.status)
+
+    # ---------------------------------------------------------------- the port
+    def find_staff(self, channel: str, user_id: str) -> Staff | None:
+        d = self.data
+        if channel in STAFF_NO_CHANNELS:
+            found = next((s for s in d.staff.values() if s.staff_no == user_id), None)
+        else:
+            sid = d.identities.get((channel, user_id))
+            found = d.staff.get(sid) if sid is not None else None
+        return found if found is not None and found.id in d.active_staff else None
+
+    def load_session(self, key: ConversationKey) -> Session | None:
+        stored = self.data.sessions.get(key)
+        return copy.deepcopy(stored) if stored is not None else None
+
+    def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None:
+        stored = self.data.sessions.get(key)
+        if (stored.version if stored is not None else 0) != session.version:
+            raise ConcurrentUpdate
+        session.version += 1
+        self.data.sessions[key] = copy.deepcopy(session)
+
+    def seen_message(self, channel: str, user_id: str, message_id: str) -> list[str] | None:
+        hit = self.data.inbound.get((channel, user_id, message_id))
+        if hit is None:
+            return None
+        return list(hit[0]) if hit[0] is not None else []
+
+    def remember_message(
+        self, channel: str, user_id: str, message_id: str, replies: Sequence[str], now: datetime
+    ) -> None:
+        key = (channel, user_id, message_id)
+        if key in self.data.inbound:
+            raise DuplicateMessage(channel, user_id, message_id)
+        self.data.inbound[key] = (list(replies), now)
+
+    def my_students(self, staff_id: int) -> list[StudentListing]:
+        visits = self.data.visits.values()
+
+        def last(student_id: int, reached: bool) -> datetime | None:
+            times = [
+                v.submitted_at
+                for v in visits
+                if v.student_id == student_id
+                and v.status is VisitStatus.SUBMITTED
+                and v.reached is reached
+                and v.submitted_at is not None
+            ]
+            return max(times, default=None)
+
+        listing = []
+        for s in self._mine(staff_id):
+            drafts = [
+                v.updated_at
+                for v in visits
+                if v.student_id == s.id and v.staff_id == staff_id and v.status is VisitStatus.DRAFT
+            ]
+            open_count = sum(
+                1 for f in self.data.followups.values() if f.student_id == s.id and f.status in OPEN
+            )
+            listing.append(
+                StudentListing(
+                    s.id,
+                    s.student_no,
+                    s.name,
+                    s.class_name,
+                    tuple(sorted(s.categories)),
+                    last(s.id, True),
+                    open_count,
+                    last(s.id, False),
+                    max(drafts, default=None),
+                )
+            )
+        return listing
+
+    def find_student(
+        self, staff_id: int, student_id: int
+    ) -> tuple[StudentRef, Draft | None] | None:
+        if not self._is_mine(staff_id, student_id):
+            return None
+        drafts = [v for v in self._drafts(staff_id) if v.student_id == student_id]
+        return self._ref(student_id), self._draft(drafts[0]) if drafts else None
+
+    def find_draft(self, staff_id: int) -> Draft | None:
+        drafts = self._drafts(staff_id)
+        return self._draft(drafts[0]) if drafts else None
+
+    def load_draft(self, staff_id: int, visit_id: int) -> Draft | None:
+        found = [v for v in self._drafts(staff_id) if v.id == visit_id]
+        return self._draft(found[0]) if found else None
+
+    def start_visit(
+        self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
+    ) -> int:
+        visit_id = self._new_id()
+        self.data.visits[visit_id] = _Visit(
+            visit_id, student_id, staff_id, form_id, form_version, VisitStatus.DRAFT, {}, now, now
+        )
+        return visit_id
+
+    def save_answers(
+        self, visit_id: int, answers: dict[str, Any], revision: int, now: datetime
+    ) -> bool:
+        v = self._writable(visit_id, revision)
+        if v is None:
+            return False
+        v.answers, v.revision, v.updated_at = copy.deepcopy(answers), v.revision + 1, now
+        return True
+
+    def submit_visit(
+        self,
+        visit_id: int,
+        revision: int,
+        answers: dict[str, Any],
+        method: str | None,
+        reached: bool,
+        followups: Sequence[NewFollowUp],
+        now: datetime,
+    ) -> bool:
+        v = self._writable(visit_id, revision)
+        if v is None:
+            return False
+        v.status, v.answers, v.method, v.reached = (
+            VisitStatus.SUBMITTED,
+            copy.deepcopy(answers),
+            method,
+            reached,
+        )
+        v.revision += 1
+        v.submitted_at = v.updated_at = now
+        for f in followups:
+            fid = self._new_id()
+            self.data.followups[fid] = _FollowUp(
+                fid, v.id, v.student_id, v.staff_id, f.kind, f.detail, f.due_date,
+                FollowUpStatus.OPEN, now,
+            )  # fmt: skip
+        return True
+
+    def discard_visit(self, visit_id: int, now: datetime) -> None:
+        v = self.data.visits.get(visit_id)
+        if v is not None and v.status is VisitStatus.DRAFT:
+            v.status, v.updated_at = VisitStatus.DISCARDED, now
+
+    def open_followups(self, staff_id: int) -> list[FollowUpListing]:
+        mine = [
+            f
+            for f in self.data.followups.values()
+            if f.owner_staff_id == staff_id and f.status in OPEN
+        ]
+        return [self._listing(f) for f in sorted(mine, key=lambda f: (f.due_date, f.id))]
+
+    def close_followup(
+        self, staff_id: int, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None:
+        f = self.data.followups.get(followup_id)
+        if f is None or f.owner_staff_id != staff_id or f.status not in OPEN:
+            return None
+        f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.DONE, now, staff_id, note
+        return self._listing(f)
+
+    def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
+        mine = self._mine(staff_id)
+        visited = sum(
+            1
+            for s in mine
+            if any(
+                v.student_id == s.id
+                and v.status is VisitStatus.SUBMITTED
+                and v.reached
+                and v.submitted_at is not None
+                and v.submitted_at >= since
+                for v in self.data.visits.values()
+            )
+        )
+        due = [
+            f.due_date
+            for f in self.data.followups.values()
+            if f.owner_staff_id == staff_id and f.status in OPEN
+        ]
+        return Coverage(visited, len(mine), len(due), sum(1 for d in due if d < today))
+
+
+class MemoryTurns:
+    """Implements `bot.core.ports.Turns` over one `MemoryStore`: a turn at a time, all or none."""
+
+    def __init__(self, store: MemoryStore | None = None) -> None:
+        self.store = store or MemoryStore()
+        self._lock = asyncio.Lock()
+
+    async def run(self, fn: Callable[[Store], T], *, deadline: float | None = None) -> T:
+        async with self._lock:
+            before = copy.deepcopy(self.store.data)
+            try:
+                return fn(self.store)
+            except BaseException:
+                self.store.data = before
+                raise

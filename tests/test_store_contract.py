@@ -1,0 +1,394 @@
+"""The `Store` and `Turns` contract, one suite over every backend: memory, SQLite, PostgreSQL.
+
+Every test goes through `Turns.run` and the port's methods only, so what it asserts is what the
+conversation may rely on whatever the backend (aiogram runs its storage suite the same way). Each
+backend starts with the demo roster: T001 teaches 周小禾, 陈小树 and two 王小雨, and is the carer
+of 沈小云; T002 teaches 孙小川.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import delete, insert, select, update
+
+from bot.core.errors import ConcurrentUpdate, DuplicateMessage
+from bot.core.ports import Store, Turns
+from bot.core.types import ConversationKey, NewFollowUp, Session, StaffRole
+from storage.db import Database
+from storage.demo import demo_roster, load_demo
+from storage.memory import MemoryStore, MemoryTurns
+from storage.schema import assignments, metadata, staff, students
+from storage.store import SqlTurns
+from tests.conftest import FakeClock, make_db_url
+
+T = TypeVar("T")
+KEY = ConversationKey("api", "T001")
+
+
+@dataclass
+class Backend:
+    """A backend with the demo roster, and the roster changes a test needs (as an import)."""
+
+    turns: Turns
+    staff_ids: dict[str, int]
+    student_ids: dict[str, int]
+    reassign: Callable[[int, str, int | None], None]
+    deactivate: Callable[[int], None]
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        return await self.turns.run(fn)
+
+
+def _memory(clock: FakeClock) -> Iterator[Backend]:
+    store = MemoryStore()
+    store.load_roster(demo_roster())
+    staff_ids = {s.staff_no: s.id for s in store.data.staff.values()}
+    student_ids = {s.student_no: s.id for s in store.data.students.values()}
+    yield Backend(
+        MemoryTurns(store),
+        staff_ids,
+        student_ids,
+        store.assign,
+        store.data.active_staff.discard,
+    )
+
+
+def _sql(url: str, clock: FakeClock) -> Iterator[Backend]:
+    db = Database(url)
+    metadata.create_all(db.engine)
+    with db.begin() as conn:
+        load_demo(conn, now=clock.now())
+        staff_ids = {no: i for no, i in conn.execute(select(staff.c.staff_no, staff.c.id))}
+        student_ids = {
+            no: i for no, i in conn.execute(select(students.c.student_no, students.c.id))
+        }
+
+    def reassign(student_id: int, role: str, staff_id: int | None) -> None:
+        with db.begin() as conn:
+            where = (assignments.c.student_id == student_id) & (assignments.c.role == role)
+            conn.execute(delete(assignments).where(where))
+            if staff_id is not None:
+                row = {"student_id": student_id, "role": role, "staff_id": staff_id}
+                conn.execute(insert(assignments).values(row))
+
+    def deactivate(staff_id: int) -> None:
+        with db.begin() as conn:
+            conn.execute(update(staff).where(staff.c.id == staff_id).values(active=False))
+
+    try:
+        yield Backend(SqlTurns(db), staff_ids, student_ids, reassign, deactivate)
+    finally:
+        db.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
+    if request.param == "memory":
+        yield from _memory(clock)
+        return
+    for url in make_db_url(request.param, tmp_path):
+        yield from _sql(url, clock)
+
+
+# ---------------------------------------------------------------------------- who is talking
+async def test_find_staff_by_staff_number_or_platform_identity(backend: Backend) -> None:
+    t001 = await backend.run(lambda s: s.find_staff("api", "T001"))
+    assert t001 is not None
+    assert (t001.staff_no, t001.name, t001.role) == ("T001", "张示例", StaffRole.TEACHER)
+    assert t001.school_id is not None
+    assert await backend.run(lambda s: s.find_staff("console", "T001")) == t001
+    assert await backend.run(lambda s: s.find_staff("wecom", "zhanglaoshi")) == t001
+    assert await backend.run(lambda s: s.find_staff("dingtalk", "dt_zhang")) == t001
+    bureau = await backend.run(lambda s: s.find_staff("api", "B001"))
+    assert bureau is not None and bureau.school_id is None
+    for channel, user in (("api", "NOPE"), ("wecom", "T001"), ("dingtalk", "zhanglaoshi")):
+        assert await backend.run(lambda s, c=channel, u=user: s.find_staff(c, u)) is None
+
+
+async def test_deactivated_staff_are_not_found(backend: Backend) -> None:
+    backend.deactivate(backend.staff_ids["T001"])
+    assert await backend.run(lambda s: s.find_staff("api", "T001")) is None
+    assert await backend.run(lambda s: s.find_staff("wecom", "zhanglaoshi")) is None
+
+
+# ---------------------------------------------------------------------------- sessions
+async def test_a_session_is_saved_and_loaded_with_its_version(
+    backend: Backend, clock: FakeClock
+) -> None:
+    assert await backend.run(lambda s: s.load_session(KEY)) is None
+    expires = clock.now() + timedelta(hours=1)
+
+    def save_new(s: Store) -> Session:
+        session = Session("choosing", {"choices": [3, 1], "nested": {"a": "学"}}, expires)
+        s.save_session(KEY, session, clock.now())
+        return session
+
+    saved = await backend.run(save_new)
+    assert saved.version == 1
+    loaded = await backend.run(lambda s: s.load_session(KEY))
+    assert loaded == Session("choosing", {"choices": [3, 1], "nested": {"a": "学"}}, expires, 1)
+
+    def change(s: Store) -> None:
+        session = s.load_session(KEY)
+        assert session is not None
+        session.state = "idle"
+        session.data = {}
+        s.save_session(KEY, session, clock.now())
+
+    await backend.run(change)
+    again = await backend.run(lambda s: s.load_session(KEY))
+    assert again is not None and (again.state, again.data, again.version) == ("idle", {}, 2)
+    other = await backend.run(lambda s: s.load_session(ConversationKey("wecom", "T001")))
+    assert other is None  # one session per channel and user
+
+
+async def test_saving_a_stale_session_is_a_concurrent_update_and_keeps_nothing(
+    backend: Backend, clock: FakeClock
+) -> None:
+    await backend.run(lambda s: s.save_session(KEY, Session("idle"), clock.now()))
+    stale = Session("choosing", {"choices": [1]}, version=0)  # as if loaded before the save
+
+    def write_stale(s: Store) -> None:
+        s.remember_message("api", "T001", "m-1", ["x"], clock.now())
+        s.save_session(KEY, stale, clock.now())
+
+    with pytest.raises(ConcurrentUpdate):
+        await backend.run(write_stale)
+    kept = await backend.run(lambda s: s.load_session(KEY))
+    assert kept is not None and (kept.state, kept.version) == ("idle", 1)
+    assert await backend.run(lambda s: s.seen_message("api", "T001", "m-1")) is None
+
+
+# ---------------------------------------------------------------------------- de-duplication
+async def test_a_message_id_is_remembered_per_sender(backend: Backend, clock: FakeClock) -> None:
+    now = clock.now()
+    assert await backend.run(lambda s: s.seen_message("api", "T001", "m-1")) is None
+    await backend.run(lambda s: s.remember_message("api", "T001", "m-1", ["好", "的"], now))
+    assert await backend.run(lambda s: s.seen_message("api", "T001", "m-1")) == ["好", "的"]
+    assert await backend.run(lambda s: s.seen_message("api", "T002", "m-1")) is None
+    assert await backend.run(lambda s: s.seen_message("wecom", "T001", "m-1")) is None
+    await backend.run(lambda s: s.remember_message("api", "T002", "m-1", ["other"], now))
+    assert await backend.run(lambda s: s.seen_message("api", "T002", "m-1")) == ["other"]
+
+
+async def test_a_known_message_id_fails_the_turn_and_keeps_none_of_it(
+    backend: Backend, clock: FakeClock
+) -> None:
+    now = clock.now()
+    await backend.run(lambda s: s.remember_message("api", "T001", "m-1", ["first"], now))
+
+    def retried(s: Store) -> None:
+        s.save_session(KEY, Session("choosing"), now)
+        s.remember_message("api", "T001", "m-1", ["second"], now)
+
+    with pytest.raises(DuplicateMessage) as info:
+        await backend.run(retried)
+    assert (info.value.channel, info.value.user_id, info.value.message_id) == (
+        "api",
+        "T001",
+        "m-1",
+    )
+    assert await backend.run(lambda s: s.load_session(KEY)) is None
+    assert await backend.run(lambda s: s.seen_message("api", "T001", "m-1")) == ["first"]
+
+
+# ---------------------------------------------------------------------------- students, drafts
+async def test_my_students_are_the_teachers_active_students_with_their_facts(
+    backend: Backend,
+) -> None:
+    t001 = backend.staff_ids["T001"]
+    listing = await backend.run(lambda s: s.my_students(t001))
+    by_no = {s.student_no: s for s in listing}
+    assert set(by_no) == {"DEMO0001", "DEMO0002", "DEMO0003", "DEMO0004", "DEMO0011"}
+    chen = by_no["DEMO0002"]
+    assert (chen.name, chen.class_name, chen.categories) == (
+        "陈小树",
+        "三年级1班",
+        ("低保", "留守"),
+    )
+    assert (chen.last_visit_at, chen.last_unreached_at, chen.draft_at) == (None, None, None)
+    assert chen.open_followups == 0 and chen.id == backend.student_ids["DEMO0002"]
+
+
+async def test_a_draft_is_started_found_saved_by_revision_and_loaded(
+    backend: Backend, clock: FakeClock
+) -> None:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+    found = await backend.run(lambda s: s.find_student(t001, zhou))
+    assert found is not None
+    student, draft = found
+    assert (student.id, student.name, student.class_name, draft) == (
+        zhou,
+        "周小禾",
+        "三年级1班",
+        None,
+    )
+    assert await backend.run(lambda s: s.find_draft(t001)) is None
+
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "home_visit", "1", now))
+    draft = await backend.run(lambda s: s.load_draft(t001, visit))
+    assert draft is not None and (draft.answers, draft.revision) == ({}, 0)
+    assert draft.student == student and draft.updated_at == now
+
+    later = now + timedelta(minutes=1)
+    assert await backend.run(lambda s: s.save_answers(visit, {"method": "电话"}, 0, later))
+    assert not await backend.run(lambda s: s.save_answers(visit, {"method": "x"}, 0, later))
+    assert await backend.run(lambda s: s.save_answers(visit, {"method": "微信视频"}, 1, later))
+    for read in (
+        lambda s: s.load_draft(t001, visit),
+        lambda s: s.find_draft(t001),
+        lambda s: (s.find_student(t001, zhou) or (None, None))[1],
+    ):
+        d = await backend.run(read)
+        assert d is not None and (d.visit_id, d.answers, d.revision) == (
+            visit,
+            {"method": "微信视频"},
+            2,
+        )
+        assert d.updated_at == later
+    [zhou_listed] = [s for s in await backend.run(lambda s: s.my_students(t001)) if s.id == zhou]
+    assert zhou_listed.draft_at == later
+    assert await backend.run(lambda s: s.load_draft(backend.staff_ids["T002"], visit)) is None
+
+
+async def test_find_draft_is_the_latest_changed_of_students_still_the_teachers(
+    backend: Backend, clock: FakeClock
+) -> None:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou, shen = backend.student_ids["DEMO0003"], backend.student_ids["DEMO0011"]
+    first = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", now))
+    second = await backend.run(lambda s: s.start_visit(t001, shen, "f", "1", now))
+    await backend.run(lambda s: s.save_answers(first, {"a": 1}, 0, now + timedelta(seconds=5)))
+    latest = await backend.run(lambda s: s.find_draft(t001))
+    assert latest is not None and latest.visit_id == first
+    await backend.run(lambda s: s.save_answers(second, {"a": 2}, 0, now + timedelta(seconds=9)))
+    latest = await backend.run(lambda s: s.find_draft(t001))
+    assert latest is not None and latest.visit_id == second
+
+    backend.reassign(shen, "carer", None)  # a roster import moves 沈小云 away from T001
+    latest = await backend.run(lambda s: s.find_draft(t001))
+    assert latest is not None and latest.visit_id == first
+    assert await backend.run(lambda s: s.load_draft(t001, second)) is None
+    assert await backend.run(lambda s: s.find_student(t001, shen)) is None
+    assert not await backend.run(lambda s: s.save_answers(second, {"a": 3}, 1, now))
+
+
+async def test_submitting_stores_the_visit_and_its_followups(
+    backend: Backend, clock: FakeClock
+) -> None:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", now))
+    needs = [
+        NewFollowUp("device", "平板或电脑", date(2026, 3, 9)),
+        NewFollowUp("psych", "需要心理辅导", date(2026, 3, 5)),
+    ]
+    answers = {"method": "电话", "device_ok": "否"}
+    assert not await backend.run(
+        lambda s: s.submit_visit(visit, 5, answers, "电话", True, needs, now)  # stale
+    )
+    assert await backend.run(lambda s: s.submit_visit(visit, 0, answers, "电话", True, needs, now))
+    assert not await backend.run(lambda s: s.submit_visit(visit, 1, answers, "电话", True, [], now))
+    assert await backend.run(lambda s: s.load_draft(t001, visit)) is None
+    assert not await backend.run(lambda s: s.save_answers(visit, {}, 1, now))
+
+    items = await backend.run(lambda s: s.open_followups(t001))
+    assert [(f.kind, f.detail, f.due_date, f.student_name, f.class_name) for f in items] == [
+        ("psych", "需要心理辅导", date(2026, 3, 5), "周小禾", "三年级1班"),
+        ("device", "平板或电脑", date(2026, 3, 9), "周小禾", "三年级1班"),
+    ]
+    [zhou_listed] = [s for s in await backend.run(lambda s: s.my_students(t001)) if s.id == zhou]
+    assert (zhou_listed.last_visit_at, zhou_listed.open_followups) == (now, 2)
+    assert zhou_listed.draft_at is None
+    assert await backend.run(lambda s: s.open_followups(backend.staff_ids["T002"])) == []
+
+
+async def test_a_visit_that_did_not_reach_the_family_counts_as_an_attempt(
+    backend: Backend, clock: FakeClock
+) -> None:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", now))
+    await backend.run(lambda s: s.submit_visit(visit, 0, {}, "联系不上", False, [], now))
+    [zhou_listed] = [s for s in await backend.run(lambda s: s.my_students(t001)) if s.id == zhou]
+    assert (zhou_listed.last_visit_at, zhou_listed.last_unreached_at) == (None, now)
+    coverage = await backend.run(lambda s: s.coverage(t001, now - timedelta(days=1), now.date()))
+    assert coverage.visited == 0
+
+
+async def test_a_discarded_draft_is_gone(backend: Backend, clock: FakeClock) -> None:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", now))
+    await backend.run(lambda s: s.discard_visit(visit, now))
+    assert await backend.run(lambda s: s.load_draft(t001, visit)) is None
+    assert await backend.run(lambda s: s.find_draft(t001)) is None
+    assert not await backend.run(lambda s: s.save_answers(visit, {}, 0, now))
+    assert not await backend.run(lambda s: s.submit_visit(visit, 0, {}, None, True, [], now))
+
+
+# ---------------------------------------------------------------------------- follow-ups
+async def test_closing_a_followup_and_the_coverage(backend: Backend, clock: FakeClock) -> None:
+    t001, t002, now = backend.staff_ids["T001"], backend.staff_ids["T002"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", now))
+    needs = [NewFollowUp("device", "平板", now.date() - timedelta(days=1))]
+    await backend.run(lambda s: s.submit_visit(visit, 0, {}, "电话", True, needs, now))
+    [item] = await backend.run(lambda s: s.open_followups(t001))
+
+    coverage = await backend.run(lambda s: s.coverage(t001, now - timedelta(days=14), now.date()))
+    assert (coverage.visited, coverage.total) == (1, 5)
+    assert (coverage.open_followups, coverage.overdue_followups) == (1, 1)
+    later = await backend.run(lambda s: s.coverage(t001, now + timedelta(days=1), now.date()))
+    assert later.visited == 0
+
+    assert await backend.run(lambda s: s.close_followup(t002, item.id, "x", now)) is None
+    closed = await backend.run(lambda s: s.close_followup(t001, item.id, "已送到", now))
+    assert closed is not None and (closed.id, closed.kind, closed.student_name) == (
+        item.id,
+        "device",
+        "周小禾",
+    )
+    assert closed.status.value == "done"
+    assert await backend.run(lambda s: s.close_followup(t001, item.id, "again", now)) is None
+    assert await backend.run(lambda s: s.open_followups(t001)) == []
+    coverage = await backend.run(lambda s: s.coverage(t001, now - timedelta(days=14), now.date()))
+    assert (coverage.open_followups, coverage.overdue_followups) == (0, 0)
+
+
+# ---------------------------------------------------------------------------- transactions
+async def test_a_turn_that_raises_keeps_nothing(backend: Backend, clock: FakeClock) -> None:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+
+    def half_way(s: Store) -> Any:
+        s.start_visit(t001, zhou, "f", "1", now)
+        s.save_session(KEY, Session("question"), now)
+        raise RuntimeError("crash between two writes")
+
+    with pytest.raises(RuntimeError):
+        await backend.run(half_way)
+    assert await backend.run(lambda s: s.find_draft(t001)) is None
+    assert await backend.run(lambda s: s.load_session(KEY)) is None
+
+
+async def test_reads_in_a_turn_see_its_own_writes(backend: Backend, clock: FakeClock) -> None:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+
+    def write_then_read(s: Store) -> Any:
+        visit = s.start_visit(t001, zhou, "f", "1", now)
+        s.save_answers(visit, {"method": "电话"}, 0, now)
+        s.save_session(KEY, Session("question", {"visit": visit}), now)
+        return s.find_draft(t001), s.load_session(KEY)
+
+    draft, session = await backend.run(write_then_read)
+    assert draft is not None and draft.answers == {"method": "电话"} and draft.revision == 1
+    assert session is not None and session.data["visit"] == draft.visit_id
