@@ -1,13 +1,15 @@
 """The default conversation: commands at any time, picking a student, the form, the summary.
 
-Session states: idle → choosing (a numbered list was shown) → question (a draft visit is open)
-→ summary → idle. The draft's answers live in the visit row (the durable draft, written after
-every answer) and are mirrored in the session so a turn needs no extra read.
+The states are typed values (`handlers.states`): Idle → Choosing (a numbered list was shown) →
+Answering (a draft visit is open) ⇄ Reviewing (the summary) → Idle. The draft's answers live in
+the visit row (the durable draft, written after every answer) and are copied into the state so a
+turn needs no extra read; the copy's revision tells the store when another channel changed it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from operator import attrgetter
 from typing import Any
@@ -15,18 +17,48 @@ from zoneinfo import ZoneInfo
 
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
-from bot.core.types import Draft, MessageKind, Session, Staff, StudentListing
-from handlers import render, texts
+from bot.core.types import Draft, MessageKind, Staff, StudentListing, StudentRef
+from handlers import render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
 from handlers.cadence import Cadence, urgency_key
 from handlers.commands import Cmd, Command, done_note, parse_command
 from handlers.forms import Form
+from handlers.states import (
+    Answering,
+    Choosing,
+    Conversation,
+    Idle,
+    InVisit,
+    OpenDraft,
+    Reviewing,
+    State,
+)
 
-IDLE, CHOOSING, QUESTION, SUMMARY = "idle", "choosing", "question", "summary"
-IN_VISIT = (QUESTION, SUMMARY)
 MAX_MESSAGE = 2000  # characters; longer messages are refused before any parsing
 MAX_NOTE = 500
-KEEP_ACROSS_STATES = ("fu",)  # the numbering of the last 待跟进 list, used by 完成 N
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """One turn of the conversation: the engine's turn, who is talking, where they are."""
+
+    t: Turn
+    staff: Staff
+    conv: Conversation
+
+    @property
+    def state(self) -> State:
+        return self.conv.state
+
+    def go(self, state: State) -> None:
+        self.conv = replace(self.conv, state=state)
+
+
+Handler = Callable[[_Ctx, Command, str], list[str] | None]
+
+
+def _label(student: StudentRef) -> str:
+    return render.student_label(student.name, student.class_name)
 
 
 class CheckIn:
@@ -36,7 +68,7 @@ class CheckIn:
         self.form = form
         self.tz = tz
         self.cadence = cadence or Cadence()
-        self._commands: dict[Cmd, Callable[[Turn, Command, str], list[str] | None]] = {
+        self._commands: dict[Cmd, Handler] = {
             Cmd.START: self._list,
             Cmd.LIST: self._list,
             Cmd.HELP: self._help,
@@ -57,41 +89,44 @@ class CheckIn:
     def __call__(self, t: Turn) -> list[str]:
         if t.staff is None:
             return [texts.NOT_REGISTERED.format(user_id=t.message.user_id)]
+        c = _Ctx(t, t.staff, states.load(t.session.state, t.session.data))
         notices = []
         if t.expired:
-            if t.session.state in IN_VISIT:
-                notices.append(texts.EXPIRED_DRAFT.format(student=t.session.data["student"]))
-            _idle(t.session)
-        return notices + self._reply(t, t.staff)
+            if isinstance(c.state, InVisit):
+                notices.append(texts.EXPIRED_DRAFT.format(student=_label(c.state.draft.student)))
+            c.go(Idle())
+        replies = notices + self._reply(c)
+        t.session.state, t.session.data = states.dump(c.conv)
+        return replies
 
-    def _reply(self, t: Turn, staff: Staff) -> list[str]:
-        msg = t.message
+    def _reply(self, c: _Ctx) -> list[str]:
+        msg = c.t.message
         if msg.kind is MessageKind.EVENT:
-            return [texts.GREETING.format(name=staff.name) + "\n\n" + texts.HELP]
+            return [texts.GREETING.format(name=c.staff.name) + "\n\n" + texts.HELP]
         if msg.kind is MessageKind.UNSUPPORTED:
-            return [self._with_prompt(t, texts.TEXT_ONLY)]
+            return [self._with_prompt(c, texts.TEXT_ONLY)]
         if len(msg.text) > MAX_MESSAGE:
             reason = texts.TOO_LONG_MESSAGE.format(length=len(msg.text), limit=MAX_MESSAGE)
-            return [self._with_prompt(t, reason)]
+            return [self._with_prompt(c, reason)]
         text = normalize(msg.text)
         if not text:
-            return [self._with_prompt(t, texts.EMPTY_ANSWER)]
+            return [self._with_prompt(c, texts.EMPTY_ANSWER)]
         command = parse_command(text)
         if command is not None:
-            replies = self._commands[command.cmd](t, command, msg.text)
+            replies = self._commands[command.cmd](c, command, msg.text)
             if replies is not None:
                 return replies
-        return self._by_state(t, staff, msg.text, text)
+        return self._by_state(c, msg.text, text)
 
-    def _by_state(self, t: Turn, staff: Staff, raw: str, text: str) -> list[str]:
-        state = t.session.state
-        if state == QUESTION:
-            return self._answer(t, raw)
-        if state == SUMMARY:
-            return [texts.SUMMARY_EXPECT]
-        if state == CHOOSING and text.isdecimal():  # (not isdigit: int() refuses ፩)
-            return self._pick_number(t, staff, int(text))
-        return self._pick_name(t, staff, text, from_idle=state == IDLE)
+    def _by_state(self, c: _Ctx, raw: str, text: str) -> list[str]:
+        match c.state:
+            case Answering() as answering:
+                return self._answer(c, answering, raw)
+            case Reviewing():
+                return [texts.SUMMARY_EXPECT]
+            case Choosing() as choosing if text.isdecimal():  # (not isdigit: int() refuses ፩)
+                return self._pick_number(c, choosing, int(text))
+        return self._pick_name(c, text, from_idle=isinstance(c.state, Idle))
 
     # ------------------------------------------------------------------ helpers
     def _due(self, s: StudentListing) -> date | None:
@@ -108,242 +143,215 @@ class CheckIn:
             key=lambda s: (urgency_key(self._due(s)), s.class_name, s.name, s.student_no),
         )
 
-    def today(self, t: Turn) -> date:
-        return t.now.astimezone(self.tz).date()
+    def today(self, c: _Ctx) -> date:
+        return c.t.now.astimezone(self.tz).date()
 
-    def _prompt(self, t: Turn) -> str | None:
+    def _prompt(self, c: _Ctx) -> str | None:
         """What the teacher is being asked right now, to repeat after an interjection."""
-        s = t.session
-        if s.state == QUESTION:
-            q = self.form.question(s.data["q"])
-            return render.question(self.form, q, s.data["answers"], s.data["student"])
-        if s.state == SUMMARY:
-            return render.summary(self.form, s.data["answers"], s.data["student"])
-        if s.state == CHOOSING:
-            return texts.PICK_HINT
+        match c.state:
+            case Answering(draft=d, question=key):
+                q = self.form.question(key)
+                return render.question(self.form, q, d.answers, _label(d.student))
+            case Reviewing(draft=d):
+                return render.summary(self.form, d.answers, _label(d.student))
+            case Choosing():
+                return texts.PICK_HINT
         return None
 
-    def _with_prompt(self, t: Turn, text: str) -> str:
-        prompt = self._prompt(t)
+    def _with_prompt(self, c: _Ctx, text: str) -> str:
+        prompt = self._prompt(c)
         return f"{text}\n\n{prompt}" if prompt else text
 
-    def _advance(self, t: Turn, head: str | None = None) -> list[str]:
+    def _advance(self, c: _Ctx, draft: OpenDraft, head: str | None = None) -> list[str]:
         """Ask the first unanswered question, or show the summary when none is left."""
-        s = t.session
-        answers = s.data["answers"]
-        nxt = self.form.next_question(answers)
+        nxt = self.form.next_question(draft.answers)
         if nxt is None:
-            s.state = SUMMARY
-            body = render.summary(self.form, answers, s.data["student"])
+            c.go(Reviewing(draft))
+            body = render.summary(self.form, draft.answers, _label(draft.student))
         else:
-            s.state = QUESTION
-            s.data["q"] = nxt.key
-            body = render.question(self.form, nxt, answers, s.data["student"])
+            c.go(Answering(draft, nxt.key))
+            body = render.question(self.form, nxt, draft.answers, _label(draft.student))
         return [f"{head}\n\n{body}" if head else body]
 
-    def _save(self, t: Turn, changes: dict[str, Any]) -> bool:
-        """Store `changes` to the draft's answers; False when the draft is closed or its student
-        no longer the teacher's.
+    def _save(self, c: _Ctx, draft: OpenDraft, changes: Mapping[str, Any]) -> OpenDraft | None:
+        """Store `changes` to the draft's answers; the draft as it now stands, or None when it
+        is closed or its student is no longer the teacher's.
 
-        The session's copy of the answers may be stale: the teacher may have answered other
+        The state's copy of the answers may be stale: the teacher may have answered other
         questions of the same draft on another channel since. The store then refuses the write
         (the revision moved on), and the changes are applied to the draft as stored instead.
         """
-        s = t.session
-        answers = self.form.prune({**s.data["answers"], **changes})
-        revision = s.data.get("rev", 0)  # (sessions saved before revisions existed: 0)
-        if not t.store.save_answers(s.data["visit"], answers, revision, t.now):
-            if not self._reload(t):
-                return False
-            answers = self.form.prune({**s.data["answers"], **changes})
-            revision = s.data["rev"]
-            if not t.store.save_answers(s.data["visit"], answers, revision, t.now):
-                return False  # (nothing else writes within this transaction)
-        s.data["answers"] = answers
-        s.data["rev"] = revision + 1
-        return True
+        answers = self.form.prune({**draft.answers, **changes})
+        if not c.t.store.save_answers(draft.visit_id, answers, draft.revision, c.t.now):
+            fresh = self._reload(c, draft)
+            if fresh is None:
+                return None
+            draft = fresh
+            answers = self.form.prune({**draft.answers, **changes})
+            if not c.t.store.save_answers(draft.visit_id, answers, draft.revision, c.t.now):
+                return None  # (nothing else writes within this transaction)
+        return draft.with_answers(answers, draft.revision + 1)
 
-    def _reload(self, t: Turn) -> bool:
-        """Refresh the session's copy of the draft from the store; False when it is gone."""
-        assert t.staff is not None
-        draft = t.store.load_draft(t.staff.id, t.session.data["visit"])
-        if draft is None:
-            return False
-        t.session.data["answers"] = self.form.prune(draft.answers)
-        t.session.data["rev"] = draft.revision
-        return True
+    def _reload(self, c: _Ctx, draft: OpenDraft) -> OpenDraft | None:
+        """The draft as stored now; None when it is gone."""
+        stored = c.t.store.load_draft(c.staff.id, draft.visit_id)
+        if stored is None:
+            return None
+        return draft.with_answers(self.form.prune(stored.answers), stored.revision)
 
-    def _draft_gone(self, t: Turn) -> list[str]:
-        student = t.session.data["student"]
-        _idle(t.session)
-        return [texts.DRAFT_GONE.format(student=student)]
+    def _draft_gone(self, c: _Ctx, draft: OpenDraft) -> list[str]:
+        c.go(Idle())
+        return [texts.DRAFT_GONE.format(student=_label(draft.student))]
 
     # ------------------------------------------------------------------ choosing a student
-    def _list(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        assert t.staff is not None
-        parked = self._park(t)
-        students = self._by_urgency(t.store.my_students(t.staff.id))
+    def _list(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        parked = self._park(c)
+        students = self._by_urgency(c.t.store.my_students(c.staff.id))
         if not students:
-            _idle(t.session)
+            c.go(Idle())
             return [*parked, texts.NO_STUDENTS]
-        body = render.student_list(students, self.today(t), self.tz, self._due)
+        body = render.student_list(students, self.today(c), self.tz, self._due)
         drafted = [s for s in students if s.draft_at is not None]
         if drafted:  # the draft 继续 resumes: the latest changed (as `Store.find_draft` orders)
             latest = max(drafted, key=attrgetter("draft_at", "id"))
             label = render.student_label(latest.name, latest.class_name)
             body += "\n" + texts.DRAFT_HINT.format(student=label)
-        _set_state(t.session, CHOOSING, choices=[s.id for s in students])
+        c.go(Choosing(tuple(s.id for s in students)))
         return [*parked, body]
 
-    def _park(self, t: Turn) -> list[str]:
+    def _park(self, c: _Ctx) -> list[str]:
         """Leave a visit in progress as a draft (it is already saved) and say so."""
-        if t.session.state not in IN_VISIT:
+        if not isinstance(c.state, InVisit):
             return []
-        student = t.session.data["student"]
-        _idle(t.session)
-        return [texts.PARKED.format(student=student)]
+        student = c.state.draft.student
+        c.go(Idle())
+        return [texts.PARKED.format(student=_label(student))]
 
-    def _pick_number(self, t: Turn, staff: Staff, n: int) -> list[str]:
-        choices: list[int] = t.session.data.get("choices", [])
+    def _pick_number(self, c: _Ctx, choosing: Choosing, n: int) -> list[str]:
+        choices = choosing.choices
         if not 1 <= n <= len(choices):
             return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        found = t.store.find_student(staff.id, choices[n - 1])
+        found = c.t.store.find_student(c.staff.id, choices[n - 1])
         if found is None:  # no longer assigned since the list was shown
             return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        label, draft = found
-        return self._start(t, staff, choices[n - 1], label, draft)
+        return self._start(c, *found)
 
-    def _pick_name(self, t: Turn, staff: Staff, text: str, *, from_idle: bool) -> list[str]:
-        students = t.store.my_students(staff.id)
+    def _pick_name(self, c: _Ctx, text: str, *, from_idle: bool) -> list[str]:
+        students = c.t.store.my_students(c.staff.id)
         matches = _match_name(students, text)
         if len(matches) == 1:
-            only = matches[0]
-            label = render.student_label(only.name, only.class_name)
-            found = t.store.find_student(staff.id, only.id)
-            return self._start(t, staff, only.id, label, found[1] if found else None)
+            found = c.t.store.find_student(c.staff.id, matches[0].id)
+            if found is None:  # (the list was read in this same turn)
+                return [texts.NO_SUCH_NAME.format(name=text[:20])]
+            return self._start(c, *found)
         if from_idle and not matches:
             return [texts.UNKNOWN_IDLE]
         if not matches:
             return [texts.NO_SUCH_NAME.format(name=text[:20])]
         lines = [texts.SAME_NAME.format(count=len(matches), name=matches[0].name)]
         lines += [
-            render.student_line(i, s, self.today(t), self.tz, self._due(s))
+            render.student_line(i, s, self.today(c), self.tz, self._due(s))
             for i, s in enumerate(matches, 1)
         ]
-        _set_state(t.session, CHOOSING, choices=[s.id for s in matches])
+        c.go(Choosing(tuple(s.id for s in matches)))
         return ["\n".join(lines)]
 
-    def _start(
-        self, t: Turn, staff: Staff, student_id: int, label: str, draft: Draft | None
-    ) -> list[str]:
+    def _start(self, c: _Ctx, student: StudentRef, draft: Draft | None) -> list[str]:
         """Open the student's draft `draft`, or start a new visit when there is none."""
         if draft is not None:
-            visit_id, answers = draft.visit_id, self.form.prune(draft.answers)
-            revision = draft.revision
-            head = texts.VISIT_RESUMED.format(student=label)
-        else:
-            visit_id = t.store.start_visit(
-                staff.id, student_id, self.form.id, self.form.version, t.now
+            answers = self.form.prune(draft.answers)
+            # 上一题 after resuming a draft steps back through the answers already given.
+            history = tuple(q.key for q in render.answered(self.form, answers))
+            opened = OpenDraft(
+                draft.visit_id, student, states.freeze(answers), draft.revision, history
             )
-            answers, revision = {}, 0
-            head = texts.VISIT_STARTED.format(student=label, version=self.form.version)
-        # 上一题 after resuming a draft steps back through the answers already given.
-        hist = [q.key for q in render.answered(self.form, answers)]
-        _set_state(
-            t.session,
-            QUESTION,
-            visit=visit_id,
-            student=label,
-            answers=answers,
-            hist=hist,
-            rev=revision,
-        )
-        return self._advance(t, head)
+            head = texts.VISIT_RESUMED.format(student=_label(student))
+        else:
+            visit_id = c.t.store.start_visit(
+                c.staff.id, student.id, self.form.id, self.form.version, c.t.now
+            )
+            opened = OpenDraft(visit_id, student, states.freeze({}))
+            head = texts.VISIT_STARTED.format(student=_label(student), version=self.form.version)
+        return self._advance(c, opened, head)
 
     # ------------------------------------------------------------------ answering
-    def _answer(self, t: Turn, raw: str) -> list[str]:
-        s = t.session
-        q = self.form.question(s.data["q"])
+    def _answer(self, c: _Ctx, answering: Answering, raw: str) -> list[str]:
+        q = self.form.question(answering.question)
         try:
-            value = parse_answer(q, raw, self.today(t))
+            value = parse_answer(q, raw, self.today(c))
         except InvalidAnswer as exc:
-            return [self._with_prompt(t, exc.reason)]
-        if not self._save(t, {q.key: value}):
-            return self._draft_gone(t)
-        if not s.data["hist"] or s.data["hist"][-1] != q.key:
-            s.data["hist"].append(q.key)
-        return self._advance(t)
+            return [self._with_prompt(c, exc.reason)]
+        draft = self._save(c, answering.draft, {q.key: value})
+        if draft is None:
+            return self._draft_gone(c, answering.draft)
+        if not draft.history or draft.history[-1] != q.key:
+            draft = replace(draft, history=(*draft.history, q.key))
+        return self._advance(c, draft)
 
-    def _skip(self, t: Turn, _c: Command, _raw: str) -> list[str] | None:
-        s = t.session
-        if s.state != QUESTION:
-            return None if s.state == IDLE else [self._with_prompt(t, texts.NOT_OPTIONAL)]
-        q = self.form.question(s.data["q"])
-        if q.required:
-            return [self._with_prompt(t, texts.NOT_OPTIONAL)]
-        if not self._save(t, {q.key: None}):
-            return self._draft_gone(t)
-        s.data["hist"].append(q.key)
-        return self._advance(t)
+    def _skip(self, c: _Ctx, _c: Command, _raw: str) -> list[str] | None:
+        match c.state:
+            case Idle():
+                return None
+            case Answering(draft=d, question=key) if not self.form.question(key).required:
+                draft = self._save(c, d, {key: None})
+                if draft is None:
+                    return self._draft_gone(c, d)
+                return self._advance(c, replace(draft, history=(*draft.history, key)))
+        return [self._with_prompt(c, texts.NOT_OPTIONAL)]
 
-    def _back(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        s = t.session
-        if s.state not in IN_VISIT:
+    def _back(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        if not isinstance(c.state, InVisit):
             return [texts.NOT_IN_VISIT]
-        hist: list[str] = s.data["hist"]
-        current = s.data.get("q") if s.state == QUESTION else None
-        while hist and hist[-1] == current:
-            hist.pop()
-        if s.state == SUMMARY:
-            shown = render.answered(self.form, s.data["answers"])
+        draft = c.state.draft
+        history = list(draft.history)
+        current = c.state.question if isinstance(c.state, Answering) else None
+        while history and history[-1] == current:
+            history.pop()
+        if isinstance(c.state, Reviewing):
+            shown = render.answered(self.form, draft.answers)
             if not shown:
-                return [self._with_prompt(t, texts.FIRST_QUESTION)]
+                return [self._with_prompt(c, texts.FIRST_QUESTION)]
             target = shown[-1].key
-        elif hist:
-            target = hist.pop()
+        elif history:
+            target = history.pop()
         else:
-            return [self._with_prompt(t, texts.FIRST_QUESTION)]
-        s.state = QUESTION
-        s.data["q"] = target
-        return [self._prompt(t) or ""]
+            return [self._with_prompt(c, texts.FIRST_QUESTION)]
+        c.go(Answering(replace(draft, history=tuple(history)), target))
+        return [self._prompt(c) or ""]
 
-    def _edit(self, t: Turn, c: Command, _raw: str) -> list[str]:
-        s = t.session
-        if s.state not in IN_VISIT:
+    def _edit(self, c: _Ctx, command: Command, _raw: str) -> list[str]:
+        if not isinstance(c.state, InVisit):
             return [texts.NOT_IN_VISIT]
-        shown = render.answered(self.form, s.data["answers"])
-        assert c.number is not None
-        if not 1 <= c.number <= len(shown):
-            reason = texts.NO_SUCH_ITEM.format(n=c.number, count=len(shown))
-            return [self._with_prompt(t, reason)]
-        s.state = QUESTION
-        s.data["q"] = shown[c.number - 1].key
-        return [self._prompt(t) or ""]
+        draft = c.state.draft
+        shown = render.answered(self.form, draft.answers)
+        assert command.number is not None
+        if not 1 <= command.number <= len(shown):
+            reason = texts.NO_SUCH_ITEM.format(n=command.number, count=len(shown))
+            return [self._with_prompt(c, reason)]
+        c.go(Answering(draft, shown[command.number - 1].key))
+        return [self._prompt(c) or ""]
 
-    def _submit(self, t: Turn, _c: Command, _raw: str) -> list[str] | None:
-        s = t.session
-        if s.state != SUMMARY:
+    def _submit(self, c: _Ctx, _c: Command, _raw: str) -> list[str] | None:
+        if not isinstance(c.state, Reviewing):
             return None  # "提交" is ordinary text outside the summary
-        answers = self.form.prune(s.data["answers"])
+        draft = c.state.draft
+        answers = self.form.prune(draft.answers)
         if self.form.next_question(answers) is not None:
-            return self._advance(t)
-        found = self.form.followups(answers, self.today(t))
+            return self._advance(c, draft)
+        found = self.form.followups(answers, self.today(c))
         reached = self.form.reached(answers)
-        if not t.store.submit_visit(
-            s.data["visit"],
-            s.data.get("rev", 0),
-            answers,
-            self.form.method(answers),
-            reached,
-            found,
-            t.now,
+        method = self.form.method(answers)
+        store = c.t.store
+        if not store.submit_visit(
+            draft.visit_id, draft.revision, answers, method, reached, found, c.t.now
         ):
-            if not self._reload(t):
-                return self._draft_gone(t)
+            fresh = self._reload(c, draft)
+            if fresh is None:
+                return self._draft_gone(c, draft)
             # Changed on another channel since this summary was shown: show it again.
-            return self._advance(t, texts.DRAFT_CHANGED)
-        student = s.data["student"]
-        _idle(s)
+            return self._advance(c, fresh, texts.DRAFT_CHANGED)
+        c.go(Idle())
+        student = _label(draft.student)
         lines = [
             (texts.SUBMITTED if reached else texts.SUBMITTED_UNREACHED).format(student=student)
         ]
@@ -352,77 +360,70 @@ class CheckIn:
         lines.append(texts.NEXT_HINT)
         return ["\n".join(lines)]
 
-    def _discard(self, t: Turn, _c: Command, _raw: str) -> list[str] | None:
-        if t.session.state != SUMMARY:
+    def _discard(self, c: _Ctx, _c: Command, _raw: str) -> list[str] | None:
+        if not isinstance(c.state, Reviewing):
             return None
-        return self._drop_draft(t)
+        return self._drop_draft(c, c.state.draft)
 
-    def _drop_draft(self, t: Turn) -> list[str]:
-        s = t.session
-        t.store.discard_visit(s.data["visit"], t.now)
-        student = s.data["student"]
-        _idle(s)
-        return [texts.DISCARDED.format(student=student)]
+    def _drop_draft(self, c: _Ctx, draft: OpenDraft) -> list[str]:
+        c.t.store.discard_visit(draft.visit_id, c.t.now)
+        c.go(Idle())
+        return [texts.DISCARDED.format(student=_label(draft.student))]
 
-    def _cancel(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        s = t.session
-        if s.state in IN_VISIT:
-            return self._drop_draft(t)
-        if s.state == CHOOSING:
-            _idle(s)
-            return [texts.LEFT_LIST]
+    def _cancel(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        match c.state:
+            case Answering(draft=draft) | Reviewing(draft=draft):
+                return self._drop_draft(c, draft)
+            case Choosing():
+                c.go(Idle())
+                return [texts.LEFT_LIST]
         return [texts.NOTHING_TO_CANCEL]
 
-    def _later(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        return self._park(t) or [texts.NOT_IN_VISIT]
+    def _later(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        return self._park(c) or [texts.NOT_IN_VISIT]
 
-    def _resume(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        assert t.staff is not None
-        if t.session.state in IN_VISIT:
-            return [self._prompt(t) or ""]
+    def _resume(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        if isinstance(c.state, InVisit):
+            return [self._prompt(c) or ""]
         # (only a draft of a student still assigned to them: a reassigned one stays, hidden)
-        draft = t.store.find_draft(t.staff.id)
+        draft = c.t.store.find_draft(c.staff.id)
         if draft is None:
             return [texts.NO_DRAFT]
-        return self._start(t, t.staff, draft.student_id, draft.student_label, draft)
+        return self._start(c, draft.student, draft)
 
-    def _help(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        return [self._with_prompt(t, texts.HELP)]
+    def _help(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        return [self._with_prompt(c, texts.HELP)]
 
     # ------------------------------------------------------------------ follow-ups, progress
-    def _todo(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        assert t.staff is not None
-        items = t.store.open_followups(t.staff.id)
-        t.session.data["fu"] = [f.id for f in items]
-        body = render.followup_list(items, self.form.followup_kinds, self.today(t))
-        return [self._with_prompt(t, body)]
+    def _todo(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        items = c.t.store.open_followups(c.staff.id)
+        c.conv = replace(c.conv, followups=tuple(f.id for f in items))
+        body = render.followup_list(items, self.form.followup_kinds, self.today(c))
+        return [self._with_prompt(c, body)]
 
-    def _done(self, t: Turn, c: Command, raw: str) -> list[str]:
-        assert t.staff is not None and c.number is not None
-        ids: list[int] = t.session.data.get("fu") or [
-            f.id for f in t.store.open_followups(t.staff.id)
-        ]
+    def _done(self, c: _Ctx, command: Command, raw: str) -> list[str]:
+        assert command.number is not None
+        ids = c.conv.followups or tuple(f.id for f in c.t.store.open_followups(c.staff.id))
         note = done_note(clean_free_text(raw))
         if len(note) > MAX_NOTE:
             reason = texts.NOTE_TOO_LONG.format(length=len(note), limit=MAX_NOTE)
-            return [self._with_prompt(t, reason)]
+            return [self._with_prompt(c, reason)]
         closed = None
-        if 1 <= c.number <= len(ids):
-            closed = t.store.close_followup(t.staff.id, ids[c.number - 1], note, t.now)
+        if 1 <= command.number <= len(ids):
+            closed = c.t.store.close_followup(c.staff.id, ids[command.number - 1], note, c.t.now)
         if closed is None:
-            return [self._with_prompt(t, texts.NO_SUCH_FOLLOWUP.format(n=c.number))]
+            return [self._with_prompt(c, texts.NO_SUCH_FOLLOWUP.format(n=command.number))]
         text = texts.FOLLOWUP_DONE.format(
             student=render.student_label(closed.student_name, closed.class_name),
             kind=self.form.followup_kinds.get(closed.kind, closed.kind),
             detail=closed.detail,
             note=texts.FOLLOWUP_NOTE.format(note=note) if note else "",
         )
-        return [self._with_prompt(t, text.rstrip())]
+        return [self._with_prompt(c, text.rstrip())]
 
-    def _progress(self, t: Turn, _c: Command, _raw: str) -> list[str]:
-        assert t.staff is not None
-        since = t.now - timedelta(days=self.cadence.default_days)
-        cov = t.store.coverage(t.staff.id, since, self.today(t))
+    def _progress(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        since = c.t.now - timedelta(days=self.cadence.default_days)
+        cov = c.t.store.coverage(c.staff.id, since, self.today(c))
         left = cov.total - cov.visited
         text = texts.PROGRESS.format(
             days=self.cadence.default_days,
@@ -432,20 +433,10 @@ class CheckIn:
             open=cov.open_followups,
             overdue=cov.overdue_followups,
         )
-        return [self._with_prompt(t, text)]
+        return [self._with_prompt(c, text)]
 
 
 # ---------------------------------------------------------------------- module helpers
-def _set_state(session: Session, state: str, **data: Any) -> None:
-    kept = {k: session.data[k] for k in KEEP_ACROSS_STATES if k in session.data}
-    session.state = state
-    session.data = {**kept, **data}
-
-
-def _idle(session: Session) -> None:
-    _set_state(session, IDLE)
-
-
 def _match_name(students: list[StudentListing], text: str) -> list[StudentListing]:
     """Students called `text`; "姓名 班级" (or the class written right after) narrows it down."""
     exact = [s for s in students if s.name == text]
