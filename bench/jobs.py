@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from bot.deps import Deps  # noqa: E402
 from bot.jobs import Jobs  # noqa: E402
 from config.calendar import load_calendar  # noqa: E402
+from config.forms import load_form  # noqa: E402
 from config.settings import load_settings  # noqa: E402
-from handlers.forms import load_form  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.schema import (  # noqa: E402
     assignments,

@@ -35,9 +35,9 @@ from bot.web import (
     healthz,
 )
 from config.calendar import SchoolCalendar
+from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import CheckIn
-from handlers.forms import Form
 from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024

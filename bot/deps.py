@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from bot.core.ports import Clock
 from config.calendar import SchoolCalendar, load_calendar
+from config.forms import Form, load_form
 from config.settings import Settings
 from handlers.cadence import Cadence
-from handlers.forms import Form, load_form
 from storage.db import Database
 
 

@@ -12,8 +12,8 @@ from datetime import date, timedelta
 from typing import Any
 
 from bot.core.errors import InvalidAnswer
+from config.forms import Option, QType, Question
 from handlers import texts
-from handlers.forms import Option, QType, Question
 
 _SPLIT = re.compile(r"[\s,，、;；/]+")
 _DATE_FORMS = (

@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
 from bot.core.types import Draft, MessageKind, Staff, StudentListing, StudentRef
+from config.forms import Form
 from handlers import render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
 from handlers.cadence import Cadence, urgency_key
 from handlers.commands import Cmd, Command, done_note, parse_command
-from handlers.forms import Form
 from handlers.states import (
     Answering,
     Choosing,

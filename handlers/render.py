@@ -8,8 +8,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.core.types import FollowUpListing, FollowUpStatus, NewFollowUp, StudentListing
+from config.forms import Form, QType, Question
 from handlers import texts
-from handlers.forms import Form, QType, Question
 
 LIST_LIMIT = 30  # a chat message stays readable (and under WeCom's 2,048-byte text limit)
 

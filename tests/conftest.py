@@ -23,8 +23,8 @@ from bot.core.types import InboundMessage
 from bot.deps import Deps
 from bot.dispatcher import Dispatcher
 from config.calendar import SchoolCalendar
+from config.forms import load_form
 from config.settings import Secret, Settings, load_settings
-from handlers.forms import load_form
 from storage.db import Database
 from storage.demo import demo_roster, load_demo
 from storage.memory import MemoryStore, MemoryTurns

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from bot.core.errors import ConfigError, InvalidAnswer
+from config.forms import Form, load_form
 from config.settings import DEFAULT_FORM
 from handlers.answers import normalize, parse_answer
-from handlers.forms import Form, load_form
 
 
 @pytest.fixture(scope="module")

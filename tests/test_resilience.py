@@ -14,9 +14,9 @@ from sqlalchemy import select
 from bot.app import build_dispatcher
 from bot.deps import Deps
 from bot.dispatcher import TURN_DEADLINE
+from config.forms import load_form
 from config.settings import Settings
 from handlers import texts
-from handlers.forms import load_form
 from storage.db import PG_POOL_SIZE, Database
 from storage.demo import load_demo
 from storage.schema import metadata, visits
