@@ -11,16 +11,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 
 from sqlalchemy.engine import Connection
 
 from bot.deps import Deps, cadence
 from bot.outbox import OutboxDelivery
 from config.settings import Settings
-from handlers.reminders import Plan, View, pick_channel, plan_digests, plan_reminders
+from handlers.reminders import Plan, View, plan_digests, plan_reminders
 from storage import outbox
 from storage.maintenance import Pruned, prune_inbound
-from storage.snapshot import escalate_overdue, last_run, load_snapshot, record_run
+from storage.snapshot import escalate_overdue, has_run, last_run, load_snapshot, record_run
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ class Jobs:
             self.delivery.poke()
         return report
 
+    async def has_run(self, job: str, day: date) -> bool:
+        """Whether `job` completed for the local school day `day`."""
+        return await self.deps.db.run(partial(has_run, job=job, day=day))
+
     async def housekeep(self) -> Pruned:
         """Clear what is kept only for a while (see `storage.maintenance`); any day, any hour."""
         pruned = await self.deps.db.run(lambda conn: prune_inbound(conn, self.deps.clock.now()))
@@ -105,22 +110,18 @@ class Jobs:
         snap = load_snapshot(conn, since, at)
         view = View(snap, today, self.settings.tz, self.cadence)
         kinds = self.deps.form.followup_kinds
-        plan: Plan = plan_reminders(snap, view, self.person_channels, kinds)
-        if job == DIGEST:
-            teachers = {sid for s in snap.students for sid in s.staff_ids}
-            unreachable_teachers = [
-                p
-                for sid in sorted(teachers)
-                if (p := snap.staff.get(sid)) and pick_channel(p, self.person_channels) is None
-            ]
+        plan: Plan
+        if job == REMIND:
+            plan = plan_reminders(snap, view, self.person_channels, kinds)
+        else:
             plan = plan_digests(
                 snap,
                 view,
                 since,
                 self.channels,
+                self.person_channels,
                 kinds,
                 self.settings.escalate_after_days,
-                unreachable_teachers,
             )
         # Messages go out from now on (a job run "as if" at an earlier time sends now), never
         # inside quiet hours.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, tzinfo
-from functools import partial
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -23,7 +22,6 @@ from bot.core.ports import Clock
 from bot.jobs import DIGEST, REMIND, Jobs
 from bot.logsafe import log_failure
 from config.cron import crontab_trigger
-from storage.snapshot import has_run
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +79,7 @@ class JobScheduler:
             fire = first_fire_on(trigger, day_start)
             if fire is None or fire > now:
                 continue
-            done = await self.jobs.deps.db.run(partial(has_run, job=job, day=local.date()))
+            done = await self.jobs.has_run(job, local.date())
             held = self.jobs.quiet_until(now)
             if not done and held is not None and held.astimezone(self.tz).date() != local.date():
                 # Too late today: it would reach teachers tomorrow next to tomorrow's own run.

@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dotenv import dotenv_values
 
 from bot.core.errors import ConfigError
+from config.calendar import DEFAULT_CALENDAR
 from config.cron import crontab_trigger
 
 DEFAULT_FORM = Path(__file__).parent / "forms" / "home_visit.yaml"
-DEFAULT_CALENDAR = Path(__file__).parent / "calendar.yaml"
 DEFAULT_CATEGORY_CYCLES = {"孤儿": 7, "大病": 7}
 
 

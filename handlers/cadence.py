@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from typing import TypeVar
 
 from config.calendar import SchoolCalendar
 
@@ -30,11 +31,20 @@ class Cadence:
         self, categories: Iterable[str], last_reached: date | None, last_unreached: date | None
     ) -> date | None:
         """The local date the next visit is due; None when the student was never visited."""
-        if last_unreached is not None and (last_reached is None or last_unreached > last_reached):
+        if last_attempt_unreached(last_reached, last_unreached):
+            assert last_unreached is not None
             return self.calendar.next_school_day(last_unreached)
         if last_reached is None:
             return None
         return last_reached + timedelta(days=self.cycle_days(categories))
+
+
+When = TypeVar("When", date, datetime)
+
+
+def last_attempt_unreached(last_reached: When | None, last_unreached: When | None) -> bool:
+    """The latest attempt did not reach the family: the one rule for "上次没联系上"."""
+    return last_unreached is not None and (last_reached is None or last_unreached > last_reached)
 
 
 def overdue_days(due: date | None, today: date) -> int | None:

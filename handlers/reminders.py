@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+from bot.core.channels import DINGTALK_GROUP as GROUP_CHANNEL
 from bot.core.types import (
     FollowUpStatus,
     RosterStaff,
@@ -21,12 +22,12 @@ from bot.core.types import (
     StaffRole,
     TrackedFollowUp,
 )
-from handlers.cadence import Cadence, is_due, overdue_days, urgency_key
+from handlers.cadence import Cadence, is_due, last_attempt_unreached, overdue_days, urgency_key
+from handlers.render import md, student_label
 
 REMINDER_LIST_LIMIT = 15
 ESCALATION_LIST_LIMIT = 10
 CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉"}
-GROUP_CHANNEL = "dingtalk_group"
 OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
 
 
@@ -43,10 +44,6 @@ class Outgoing:
 class Plan:
     messages: list[Outgoing]
     unreachable: list[RosterStaff]  # had something to receive, but no usable channel identity
-
-
-def md(day: date) -> str:
-    return f"{day.month}月{day.day}日"
 
 
 def pick_channel(person: RosterStaff, channels: Sequence[str]) -> tuple[str, str] | None:
@@ -82,16 +79,14 @@ class View:
 
     def label(self, student_id: int) -> str:
         s = self.students[student_id]
-        return f"{s.name}（{s.class_name}）"
+        return student_label(s.name, s.class_name)
 
     def visit_status(self, s: RosterStudent) -> str:
         late = overdue_days(self.due[s.id], self.today)
         if s.last_reached is None and s.last_unreached is None:
             return "从未家访"
         text = f"已逾期{late}天" if late else "今天到期"
-        if s.last_unreached is not None and (
-            s.last_reached is None or s.last_unreached > s.last_reached
-        ):
+        if last_attempt_unreached(s.last_reached, s.last_unreached):
             text = "上次没联系上，" + ("请尽快再联系" if late is not None and late <= 0 else text)
         return text
 
@@ -322,17 +317,32 @@ def bureau_digest(figures: Iterable[SchoolFigures], view: View) -> str:
     return "\n".join(lines)
 
 
+def unreachable_teachers(snap: Snapshot, person_channels: Sequence[str]) -> list[RosterStaff]:
+    """Teachers of a student who have no identity on any channel a person is reached on."""
+    teachers = {sid for s in snap.students for sid in s.staff_ids}
+    return [
+        p
+        for sid in sorted(teachers)
+        if (p := snap.staff.get(sid)) and pick_channel(p, person_channels) is None
+    ]
+
+
 def plan_digests(
     snap: Snapshot,
     view: View,
     since: datetime,
     channels: Sequence[str],
+    person_channels: Sequence[str],
     kind_labels: Mapping[str, str],
     escalate_after_days: int,
-    unreachable_teachers: Iterable[RosterStaff],
 ) -> Plan:
-    """One digest per school coordinator, one summary per bureau member, one to the group robot."""
-    figures = school_figures(snap, view, since, channels, unreachable_teachers)
+    """One digest per school coordinator, one summary per bureau member, one to the group robot.
+
+    `channels`: every configured channel, in order of preference; `person_channels`: those that
+    reach one person (the group robot reaches nobody in particular).
+    """
+    unreachable_staff = unreachable_teachers(snap, person_channels)
+    figures = school_figures(snap, view, since, channels, unreachable_staff)
     day = view.today.isoformat()
     messages: list[Outgoing] = []
     unreachable: list[RosterStaff] = []

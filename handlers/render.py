@@ -10,12 +10,18 @@ from zoneinfo import ZoneInfo
 from bot.core.types import FollowUpListing, FollowUpStatus, NewFollowUp, StudentListing
 from config.forms import Form, QType, Question
 from handlers import texts
+from handlers.cadence import last_attempt_unreached
 
 LIST_LIMIT = 30  # a chat message stays readable (and under WeCom's 2,048-byte text limit)
 
 
 def student_label(name: str, class_name: str) -> str:
     return f"{name}（{class_name}）"
+
+
+def md(day: date) -> str:
+    """A date as teachers write it: 3月9日 (the one date format of every message)."""
+    return f"{day.month}月{day.day}日"
 
 
 def format_value(value: Any) -> str:
@@ -33,9 +39,7 @@ def student_line(n: int, s: StudentListing, today: date, tz: ZoneInfo, due: date
     else:
         days = (today - s.last_visit_at.astimezone(tz).date()).days
         parts.append(texts.DAYS_AGO.format(days=days) if days else texts.TODAY_VISITED)
-    if s.last_unreached_at is not None and (
-        s.last_visit_at is None or s.last_unreached_at > s.last_visit_at
-    ):
+    if last_attempt_unreached(s.last_visit_at, s.last_unreached_at):
         parts.append(texts.LAST_UNREACHED)
     if due is not None and due <= today:
         late = (today - due).days
@@ -92,7 +96,7 @@ def new_followups(form: Form, found: Sequence[NewFollowUp]) -> str:
     lines = [texts.NEW_FOLLOWUPS.format(count=len(found))]
     for f in found:
         kind = form.followup_kinds.get(f.kind, f.kind)
-        lines.append(f"· {kind}：{f.detail}（{f.due_date.month}月{f.due_date.day}日前）")
+        lines.append(f"· {kind}：{f.detail}（{md(f.due_date)}前）")
     return "\n".join(lines)
 
 
@@ -100,7 +104,7 @@ def followup_line(n: int, f: FollowUpListing, kinds: Mapping[str, str], today: d
     if f.due_date < today:
         due = texts.OVERDUE.format(days=(today - f.due_date).days)
     else:
-        due = texts.DUE_ON.format(date=f"{f.due_date.month}月{f.due_date.day}日")
+        due = texts.DUE_ON.format(date=md(f.due_date))
     if f.status is FollowUpStatus.ESCALATED:
         due += texts.ESCALATED
     return texts.FOLLOWUP_LINE.format(

@@ -11,6 +11,7 @@ Driver errors are wrapped into SQLAlchemy's exception classes, so callers see on
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -52,11 +53,16 @@ def _cursor(conn: Connection, raw: Any) -> Any:
 
 
 class Prepared:
-    """A statement compiled once per dialect. `columns` are the selected/returned columns."""
+    """A statement compiled once per dialect. `columns` are the selected/returned columns; rows
+    come back as named tuples of them (`row.name`, as SQLAlchemy's rows)."""
 
     def __init__(self, stmt: ClauseElement, columns: Iterable[ColumnElement[Any]] = ()) -> None:
         self.stmt = stmt
         self.columns = tuple(columns)
+        names = [c.key or f"_{i}" for i, c in enumerate(self.columns)]
+        self._make: Callable[[Iterable[Any]], tuple[Any, ...]] = (
+            namedtuple("Row", names, rename=True)._make if names else tuple  # type: ignore[attr-defined]
+        )
         self._compiled: dict[str, _Compiled] = {}
 
     def _for(self, dialect: Dialect) -> _Compiled:
@@ -113,9 +119,12 @@ class Prepared:
                 connection_invalidated=lost,
                 dialect=conn.dialect,
             ) from exc
-        if rows and any(c.results):
-            rows = [
-                tuple(p(v) if p is not None else v for p, v in zip(c.results, row, strict=True))
+        if not rows:
+            return [], count
+        make = self._make
+        if any(c.results):
+            return [
+                make(p(v) if p is not None else v for p, v in zip(c.results, row, strict=True))
                 for row in rows
-            ]
-        return rows, count
+            ], count
+        return [make(row) for row in rows], count

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
+from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store
 from bot.core.types import (
@@ -33,7 +34,6 @@ from bot.core.types import (
 from storage.roster import Roster
 
 T = TypeVar("T")
-STAFF_NO_CHANNELS = frozenset({"console", "api"})  # (as in storage.store)
 OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
 
 

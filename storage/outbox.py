@@ -172,13 +172,3 @@ def mark_failed(conn: Connection, item_id: int, error: str) -> None:
     conn.execute(
         update(outbox).where(outbox.c.id == item_id).values(status=FAILED, last_error=error[:500])
     )
-
-
-def next_due(conn: Connection) -> datetime | None:
-    """When the earliest pending row becomes due (None when nothing is pending)."""
-    return conn.execute(
-        select(outbox.c.next_attempt_at)
-        .where(outbox.c.status == PENDING)
-        .order_by(outbox.c.next_attempt_at)
-        .limit(1)
-    ).scalar()

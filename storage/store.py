@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store
 from bot.core.types import (
@@ -54,8 +55,6 @@ from storage.schema import (
 
 T = TypeVar("T")
 
-# Channels whose user id is the staff number itself.
-STAFF_NO_CHANNELS = frozenset({"console", "api"})
 OPEN_STATES = (FollowUpStatus.OPEN.value, FollowUpStatus.ESCALATED.value)
 
 

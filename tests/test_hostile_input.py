@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from sqlalchemy import select
 
 from bot.app import create_app
@@ -27,7 +27,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-async def api(settings: Settings, deps: Deps) -> AsyncIterator[tuple[ClientSession, TestServer]]:
+async def api(
+    settings: Settings, deps: Deps
+) -> AsyncIterator[tuple[ClientSession, BaseTestServer]]:
     async with (
         TestServer(create_app(settings, deps), host="127.0.0.1") as srv,
         ClientSession() as http,
@@ -35,14 +37,14 @@ async def api(settings: Settings, deps: Deps) -> AsyncIterator[tuple[ClientSessi
         yield http, srv
 
 
-async def say(api: tuple[ClientSession, TestServer], body: object) -> tuple[int, object]:
+async def say(api: tuple[ClientSession, BaseTestServer], body: object) -> tuple[int, object]:
     http, srv = api
     async with http.post(srv.make_url("/api/messages"), json=body, headers=AUTH) as r:
         return r.status, await r.json()
 
 
 async def test_a_reused_message_id_never_answers_another_user_with_the_first_ones_replies(
-    api: tuple[ClientSession, TestServer],
+    api: tuple[ClientSession, BaseTestServer],
 ) -> None:
     status, first = await say(api, {"user": "T001", "text": "家访", "message_id": "msg-1"})
     assert status == 200 and "周小禾" in str(first)
@@ -68,7 +70,7 @@ async def test_a_reused_message_id_never_answers_another_user_with_the_first_one
     ],
 )
 async def test_control_characters_in_ids_are_refused_at_the_edge(
-    api: tuple[ClientSession, TestServer], deps: Deps, body: dict[str, str]
+    api: tuple[ClientSession, BaseTestServer], deps: Deps, body: dict[str, str]
 ) -> None:
     status, answer = await say(api, body)
     assert status == 400 and "error" in answer  # type: ignore[operator]
@@ -77,7 +79,7 @@ async def test_control_characters_in_ids_are_refused_at_the_edge(
 
 
 async def test_nul_in_the_text_is_dropped_not_an_apology(
-    api: tuple[ClientSession, TestServer],
+    api: tuple[ClientSession, BaseTestServer],
 ) -> None:
     status, answer = await say(api, {"user": "T001", "text": "家\x00访", "message_id": "n-1"})
     assert status == 200 and "共5名" in str(answer)

@@ -11,6 +11,7 @@ import asyncio
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -234,21 +235,21 @@ def test_cron_day_of_week_uses_cron_numbering(field: str, days: set[int]) -> Non
 async def test_a_job_that_dies_half_way_leaves_nothing_and_runs_again(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bot.jobs
+    from storage import outbox as outbox_module
 
-    real = bot.jobs.outbox.enqueue_many
+    real = outbox_module.enqueue_many
 
-    def crash_after_writing(*args: object, **kwargs: object) -> int:
-        real(*args, **kwargs)  # type: ignore[arg-type]
+    def crash_after_writing(*args: Any, **kwargs: Any) -> int:
+        real(*args, **kwargs)
         raise RuntimeError("killed")  # the job dies inside its transaction
 
     monday = date(2026, 3, 2)
-    monkeypatch.setattr(bot.jobs.outbox, "enqueue_many", crash_after_writing)
+    monkeypatch.setattr(outbox_module, "enqueue_many", crash_after_writing)
     with pytest.raises(RuntimeError, match="killed"):
         await world.at(local(monday, 9), "remind")
     with world.deps.db.begin() as conn:
         assert conn.execute(select(outbox)).all() == []  # rolled back with the transaction
-    monkeypatch.setattr(bot.jobs.outbox, "enqueue_many", real)
+    monkeypatch.setattr(outbox_module, "enqueue_many", real)
 
     restarted = JobScheduler(world.jobs, world.clock)
     world.clock.current = local(monday, 9, 30)

@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from bot.core.errors import DuplicateMessage
+from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.types import ConversationKey, Session
 from bot.deps import Deps
 from storage.fastsql import Prepared
 from storage.schema import conversations, inbound_messages, students, visits
-from storage.store import ConcurrentUpdate, HeldWriteMissed, SqlStore
+from storage.store import HeldWriteMissed, SqlStore
 from tests.conftest import FakeClock
 
 KEY = ConversationKey("api", "T001")
@@ -53,6 +53,7 @@ def _visit_answers(deps: Deps, visit_id: int) -> object:
 def round_trips(conn: Connection) -> Iterator[list[int]]:
     """Count the round trips to PostgreSQL in libpq's own protocol trace (read on exit)."""
     raw = conn.connection.driver_connection
+    assert raw is not None
     counted: list[int] = []
     with tempfile.TemporaryFile("w+") as trace:
         raw.pgconn.trace(trace.fileno())

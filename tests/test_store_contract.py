@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, select, update
 
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store, Turns
-from bot.core.types import ConversationKey, NewFollowUp, Session, StaffRole
+from bot.core.types import ConversationKey, NewFollowUp, Session, Staff, StaffRole
 from storage.db import Database
 from storage.demo import demo_roster, load_demo
 from storage.memory import MemoryStore, MemoryTurns
@@ -108,7 +108,11 @@ async def test_find_staff_by_staff_number_or_platform_identity(backend: Backend)
     bureau = await backend.run(lambda s: s.find_staff("api", "B001"))
     assert bureau is not None and bureau.school_id is None
     for channel, user in (("api", "NOPE"), ("wecom", "T001"), ("dingtalk", "zhanglaoshi")):
-        assert await backend.run(lambda s, c=channel, u=user: s.find_staff(c, u)) is None
+
+        def find(s: Store, c: str = channel, u: str = user) -> Staff | None:
+            return s.find_staff(c, u)
+
+        assert await backend.run(find) is None
 
 
 async def test_deactivated_staff_are_not_found(backend: Backend) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from sqlalchemy import func, select
 
 from bot.app import create_app
@@ -27,7 +27,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-async def server(settings: Settings, deps: Deps) -> AsyncIterator[TestServer]:
+async def server(settings: Settings, deps: Deps) -> AsyncIterator[BaseTestServer]:
     async with TestServer(create_app(settings, deps), host="127.0.0.1") as srv:
         yield srv
 

@@ -91,13 +91,6 @@ class InboundMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class OutboundMessage:
-    """What the bot says back: one or more separate chat messages."""
-
-    texts: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class Staff:
     id: int
     staff_no: str

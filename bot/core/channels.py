@@ -1,0 +1,12 @@
+"""Channel names: how an identity, a session and an outbox row say where a person is reached."""
+
+from __future__ import annotations
+
+CONSOLE = "console"  # `homevisit chat`: the user id is the staff number
+API = "api"  # the generic JSON channel: the user id is the staff number
+WECOM = "wecom"
+DINGTALK = "dingtalk"
+DINGTALK_GROUP = "dingtalk_group"  # the coordinators' DingTalk group robot (digests only)
+
+# Channels whose user id is the staff number itself (no identity row needed).
+STAFF_NO_CHANNELS = frozenset({CONSOLE, API})
