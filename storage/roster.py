@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from bot.core.errors import RosterError
+from bot.core.text import REPLACEMENT, xml_safe
 from bot.core.types import StaffRole
 from storage.db import Database
 from storage.schema import (
@@ -87,6 +88,14 @@ _UNREADABLE = "无法读取（{reason}）/ cannot read the file ({reason})"
 _BAD_TYPE = "不支持的文件类型，请用 .xlsx 或 .csv / unsupported file type, use .xlsx or .csv"
 _NOT_UTF8_OR_GB = "编码既不是 UTF-8 也不是 GB18030 / encoding is neither UTF-8 nor GB18030"
 _NO_FILES = "没有名单文件 / no roster file given"
+# A value with U+FFFD lost a character before it reached us (a broken encoding or copy). The import
+# stores text exactly or not at all: above all names, since teachers tell children apart by name
+# (one teacher may have two children called 王小雨), and a name with a letter missing or replaced
+# is another child's name. So the row is refused, naming the column, and the operator retypes it.
+_BROKEN = (
+    "含有无法识别的字符（U+FFFD，原文件中的字符已损坏），请重新输入 / "
+    "contains an unreadable character (U+FFFD: the file lost a character here), retype it"
+)
 
 
 # ---------------------------------------------------------------------------- values
@@ -333,8 +342,15 @@ _CONTROL = dict.fromkeys(c for c in range(32))
 
 
 def _clean(text: str) -> str:
-    """Stripped, without control characters: they break chat XML and can hide a formula."""
-    return text.translate(_CONTROL).strip()
+    """Stripped, control characters dropped, any other character XML cannot carry (a lone
+    surrogate, U+FFFE, U+FFFF) replaced by U+FFFD.
+
+    Control characters are debris (a vertical tab pasted from Word, a line break typed in a cell)
+    that break chat XML and can hide a formula; removing them loses nothing a reader could see.
+    The others mean a character was lost on the way, so they are marked, and `_check_values`
+    refuses a value so marked: see `_BROKEN`.
+    """
+    return xml_safe(text.translate(_CONTROL)).strip()
 
 
 def _kind_of(header: list[str]) -> str | None:
@@ -409,6 +425,9 @@ def _check_values(
             ok = False
         elif value and col.max_len and len(value) > col.max_len:
             problems.append(f"{origin.at(col.label)}: {_TOO_LONG.format(n=col.max_len)}")
+            ok = False
+        elif value and REPLACEMENT in value:
+            problems.append(f"{origin.at(col.label)}: {_BROKEN}")
             ok = False
     return ok
 

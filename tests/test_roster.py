@@ -386,6 +386,14 @@ BAD_FILES = {
         lambda tmp: [tmp / "roster.xls"],
         ["roster.xls", "不支持的文件类型"],
     ),
+    "a name that lost a character": (
+        lambda tmp: roster_files(tmp, _replace(STUDENT_ROWS, 0, 1, "王\uffff雨")),
+        ["students.csv 第2行 姓名(name): 含有无法识别的字符", "U+FFFD"],
+    ),
+    "a staff name with a non-character": (
+        lambda tmp: roster_files(tmp, staff_rows=_replace(STAFF_ROWS, 0, 1, "张\ufffe")),
+        ["staff.csv 第2行 姓名(name): 含有无法识别的字符"],
+    ),
 }  # fmt: skip
 
 
@@ -549,3 +557,17 @@ def test_control_characters_in_roster_cells_are_dropped(tmp_path: Path) -> None:
     staff_csv.write_text("工号,姓名,学校,角色\nT1,李老师,一小,教师\n", encoding="utf-8")
     roster = read_roster([students_csv, staff_csv])
     assert [s.name for s in roster.students] == ["=王小雨"]
+
+
+def test_characters_xml_cannot_carry_are_cleaned_from_every_cell(tmp_path: Path) -> None:
+    header = [*STUDENT_HEADER, "备注"]
+    rows = [[*row, "备注\uffff\x01结束"] for row in STUDENT_ROWS]
+    students_csv = write_csv(tmp_path / "students.csv", header, rows)
+    roster = read_roster(
+        [students_csv, write_csv(tmp_path / "staff.csv", STAFF_HEADER, STAFF_ROWS)]
+    )
+    assert [s.student_no for s in roster.students] == ["S001", "S002", "S003"]
+
+    from storage.roster import _clean  # what every cell goes through, used columns or not
+
+    assert _clean(" 备注\uffff\x01结束\ud800 ") == "备注\ufffd结束\ufffd"
