@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from xml.etree.ElementTree import ParseError
 
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
@@ -35,6 +36,14 @@ from bot.core.errors import RosterError
 from bot.core.text import REPLACEMENT, xml_safe
 from bot.core.types import StaffRole
 from storage.db import Database
+from storage.filelimits import (
+    ROSTER_LIMITS,
+    UNREADABLE,
+    RowLimiter,
+    check_xlsx,
+    limited_lines,
+    read_limited,
+)
 from storage.schema import (
     assignments,
     audit_log,
@@ -84,7 +93,6 @@ _UNKNOWN_HEADER = (
 _NO_SHEETS = (
     "找不到工作表 学生(students) 或 教师(staff) / no sheet named 学生/students or 教师/staff"
 )
-_UNREADABLE = "无法读取（{reason}）/ cannot read the file ({reason})"
 _BAD_TYPE = "不支持的文件类型，请用 .xlsx 或 .csv / unsupported file type, use .xlsx or .csv"
 _NOT_UTF8_OR_GB = "编码既不是 UTF-8 也不是 GB18030 / encoding is neither UTF-8 nor GB18030"
 _NO_FILES = "没有名单文件 / no roster file given"
@@ -263,7 +271,15 @@ def read_roster(paths: Sequence[Path]) -> Roster:
     return Roster(tuple(found_students), tuple(found_staff))
 
 
-_READ_ERRORS = (OSError, ValueError, KeyError, csv.Error, zipfile.BadZipFile, InvalidFileException)
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    csv.Error,
+    zipfile.BadZipFile,
+    InvalidFileException,
+    ParseError,  # a sheet that is not well-formed XML
+)
 
 
 def _tables(paths: Sequence[Path], problems: list[str]) -> Iterator[_Table]:
@@ -278,45 +294,46 @@ def _tables(paths: Sequence[Path], problems: list[str]) -> Iterator[_Table]:
                     yield table
             else:
                 problems.append(f"{path.name}: {_BAD_TYPE}")
+        except RosterError as exc:  # over a size limit (storage.filelimits): names file and limit
+            problems.extend(exc.problems)
         except _READ_ERRORS as exc:  # a missing file, a broken zip, a CSV with NUL bytes ...
-            problems.append(f"{path.name}: {_UNREADABLE.format(reason=type(exc).__name__)}")
+            problems.append(f"{path.name}: {UNREADABLE.format(reason=type(exc).__name__)}")
 
 
 def _read_csv(path: Path, problems: list[str]) -> _Table | None:
-    text = _decode(path.read_bytes())
-    if text is None:
-        problems.append(f"{path.name}: {_NOT_UTF8_OR_GB}")
-        return None
-    rows = [
-        [_clean(cell) for cell in record] for record in csv.reader(io.StringIO(text, newline=""))
-    ]
-    return _Table(path.name, None, rows)
-
-
-def _decode(data: bytes) -> str | None:
     """UTF-8 (BOM or not), else GB18030: a superset of GBK, what Excel writes on Chinese Windows."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8")
-    for encoding in ("utf-8", "gb18030"):
+    data = read_limited(path)
+    for encoding in ("utf-8-sig", "gb18030"):
         try:
-            return data.decode(encoding)
+            return _Table(path.name, None, _csv_rows(path.name, data, encoding))
         except UnicodeDecodeError:
             continue
+    problems.append(f"{path.name}: {_NOT_UTF8_OR_GB}")
     return None
 
 
+def _csv_rows(name: str, data: bytes, encoding: str) -> list[list[str]]:
+    text = io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
+    records = csv.reader(limited_lines(name, text))
+    return [[_clean(cell) for cell in row] for row in RowLimiter(name).rows(name, records)]
+
+
 def _read_xlsx(path: Path, problems: list[str]) -> Iterator[_Table]:
+    data = read_limited(path)
+    check_xlsx(path.name, data)  # before openpyxl sees a byte of it
+    limiter = RowLimiter(path.name)
     with warnings.catch_warnings():  # openpyxl warns about styles it does not know: harmless here
         warnings.simplefilter("ignore")
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        book = openpyxl.load_workbook(
+            io.BytesIO(data), read_only=True, data_only=True, keep_links=False
+        )
+        tables: list[_Table] = []
         try:
-            tables = [
-                _Table(
-                    f"{path.name}[{sheet.title}]", _SHEETS[_norm(sheet.title)], _sheet_rows(sheet)
-                )
-                for sheet in book.worksheets
-                if _norm(sheet.title) in _SHEETS
-            ]
+            for sheet in book.worksheets:
+                kind = _SHEETS.get(_norm(sheet.title))
+                if kind is not None:
+                    label = f"{path.name}[{sheet.title}]"
+                    tables.append(_Table(label, kind, _sheet_rows(sheet, limiter, label)))
         finally:
             book.close()
     if not tables:
@@ -324,9 +341,11 @@ def _read_xlsx(path: Path, problems: list[str]) -> Iterator[_Table]:
     yield from tables
 
 
-def _sheet_rows(sheet: Any) -> list[list[str]]:
+def _sheet_rows(sheet: Any, limiter: RowLimiter, label: str) -> list[list[str]]:
     sheet.reset_dimensions()  # some writers store a wrong size; read to the real end
-    return [[_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+    # check_xlsx found no value beyond the column limit, so nothing is lost by stopping there.
+    rows = sheet.iter_rows(values_only=True, max_col=ROSTER_LIMITS.columns)
+    return [[_cell_text(v) for v in row] for row in limiter.rows(label, rows)]
 
 
 def _cell_text(value: object) -> str:
