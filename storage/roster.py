@@ -60,6 +60,16 @@ HEAD_TEACHER = "head_teacher"
 CARER = "carer"
 # Identity channel -> the roster column that carries it.
 IDENTITY_COLUMNS = {"wecom": "wecom_userid", "dingtalk": "dingtalk_userid"}
+# How a platform compares its user ids, where it does not compare them exactly: two rows whose ids
+# the platform takes for one account are refused, whatever the case they are written in.
+# - WeCom: the member API's userid "系统进行唯一性检查时会忽略大小写" (uniqueness ignores case), so
+#   QianLS and qianls cannot be two members: two rows with them are one account given twice, or a
+#   typo that would leave one teacher unrecognised. Folded to lower case (userids are ASCII).
+# - DingTalk: nothing we could read (PROTOCOLS.md, the user API's "员工唯一标识ID…企业内必须唯一")
+#   says userids ignore case, and senderStaffId carries one exactly as the store matches it; so ids
+#   differing only in case are taken for two accounts and both accepted. Should DingTalk turn out
+#   to fold case, add it here.
+ID_FOLDS: dict[str, Callable[[str], str]] = {"wecom": str.lower}
 
 _ROLES = {
     "教师": StaffRole.TEACHER,
@@ -86,6 +96,22 @@ _UNKNOWN_STAFF = (
     "staff number {no} is neither in this roster nor an active staff member"
 )
 _ID_TAKEN = "已被工号 {no} 使用 / already used by staff number {no}"
+_ID_TAKEN_IGNORING_CASE = (
+    "已被工号 {no} 以 {other} 使用（企业微信账号不区分大小写）/ "
+    "already used by staff number {no} as {other} (WeCom UserIDs ignore case)"
+)
+_DUPLICATE_IGNORING_CASE = (
+    "与{zh}重复（企业微信账号不区分大小写）/ duplicate of {en} (WeCom UserIDs ignore case)"
+)
+_NOT_A_TEACHER = "工号 {no} 是{zh}，不是教师 / staff number {no} is {en}, not a teacher"
+_ROLE_NAMES = {
+    StaffRole.COORDINATOR.value: ("协调员", "a coordinator"),
+    StaffRole.BUREAU.value: ("教育局人员", "bureau staff"),
+}
+_OTHER_SCHOOL = (
+    "工号 {no} 是{school}的教师，不是本学生学校的 / "
+    "staff number {no} teaches at another school ({school})"
+)
 _UNKNOWN_HEADER = (
     "第1行: 表头既不是学生名单也不是教师名单（需要 学籍号 或 工号 列）/ "
     "header matches neither a students nor a staff list (needs a student_no or staff_no column)"
@@ -493,19 +519,23 @@ def _check_unique(
     keys: Iterable[tuple[str, Callable[[_E], str | None]]],
     problems: list[str],
 ) -> None:
-    """Report every entry whose key (when filled) repeats an earlier one."""
+    """Report every entry whose key (when filled) repeats an earlier one, as its platform would
+    compare the two (`ID_FOLDS`)."""
+    folds = {IDENTITY_COLUMNS[channel]: fold for channel, fold in ID_FOLDS.items()}
     for column, key_of in keys:
-        seen: dict[str, Origin] = {}
+        fold = folds.get(column)
+        seen: dict[str, tuple[Origin, str]] = {}
         for entry in entries:
-            key = key_of(entry)
-            if not key:
+            value = key_of(entry)
+            if not value:
                 continue
-            first = seen.setdefault(key, entry.origin)
+            key = fold(value) if fold else value
+            first, first_value = seen.setdefault(key, (entry.origin, value))
             if first is not entry.origin:
                 zh, en = first.refer_from(entry.origin)
-                problems.append(
-                    f"{entry.origin.at(_COL[column].label)}: {_DUPLICATE.format(zh=zh, en=en)}"
-                )
+                text = _DUPLICATE if first_value == value else _DUPLICATE_IGNORING_CASE
+                where = entry.origin.at(_COL[column].label)
+                problems.append(f"{where}: {text.format(zh=zh, en=en)}")
 
 
 # ---------------------------------------------------------------------------- importing
@@ -623,35 +653,72 @@ def _load_staff(conn: Connection) -> dict[str, _StaffRow]:
 def _check_references(
     conn: Connection, roster: Roster, staff_rows: Mapping[str, _StaffRow]
 ) -> None:
-    """Raise `RosterError` for staff numbers and platform ids this roster cannot resolve."""
+    """Raise `RosterError` for staff numbers and platform ids this roster cannot resolve.
+
+    A student's head teacher and carer must be active teachers (not coordinators or bureau staff,
+    who see many schools' students) of the student's own school, as this roster lists them or,
+    when it does not, as the database has them. A platform id may not belong to another staff
+    member who keeps it (compared as the platform compares ids).
+    """
+    problems = _check_teachers(conn, roster, staff_rows)
     in_roster = {e.staff_no: e for e in roster.staff}
-    known = in_roster.keys() | {no for no, row in staff_rows.items() if row.active}
-    problems = [
-        f"{s.origin.at(_COL[column].label)}: {_UNKNOWN_STAFF.format(no=no)}"
-        for s in roster.students
-        for column, no in (("head_teacher_no", s.head_teacher_no), ("carer_no", s.carer_no))
-        if no and no not in known
-    ]
-    owners = {
-        (r.channel, r.external_id): r.staff_no
-        for r in conn.execute(
-            select(identities.c.channel, identities.c.external_id, staff.c.staff_no)
-            .join(staff, staff.c.id == identities.c.staff_id)
-            .where(identities.c.channel.in_(IDENTITY_COLUMNS))
-        )
-    }
+    owners: dict[tuple[str, str], tuple[str, str]] = {}  # (channel, key) -> (staff_no, id)
+    for channel, external_id, staff_no in conn.execute(
+        select(identities.c.channel, identities.c.external_id, staff.c.staff_no)
+        .join(staff, staff.c.id == identities.c.staff_id)
+        .where(identities.c.channel.in_(IDENTITY_COLUMNS))
+    ):
+        owners[(channel, _id_key(channel, external_id))] = (staff_no, external_id)
     for entry in roster.staff:
         for channel, column in IDENTITY_COLUMNS.items():
-            owner = owners.get((channel, entry.identity(channel) or ""))
-            if owner is None or owner == entry.staff_no:
+            wanted = entry.identity(channel)
+            owner, held = owners.get((channel, _id_key(channel, wanted or "")), ("", ""))
+            if not owner or owner == entry.staff_no:
                 continue
             # The owner keeps the id unless this roster lists them with that column present.
             if owner not in in_roster or in_roster[owner].identity(channel) is None:
-                problems.append(
-                    f"{entry.origin.at(_COL[column].label)}: {_ID_TAKEN.format(no=owner)}"
+                text = (
+                    _ID_TAKEN.format(no=owner)
+                    if held == wanted
+                    else _ID_TAKEN_IGNORING_CASE.format(no=owner, other=held)
                 )
+                problems.append(f"{entry.origin.at(_COL[column].label)}: {text}")
     if problems:
         raise RosterError(problems)
+
+
+def _id_key(channel: str, external_id: str) -> str:
+    fold = ID_FOLDS.get(channel)
+    return fold(external_id) if fold else external_id
+
+
+def _check_teachers(
+    conn: Connection, roster: Roster, staff_rows: Mapping[str, _StaffRow]
+) -> list[str]:
+    """Problems with the head teachers and carers the students of `roster` name."""
+    school_names: dict[int, str] = dict(conn.execute(select(schools.c.id, schools.c.name)).all())
+    # staff number -> (role, school name) of every staff member a student may name
+    known = {
+        no: (row.role, school_names.get(row.school_id, "") if row.school_id else "")
+        for no, row in staff_rows.items()
+        if row.active
+    }
+    known.update((e.staff_no, (e.role.value, e.school)) for e in roster.staff)
+    problems: list[str] = []
+    for s in roster.students:
+        for column, no in (("head_teacher_no", s.head_teacher_no), ("carer_no", s.carer_no)):
+            if not no:
+                continue
+            where = s.origin.at(_COL[column].label)
+            role, school = known.get(no, ("", ""))
+            if not role:
+                problems.append(f"{where}: {_UNKNOWN_STAFF.format(no=no)}")
+            elif role != StaffRole.TEACHER.value:
+                zh, en = _ROLE_NAMES.get(role, (role, role))
+                problems.append(f"{where}: {_NOT_A_TEACHER.format(no=no, zh=zh, en=en)}")
+            elif school != s.school:
+                problems.append(f"{where}: {_OTHER_SCHOOL.format(no=no, school=school)}")
+    return problems
 
 
 def _ensure_schools(conn: Connection, names: set[str]) -> dict[str, int]:
