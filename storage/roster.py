@@ -3,9 +3,12 @@
 `read_roster` only reads: an .xlsx workbook (sheets 学生/students and 教师/staff) or CSV files, each
 CSV recognised by its header row. It collects every problem before failing, so an operator fixes a
 file in one go; each problem names the file, the spreadsheet row (header = row 1) and the column.
+A file over the size limits of `storage.filelimits` is refused before it is parsed, or as soon as
+its rows pass a limit.
 
 `import_roster` writes inside the caller's transaction and raises `RosterError` before writing
-anything when a row refers to a staff number or platform id it cannot resolve. Students missing from
+anything when a row refers to a staff number or platform id it cannot resolve, or names as head
+teacher or carer someone who is not a teacher of the student's school. Students missing from
 the file are deactivated (never deleted) only in the schools the file lists, so a district may
 import school by school. Importing the same roster twice changes nothing.
 
