@@ -6,7 +6,12 @@ sheets 家访记录 and 跟进事项. Files are written under a temporary name i
 renamed, so a failure never leaves a half-written export behind.
 
 Cells are data, never formulas: text starting with = + - @ (or a tab / carriage return) gets a
-leading apostrophe, so a teacher's free-text note cannot run in Excel.
+leading apostrophe, so a teacher's free-text note cannot run in Excel. Characters XML cannot carry
+(`bot.core.text.xml_safe`) become U+FFFD in both formats: in an .xlsx one of them would make the
+whole workbook unreadable, and a lone surrogate cannot even be written as UTF-8.
+
+A file that cannot be written (no such folder, a folder in the way, no permission) is an
+`ExportError` naming it, raised before anything is left behind.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 import openpyxl
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
+from bot.core.errors import HomevisitError
+from bot.core.text import xml_safe
 from bot.core.types import FollowUpStatus, VisitStatus
 from storage.schema import audit_log, followups, schools, staff, students, visits
 
@@ -66,6 +72,17 @@ STATUS_LABELS = {
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+_FOLDER_MISSING = "文件夹 {folder} 不存在 / folder {folder} does not exist"
+_NOT_A_FOLDER = "{folder} 不是文件夹 / {folder} is not a folder"
+_IS_A_FOLDER = "{path} 是文件夹，请给出文件名 / {path} is a folder: give a file name"
+_CANNOT_WRITE = "无法写入 {path}（{reason}）/ cannot write {path} ({reason})"
+
+
+class ExportError(HomevisitError):
+    """The export cannot be written where asked. Nothing was left behind; the audit row of the
+    export rolls back with the caller's transaction."""
+
+
 @dataclass(frozen=True, slots=True)
 class ExportReport:
     """How many visits and follow-ups were written, and the files written (in that order)."""
@@ -100,11 +117,12 @@ def export_visits(
     follow-up kinds. `since` keeps visits submitted, and follow-ups created, on or after that local
     date in `tz`. The audit row is written in the caller's transaction before the files, so a
     failed write rolls it back with the transaction. Raises `ValueError` for an unknown `fmt` and
-    `OSError` when the folder cannot be written.
+    `ExportError` when a file cannot be written there (checked before the database is read).
     """
     if fmt not in ("csv", "xlsx"):
         raise ValueError(f"unknown export format {fmt!r}")
-    start = datetime.combine(since, time(0), tzinfo=tz) if since else None
+    files = _files(out, fmt)
+    start = _start_of(since, tz)
     visit_sheet = _visit_sheet(conn, columns, tz, start)
     followup_sheet = _followup_sheet(conn, kind_labels, tz, start)
     detail = {
@@ -119,14 +137,45 @@ def export_visits(
         )
     )
     if fmt == "csv":
-        followup_file = out.with_name(f"{out.stem}_followups.csv")
-        targets = [(out, _csv_writer(visit_sheet)), (followup_file, _csv_writer(followup_sheet))]
+        writers = [_csv_writer(visit_sheet), _csv_writer(followup_sheet)]
     else:
-        targets = [(out, _xlsx_writer([visit_sheet, followup_sheet]))]
-    _write_atomically(targets)
-    return ExportReport(
-        len(visit_sheet.rows), len(followup_sheet.rows), tuple(path for path, _ in targets)
-    )
+        writers = [_xlsx_writer([visit_sheet, followup_sheet])]
+    _write_atomically(list(zip(files, writers, strict=True)))
+    return ExportReport(len(visit_sheet.rows), len(followup_sheet.rows), files)
+
+
+def _files(out: Path, fmt: ExportFormat) -> tuple[Path, ...]:
+    """The files an export to `out` writes, each checked to be a file name in an existing folder."""
+    _check_target(out)
+    if fmt == "xlsx":
+        return (out,)
+    followup_file = out.with_name(f"{out.stem}_followups.csv")
+    _check_target(followup_file)
+    return out, followup_file
+
+
+def _check_target(path: Path) -> None:
+    folder = path.parent
+    if not folder.exists():
+        raise ExportError(_FOLDER_MISSING.format(folder=folder))
+    if not folder.is_dir():
+        raise ExportError(_NOT_A_FOLDER.format(folder=folder))
+    if path.is_dir():
+        raise ExportError(_IS_A_FOLDER.format(path=path))
+
+
+def _start_of(since: date | None, tz: ZoneInfo) -> datetime | None:
+    """The first moment of the local date `since`, in UTC.
+
+    None (no lower bound) when that moment comes before the earliest one a datetime can hold in
+    UTC, as for `--since 0001-01-01` east of Greenwich: nothing can be older, so it means "all".
+    """
+    if since is None:
+        return None
+    try:
+        return datetime.combine(since, time(0), tzinfo=tz).astimezone(UTC)
+    except OverflowError:
+        return None
 
 
 # ---------------------------------------------------------------------------- reading
@@ -237,12 +286,20 @@ def safe_cell(value: Cell) -> Cell:
     return value
 
 
+def _cell(value: Cell) -> Cell:
+    """A cell as both formats write it: XML-safe text, then the formula guard (in that order, so
+    no character replaced or removed later can uncover a formula)."""
+    if isinstance(value, str):
+        value = xml_safe(value)
+    return safe_cell(value)
+
+
 def _csv_writer(sheet: _Sheet) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         with path.open("w", encoding="utf-8-sig", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(sheet.header)
-            writer.writerows([safe_cell(c) for c in row] for row in sheet.rows)
+            writer.writerow([_cell(c) for c in sheet.header])
+            writer.writerows([_cell(c) for c in row] for row in sheet.rows)
 
     return write
 
@@ -251,36 +308,38 @@ def _xlsx_writer(sheets: Sequence[_Sheet]) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         book = openpyxl.Workbook(write_only=True)
         for sheet in sheets:
-            ws = book.create_sheet(sheet.title)
+            ws = book.create_sheet(xml_safe(sheet.title))
             ws.freeze_panes = "A2"
-            ws.append(sheet.header)
+            ws.append([_cell(c) for c in sheet.header])
             for row in sheet.rows:
-                ws.append([_xlsx_cell(c) for c in row])
+                ws.append([_cell(c) for c in row])
         book.save(path)
 
     return write
 
 
-def _xlsx_cell(value: Cell) -> Cell:
-    # Control characters are not allowed in the XML of a workbook; drop them rather than fail,
-    # and before the formula guard, so "\x01=..." cannot become a formula once stripped.
-    if isinstance(value, str):
-        value = ILLEGAL_CHARACTERS_RE.sub("", value)
-    return safe_cell(value)
-
-
 def _write_atomically(targets: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
-    """Write every target to a temporary file beside it, then rename them all into place."""
+    """Write every target to a temporary file beside it, then rename them all into place.
+
+    On any failure every temporary file is removed; an `OSError` becomes an `ExportError` naming
+    the file it was for.
+    """
     written: list[tuple[Path, Path]] = []
+    current = targets[0][0]
     try:
-        for target, write in targets:
-            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        for current, write in targets:
+            fd, name = tempfile.mkstemp(
+                dir=current.parent, prefix=f".{current.name}.", suffix=".tmp"
+            )
             os.close(fd)
-            written.append((Path(name), target))
+            written.append((Path(name), current))
             write(Path(name))
-        for temp, target in written:
-            os.replace(temp, target)
-    except BaseException:
+        for temp, current in written:
+            os.replace(temp, current)
+    except BaseException as exc:
         for temp, _ in written:
             temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or type(exc).__name__
+            raise ExportError(_CANNOT_WRITE.format(path=current, reason=reason)) from exc
         raise

@@ -3,9 +3,12 @@
 `read_roster` only reads: an .xlsx workbook (sheets 学生/students and 教师/staff) or CSV files, each
 CSV recognised by its header row. It collects every problem before failing, so an operator fixes a
 file in one go; each problem names the file, the spreadsheet row (header = row 1) and the column.
+A file over the size limits of `storage.filelimits` is refused before it is parsed, or as soon as
+its rows pass a limit.
 
 `import_roster` writes inside the caller's transaction and raises `RosterError` before writing
-anything when a row refers to a staff number or platform id it cannot resolve. Students missing from
+anything when a row refers to a staff number or platform id it cannot resolve, or names as head
+teacher or carer someone who is not a teacher of the student's school. Students missing from
 the file are deactivated (never deleted) only in the schools the file lists, so a district may
 import school by school. Importing the same roster twice changes nothing.
 
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from xml.etree.ElementTree import ParseError
 
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
@@ -32,8 +36,17 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from bot.core.errors import RosterError
+from bot.core.text import REPLACEMENT, xml_safe
 from bot.core.types import StaffRole
 from storage.db import Database
+from storage.filelimits import (
+    ROSTER_LIMITS,
+    UNREADABLE,
+    RowLimiter,
+    check_xlsx,
+    limited_lines,
+    read_limited,
+)
 from storage.schema import (
     assignments,
     audit_log,
@@ -50,6 +63,16 @@ HEAD_TEACHER = "head_teacher"
 CARER = "carer"
 # Identity channel -> the roster column that carries it.
 IDENTITY_COLUMNS = {"wecom": "wecom_userid", "dingtalk": "dingtalk_userid"}
+# How a platform compares its user ids, where it does not compare them exactly: two rows whose ids
+# the platform takes for one account are refused, whatever the case they are written in.
+# - WeCom: the member API's userid "系统进行唯一性检查时会忽略大小写" (uniqueness ignores case), so
+#   QianLS and qianls cannot be two members: two rows with them are one account given twice, or a
+#   typo that would leave one teacher unrecognised. Folded to lower case (userids are ASCII).
+# - DingTalk: nothing we could read (PROTOCOLS.md, the user API's "员工唯一标识ID…企业内必须唯一")
+#   says userids ignore case, and senderStaffId carries one exactly as the store matches it; so ids
+#   differing only in case are taken for two accounts and both accepted. Should DingTalk turn out
+#   to fold case, add it here.
+ID_FOLDS: dict[str, Callable[[str], str]] = {"wecom": str.lower}
 
 _ROLES = {
     "教师": StaffRole.TEACHER,
@@ -76,6 +99,22 @@ _UNKNOWN_STAFF = (
     "staff number {no} is neither in this roster nor an active staff member"
 )
 _ID_TAKEN = "已被工号 {no} 使用 / already used by staff number {no}"
+_ID_TAKEN_IGNORING_CASE = (
+    "已被工号 {no} 以 {other} 使用（企业微信账号不区分大小写）/ "
+    "already used by staff number {no} as {other} (WeCom UserIDs ignore case)"
+)
+_DUPLICATE_IGNORING_CASE = (
+    "与{zh}重复（企业微信账号不区分大小写）/ duplicate of {en} (WeCom UserIDs ignore case)"
+)
+_NOT_A_TEACHER = "工号 {no} 是{zh}，不是教师 / staff number {no} is {en}, not a teacher"
+_ROLE_NAMES = {
+    StaffRole.COORDINATOR.value: ("协调员", "a coordinator"),
+    StaffRole.BUREAU.value: ("教育局人员", "bureau staff"),
+}
+_OTHER_SCHOOL = (
+    "工号 {no} 是{school}的教师，不是本学生学校的 / "
+    "staff number {no} teaches at another school ({school})"
+)
 _UNKNOWN_HEADER = (
     "第1行: 表头既不是学生名单也不是教师名单（需要 学籍号 或 工号 列）/ "
     "header matches neither a students nor a staff list (needs a student_no or staff_no column)"
@@ -83,10 +122,17 @@ _UNKNOWN_HEADER = (
 _NO_SHEETS = (
     "找不到工作表 学生(students) 或 教师(staff) / no sheet named 学生/students or 教师/staff"
 )
-_UNREADABLE = "无法读取（{reason}）/ cannot read the file ({reason})"
 _BAD_TYPE = "不支持的文件类型，请用 .xlsx 或 .csv / unsupported file type, use .xlsx or .csv"
 _NOT_UTF8_OR_GB = "编码既不是 UTF-8 也不是 GB18030 / encoding is neither UTF-8 nor GB18030"
 _NO_FILES = "没有名单文件 / no roster file given"
+# A value with U+FFFD lost a character before it reached us (a broken encoding or copy). The import
+# stores text exactly or not at all: above all names, since teachers tell children apart by name
+# (one teacher may have two children called 王小雨), and a name with a letter missing or replaced
+# is another child's name. So the row is refused, naming the column, and the operator retypes it.
+_BROKEN = (
+    "含有无法识别的字符（U+FFFD，原文件中的字符已损坏），请重新输入 / "
+    "contains an unreadable character (U+FFFD: the file lost a character here), retype it"
+)
 
 
 # ---------------------------------------------------------------------------- values
@@ -254,7 +300,15 @@ def read_roster(paths: Sequence[Path]) -> Roster:
     return Roster(tuple(found_students), tuple(found_staff))
 
 
-_READ_ERRORS = (OSError, ValueError, KeyError, csv.Error, zipfile.BadZipFile, InvalidFileException)
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    csv.Error,
+    zipfile.BadZipFile,
+    InvalidFileException,
+    ParseError,  # a sheet that is not well-formed XML
+)
 
 
 def _tables(paths: Sequence[Path], problems: list[str]) -> Iterator[_Table]:
@@ -269,45 +323,46 @@ def _tables(paths: Sequence[Path], problems: list[str]) -> Iterator[_Table]:
                     yield table
             else:
                 problems.append(f"{path.name}: {_BAD_TYPE}")
+        except RosterError as exc:  # over a size limit (storage.filelimits): names file and limit
+            problems.extend(exc.problems)
         except _READ_ERRORS as exc:  # a missing file, a broken zip, a CSV with NUL bytes ...
-            problems.append(f"{path.name}: {_UNREADABLE.format(reason=type(exc).__name__)}")
+            problems.append(f"{path.name}: {UNREADABLE.format(reason=type(exc).__name__)}")
 
 
 def _read_csv(path: Path, problems: list[str]) -> _Table | None:
-    text = _decode(path.read_bytes())
-    if text is None:
-        problems.append(f"{path.name}: {_NOT_UTF8_OR_GB}")
-        return None
-    rows = [
-        [_clean(cell) for cell in record] for record in csv.reader(io.StringIO(text, newline=""))
-    ]
-    return _Table(path.name, None, rows)
-
-
-def _decode(data: bytes) -> str | None:
     """UTF-8 (BOM or not), else GB18030: a superset of GBK, what Excel writes on Chinese Windows."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data[3:].decode("utf-8")
-    for encoding in ("utf-8", "gb18030"):
+    data = read_limited(path)
+    for encoding in ("utf-8-sig", "gb18030"):
         try:
-            return data.decode(encoding)
+            return _Table(path.name, None, _csv_rows(path.name, data, encoding))
         except UnicodeDecodeError:
             continue
+    problems.append(f"{path.name}: {_NOT_UTF8_OR_GB}")
     return None
 
 
+def _csv_rows(name: str, data: bytes, encoding: str) -> list[list[str]]:
+    text = io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
+    records = csv.reader(limited_lines(name, text))
+    return [[_clean(cell) for cell in row] for row in RowLimiter(name).rows(name, records)]
+
+
 def _read_xlsx(path: Path, problems: list[str]) -> Iterator[_Table]:
+    data = read_limited(path)
+    check_xlsx(path.name, data)  # before openpyxl sees a byte of it
+    limiter = RowLimiter(path.name)
     with warnings.catch_warnings():  # openpyxl warns about styles it does not know: harmless here
         warnings.simplefilter("ignore")
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        book = openpyxl.load_workbook(
+            io.BytesIO(data), read_only=True, data_only=True, keep_links=False
+        )
+        tables: list[_Table] = []
         try:
-            tables = [
-                _Table(
-                    f"{path.name}[{sheet.title}]", _SHEETS[_norm(sheet.title)], _sheet_rows(sheet)
-                )
-                for sheet in book.worksheets
-                if _norm(sheet.title) in _SHEETS
-            ]
+            for sheet in book.worksheets:
+                kind = _SHEETS.get(_norm(sheet.title))
+                if kind is not None:
+                    label = f"{path.name}[{sheet.title}]"
+                    tables.append(_Table(label, kind, _sheet_rows(sheet, limiter, label)))
         finally:
             book.close()
     if not tables:
@@ -315,9 +370,11 @@ def _read_xlsx(path: Path, problems: list[str]) -> Iterator[_Table]:
     yield from tables
 
 
-def _sheet_rows(sheet: Any) -> list[list[str]]:
+def _sheet_rows(sheet: Any, limiter: RowLimiter, label: str) -> list[list[str]]:
     sheet.reset_dimensions()  # some writers store a wrong size; read to the real end
-    return [[_cell_text(v) for v in row] for row in sheet.iter_rows(values_only=True)]
+    # check_xlsx found no value beyond the column limit, so nothing is lost by stopping there.
+    rows = sheet.iter_rows(values_only=True, max_col=ROSTER_LIMITS.columns)
+    return [[_cell_text(v) for v in row] for row in limiter.rows(label, rows)]
 
 
 def _cell_text(value: object) -> str:
@@ -333,8 +390,15 @@ _CONTROL = dict.fromkeys(c for c in range(32))
 
 
 def _clean(text: str) -> str:
-    """Stripped, without control characters: they break chat XML and can hide a formula."""
-    return text.translate(_CONTROL).strip()
+    """Stripped, control characters dropped, any other character XML cannot carry (a lone
+    surrogate, U+FFFE, U+FFFF) replaced by U+FFFD.
+
+    Control characters are debris (a vertical tab pasted from Word, a line break typed in a cell)
+    that break chat XML and can hide a formula; removing them loses nothing a reader could see.
+    The others mean a character was lost on the way, so they are marked, and `_check_values`
+    refuses a value so marked: see `_BROKEN`.
+    """
+    return xml_safe(text.translate(_CONTROL)).strip()
 
 
 def _kind_of(header: list[str]) -> str | None:
@@ -410,6 +474,9 @@ def _check_values(
         elif value and col.max_len and len(value) > col.max_len:
             problems.append(f"{origin.at(col.label)}: {_TOO_LONG.format(n=col.max_len)}")
             ok = False
+        elif value and REPLACEMENT in value:
+            problems.append(f"{origin.at(col.label)}: {_BROKEN}")
+            ok = False
     return ok
 
 
@@ -455,19 +522,23 @@ def _check_unique(
     keys: Iterable[tuple[str, Callable[[_E], str | None]]],
     problems: list[str],
 ) -> None:
-    """Report every entry whose key (when filled) repeats an earlier one."""
+    """Report every entry whose key (when filled) repeats an earlier one, as its platform would
+    compare the two (`ID_FOLDS`)."""
+    folds = {IDENTITY_COLUMNS[channel]: fold for channel, fold in ID_FOLDS.items()}
     for column, key_of in keys:
-        seen: dict[str, Origin] = {}
+        fold = folds.get(column)
+        seen: dict[str, tuple[Origin, str]] = {}
         for entry in entries:
-            key = key_of(entry)
-            if not key:
+            value = key_of(entry)
+            if not value:
                 continue
-            first = seen.setdefault(key, entry.origin)
+            key = fold(value) if fold else value
+            first, first_value = seen.setdefault(key, (entry.origin, value))
             if first is not entry.origin:
                 zh, en = first.refer_from(entry.origin)
-                problems.append(
-                    f"{entry.origin.at(_COL[column].label)}: {_DUPLICATE.format(zh=zh, en=en)}"
-                )
+                text = _DUPLICATE if first_value == value else _DUPLICATE_IGNORING_CASE
+                where = entry.origin.at(_COL[column].label)
+                problems.append(f"{where}: {text.format(zh=zh, en=en)}")
 
 
 # ---------------------------------------------------------------------------- importing
@@ -585,35 +656,72 @@ def _load_staff(conn: Connection) -> dict[str, _StaffRow]:
 def _check_references(
     conn: Connection, roster: Roster, staff_rows: Mapping[str, _StaffRow]
 ) -> None:
-    """Raise `RosterError` for staff numbers and platform ids this roster cannot resolve."""
+    """Raise `RosterError` for staff numbers and platform ids this roster cannot resolve.
+
+    A student's head teacher and carer must be active teachers (not coordinators or bureau staff,
+    who see many schools' students) of the student's own school, as this roster lists them or,
+    when it does not, as the database has them. A platform id may not belong to another staff
+    member who keeps it (compared as the platform compares ids).
+    """
+    problems = _check_teachers(conn, roster, staff_rows)
     in_roster = {e.staff_no: e for e in roster.staff}
-    known = in_roster.keys() | {no for no, row in staff_rows.items() if row.active}
-    problems = [
-        f"{s.origin.at(_COL[column].label)}: {_UNKNOWN_STAFF.format(no=no)}"
-        for s in roster.students
-        for column, no in (("head_teacher_no", s.head_teacher_no), ("carer_no", s.carer_no))
-        if no and no not in known
-    ]
-    owners = {
-        (r.channel, r.external_id): r.staff_no
-        for r in conn.execute(
-            select(identities.c.channel, identities.c.external_id, staff.c.staff_no)
-            .join(staff, staff.c.id == identities.c.staff_id)
-            .where(identities.c.channel.in_(IDENTITY_COLUMNS))
-        )
-    }
+    owners: dict[tuple[str, str], tuple[str, str]] = {}  # (channel, key) -> (staff_no, id)
+    for channel, external_id, staff_no in conn.execute(
+        select(identities.c.channel, identities.c.external_id, staff.c.staff_no)
+        .join(staff, staff.c.id == identities.c.staff_id)
+        .where(identities.c.channel.in_(IDENTITY_COLUMNS))
+    ):
+        owners[(channel, _id_key(channel, external_id))] = (staff_no, external_id)
     for entry in roster.staff:
         for channel, column in IDENTITY_COLUMNS.items():
-            owner = owners.get((channel, entry.identity(channel) or ""))
-            if owner is None or owner == entry.staff_no:
+            wanted = entry.identity(channel)
+            owner, held = owners.get((channel, _id_key(channel, wanted or "")), ("", ""))
+            if not owner or owner == entry.staff_no:
                 continue
             # The owner keeps the id unless this roster lists them with that column present.
             if owner not in in_roster or in_roster[owner].identity(channel) is None:
-                problems.append(
-                    f"{entry.origin.at(_COL[column].label)}: {_ID_TAKEN.format(no=owner)}"
+                text = (
+                    _ID_TAKEN.format(no=owner)
+                    if held == wanted
+                    else _ID_TAKEN_IGNORING_CASE.format(no=owner, other=held)
                 )
+                problems.append(f"{entry.origin.at(_COL[column].label)}: {text}")
     if problems:
         raise RosterError(problems)
+
+
+def _id_key(channel: str, external_id: str) -> str:
+    fold = ID_FOLDS.get(channel)
+    return fold(external_id) if fold else external_id
+
+
+def _check_teachers(
+    conn: Connection, roster: Roster, staff_rows: Mapping[str, _StaffRow]
+) -> list[str]:
+    """Problems with the head teachers and carers the students of `roster` name."""
+    school_names: dict[int, str] = dict(conn.execute(select(schools.c.id, schools.c.name)).all())
+    # staff number -> (role, school name) of every staff member a student may name
+    known = {
+        no: (row.role, school_names.get(row.school_id, "") if row.school_id else "")
+        for no, row in staff_rows.items()
+        if row.active
+    }
+    known.update((e.staff_no, (e.role.value, e.school)) for e in roster.staff)
+    problems: list[str] = []
+    for s in roster.students:
+        for column, no in (("head_teacher_no", s.head_teacher_no), ("carer_no", s.carer_no)):
+            if not no:
+                continue
+            where = s.origin.at(_COL[column].label)
+            role, school = known.get(no, ("", ""))
+            if not role:
+                problems.append(f"{where}: {_UNKNOWN_STAFF.format(no=no)}")
+            elif role != StaffRole.TEACHER.value:
+                zh, en = _ROLE_NAMES.get(role, (role, role))
+                problems.append(f"{where}: {_NOT_A_TEACHER.format(no=no, zh=zh, en=en)}")
+            elif school != s.school:
+                problems.append(f"{where}: {_OTHER_SCHOOL.format(no=no, school=school)}")
+    return problems
 
 
 def _ensure_schools(conn: Connection, names: set[str]) -> dict[str, int]:

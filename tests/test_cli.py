@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import openpyxl
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy import select as sql_select
 
-from storage.schema import students, visits
+from storage.schema import audit_log, students, visits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,3 +200,77 @@ def test_a_reader_that_goes_away_gets_no_traceback(env: dict[str, str], tmp_path
         proc.stdin.close()
         assert proc.wait(30) == 1
         assert "Traceback" not in proc.stderr.read().decode()
+
+
+def test_a_note_xml_cannot_carry_still_exports_a_readable_workbook(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    homevisit(env, tmp_path, "demo")
+    note = "备注\uffff结束"
+    script = "\n".join(["家访", "周小禾", "3", "1", "2", "1", "2", "1", "1", note, "提交"]) + "\n"
+    assert homevisit(env, tmp_path, "chat", "--user", "T001", stdin=script).returncode == 0
+    out = tmp_path / "x.xlsx"
+
+    exported = homevisit(env, tmp_path, "export", "--out", str(out))
+
+    assert exported.returncode == 0, exported.stderr
+    book = openpyxl.load_workbook(out)
+    cells = [c.value for c in book["家访记录"][2]]
+    book.close()
+    assert "备注\ufffd结束" in cells
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):  # root ignores the mode: sysfs refuses new files even to root
+        return Path("/sys")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing folder", "folder {tmp}/missing does not exist"),
+        ("a folder as the file", "{tmp}/out.xlsx is a folder"),
+        ("a file as the folder", "{tmp}/notes.txt is not a folder"),
+        ("no permission", "Permission denied"),
+    ],
+)
+def test_export_failures_are_one_line_and_leave_nothing(
+    env: dict[str, str], tmp_path: Path, case: str, expected: str
+) -> None:
+    homevisit(env, tmp_path, "demo")
+    (tmp_path / "out.xlsx").mkdir()
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    out = {
+        "missing folder": tmp_path / "missing" / "v.xlsx",
+        "a folder as the file": tmp_path / "out.xlsx",
+        "a file as the folder": tmp_path / "notes.txt" / "v.csv",
+        "no permission": _unwritable_folder(tmp_path) / "v.csv",
+    }[case]
+    before = sorted(tmp_path.rglob("*"))
+
+    result = homevisit(env, tmp_path, "export", "--out", str(out))
+
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("homevisit: ") and expected.format(tmp=tmp_path) in line
+    assert sorted(tmp_path.rglob("*")) == before  # no file, no temporary file
+    audits = [r for r in db_rows(tmp_path, audit_log) if r.action == "export"]  # type: ignore[attr-defined]
+    assert audits == []
+
+
+def test_export_since_the_first_day_of_the_calendar_exports_everything(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    homevisit(env, tmp_path, "demo")
+    script = "\n".join(["家访", "周小禾", "3", "1", "2", "1", "2", "1", "1", "无", "提交"]) + "\n"
+    assert homevisit(env, tmp_path, "chat", "--user", "T001", stdin=script).returncode == 0
+    out = tmp_path / "all.csv"
+
+    result = homevisit(env, tmp_path, "export", "--out", str(out), "--since", "0001-01-01")
+
+    assert result.returncode == 0, result.stderr
+    assert "exported 1 visits and 1 follow-ups" in result.stdout and out.is_file()

@@ -15,7 +15,13 @@ from sqlalchemy import func, insert, select
 
 from storage.db import Database
 from storage.demo import load_demo
-from storage.export import FOLLOWUP_HEADER, VISIT_HEADER, ExportReport, export_visits
+from storage.export import (
+    FOLLOWUP_HEADER,
+    VISIT_HEADER,
+    ExportError,
+    ExportReport,
+    export_visits,
+)
 from storage.schema import audit_log, followups, staff, students, visits
 from tests.conftest import FakeClock
 
@@ -185,18 +191,39 @@ def test_failed_write_leaves_no_file_and_no_audit(
     visited: Database, out_dir: Path, fmt: str
 ) -> None:
     out = out_dir / f"v.{fmt}"
-    out.mkdir()  # the final rename onto a folder fails after the data is written
+    out.mkdir()  # a folder where the file should go: refused before anything is written
 
-    with pytest.raises(OSError):
+    with pytest.raises(ExportError, match="is a folder"):
         export(visited, out, fmt)
 
     assert [p.name for p in out_dir.iterdir()] == [out.name]
     assert list(out.iterdir()) == []
-    with visited.begin() as conn:
-        audits = conn.execute(
-            select(func.count()).select_from(audit_log).where(audit_log.c.action == "export")
-        ).scalar()
-    assert audits == 0
+    assert _export_audits(visited) == 0
+
+
+def _export_audits(db: Database) -> int:
+    with db.begin() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(audit_log).where(audit_log.c.action == "export")
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_a_rename_that_fails_leaves_no_temporary_file(
+    visited: Database, out_dir: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("storage.export.os.replace", refuse)
+
+    with pytest.raises(ExportError, match=r"cannot write .*v\.\w+ \(Permission denied\)"):
+        export(visited, out_dir / f"v.{fmt}", fmt)
+
+    assert list(out_dir.iterdir()) == []
+    assert _export_audits(visited) == 0
 
 
 def test_unknown_format_is_refused(visited: Database, out_dir: Path) -> None:
@@ -215,9 +242,47 @@ def test_empty_database_exports_headers_only(db: Database, out_dir: Path) -> Non
     assert read_csv(out_dir / "empty_followups.csv") == [list(FOLLOWUP_HEADER)]
 
 
-def test_a_control_character_cannot_smuggle_a_formula_into_xlsx() -> None:
-    from storage.export import _xlsx_cell
+def test_a_control_character_cannot_smuggle_a_formula_into_a_cell() -> None:
+    from storage.export import _cell
 
-    assert _xlsx_cell('\x01=HYPERLINK("http://x.invalid","点我")') == (
-        '\'=HYPERLINK("http://x.invalid","点我")'
+    assert _cell('\x01=HYPERLINK("http://x.invalid","点我")') == (
+        '\ufffd=HYPERLINK("http://x.invalid","点我")'
     )
+    assert _cell('=\x01HYPERLINK("x")') == '\'=\ufffdHYPERLINK("x")'
+    assert _cell("\ud800") == "\ufffd" and _cell(7) == 7
+
+
+def _visit_with_answers(db: Database, clock: FakeClock, answers: dict[str, Any]) -> None:
+    with db.begin() as conn:
+        load_demo(conn, now=clock.now())
+        [s1] = _ids(conn, students, students.c.student_no, ["DEMO0001"])
+        [t1] = _ids(conn, staff, staff.c.staff_no, ["T001"])
+        _visit(conn, s1, t1, "submitted", LATE, answers=answers)
+
+
+# Characters XML 1.0 cannot carry; "\t\n\r" it can. (A lone surrogate cannot reach the database:
+# its JSON is UTF-8 text; `_cell` and `xml_safe` have their own tests for it.)
+ILLEGAL_ANSWERS = {
+    "other": "备注\uffff结束",
+    "method": "a\x01b\ufffe\x1f",
+    "device_missing": "x\ty\nz",
+}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_characters_xml_cannot_carry_become_replacement_characters(
+    db: Database, clock: FakeClock, out_dir: Path, fmt: str
+) -> None:
+    _visit_with_answers(db, clock, ILLEGAL_ANSWERS)
+    out = out_dir / f"v.{fmt}"
+
+    export(db, out, fmt)
+
+    if fmt == "xlsx":
+        book = openpyxl.load_workbook(out)  # the point: the workbook opens at all
+        row = [c.value for c in book["家访记录"][2]]
+        book.close()
+    else:
+        row = read_csv(out)[1]
+    answer_cells = row[len(VISIT_HEADER) :]
+    assert answer_cells[:3] == ["a\ufffdb\ufffd\ufffd", "x\ty\nz", "备注\ufffd结束"]

@@ -276,8 +276,11 @@ def test_missing_student_is_deactivated_and_keeps_visits(
 def test_students_of_other_schools_are_untouched(
     db: Database, tmp_path: Path, clock: FakeClock
 ) -> None:
-    other = [["S100", "学生丁", "第二示例小学", "一年级1班", "低保", "T002", ""]]
-    run_import(db, roster_files(tmp_path, [*STUDENT_ROWS, *other]), clock)
+    other = [["S100", "学生丁", "第二示例小学", "一年级1班", "低保", "T100", ""]]
+    other_teacher = ["T100", "丁示例", "第二示例小学", "教师", "", ""]
+    run_import(
+        db, roster_files(tmp_path, [*STUDENT_ROWS, *other], [*STAFF_ROWS, other_teacher]), clock
+    )
 
     # The next file lists only the first school, without S002.
     report = run_import(db, roster_files(tmp_path, [STUDENT_ROWS[0], STUDENT_ROWS[2]]), clock)
@@ -385,6 +388,35 @@ BAD_FILES = {
     "unsupported file type": (
         lambda tmp: [tmp / "roster.xls"],
         ["roster.xls", "不支持的文件类型"],
+    ),
+    "coordinator as head teacher": (
+        lambda tmp: roster_files(tmp, _replace(STUDENT_ROWS, 0, 5, "C001")),
+        ["students.csv 第2行 班主任工号(head_teacher_no): 工号 C001 是协调员，不是教师",
+         "staff number C001 is a coordinator, not a teacher"],
+    ),
+    "bureau as carer": (
+        lambda tmp: roster_files(tmp, _replace(STUDENT_ROWS, 1, 6, "B001")),
+        ["students.csv 第3行 包靠教师工号(carer_no): 工号 B001 是教育局人员，不是教师",
+         "staff number B001 is bureau staff, not a teacher"],
+    ),
+    "teacher of another school": (
+        lambda tmp: roster_files(tmp, staff_rows=_replace(STAFF_ROWS, 1, 2, "第二示例小学")),
+        ["students.csv 第3行 包靠教师工号(carer_no): 工号 T002 是第二示例小学的教师",
+         "students.csv 第4行 班主任工号(head_teacher_no)",
+         "staff number T002 teaches at another school (第二示例小学)"],
+    ),
+    "wecom ids differing only in case": (
+        lambda tmp: roster_files(tmp, staff_rows=_replace(STAFF_ROWS, 1, 4, "ZHANG")),
+        ["staff.csv 第3行 企业微信ID(wecom_userid): 与第2行重复（企业微信账号不区分大小写）",
+         "duplicate of row 2 (WeCom UserIDs ignore case)"],
+    ),
+    "a name that lost a character": (
+        lambda tmp: roster_files(tmp, _replace(STUDENT_ROWS, 0, 1, "王\uffff雨")),
+        ["students.csv 第2行 姓名(name): 含有无法识别的字符", "U+FFFD"],
+    ),
+    "a staff name with a non-character": (
+        lambda tmp: roster_files(tmp, staff_rows=_replace(STAFF_ROWS, 0, 1, "张\ufffe")),
+        ["staff.csv 第2行 姓名(name): 含有无法识别的字符"],
     ),
 }  # fmt: skip
 
@@ -549,3 +581,89 @@ def test_control_characters_in_roster_cells_are_dropped(tmp_path: Path) -> None:
     staff_csv.write_text("工号,姓名,学校,角色\nT1,李老师,一小,教师\n", encoding="utf-8")
     roster = read_roster([students_csv, staff_csv])
     assert [s.name for s in roster.students] == ["=王小雨"]
+
+
+def test_characters_xml_cannot_carry_are_cleaned_from_every_cell(tmp_path: Path) -> None:
+    header = [*STUDENT_HEADER, "备注"]
+    rows = [[*row, "备注\uffff\x01结束"] for row in STUDENT_ROWS]
+    students_csv = write_csv(tmp_path / "students.csv", header, rows)
+    roster = read_roster(
+        [students_csv, write_csv(tmp_path / "staff.csv", STAFF_HEADER, STAFF_ROWS)]
+    )
+    assert [s.student_no for s in roster.students] == ["S001", "S002", "S003"]
+
+    from storage.roster import _clean  # what every cell goes through, used columns or not
+
+    assert _clean(" 备注\uffff\x01结束\ud800 ") == "备注\ufffd结束\ufffd"
+
+
+def test_dingtalk_ids_differing_only_in_case_are_two_accounts(
+    db: Database, tmp_path: Path, clock: FakeClock
+) -> None:
+    # DingTalk documents no case folding for userid (see storage.roster.ID_FOLDS).
+    staff_rows = _replace(STAFF_ROWS, 0, 5, "DT_LI")
+
+    run_import(db, roster_files(tmp_path, staff_rows=staff_rows), clock)
+
+    assert {("dingtalk", "DT_LI", "T001"), ("dingtalk", "dt_li", "T002")} <= identities_of(db)
+
+
+def test_a_wecom_id_held_by_another_in_other_case_is_refused(
+    db: Database, tmp_path: Path, clock: FakeClock
+) -> None:
+    run_import(db, roster_files(tmp_path), clock)
+    before = snapshot(db)
+    newcomer = write_csv(
+        tmp_path / "new_staff.csv",
+        STAFF_HEADER,
+        [["T005", "钱示例", "第一示例小学", "教师", "Zhang", ""]],
+    )
+
+    with pytest.raises(RosterError) as err:
+        run_import(db, [newcomer], clock)
+
+    assert err.value.problems == [
+        "new_staff.csv 第2行 企业微信ID(wecom_userid): "
+        "已被工号 T001 以 zhang 使用（企业微信账号不区分大小写）/ "
+        "already used by staff number T001 as zhang (WeCom UserIDs ignore case)"
+    ]
+    assert snapshot(db) == before
+
+
+def test_a_teacher_may_change_the_case_of_their_own_wecom_id(
+    db: Database, tmp_path: Path, clock: FakeClock
+) -> None:
+    run_import(db, roster_files(tmp_path), clock)
+
+    report = run_import(
+        db, roster_files(tmp_path, staff_rows=_replace(STAFF_ROWS, 0, 4, "Zhang")), clock
+    )
+
+    assert report.staff_updated == 1
+    assert ("wecom", "Zhang", "T001") in identities_of(db)
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        ("C001", "工号 C001 是协调员，不是教师 / "
+                 "staff number C001 is a coordinator, not a teacher"),
+        ("T100", "工号 T100 是第二示例小学的教师，不是本学生学校的 / "
+                 "staff number T100 teaches at another school (第二示例小学)"),
+    ],
+)  # fmt: skip
+def test_a_students_file_alone_is_checked_against_the_staff_in_the_database(
+    db: Database, tmp_path: Path, clock: FakeClock, head: str, expected: str
+) -> None:
+    elsewhere = ["T100", "丁示例", "第二示例小学", "教师", "", ""]
+    run_import(db, roster_files(tmp_path, staff_rows=[*STAFF_ROWS, elsewhere]), clock)
+    before = snapshot(db)
+    pupils = write_csv(
+        tmp_path / "pupils.csv", STUDENT_HEADER, _replace(STUDENT_ROWS[:1], 0, 5, head)
+    )
+
+    with pytest.raises(RosterError) as err:
+        run_import(db, [pupils], clock)
+
+    assert err.value.problems == [f"pupils.csv 第2行 班主任工号(head_teacher_no): {expected}"]
+    assert snapshot(db) == before
