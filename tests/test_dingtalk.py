@@ -47,13 +47,13 @@ from tests.conftest import FakeClock
 from tests.fake_dingtalk import FakeDingTalk
 from tests.test_conversation import TABLET_VISIT
 
-VECTORS_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "protocols" / "vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "vectors.json"
 APP_KEY, APP_SECRET, ROBOT_CODE = "dingapp123", "app-secret-for-tests", "dingrobot123"
 USER = "dt_zhang"  # T001's DingTalk userid in the demo roster
 CHECKIN = ["家访", "周小禾", *TABLET_VISIT, "提交"]
 
 
-# ---------------------------------------------------------------- the shared vectors
+# ---------------------------------------------------------------- the protocol vectors
 
 
 def _sign_vectors() -> list[Any]:
@@ -69,9 +69,7 @@ def _sign_vectors() -> list[Any]:
 @pytest.mark.parametrize("vector", _sign_vectors())
 def test_dingtalk_sign_vectors(vector: dict[str, Any] | None) -> None:
     if vector is None:
-        pytest.fail(
-            f"{VECTORS_PATH} is missing or has no DingTalk sign vectors: put shared/ beside"
-        )
+        pytest.fail(f"{VECTORS_PATH} is missing or has no DingTalk sign vectors")
     inputs, expected = vector["inputs"], vector["expected"]
     assert sign(inputs["secret"], inputs["timestamp"]) == expected["sign"]
     assert sign(inputs["secret"], int(inputs["timestamp"])) == expected["sign"]
