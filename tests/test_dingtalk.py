@@ -10,9 +10,9 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -212,6 +212,13 @@ async def callback(
         return r.status, await r.json()
 
 
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until `check()` holds; a TimeoutError fails the test instead of hanging it."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
 def count(deps: Deps, table: Any) -> int:
     with deps.db.begin() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
@@ -322,6 +329,14 @@ async def test_an_hour_old_timestamp_is_still_accepted(
         (b"{not json", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
         (b"[1, 2]", "JSON object"),
+        # 10,000 levels (~50 KB): json.loads alone would die of a RecursionError (HTTP 500)
+        pytest.param(b"[" * 10_000 + b"]" * 10_000, "nested deeper than 32", id="deep-list"),
+        pytest.param(
+            b'{"msgId": "m1", "msgtype": "text", "n": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+            "nested deeper than 32",
+            id="deep-object-in-a-message",
+        ),
+        pytest.param(b"[" * 33 + b"]" * 33, "nested deeper than 32", id="33-levels"),
         (b'{"msgtype": "text", "text": {"content": "x"}}', "msgId"),
         (b'{"msgId": "m1", "msgtype": "text", "text": {}}', "text.content"),
     ],
@@ -554,6 +569,51 @@ async def test_stream_shrugs_off_odd_frames(
         assert texts.TEXT_ONLY in picture
         assert "共5名" in await say(fake, teacher.message("家访"))
     assert fake.connections == 1
+
+
+async def test_stream_ignores_absurdly_nested_frames_and_keeps_the_connection(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    deep_data = '{"msgId": "m-deep", "a":' * 10_000 + "1" + "}" * 10_000
+    robot_frame = {
+        "type": "CALLBACK",
+        "headers": {"topic": "/v1.0/im/bot/messages/get", "messageId": "r-\n-deep"},
+        "data": deep_data,
+    }
+    async with serving(stream_settings, deps):
+        await fake.send("[" * 10_000 + "]" * 10_000)  # no messageId can be read: no ack
+        ack = await fake.push(robot_frame)  # acked, then its data is refused
+        assert ack["code"] == 200
+        assert "共5名" in await say(fake, Teacher(fake, clock).message("家访"))
+    assert fake.connections == 1 and fake.opens == 1
+    assert "robot frame 'r-\\n-deep' ignored: JSON nested deeper than 32" in caplog.text
+    assert "RecursionError" not in caplog.text
+
+
+@dataclass(frozen=True)
+class RecordingBackoff(Backoff):
+    """The real backoff, remembering each delay the client slept before it tried again."""
+
+    slept: list[float] = field(default_factory=list)
+
+    def after(self, delay: float) -> float:
+        self.slept.append(delay)
+        return super().after(delay)
+
+
+async def test_stream_backoff_starts_over_once_a_connection_was_established(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backoff = RecordingBackoff(first=0.001, cap=0.05)
+    monkeypatch.setattr(StreamClient, "backoff", backoff)
+    fake.refuse_open = 8
+    async with serving(stream_settings, deps):
+        await fake.wait_connected()
+        assert backoff.slept == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05]
+        await fake.drop()  # the connection dies before it delivered a single frame
+        await fake.wait_connected(connections=2)
+    assert backoff.slept[8] == 0.001  # the outage is over: the next wait is the first one
 
 
 # ---------------------------------------------------------------- proactive 1:1 (batchSend)

@@ -7,11 +7,11 @@ answer `{"replies": ["...", ...]}`.
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from aiohttp import web
 
+from bot import jsonbody
 from bot.core.types import InboundMessage
 from bot.web import DISPATCHER, SETTINGS, json_response
 
@@ -29,9 +29,9 @@ async def handle(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        body: Any = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return json_response({"error": "body is not valid JSON"}, status=400)
+        body: Any = jsonbody.loads(await request.read())
+    except jsonbody.BadJSON as exc:
+        return json_response({"error": f"body is {exc}"}, status=400)
     problem = _validate(body)
     if problem:
         return json_response({"error": problem}, status=400)

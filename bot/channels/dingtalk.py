@@ -22,7 +22,6 @@ students and their families' difficulties.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from bot import jsonbody
 from bot.channels import dingtalk_api as api
 from bot.channels.dingtalk_stream import StreamClient, running
 from bot.core.errors import SendError
@@ -283,9 +283,9 @@ async def callback(request: web.Request) -> web.Response:
     if status:
         return json_response({"error": "missing or wrong timestamp/sign"}, status=status)
     try:
-        payload = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return json_response({"error": "body is not valid JSON"}, status=400)
+        payload = jsonbody.loads(await request.read())
+    except jsonbody.BadJSON as exc:
+        return json_response({"error": f"body is {exc}"}, status=400)
     try:
         message = parse_robot_message(payload)
     except BadPayload as exc:
