@@ -705,6 +705,87 @@ async def test_network_failures_and_a_bad_secret_are_transient(clock: FakeClock)
         await client.close()
 
 
+ODD_ANSWERS = [
+    pytest.param(b"<html>upstream ok</html>", id="html"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"[]", id="a-list"),
+    pytest.param(b'"ok"', id="a-string"),
+    pytest.param(b"{}", id="empty-object"),
+    pytest.param(b'{"result": "ok"}', id="other-fields"),
+    pytest.param(b"[" * 10_000 + b"]" * 10_000, id="nested-10000-deep"),
+]
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_a_batch_send_with_an_odd_success_body_is_retried_not_counted_as_sent(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO)
+    fake.odd_answers["batchSend"] = [odd]
+    now = clock.now()
+    async with serving(stream_settings, deps) as server:
+        await deps.db.run(
+            lambda conn: outbox.enqueue(
+                conn, key="reminder:T001:2026-03-02", channel="dingtalk", recipient=USER,
+                kind="reminder", body="您有5名学生待家访", not_before=now, now=now,
+            )
+        )  # fmt: skip
+        delivery = server.app[DELIVERY]
+        delivery.poke()
+        await eventually(lambda: outbox_rows(deps)[0].last_error is not None)
+        [row] = outbox_rows(deps)
+        assert row.status == "pending" and "unexpected answer" in row.last_error
+        clock.advance(seconds=31)
+        delivery.poke()
+        [sent] = await fake.wait_for(fake.batch_sends, 1)
+        await eventually(lambda: outbox_rows(deps)[0].status == "sent")
+    assert fake.texts([sent]) == ["您有5名学生待家访"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if w.startswith("dingtalk batchSend: HTTP 200")]) == 1
+    for secret in (USER, "token-1", "您有5名"):
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_a_session_webhook_with_an_odd_success_body_falls_back_to_batch_send(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    fake.odd_answers["session"] = [odd]
+    async with serving(stream_settings, deps):
+        await fake.push_robot(Teacher(fake, clock).message("家访"))
+        [sent] = await fake.wait_for(fake.batch_sends, 1)
+        await eventually(lambda: outbox_rows(deps)[0].status == "sent")
+    assert fake.session_replies == [] and "共5名" in fake.texts([sent])[0]
+    assert "dingtalk sessionWebhook: HTTP 200 with" in caplog.text
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_odd_success_bodies_from_the_group_robot_and_the_token_are_transient(
+    fake: FakeDingTalk, clock: FakeClock, robot: RobotSender,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    fake.odd_answers["group"] = [odd]
+    sender = group_sender(fake, clock)
+    try:
+        with pytest.raises(SendError) as caught:
+            await sender.send("default", "日报")
+    finally:
+        await sender.http.close()
+    assert not caught.value.permanent and "unexpected answer" in caught.value.reason
+    fake.odd_answers["token"] = [odd]
+    with pytest.raises(SendError) as caught:
+        await robot.send(USER, "提醒")
+    assert not caught.value.permanent and "unexpected answer" in caught.value.reason
+    assert fake.batch_sends == [] and fake.group_messages == []
+    await robot.send(USER, "提醒")  # the next try fetches a token and sends
+    assert len(fake.batch_sends) == 1
+    assert "dingtalk group robot: HTTP 200" in caplog.text
+    assert "dingtalk access token: HTTP 200" in caplog.text
+    assert "grouptoken" not in caplog.text and APP_SECRET not in caplog.text
+
+
 async def test_reminders_through_the_outbox_reach_dingtalk(
     stream_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock
 ) -> None:

@@ -663,6 +663,54 @@ async def test_transient_failures_are_retried_through_the_outbox(
     assert fake.texts() == ["请今天完成家访"]
 
 
+ODD_ANSWERS = [
+    pytest.param(b"<html>upstream ok</html>", id="html"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"[]", id="a-list"),
+    pytest.param(b"{}", id="empty-object"),
+    pytest.param(b'{"errmsg": "ok"}', id="no-errcode"),
+    pytest.param(b'{"errcode": "0"}', id="errcode-as-text"),
+    pytest.param(b"[" * 10_000 + b"]" * 10_000, id="nested-10000-deep"),
+]
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_an_odd_success_body_from_message_send_is_retried_not_counted_as_sent(
+    client: WeComClient, app: web.Application, fake: FakeWeCom, deps: Deps, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    fake.failures = [odd]
+    put(deps, "r1", "请今天完成家访")
+    delivery = app[DELIVERY]
+    await delivery.run_once()
+    [row] = outbox_rows(deps)
+    assert row.status == "pending" and "unexpected answer" in row.last_error
+    clock.advance(seconds=30)
+    await delivery.run_once()
+    [row] = outbox_rows(deps)
+    assert (row.status, row.attempts) == ("sent", 2) and fake.texts() == ["请今天完成家访"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    odd_lines = [w for w in warnings if "unexpected body" in w]
+    assert len(odd_lines) == 1 and odd_lines[0].startswith("wecom message/send answered HTTP 200")
+    for secret in (USER, "token-1", "请今天"):
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "odd", [*ODD_ANSWERS, pytest.param(b'{"errcode": 0, "errmsg": "ok"}', id="no-token")]
+)
+async def test_an_odd_success_body_from_gettoken_is_transient(
+    client: WeComClient, fake: FakeWeCom, caplog: pytest.LogCaptureFixture, odd: bytes
+) -> None:
+    fake.token_answers = [odd]
+    with pytest.raises(SendError) as caught:
+        await client.send(USER, "提醒")
+    assert not caught.value.permanent and "unexpected answer" in caught.value.reason
+    assert fake.sent == [] and "wecom gettoken answered HTTP 200" in caplog.text
+    await client.send(USER, "提醒")
+    assert fake.texts() == ["提醒"]
+
+
 async def test_api_frequency_limit_asks_for_a_minute(client: WeComClient, fake: FakeWeCom) -> None:
     fake.failures = [45009]
     with pytest.raises(SendError) as caught:
