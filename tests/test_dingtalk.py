@@ -437,6 +437,33 @@ async def test_replies_fall_back_to_the_robot_1to1_api(
     assert (row.channel, row.recipient, row.status) == ("dingtalk", USER, "sent")
 
 
+async def test_log_lines_escape_client_supplied_ids_and_never_name_the_sender(
+    http_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    http: ClientSession, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    # U+2028 and U+0085 end a line for many log viewers; C0 controls are refused outright
+    outsider = Teacher(fake, clock, user=None).message("家访", msgId="m-1\u2028ERROR forged")
+    again = Teacher(fake, clock).message("家访", msgId="m-2\u2029ERROR forged too")
+    async with serving(http_settings, deps) as server:
+        assert (await callback(http, server, outsider, headers_for(clock)))[0] == 200
+        for _ in range(2):  # the second time it "was answered before"
+            assert (await callback(http, server, again, headers_for(clock)))[0] == 200
+        for control in ("m-3\n2026-03-02 ERROR forged", "m-4\x00", "m-5\x85"):
+            status, body = await callback(
+                http, server, Teacher(fake, clock).message("家访", msgId=control),
+                headers_for(clock),
+            )  # fmt: skip
+            assert status == 400 and "control characters" in body["error"]
+        await fake.wait_for(fake.batch_sends, 1)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("bot."))
+    assert "msg_id='m-1\\u2028ERROR forged' has no senderStaffId" in ours
+    assert "msg_id='m-2\\u2029ERROR forged too' was answered before" in ours
+    assert not any(c in ours for c in "\u2028\u2029\x00\x85") and "m-3" not in ours
+    assert USER not in ours and "家访" not in ours and "token-1" not in ours
+    assert len(fake.batch_sends) == 1
+
+
 async def test_stream_mode_has_no_callback_route(
     settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock, http: ClientSession
 ) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -458,14 +459,48 @@ async def test_other_events_get_an_empty_200_and_touch_nothing(wx: Peer, deps: D
 
 
 async def test_the_same_event_delivered_twice_is_answered_from_the_first(
-    wx: Peer, deps: Deps
+    wx: Peer, deps: Deps, wecom_settings: Settings, http: ClientSession, clock: FakeClock
 ) -> None:
     xml = message_xml(msg_type="event", event="enter_agent", create_time=1772413999)
     first, second = await wx.post(xml), await wx.post(xml)
     assert wx.open(first[1]) == wx.open(second[1]) != ""
+    async with TestServer(create_app(wecom_settings, deps), host="127.0.0.1") as restarted:
+        third = await Peer(http, restarted, clock).post(xml)  # the same id after a restart
+    assert wx.open(third[1]) == wx.open(first[1])
     with deps.db.begin() as conn:
-        ids = conn.execute(select(inbound_messages.c.message_id)).scalars().all()
-    assert ids == [f"{USER}:1772413999"]
+        [event_id] = conn.execute(select(inbound_messages.c.message_id)).scalars().all()
+    # told apart by sender and CreateTime, but the id does not spell out the member's UserID
+    assert USER not in event_id and "1772413999" not in event_id
+
+
+async def test_no_userid_text_or_forged_line_reaches_the_log(
+    wx: Peer, app: web.Application, fake: FakeWeCom, deps: Deps,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    app[wecom.WECOM].reply_budget = 0.0  # every turn over budget: the log line quotes its id
+    status, _ = await wx.post(message_xml(msg_type="event", event="subscribe"))
+    assert status == 200
+    await wx.send("家访", msg_id=None)  # a numbered MsgId
+    await wx.post(message_xml("周小禾"))  # no MsgId at all: sender and CreateTime
+    forged = f"{USER}\n2026-03-02 01:00:00 INFO forged line"
+    await wx.post(message_xml("继续", msg_id=forged, create_time=1772413201))
+    await eventually(lambda: len(fake.sent) == 4)
+    real = app[DISPATCHER].handle
+    detail = f"row for {USER} 周小禾 家庭困难 refused"  # the traceback shows the raise line only
+
+    async def failing(message: InboundMessage) -> list[str]:
+        await real(message)
+        raise RuntimeError(detail)
+
+    monkeypatch.setattr(app[DISPATCHER], "handle", failing)
+    await wx.send("1")
+    await eventually(lambda: "wecom reply task failed" in caplog.text)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("bot."))
+    assert "turn over budget" in ours and "RuntimeError" in ours
+    for secret in (USER, "周小禾", "家庭困难", "家访", TOKEN, AES_KEY, "token-1"):
+        assert secret not in ours, secret
+    assert "\n2026-03-02 01:00:00 INFO forged" not in ours
 
 
 # ---------------------------------------------------------------- retries

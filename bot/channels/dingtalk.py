@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,6 +56,7 @@ GROUP_CHANNEL = "dingtalk_group"  # outbox channel of the coordinators' group ro
 GROUP_RECIPIENT = "default"
 MAX_SKEW = timedelta(hours=1)  # HTTP mode: a callback's timestamp may be this far off our clock
 MAX_ID = 128
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # never in DingTalk's ids; PostgreSQL refuses NUL
 WEBHOOK_GRACE = timedelta(minutes=2)  # a reply row waits this long before the outbox takes it
 
 
@@ -84,13 +86,15 @@ def parse_robot_message(payload: Any) -> RobotMessage:
     if not isinstance(payload, dict):
         raise BadPayload("body must be a JSON object")
     msg_id, msgtype = payload.get("msgId"), payload.get("msgtype")
-    if not isinstance(msg_id, str) or not msg_id or len(msg_id) > MAX_ID:
-        raise BadPayload('"msgId" must be text of at most 128 characters')
+    if not _usable_id(msg_id) or not msg_id:
+        raise BadPayload('"msgId" must be text of at most 128 characters, no control characters')
     if not isinstance(msgtype, str):
         raise BadPayload('"msgtype" must be text')
     sender = payload.get("senderStaffId")
-    if sender is not None and (not isinstance(sender, str) or len(sender) > MAX_ID):
-        raise BadPayload('"senderStaffId" must be text of at most 128 characters')
+    if sender is not None and not _usable_id(sender):
+        raise BadPayload(
+            '"senderStaffId" must be text of at most 128 characters, no control characters'
+        )
     kind, text = MessageKind.UNSUPPORTED, ""  # picture, file, audio, video, richText ...
     if msgtype == "text":
         body = payload.get("text")
@@ -108,6 +112,10 @@ def parse_robot_message(payload: Any) -> RobotMessage:
         webhook_expires=_expiry(expires),
         in_group=str(payload.get("conversationType")) == "2",
     )
+
+
+def _usable_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_ID and not _CONTROL.search(value)
 
 
 def _expiry(ms: Any) -> datetime | None:
@@ -171,7 +179,7 @@ class DingTalkChannel:
 
     async def handle(self, message: RobotMessage) -> None:
         if message.sender is None:
-            log.info("dingtalk msg_id=%s has no senderStaffId (outside the org): ignored",
+            log.info("dingtalk msg_id=%r has no senderStaffId (outside the org): ignored",
                      message.msg_id)  # fmt: skip
             return
         async with self._locks.hold(message.sender):
@@ -187,7 +195,7 @@ class DingTalkChannel:
         if not url.startswith(self.oapi_prefix):
             # HTTP mode's sign covers only the timestamp: never POST to a URL from the body
             # unless it is DingTalk's own.
-            log.warning("dingtalk msg_id=%s: sessionWebhook not under DINGTALK_OAPI_BASE",
+            log.warning("dingtalk msg_id=%r: sessionWebhook not under DINGTALK_OAPI_BASE",
                         message.msg_id)  # fmt: skip
             return None
         return url
@@ -213,13 +221,13 @@ class DingTalkChannel:
         try:
             fresh = await self.db.run(store)
         except Exception as exc:  # the database is down: the reply is an apology; try to send it
-            log.warning("dingtalk msg_id=%s: replies not stored (%s)", message.msg_id,
+            log.warning("dingtalk msg_id=%r: replies not stored (%s)", message.msg_id,
                         type(exc).__name__)  # fmt: skip
             if webhook:
                 await self._send_unrecorded(webhook, replies)
             return
         if not fresh:
-            log.info("dingtalk msg_id=%s was answered before: not sent again", message.msg_id)
+            log.info("dingtalk msg_id=%r was answered before: not sent again", message.msg_id)
             return
         if webhook:
             fresh = await self._send_by_webhook(message.msg_id, webhook, fresh)
@@ -234,7 +242,7 @@ class DingTalkChannel:
             try:
                 await api.reply_by_session(self.http, webhook, text)
             except SendError as exc:
-                log.info("dingtalk msg_id=%s: sessionWebhook failed (%s); using the outbox",
+                log.info("dingtalk msg_id=%r: sessionWebhook failed (%s); using the outbox",
                          msg_id, exc.reason)  # fmt: skip
                 left = rows[n:]
                 await self._settle([k for k, _ in left], sent=False, reason=exc.reason)
