@@ -22,7 +22,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot.app import create_app
 from bot.channels import wecom
@@ -34,7 +34,7 @@ from bot.web import DELIVERY, DISPATCHER
 from config.settings import Secret, Settings, WeComSettings
 from handlers import texts
 from storage import outbox
-from storage.schema import conversations, inbound_messages, visits
+from storage.schema import conversations, inbound_messages, students, visits
 from storage.schema import outbox as outbox_table
 from tests import fake_wecom
 from tests.conftest import FakeClock
@@ -501,6 +501,32 @@ async def test_no_userid_text_or_forged_line_reaches_the_log(
     for secret in (USER, "周小禾", "家庭困难", "家访", TOKEN, AES_KEY, "token-1"):
         assert secret not in ours, secret
     assert "\n2026-03-02 01:00:00 INFO forged" not in ours
+
+
+async def test_a_roster_name_xml_cannot_carry_still_gets_a_readable_passive_reply(
+    wx: Peer, deps: Deps
+) -> None:
+    with deps.db.begin() as conn:
+        conn.execute(
+            update(students).where(students.c.name == "周小禾").values(name="周小禾\uffff\x01")
+        )
+    mid = wx.next_id()
+    listing = await wx.say("名单", msg_id=mid)  # 200, and wechatpy decrypts and parses it
+    assert "周小禾\ufffd\ufffd" in listing and "\uffff" not in listing
+    assert await wx.say("名单", msg_id=mid) == listing  # WeCom's retry gets the same answer
+
+
+async def test_a_reply_with_a_lone_surrogate_is_still_well_formed(
+    wx: Peer, app: web.Application, fake: FakeWeCom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handle(message: InboundMessage) -> list[str]:
+        return ["第\udc80条\ufffe"]
+
+    monkeypatch.setattr(app[DISPATCHER], "handle", handle)
+    assert await wx.say("名单") == "第\ufffd条\ufffd"
+    app[wecom.WECOM].reply_budget = 0.0  # and the same text pushed by message/send
+    assert await wx.say("名单") == ""
+    await eventually(lambda: fake.texts() == ["第\ufffd条\ufffd"])
 
 
 # ---------------------------------------------------------------- retries

@@ -21,6 +21,8 @@ joined by a blank line (passive replies do not count against the per-member send
 Otherwise the request is answered with an empty 200 and, when the turn finishes, its texts go to
 the outbox and from there through ``message/send``. A joined reply over 2,048 bytes also goes the
 outbox way, as several messages: a passive part plus pushed parts could arrive out of order.
+Characters XML 1.0 cannot carry (U+FFFF, most control characters, lone surrogates) are replaced
+by U+FFFD in every reply, so a passive reply is always well-formed XML.
 
 Events: ``subscribe`` and ``enter_agent`` get the greeting and the help text; other events (menu
 clicks and the like, which this app does not use) get an empty 200 and reach no one. Message
@@ -57,6 +59,7 @@ from bot.channels.wecom_crypto import (
     SignatureError,
     WeComCrypto,
     WeComMessage,
+    xml_text,
 )
 from bot.core.ports import Sender
 from bot.core.types import InboundMessage, MessageKind
@@ -268,7 +271,9 @@ class WeComChannel:
         if await self._already_queued(message.message_id):
             flight.deferred = True  # answered empty before (maybe by an earlier process)
             return None
-        replies = [r for r in await dispatcher.handle(message) if r.strip()]
+        # What XML cannot carry becomes U+FFFD, here already: a lone surrogate would break
+        # the byte count below, and pushed replies then read the same as a passive one.
+        replies = [xml_text(r) for r in await dispatcher.handle(message) if r.strip()]
         joined = "\n\n".join(replies)
         if not flight.deferred and joined and len(joined.encode("utf-8")) <= TEXT_LIMIT:
             return joined
