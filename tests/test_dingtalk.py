@@ -41,7 +41,7 @@ from bot.web import DELIVERY
 from config.settings import DingTalkSettings, Secret, Settings
 from handlers import texts
 from storage import outbox
-from storage.schema import conversations, visits
+from storage.schema import conversations, inbound_messages, visits
 from storage.schema import outbox as outbox_table
 from tests.conftest import FakeClock
 from tests.fake_dingtalk import FakeDingTalk
@@ -198,8 +198,11 @@ class Teacher:
         return {**payload, **kw}
 
 
+_STAMPS = itertools.count()  # DingTalk stamps each callback anew: no two share a timestamp
+
+
 def headers_for(clock: FakeClock, secret: str = APP_SECRET, skew_ms: int = 0) -> dict[str, str]:
-    ts = str(epoch_ms(clock.now()) + skew_ms)
+    ts = str(epoch_ms(clock.now()) + skew_ms + next(_STAMPS) % 1000)
     return {"timestamp": ts, "sign": sign(secret, ts)}
 
 
@@ -321,6 +324,59 @@ async def test_an_hour_old_timestamp_is_still_accepted(
         status, _ = await callback(http, server, Teacher(fake, clock).message("家访"), headers)
         await fake.wait_for(fake.batch_sends, 1)
     assert status == 200 and "共5名" in fake.texts(fake.batch_sends)[0]
+
+
+async def test_a_replayed_timestamp_and_sign_are_refused_and_change_nothing(
+    http_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    http: ClientSession,
+) -> None:  # fmt: skip
+    teacher = Teacher(fake, clock)
+    async with serving(http_settings, deps) as server:
+        await callback(http, server, teacher.message("家访"), headers_for(clock))
+        await callback(http, server, teacher.message("周小禾"), headers_for(clock))
+        await fake.wait_for(fake.batch_sends, 2)
+        captured = headers_for(clock)
+        status, _ = await callback(http, server, teacher.message("3"), captured)
+        assert status == 200
+        await fake.wait_for(fake.batch_sends, 3)
+        await eventually(lambda: {r.status for r in outbox_rows(deps)} == {"sent"})
+        # 50 minutes later someone sends the captured header again, with a body of their own
+        clock.advance(minutes=50)
+        status, body = await callback(http, server, teacher.message("取消"), captured)
+        assert status == 403 and "already used" in body["error"]
+        # a second instance on the same database refuses it too
+        async with serving(http_settings, deps) as other:
+            status, _ = await callback(http, other, teacher.message("取消"), captured)
+            assert status == 403
+        await asyncio.sleep(0.1)
+    # the list, the first question, the second one; the teacher's draft is still there
+    assert len(fake.batch_sends) == 3 and "【第2题】" in fake.texts(fake.batch_sends)[2]
+    [visit] = visit_rows(deps)
+    assert visit.status == "draft" and visit.answers == {"method": "电话"}
+
+
+async def test_used_signs_are_forgotten_once_their_hour_is_over(
+    http_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    http: ClientSession,
+) -> None:  # fmt: skip
+    def remembered() -> int:
+        with deps.db.begin() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(inbound_messages)
+                    .where(inbound_messages.c.channel == dingtalk.SIGN_CHANNEL)
+                ).scalar_one()
+            )
+
+    teacher = Teacher(fake, clock)
+    async with serving(http_settings, deps) as server:
+        for _ in range(3):
+            await callback(http, server, teacher.message(msgtype="picture"), headers_for(clock))
+        assert remembered() == 3
+        clock.advance(minutes=66)
+        await callback(http, server, teacher.message(msgtype="picture"), headers_for(clock))
+        assert remembered() == 1  # the three old ones could not pass the ±1 hour check anyway
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """The DingTalk (钉钉) channel: an internal app's robot, in Stream mode or HTTP mode.
 
 Stream mode (default) dials out (`bot.channels.dingtalk_stream`); HTTP mode takes
-`POST /dingtalk/callback`, signed with the `timestamp` and `sign` headers. Both hand the robot
+`POST /dingtalk/callback`, signed with the `timestamp` and `sign` headers, each pair good for one
+request (`UsedSigns`: the sign does not cover the body, so a copied header must not carry a
+second one). Both hand the robot
 message to `DingTalkChannel.handle`: the teacher is `senderStaffId`, the text is trimmed, `msgId`
 de-duplicates (the dispatcher remembers it in the database, so also across restarts).
 
@@ -31,7 +33,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from bot import jsonbody
@@ -47,6 +51,7 @@ from bot.web import DELIVERY, DISPATCHER, SERVING, json_response
 from config.settings import Settings
 from storage import outbox
 from storage.db import Database
+from storage.schema import inbound_messages
 from storage.schema import outbox as outbox_table
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,8 @@ CHANNEL = "dingtalk"
 GROUP_CHANNEL = "dingtalk_group"  # outbox channel of the coordinators' group robot
 GROUP_RECIPIENT = "default"
 MAX_SKEW = timedelta(hours=1)  # HTTP mode: a callback's timestamp may be this far off our clock
+SIGN_CHANNEL = "dingtalk_sign"  # inbound_messages rows that remember HTTP mode's used signs
+SIGN_MARGIN = timedelta(minutes=5)  # kept this much longer than MAX_SKEW: instances' clocks differ
 MAX_ID = 128
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # never in DingTalk's ids; PostgreSQL refuses NUL
 WEBHOOK_GRACE = timedelta(minutes=2)  # a reply row waits this long before the outbox takes it
@@ -142,6 +149,53 @@ def check_signature(timestamp: str | None, sign: str | None, secret: str, now: d
     return 0 if hmac.compare_digest(expected.encode(), sign.encode()) else 403
 
 
+class UsedSigns:
+    """HTTP mode's (timestamp, sign) pairs already accepted: each header is good for one request.
+
+    The sign covers only the timestamp, so a header copied from one genuine callback would
+    otherwise carry any body for the whole hour `MAX_SKEW` allows. The pairs are rows of
+    `inbound_messages` under the channel `SIGN_CHANNEL` (the table the dispatcher de-duplicates
+    message ids in), so every instance on the database refuses the second use. The row's id
+    starts with the zero-padded timestamp: each check first deletes the rows whose timestamp is
+    past the window (a key range of the primary key), so the table holds about an hour of
+    callbacks, and only DingTalk, which knows the secret, can add to it.
+
+    When the database does not answer, the check lets the request through: its turn cannot
+    write anything either (the teacher gets the "busy" apology), so a replay gains nothing.
+    """
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def first_use(self, sent_at: int, sign: str) -> bool:
+        now = self.clock.now()
+        key = f"{sent_at:016d}:{sign}"
+        cutoff = f"{max(api.epoch_ms(now - MAX_SKEW - SIGN_MARGIN), 0):016d}"
+
+        def remember(conn: Connection) -> bool:
+            conn.execute(
+                delete(inbound_messages).where(
+                    inbound_messages.c.channel == SIGN_CHANNEL,
+                    inbound_messages.c.message_id < cutoff,
+                )
+            )
+            make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            stmt = (
+                make_insert(inbound_messages)
+                .values(channel=SIGN_CHANNEL, message_id=key, replies=[], received_at=now)
+                .on_conflict_do_nothing(index_elements=["channel", "message_id"])
+                .returning(inbound_messages.c.message_id)
+            )
+            return conn.execute(stmt).first() is not None
+
+        try:
+            return await self.db.run(remember)
+        except Exception as exc:
+            log.warning("dingtalk: used signs not checked (%s)", type(exc).__name__)
+            return True
+
+
 class DingTalkChannel:
     """Handles one robot message: the turn, then its replies (see the module docstring)."""
 
@@ -165,6 +219,7 @@ class DingTalkChannel:
         self.http = http
         self.oapi_prefix = oapi_base.rstrip("/") + "/"
         self.poke = poke
+        self.used_signs = UsedSigns(db, clock)
         # Turn and replies under one lock per teacher, so answers leave in the order asked.
         self._locks = KeyedLocks()
 
@@ -285,11 +340,15 @@ async def callback(request: web.Request) -> web.Response:
     """`POST /dingtalk/callback` (HTTP mode)."""
     channel = request.app[DINGTALK]
     secret = request.app[_SECRET]
-    status = check_signature(
-        request.headers.get("timestamp"), request.headers.get("sign"), secret, channel.clock.now()
-    )
+    timestamp, sign = request.headers.get("timestamp"), request.headers.get("sign")
+    status = check_signature(timestamp, sign, secret, channel.clock.now())
     if status:
         return json_response({"error": "missing or wrong timestamp/sign"}, status=status)
+    assert timestamp is not None and sign is not None
+    if not await channel.used_signs.first_use(int(timestamp), sign):
+        # A replayed header: refused like a wrong one, and nothing of the body is read.
+        log.warning("dingtalk callback refused: timestamp/sign already used")
+        return json_response({"error": "timestamp/sign already used"}, status=403)
     try:
         payload = jsonbody.loads(await request.read())
     except jsonbody.BadJSON as exc:
