@@ -12,6 +12,8 @@
 - `odd_answers["token" | "batchSend" | "session" | "group"]`: raw bodies the next calls of that
   endpoint get with HTTP 200 instead of the real answer (garbage, a JSON of the wrong shape), as a
   proxy or a broken gateway might send. The message is not recorded as delivered.
+- `hold_next_batch`: seconds the next batchSend waits *after* it delivered the message, before it
+  answers: a client with a shorter timeout gives up on a message the teacher already has.
 
 It is both `DINGTALK_API_BASE` and `DINGTALK_OAPI_BASE`. Nothing here reaches the internet.
 """
@@ -85,6 +87,7 @@ class FakeDingTalk:
         self.group_rejects: list[int] = []
         self._group_times: deque[float] = deque()
         self.odd_answers: dict[str, list[bytes]] = {}
+        self.hold_next_batch = 0.0
         self._arrived = asyncio.Condition()
 
     # ---------------------------------------------------------------- lifecycle
@@ -259,6 +262,8 @@ class FakeDingTalk:
         if (odd := self._odd("batchSend")) is not None:
             return odd
         await self._record(self.batch_sends, Delivery(request.path, body, {"token": token}))
+        hold, self.hold_next_batch = self.hold_next_batch, 0.0
+        await asyncio.sleep(hold)
         result = self.batch_results.pop(0) if self.batch_results else {}
         return web.json_response({"processQueryKey": "pqk", **result})
 

@@ -9,11 +9,14 @@ it was sent, so tests can assert what a teacher would have seen. Knobs:
   ``"http 502"`` an HTTP status, bytes a raw body answered with HTTP 200 (garbage, or JSON that
   is not the documented answer); the message is not delivered;
 - ``token_answers``: raw bodies the next ``gettoken`` calls get with HTTP 200;
-- ``members``: userids that exist; any other ``touser`` gets 81013.
+- ``members``: userids that exist; any other ``touser`` gets 81013;
+- ``hold_next_send``: seconds the next send waits *after* it delivered the message, before it
+  answers (a client with a shorter timeout gives up on a delivered message).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
@@ -50,6 +53,7 @@ class FakeWeCom:
     expire_next_send: bool = False
     failures: list[int | str | bytes] = field(default_factory=list)
     token_answers: list[bytes] = field(default_factory=list)
+    hold_next_send: float = 0.0
     _valid_tokens: set[str] = field(default_factory=set)
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -100,6 +104,8 @@ class FakeWeCom:
             return _err(81013, "user & party & tag all invalid")
         msgtype = body["msgtype"]
         self.sent.append(SentMessage(body["touser"], msgtype, body[msgtype]["content"], body))
+        hold, self.hold_next_send = self.hold_next_send, 0.0
+        await asyncio.sleep(hold)
         return web.json_response(
             {"errcode": 0, "errmsg": "ok", "invaliduser": "", "msgid": f"m{self.send_calls}"}
         )

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select
 
@@ -786,6 +786,37 @@ async def test_network_failures_and_a_bad_secret_are_transient(clock: FakeClock)
         assert not caught.value.permanent and caught.value.reason.startswith("network")
     finally:
         await client.close()
+
+
+async def test_a_send_that_timed_out_after_dingtalk_took_it_is_sent_again(
+    deps: Deps, fake: FakeDingTalk, clock: FakeClock
+) -> None:
+    """At least once: batchSend has no idempotency key, so an unknown outcome means a resend."""
+    client = Http(ClientTimeout(total=0.3))
+    robot = RobotSender(
+        client, AccessToken(client, fake.base, APP_KEY, Secret(APP_SECRET), clock), fake.base,
+        ROBOT_CODE,
+    )  # fmt: skip
+    delivery = OutboxDelivery(deps.db, {"dingtalk": robot}, clock)
+    now = clock.now()
+    await deps.db.run(
+        lambda conn: outbox.enqueue(
+            conn, key="reminder:T001:2026-03-02", channel="dingtalk", recipient=USER,
+            kind="reminder", body="您有5名学生待家访", not_before=now, now=now,
+        )
+    )  # fmt: skip
+    fake.hold_next_batch = 1.0  # delivered, then no answer within the client's timeout
+    try:
+        await delivery.run_once()
+        [row] = outbox_rows(deps)
+        assert row.status == "pending" and row.last_error.endswith("outcome unknown")
+        assert len(fake.batch_sends) == 1  # the teacher has it already
+        clock.advance(seconds=31)
+        await delivery.run_once()
+    finally:
+        await client.close()
+    assert fake.texts(fake.batch_sends) == ["您有5名学生待家访"] * 2
+    assert [r.status for r in outbox_rows(deps)] == ["sent"]
 
 
 ODD_ANSWERS = [

@@ -724,6 +724,25 @@ async def test_transient_failures_are_retried_through_the_outbox(
     assert fake.texts() == ["请今天完成家访"]
 
 
+async def test_a_send_that_timed_out_after_wecom_took_it_is_sent_again(
+    wecom_settings: Settings, deps: Deps, fake: FakeWeCom
+) -> None:
+    """At least once: message/send has no idempotency key (a reply has no duplicate check)."""
+    assert wecom_settings.wecom is not None
+    client = WeComClient(wecom_settings.wecom, deps.clock, timeout=0.3)
+    await client.start()
+    fake.hold_next_send = 1.0  # delivered, then no answer within the client's timeout
+    try:
+        with pytest.raises(SendError) as caught:
+            await client.send(USER, "【第2题】", proactive=False)
+        assert not caught.value.permanent
+        assert caught.value.reason == "wecom message/send timeout, outcome unknown"
+        await client.send(USER, "【第2题】", proactive=False)
+    finally:
+        await client.close()
+    assert fake.texts() == ["【第2题】", "【第2题】"]
+
+
 ODD_ANSWERS = [
     pytest.param(b"<html>upstream ok</html>", id="html"),
     pytest.param(b"", id="empty"),

@@ -7,7 +7,7 @@ second one). Both hand the robot
 message to `DingTalkChannel.handle`: the teacher is `senderStaffId`, the text is trimmed, `msgId`
 de-duplicates (the dispatcher remembers it in the database, so also across restarts).
 
-Replies, exactly once per `msgId`: each reply is first written to the outbox under the key
+Replies, queued once per `msgId`: each reply is first written to the outbox under the key
 `dingtalk:reply:{msgId}:{n}`. A key that already exists means this message was answered before
 (DingTalk redelivered it, or the Stream server pushed it twice), and nothing is sent again. A new
 reply goes out at once through the message's `sessionWebhook` while that is valid and points at
@@ -15,7 +15,10 @@ DingTalk (`DINGTALK_OAPI_BASE`), and its outbox row is marked sent; otherwise, o
 fails, the row is left to the outbox, which sends it with the robot's 1:1 API. In HTTP mode the
 webhook is never used: the `sign` header covers the timestamp but not the body, so a replayed
 header with a forged body could name an outsider's conversation as the webhook. If the process dies
-in between, the outbox sends it a little later (`WEBHOOK_GRACE`): late, but not lost.
+in between, the outbox sends it a little later (`WEBHOOK_GRACE`): late, but not lost. A reply is
+sent exactly once when the outcome of its send is known; when it is not (a timeout after the
+request went out, an unreadable answer, a crash right after sending), it is sent again and may
+arrive twice: neither the sessionWebhook nor batchSend takes an idempotency key.
 
 Messages from a group chat (@-mentions) are answered 1:1, never in the group: the answers name
 students and their families' difficulties.

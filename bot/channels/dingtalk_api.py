@@ -7,6 +7,11 @@ are recorded once. A success status whose body is not the answer the API documen
 an object, a missing `processQueryKey` or `errcode`) is not taken as delivered: it is transient,
 retried, and logged once. Log lines name the API and the error code, never the message text,
 a user id or a token.
+
+None of these APIs takes an idempotency key, so a send whose outcome is unknown (a timeout or a
+dropped connection after the request went out, an unreadable answer) is retried and may then
+arrive twice: at least once, never silently lost. Its reason says "outcome unknown". A send that
+never reached DingTalk (connection refused) or that DingTalk refused is not doubled.
 """
 
 from __future__ import annotations
@@ -112,8 +117,10 @@ async def post_json(
         async with http.session().post(url, json=body, headers=headers) as r:
             raw = await r.read()
             status, retry_after = r.status, _seconds(r.headers.get("Retry-After"))
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
         raise SendError(f"network: {type(exc).__name__}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:  # it may have arrived all the same
+        raise SendError(f"network: {type(exc).__name__}, outcome unknown") from exc
     try:
         data = jsonbody.loads(raw) if raw else None
     except jsonbody.BadJSON:
@@ -129,7 +136,7 @@ def unexpected_answer(api: str, reply: ApiReply) -> SendError:
     """
     shape = "no JSON object" if reply.obj is None else "unexpected fields"
     log.warning("dingtalk %s: HTTP %s with %s in the answer; will retry", api, reply.status, shape)
-    return SendError(f"{api}: unexpected answer (HTTP {reply.status}, {shape})")
+    return SendError(f"{api}: unexpected answer (HTTP {reply.status}, {shape}), outcome unknown")
 
 
 def _seconds(header: str | None) -> float | None:

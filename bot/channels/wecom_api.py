@@ -23,7 +23,9 @@ How failures map onto `SendError` (the reason holds the errcode, never the text 
   ``retry_after``), 45033 (concurrency), HTTP errors, timeouts, connection errors, errcodes we do
   not know, and an answer that is not the documented one (not JSON, not an object, no integer
   ``errcode``, a gettoken without a token): nothing says the message arrived, so it is retried
-  (at least once) and the log says so once;
+  (at least once) and the log says so once. ``message/send`` takes no idempotency key: a send whose
+  outcome is unknown (timeout, dropped connection, unreadable answer; the reason says "outcome
+  unknown") may reach the member twice, except where the duplicate check above applies;
 - transient with a long ``retry_after`` and a warning in the log: set-up problems an operator can
   fix without losing queued messages (wrong secret or CorpID, agent id, the server's IP missing
   from 企业可信IP, API not permitted);
@@ -276,10 +278,13 @@ class WeComClient:
                     log.warning("wecom %s answered HTTP %s", api, response.status)
                     raise SendError(f"wecom {api} HTTP {response.status}")
                 raw = await response.read()
-        except TimeoutError as exc:
-            raise SendError(f"wecom {api} timeout") from exc
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
             raise SendError(f"wecom {api} connection error ({type(exc).__name__})") from exc
+        except TimeoutError as exc:  # the request may have arrived all the same
+            raise SendError(f"wecom {api} timeout, outcome unknown") from exc
+        except aiohttp.ClientError as exc:
+            reason = f"wecom {api} connection error ({type(exc).__name__}), outcome unknown"
+            raise SendError(reason) from exc
         try:
             answer = jsonbody.loads(raw)
         except jsonbody.BadJSON as exc:
@@ -295,7 +300,7 @@ class WeComClient:
 def _unexpected(api: str, what: str) -> SendError:
     """HTTP 200 with an answer that is not the documented one: transient, logged once."""
     log.warning("wecom %s answered HTTP 200 with an unexpected body (%s); will retry", api, what)
-    return SendError(f"wecom {api} unexpected answer ({what})")
+    return SendError(f"wecom {api} unexpected answer ({what}), outcome unknown")
 
 
 def _errcode(answer: Mapping[str, Any]) -> int:
