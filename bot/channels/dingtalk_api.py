@@ -184,7 +184,7 @@ class AccessToken:
         if reply.status != 200:
             # A wrong key or secret is an operator's mistake that gets fixed: keep the messages
             # queued (transient) rather than dropping them.
-            log.warning("dingtalk access token refused: HTTP %s %s", reply.status, reply.code)
+            log.warning("dingtalk access token refused: HTTP %s %r", reply.status, reply.code)
             raise SendError(f"access token: HTTP {reply.status} {reply.code}".strip())
         assert isinstance(token, str) and isinstance(expire_in, int)
         margin = min(TOKEN_MARGIN, timedelta(seconds=expire_in / 2))
@@ -311,7 +311,7 @@ def _raise_for(reply: ApiReply, api: str) -> None:
         # The app lacks a permission or the robot code is wrong: an admin fixes it in the
         # console. Keep the messages queued (and say so in the log) instead of dropping them.
         log.warning(
-            "dingtalk %s refused: %s; fix the app set-up, messages stay queued", api, reply.code
+            "dingtalk %s refused: %r; fix the app set-up, messages stay queued", api, reply.code
         )
         raise SendError(reason, retry_after=SETUP_RETRY)
     raise SendError(reason, permanent=True)  # 400/403/404: a bad user or request
