@@ -141,6 +141,9 @@ async def test_missing_or_wrong_token_is_401_and_changes_nothing(
         (b'{"user": "T001"}', '"text"'),
         (b'{"user": "T001", "text": 5}', '"text"'),
         (b'{"user": "T001", "text": "x", "message_id": 7}', '"message_id"'),
+        (b'{"user": "T001", "text": "x", "message_id": "m1\\n2026 ERROR forged"}', '"message_id"'),
+        (b'{"user": "T001", "text": "x", "message_id": "m\\u0000"}', '"message_id"'),
+        (b'{"user": "T0\\n01", "text": "x"}', '"user"'),
     ],
 )
 async def test_malformed_bodies_are_400(

@@ -7,6 +7,7 @@ answer `{"replies": ["...", ...]}`.
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +18,8 @@ from bot.web import DISPATCHER, SETTINGS, json_response
 
 CHANNEL = "api"
 MAX_ID = 128
+# Ids reach log lines (the dispatcher's) and PostgreSQL, which refuses NUL: no control characters.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -54,10 +57,13 @@ def _validate(body: Any) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
     user, text, mid = body.get("user"), body.get("text"), body.get("message_id")
-    if not isinstance(user, str) or not user.strip() or len(user) > MAX_ID:
+    staff = user.strip() if isinstance(user, str) else ""  # surrounding space is trimmed
+    if not staff or len(staff) > MAX_ID or _CONTROL.search(staff):
         return '"user" must be a staff number (text)'
     if not isinstance(text, str):
         return '"text" must be text'
-    if mid is not None and (not isinstance(mid, str) or not mid or len(mid) > MAX_ID):
-        return '"message_id" must be text of at most 128 characters'
+    if mid is not None and (
+        not isinstance(mid, str) or not mid or len(mid) > MAX_ID or _CONTROL.search(mid)
+    ):
+        return '"message_id" must be text of at most 128 characters, no control characters'
     return None
