@@ -9,6 +9,11 @@
 - `POST /robot/sendBySession` is the sessionWebhook (`session_errors` scripts failures).
 - `POST /robot/send` is a custom group robot: it checks the signed URL and answers `130101` once
   20 messages arrived within a minute of `now()`.
+- `odd_answers["token" | "batchSend" | "session" | "group"]`: raw bodies the next calls of that
+  endpoint get with HTTP 200 instead of the real answer (garbage, a JSON of the wrong shape), as a
+  proxy or a broken gateway might send. The message is not recorded as delivered.
+- `hold_next_batch`: seconds the next batchSend waits *after* it delivered the message, before it
+  answers: a client with a shorter timeout gives up on a message the teacher already has.
 
 It is both `DINGTALK_API_BASE` and `DINGTALK_OAPI_BASE`. Nothing here reaches the internet.
 """
@@ -81,6 +86,8 @@ class FakeDingTalk:
         self.group_messages: list[Delivery] = []
         self.group_rejects: list[int] = []
         self._group_times: deque[float] = deque()
+        self.odd_answers: dict[str, list[bytes]] = {}
+        self.hold_next_batch = 0.0
         self._arrived = asyncio.Condition()
 
     # ---------------------------------------------------------------- lifecycle
@@ -219,8 +226,17 @@ class FakeDingTalk:
         self._transport.abort()
 
     # ---------------------------------------------------------------- OpenAPI
+    def _odd(self, endpoint: str) -> web.Response | None:
+        """The next scripted odd answer of `endpoint` (HTTP 200, any body), if there is one."""
+        queue = self.odd_answers.get(endpoint)
+        if not queue:
+            return None
+        return web.Response(body=queue.pop(0), content_type="application/json")
+
     async def _token(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if (odd := self._odd("token")) is not None:
+            return odd
         if (body.get("appKey"), body.get("appSecret")) != (self.app_key, self.app_secret):
             return web.json_response({"code": "invalidClientIdOrSecret"}, status=400)
         token = f"token-{len(self.issued) + 1}"
@@ -243,7 +259,11 @@ class FakeDingTalk:
         if self.batch_errors:
             status, error = self.batch_errors.pop(0)
             return web.json_response(error, status=status)
+        if (odd := self._odd("batchSend")) is not None:
+            return odd
         await self._record(self.batch_sends, Delivery(request.path, body, {"token": token}))
+        hold, self.hold_next_batch = self.hold_next_batch, 0.0
+        await asyncio.sleep(hold)
         result = self.batch_results.pop(0) if self.batch_results else {}
         return web.json_response({"processQueryKey": "pqk", **result})
 
@@ -252,6 +272,8 @@ class FakeDingTalk:
         if self.session_errors:
             status, error = self.session_errors.pop(0)
             return web.json_response(error, status=status)
+        if (odd := self._odd("session")) is not None:
+            return odd
         text = body.get("text") if body.get("msgtype") == "text" else None
         if not self._check(isinstance(text, dict) and isinstance(text.get("content"), str), "text"):
             return web.json_response({"errcode": 40035, "errmsg": "bad message"})
@@ -271,6 +293,8 @@ class FakeDingTalk:
             self._group_times.popleft()
         if len(self._group_times) >= 20:
             return self._group_error(130101, "send too fast, exceed 20 times per minute")
+        if (odd := self._odd("group")) is not None:
+            return odd
         self._group_times.append(now)
         await self._record(self.group_messages, Delivery(request.path, await request.json()))
         return web.json_response({"errcode": 0, "errmsg": "ok"})

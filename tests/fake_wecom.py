@@ -6,12 +6,17 @@ it was sent, so tests can assert what a teacher would have seen. Knobs:
 - ``expire_next_send``: the next send answers errcode 42001 (token expired) once, and the token
   it was given stops working;
 - ``failures``: the next sends fail, in order: an int is an errcode (-1, 45009 ...), a string
-  ``"http 502"`` an HTTP status;
-- ``members``: userids that exist; any other ``touser`` gets 81013.
+  ``"http 502"`` an HTTP status, bytes a raw body answered with HTTP 200 (garbage, or JSON that
+  is not the documented answer); the message is not delivered;
+- ``token_answers``: raw bodies the next ``gettoken`` calls get with HTTP 200;
+- ``members``: userids that exist; any other ``touser`` gets 81013;
+- ``hold_next_send``: seconds the next send waits *after* it delivered the message, before it
+  answers (a client with a shorter timeout gives up on a delivered message).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator
@@ -46,7 +51,9 @@ class FakeWeCom:
     send_calls: int = 0
     sent: list[SentMessage] = field(default_factory=list)
     expire_next_send: bool = False
-    failures: list[int | str] = field(default_factory=list)
+    failures: list[int | str | bytes] = field(default_factory=list)
+    token_answers: list[bytes] = field(default_factory=list)
+    hold_next_send: float = 0.0
     _valid_tokens: set[str] = field(default_factory=set)
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -61,6 +68,8 @@ class FakeWeCom:
 
     async def gettoken(self, request: web.Request) -> web.Response:
         self.gettoken_calls += 1
+        if self.token_answers:
+            return web.Response(body=self.token_answers.pop(0), content_type="application/json")
         if request.query.get("corpid") != self.corp_id:
             return _err(40013, "invalid corpid")
         if request.query.get("corpsecret") != self.secret:
@@ -82,6 +91,8 @@ class FakeWeCom:
             return _err(42001, "access_token expired")
         if self.failures:
             failure = self.failures.pop(0)
+            if isinstance(failure, bytes):
+                return web.Response(body=failure, content_type="application/json")
             if isinstance(failure, str):
                 return web.Response(status=int(failure.split()[1]), text="bad gateway")
             return _err(failure, "failure on request")
@@ -93,6 +104,8 @@ class FakeWeCom:
             return _err(81013, "user & party & tag all invalid")
         msgtype = body["msgtype"]
         self.sent.append(SentMessage(body["touser"], msgtype, body[msgtype]["content"], body))
+        hold, self.hold_next_send = self.hold_next_send, 0.0
+        await asyncio.sleep(hold)
         return web.json_response(
             {"errcode": 0, "errmsg": "ok", "invaliduser": "", "msgid": f"m{self.send_calls}"}
         )

@@ -10,15 +10,15 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select
 
@@ -41,19 +41,19 @@ from bot.web import DELIVERY
 from config.settings import DingTalkSettings, Secret, Settings
 from handlers import texts
 from storage import outbox
-from storage.schema import conversations, visits
+from storage.schema import conversations, inbound_messages, visits
 from storage.schema import outbox as outbox_table
 from tests.conftest import FakeClock
 from tests.fake_dingtalk import FakeDingTalk
 from tests.test_conversation import TABLET_VISIT
 
-VECTORS_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "protocols" / "vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "vectors.json"
 APP_KEY, APP_SECRET, ROBOT_CODE = "dingapp123", "app-secret-for-tests", "dingrobot123"
 USER = "dt_zhang"  # T001's DingTalk userid in the demo roster
 CHECKIN = ["家访", "周小禾", *TABLET_VISIT, "提交"]
 
 
-# ---------------------------------------------------------------- the shared vectors
+# ---------------------------------------------------------------- the protocol vectors
 
 
 def _sign_vectors() -> list[Any]:
@@ -69,9 +69,7 @@ def _sign_vectors() -> list[Any]:
 @pytest.mark.parametrize("vector", _sign_vectors())
 def test_dingtalk_sign_vectors(vector: dict[str, Any] | None) -> None:
     if vector is None:
-        pytest.fail(
-            f"{VECTORS_PATH} is missing or has no DingTalk sign vectors: put shared/ beside"
-        )
+        pytest.fail(f"{VECTORS_PATH} is missing or has no DingTalk sign vectors")
     inputs, expected = vector["inputs"], vector["expected"]
     assert sign(inputs["secret"], inputs["timestamp"]) == expected["sign"]
     assert sign(inputs["secret"], int(inputs["timestamp"])) == expected["sign"]
@@ -200,8 +198,11 @@ class Teacher:
         return {**payload, **kw}
 
 
+_STAMPS = itertools.count()  # DingTalk stamps each callback anew: no two share a timestamp
+
+
 def headers_for(clock: FakeClock, secret: str = APP_SECRET, skew_ms: int = 0) -> dict[str, str]:
-    ts = str(epoch_ms(clock.now()) + skew_ms)
+    ts = str(epoch_ms(clock.now()) + skew_ms + next(_STAMPS) % 1000)
     return {"timestamp": ts, "sign": sign(secret, ts)}
 
 
@@ -212,6 +213,13 @@ async def callback(
     headers = {**headers, "Content-Type": "application/json; charset=utf-8"}
     async with http.post(server.make_url("/dingtalk/callback"), data=data, headers=headers) as r:
         return r.status, await r.json()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until `check()` holds; a TimeoutError fails the test instead of hanging it."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
 
 
 def count(deps: Deps, table: Any) -> int:
@@ -318,12 +326,73 @@ async def test_an_hour_old_timestamp_is_still_accepted(
     assert status == 200 and "共5名" in fake.texts(fake.batch_sends)[0]
 
 
+async def test_a_replayed_timestamp_and_sign_are_refused_and_change_nothing(
+    http_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    http: ClientSession,
+) -> None:  # fmt: skip
+    teacher = Teacher(fake, clock)
+    async with serving(http_settings, deps) as server:
+        await callback(http, server, teacher.message("家访"), headers_for(clock))
+        await callback(http, server, teacher.message("周小禾"), headers_for(clock))
+        await fake.wait_for(fake.batch_sends, 2)
+        captured = headers_for(clock)
+        status, _ = await callback(http, server, teacher.message("3"), captured)
+        assert status == 200
+        await fake.wait_for(fake.batch_sends, 3)
+        await eventually(lambda: {r.status for r in outbox_rows(deps)} == {"sent"})
+        # 50 minutes later someone sends the captured header again, with a body of their own
+        clock.advance(minutes=50)
+        status, body = await callback(http, server, teacher.message("取消"), captured)
+        assert status == 403 and "already used" in body["error"]
+        # a second instance on the same database refuses it too
+        async with serving(http_settings, deps) as other:
+            status, _ = await callback(http, other, teacher.message("取消"), captured)
+            assert status == 403
+        await asyncio.sleep(0.1)
+    # the list, the first question, the second one; the teacher's draft is still there
+    assert len(fake.batch_sends) == 3 and "【第2题】" in fake.texts(fake.batch_sends)[2]
+    [visit] = visit_rows(deps)
+    assert visit.status == "draft" and visit.answers == {"method": "电话"}
+
+
+async def test_used_signs_are_forgotten_once_their_hour_is_over(
+    http_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    http: ClientSession,
+) -> None:  # fmt: skip
+    def remembered() -> int:
+        with deps.db.begin() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(inbound_messages)
+                    .where(inbound_messages.c.channel == dingtalk.SIGN_CHANNEL)
+                ).scalar_one()
+            )
+
+    teacher = Teacher(fake, clock)
+    async with serving(http_settings, deps) as server:
+        for _ in range(3):
+            await callback(http, server, teacher.message(msgtype="picture"), headers_for(clock))
+        assert remembered() == 3
+        clock.advance(minutes=66)
+        await callback(http, server, teacher.message(msgtype="picture"), headers_for(clock))
+        assert remembered() == 1  # the three old ones could not pass the ±1 hour check anyway
+
+
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
         (b"{not json", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
         (b"[1, 2]", "JSON object"),
+        # 10,000 levels (~50 KB): json.loads alone would die of a RecursionError (HTTP 500)
+        pytest.param(b"[" * 10_000 + b"]" * 10_000, "nested deeper than 32", id="deep-list"),
+        pytest.param(
+            b'{"msgId": "m1", "msgtype": "text", "n": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+            "nested deeper than 32",
+            id="deep-object-in-a-message",
+        ),
+        pytest.param(b"[" * 33 + b"]" * 33, "nested deeper than 32", id="33-levels"),
         (b'{"msgtype": "text", "text": {"content": "x"}}', "msgId"),
         (b'{"msgId": "m1", "msgtype": "text", "text": {}}', "text.content"),
     ],
@@ -422,6 +491,33 @@ async def test_replies_fall_back_to_the_robot_1to1_api(
     assert "共5名" in fake.texts([sent])[0]
     [row] = outbox_rows(deps)
     assert (row.channel, row.recipient, row.status) == ("dingtalk", USER, "sent")
+
+
+async def test_log_lines_escape_client_supplied_ids_and_never_name_the_sender(
+    http_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    http: ClientSession, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    # U+2028 and U+0085 end a line for many log viewers; C0 controls are refused outright
+    outsider = Teacher(fake, clock, user=None).message("家访", msgId="m-1\u2028ERROR forged")
+    again = Teacher(fake, clock).message("家访", msgId="m-2\u2029ERROR forged too")
+    async with serving(http_settings, deps) as server:
+        assert (await callback(http, server, outsider, headers_for(clock)))[0] == 200
+        for _ in range(2):  # the second time it "was answered before"
+            assert (await callback(http, server, again, headers_for(clock)))[0] == 200
+        for control in ("m-3\n2026-03-02 ERROR forged", "m-4\x00", "m-5\x85"):
+            status, body = await callback(
+                http, server, Teacher(fake, clock).message("家访", msgId=control),
+                headers_for(clock),
+            )  # fmt: skip
+            assert status == 400 and "control characters" in body["error"]
+        await fake.wait_for(fake.batch_sends, 1)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("bot."))
+    assert "msg_id='m-1\\u2028ERROR forged' has no senderStaffId" in ours
+    assert "msg_id='m-2\\u2029ERROR forged too' was answered before" in ours
+    assert not any(c in ours for c in "\u2028\u2029\x00\x85") and "m-3" not in ours
+    assert USER not in ours and "家访" not in ours and "token-1" not in ours
+    assert len(fake.batch_sends) == 1
 
 
 async def test_stream_mode_has_no_callback_route(
@@ -558,6 +654,51 @@ async def test_stream_shrugs_off_odd_frames(
     assert fake.connections == 1
 
 
+async def test_stream_ignores_absurdly_nested_frames_and_keeps_the_connection(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    deep_data = '{"msgId": "m-deep", "a":' * 10_000 + "1" + "}" * 10_000
+    robot_frame = {
+        "type": "CALLBACK",
+        "headers": {"topic": "/v1.0/im/bot/messages/get", "messageId": "r-\n-deep"},
+        "data": deep_data,
+    }
+    async with serving(stream_settings, deps):
+        await fake.send("[" * 10_000 + "]" * 10_000)  # no messageId can be read: no ack
+        ack = await fake.push(robot_frame)  # acked, then its data is refused
+        assert ack["code"] == 200
+        assert "共5名" in await say(fake, Teacher(fake, clock).message("家访"))
+    assert fake.connections == 1 and fake.opens == 1
+    assert "robot frame 'r-\\n-deep' ignored: JSON nested deeper than 32" in caplog.text
+    assert "RecursionError" not in caplog.text
+
+
+@dataclass(frozen=True)
+class RecordingBackoff(Backoff):
+    """The real backoff, remembering each delay the client slept before it tried again."""
+
+    slept: list[float] = field(default_factory=list)
+
+    def after(self, delay: float) -> float:
+        self.slept.append(delay)
+        return super().after(delay)
+
+
+async def test_stream_backoff_starts_over_once_a_connection_was_established(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backoff = RecordingBackoff(first=0.001, cap=0.05)
+    monkeypatch.setattr(StreamClient, "backoff", backoff)
+    fake.refuse_open = 8
+    async with serving(stream_settings, deps):
+        await fake.wait_connected()
+        assert backoff.slept == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.05, 0.05]
+        await fake.drop()  # the connection dies before it delivered a single frame
+        await fake.wait_connected(connections=2)
+    assert backoff.slept[8] == 0.001  # the outage is over: the next wait is the first one
+
+
 # ---------------------------------------------------------------- proactive 1:1 (batchSend)
 
 
@@ -645,6 +786,118 @@ async def test_network_failures_and_a_bad_secret_are_transient(clock: FakeClock)
         assert not caught.value.permanent and caught.value.reason.startswith("network")
     finally:
         await client.close()
+
+
+async def test_a_send_that_timed_out_after_dingtalk_took_it_is_sent_again(
+    deps: Deps, fake: FakeDingTalk, clock: FakeClock
+) -> None:
+    """At least once: batchSend has no idempotency key, so an unknown outcome means a resend."""
+    client = Http(ClientTimeout(total=0.3))
+    robot = RobotSender(
+        client, AccessToken(client, fake.base, APP_KEY, Secret(APP_SECRET), clock), fake.base,
+        ROBOT_CODE,
+    )  # fmt: skip
+    delivery = OutboxDelivery(deps.db, {"dingtalk": robot}, clock)
+    now = clock.now()
+    await deps.db.run(
+        lambda conn: outbox.enqueue(
+            conn, key="reminder:T001:2026-03-02", channel="dingtalk", recipient=USER,
+            kind="reminder", body="您有5名学生待家访", not_before=now, now=now,
+        )
+    )  # fmt: skip
+    fake.hold_next_batch = 1.0  # delivered, then no answer within the client's timeout
+    try:
+        await delivery.run_once()
+        [row] = outbox_rows(deps)
+        assert row.status == "pending" and row.last_error.endswith("outcome unknown")
+        assert len(fake.batch_sends) == 1  # the teacher has it already
+        clock.advance(seconds=31)
+        await delivery.run_once()
+    finally:
+        await client.close()
+    assert fake.texts(fake.batch_sends) == ["您有5名学生待家访"] * 2
+    assert [r.status for r in outbox_rows(deps)] == ["sent"]
+
+
+ODD_ANSWERS = [
+    pytest.param(b"<html>upstream ok</html>", id="html"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"[]", id="a-list"),
+    pytest.param(b'"ok"', id="a-string"),
+    pytest.param(b"{}", id="empty-object"),
+    pytest.param(b'{"result": "ok"}', id="other-fields"),
+    pytest.param(b"[" * 10_000 + b"]" * 10_000, id="nested-10000-deep"),
+]
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_a_batch_send_with_an_odd_success_body_is_retried_not_counted_as_sent(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO)
+    fake.odd_answers["batchSend"] = [odd]
+    now = clock.now()
+    async with serving(stream_settings, deps) as server:
+        await deps.db.run(
+            lambda conn: outbox.enqueue(
+                conn, key="reminder:T001:2026-03-02", channel="dingtalk", recipient=USER,
+                kind="reminder", body="您有5名学生待家访", not_before=now, now=now,
+            )
+        )  # fmt: skip
+        delivery = server.app[DELIVERY]
+        delivery.poke()
+        await eventually(lambda: outbox_rows(deps)[0].last_error is not None)
+        [row] = outbox_rows(deps)
+        assert row.status == "pending" and "unexpected answer" in row.last_error
+        clock.advance(seconds=31)
+        delivery.poke()
+        [sent] = await fake.wait_for(fake.batch_sends, 1)
+        await eventually(lambda: outbox_rows(deps)[0].status == "sent")
+    assert fake.texts([sent]) == ["您有5名学生待家访"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if w.startswith("dingtalk batchSend: HTTP 200")]) == 1
+    for secret in (USER, "token-1", "您有5名"):
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_a_session_webhook_with_an_odd_success_body_falls_back_to_batch_send(
+    stream_settings: Settings, deps: Deps, fake: FakeDingTalk, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    fake.odd_answers["session"] = [odd]
+    async with serving(stream_settings, deps):
+        await fake.push_robot(Teacher(fake, clock).message("家访"))
+        [sent] = await fake.wait_for(fake.batch_sends, 1)
+        await eventually(lambda: outbox_rows(deps)[0].status == "sent")
+    assert fake.session_replies == [] and "共5名" in fake.texts([sent])[0]
+    assert "dingtalk sessionWebhook: HTTP 200 with" in caplog.text
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_odd_success_bodies_from_the_group_robot_and_the_token_are_transient(
+    fake: FakeDingTalk, clock: FakeClock, robot: RobotSender,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    fake.odd_answers["group"] = [odd]
+    sender = group_sender(fake, clock)
+    try:
+        with pytest.raises(SendError) as caught:
+            await sender.send("default", "日报")
+    finally:
+        await sender.http.close()
+    assert not caught.value.permanent and "unexpected answer" in caught.value.reason
+    fake.odd_answers["token"] = [odd]
+    with pytest.raises(SendError) as caught:
+        await robot.send(USER, "提醒")
+    assert not caught.value.permanent and "unexpected answer" in caught.value.reason
+    assert fake.batch_sends == [] and fake.group_messages == []
+    await robot.send(USER, "提醒")  # the next try fetches a token and sends
+    assert len(fake.batch_sends) == 1
+    assert "dingtalk group robot: HTTP 200" in caplog.text
+    assert "dingtalk access token: HTTP 200" in caplog.text
+    assert "grouptoken" not in caplog.text and APP_SECRET not in caplog.text
 
 
 async def test_reminders_through_the_outbox_reach_dingtalk(

@@ -129,10 +129,21 @@ async def test_missing_or_wrong_token_is_401_and_changes_nothing(
         (b"{not json", "not valid JSON"),
         (b"\xff\xfe", "not valid JSON"),
         (b"[1, 2]", "JSON object"),
+        # 10,000 levels (~50 KB): json.loads alone would die of a RecursionError (HTTP 500)
+        pytest.param(b"[" * 10_000 + b"]" * 10_000, "nested deeper than 32", id="deep-list"),
+        pytest.param(
+            b'{"user": "T001", "text": "x", "n": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001,
+            "nested deeper than 32",
+            id="deep-object-in-a-message",
+        ),
+        pytest.param(b"[" * 33 + b"]" * 33, "nested deeper than 32", id="33-levels"),
         (b'{"text": "hi"}', '"user"'),
         (b'{"user": "T001"}', '"text"'),
         (b'{"user": "T001", "text": 5}', '"text"'),
         (b'{"user": "T001", "text": "x", "message_id": 7}', '"message_id"'),
+        (b'{"user": "T001", "text": "x", "message_id": "m1\\n2026 ERROR forged"}', '"message_id"'),
+        (b'{"user": "T001", "text": "x", "message_id": "m\\u0000"}', '"message_id"'),
+        (b'{"user": "T0\\n01", "text": "x"}', '"user"'),
     ],
 )
 async def test_malformed_bodies_are_400(

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -21,7 +22,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot.app import create_app
 from bot.channels import wecom
@@ -33,7 +34,7 @@ from bot.web import DELIVERY, DISPATCHER
 from config.settings import Secret, Settings, WeComSettings
 from handlers import texts
 from storage import outbox
-from storage.schema import conversations, inbound_messages, visits
+from storage.schema import conversations, inbound_messages, students, visits
 from storage.schema import outbox as outbox_table
 from tests import fake_wecom
 from tests.conftest import FakeClock
@@ -458,14 +459,74 @@ async def test_other_events_get_an_empty_200_and_touch_nothing(wx: Peer, deps: D
 
 
 async def test_the_same_event_delivered_twice_is_answered_from_the_first(
-    wx: Peer, deps: Deps
+    wx: Peer, deps: Deps, wecom_settings: Settings, http: ClientSession, clock: FakeClock
 ) -> None:
     xml = message_xml(msg_type="event", event="enter_agent", create_time=1772413999)
     first, second = await wx.post(xml), await wx.post(xml)
     assert wx.open(first[1]) == wx.open(second[1]) != ""
+    async with TestServer(create_app(wecom_settings, deps), host="127.0.0.1") as restarted:
+        third = await Peer(http, restarted, clock).post(xml)  # the same id after a restart
+    assert wx.open(third[1]) == wx.open(first[1])
     with deps.db.begin() as conn:
-        ids = conn.execute(select(inbound_messages.c.message_id)).scalars().all()
-    assert ids == [f"{USER}:1772413999"]
+        [event_id] = conn.execute(select(inbound_messages.c.message_id)).scalars().all()
+    # told apart by sender and CreateTime, but the id does not spell out the member's UserID
+    assert USER not in event_id and "1772413999" not in event_id
+
+
+async def test_no_userid_text_or_forged_line_reaches_the_log(
+    wx: Peer, app: web.Application, fake: FakeWeCom, deps: Deps,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    app[wecom.WECOM].reply_budget = 0.0  # every turn over budget: the log line quotes its id
+    status, _ = await wx.post(message_xml(msg_type="event", event="subscribe"))
+    assert status == 200
+    await wx.send("家访", msg_id=None)  # a numbered MsgId
+    await wx.post(message_xml("周小禾"))  # no MsgId at all: sender and CreateTime
+    forged = f"{USER}\n2026-03-02 01:00:00 INFO forged line"
+    await wx.post(message_xml("继续", msg_id=forged, create_time=1772413201))
+    await eventually(lambda: len(fake.sent) == 4)
+    real = app[DISPATCHER].handle
+    detail = f"row for {USER} 周小禾 家庭困难 refused"  # the traceback shows the raise line only
+
+    async def failing(message: InboundMessage) -> list[str]:
+        await real(message)
+        raise RuntimeError(detail)
+
+    monkeypatch.setattr(app[DISPATCHER], "handle", failing)
+    await wx.send("1")
+    await eventually(lambda: "wecom reply task failed" in caplog.text)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("bot."))
+    assert "turn over budget" in ours and "RuntimeError" in ours
+    for secret in (USER, "周小禾", "家庭困难", "家访", TOKEN, AES_KEY, "token-1"):
+        assert secret not in ours, secret
+    assert "\n2026-03-02 01:00:00 INFO forged" not in ours
+
+
+async def test_a_roster_name_xml_cannot_carry_still_gets_a_readable_passive_reply(
+    wx: Peer, deps: Deps
+) -> None:
+    with deps.db.begin() as conn:
+        conn.execute(
+            update(students).where(students.c.name == "周小禾").values(name="周小禾\uffff\x01")
+        )
+    mid = wx.next_id()
+    listing = await wx.say("名单", msg_id=mid)  # 200, and wechatpy decrypts and parses it
+    assert "周小禾\ufffd\ufffd" in listing and "\uffff" not in listing
+    assert await wx.say("名单", msg_id=mid) == listing  # WeCom's retry gets the same answer
+
+
+async def test_a_reply_with_a_lone_surrogate_is_still_well_formed(
+    wx: Peer, app: web.Application, fake: FakeWeCom, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handle(message: InboundMessage) -> list[str]:
+        return ["第\udc80条\ufffe"]
+
+    monkeypatch.setattr(app[DISPATCHER], "handle", handle)
+    assert await wx.say("名单") == "第\ufffd条\ufffd"
+    app[wecom.WECOM].reply_budget = 0.0  # and the same text pushed by message/send
+    assert await wx.say("名单") == ""
+    await eventually(lambda: fake.texts() == ["第\ufffd条\ufffd"])
 
 
 # ---------------------------------------------------------------- retries
@@ -661,6 +722,73 @@ async def test_transient_failures_are_retried_through_the_outbox(
     [row] = outbox_rows(deps)
     assert (row.status, row.attempts) == ("sent", 3)
     assert fake.texts() == ["请今天完成家访"]
+
+
+async def test_a_send_that_timed_out_after_wecom_took_it_is_sent_again(
+    wecom_settings: Settings, deps: Deps, fake: FakeWeCom
+) -> None:
+    """At least once: message/send has no idempotency key (a reply has no duplicate check)."""
+    assert wecom_settings.wecom is not None
+    client = WeComClient(wecom_settings.wecom, deps.clock, timeout=0.3)
+    await client.start()
+    fake.hold_next_send = 1.0  # delivered, then no answer within the client's timeout
+    try:
+        with pytest.raises(SendError) as caught:
+            await client.send(USER, "【第2题】", proactive=False)
+        assert not caught.value.permanent
+        assert caught.value.reason == "wecom message/send timeout, outcome unknown"
+        await client.send(USER, "【第2题】", proactive=False)
+    finally:
+        await client.close()
+    assert fake.texts() == ["【第2题】", "【第2题】"]
+
+
+ODD_ANSWERS = [
+    pytest.param(b"<html>upstream ok</html>", id="html"),
+    pytest.param(b"", id="empty"),
+    pytest.param(b"[]", id="a-list"),
+    pytest.param(b"{}", id="empty-object"),
+    pytest.param(b'{"errmsg": "ok"}', id="no-errcode"),
+    pytest.param(b'{"errcode": "0"}', id="errcode-as-text"),
+    pytest.param(b"[" * 10_000 + b"]" * 10_000, id="nested-10000-deep"),
+]
+
+
+@pytest.mark.parametrize("odd", ODD_ANSWERS)
+async def test_an_odd_success_body_from_message_send_is_retried_not_counted_as_sent(
+    client: WeComClient, app: web.Application, fake: FakeWeCom, deps: Deps, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture, odd: bytes,
+) -> None:  # fmt: skip
+    fake.failures = [odd]
+    put(deps, "r1", "请今天完成家访")
+    delivery = app[DELIVERY]
+    await delivery.run_once()
+    [row] = outbox_rows(deps)
+    assert row.status == "pending" and "unexpected answer" in row.last_error
+    clock.advance(seconds=30)
+    await delivery.run_once()
+    [row] = outbox_rows(deps)
+    assert (row.status, row.attempts) == ("sent", 2) and fake.texts() == ["请今天完成家访"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    odd_lines = [w for w in warnings if "unexpected body" in w]
+    assert len(odd_lines) == 1 and odd_lines[0].startswith("wecom message/send answered HTTP 200")
+    for secret in (USER, "token-1", "请今天"):
+        assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "odd", [*ODD_ANSWERS, pytest.param(b'{"errcode": 0, "errmsg": "ok"}', id="no-token")]
+)
+async def test_an_odd_success_body_from_gettoken_is_transient(
+    client: WeComClient, fake: FakeWeCom, caplog: pytest.LogCaptureFixture, odd: bytes
+) -> None:
+    fake.token_answers = [odd]
+    with pytest.raises(SendError) as caught:
+        await client.send(USER, "提醒")
+    assert not caught.value.permanent and "unexpected answer" in caught.value.reason
+    assert fake.sent == [] and "wecom gettoken answered HTTP 200" in caplog.text
+    await client.send(USER, "提醒")
+    assert fake.texts() == ["提醒"]
 
 
 async def test_api_frequency_limit_asks_for_a_minute(client: WeComClient, fake: FakeWeCom) -> None:

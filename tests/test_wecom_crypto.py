@@ -1,8 +1,8 @@
 """WeCom callback crypto: published vectors, wechatpy as an independent peer, hostile input.
 
-The vectors live in ``shared/protocols/vectors.json`` beside the repository (CI copies ``shared/``
-next to its fresh clone). A missing file fails the run: silently skipping would hide the only
-published ground truth.
+The vectors live in ``tests/vectors/vectors.json``, a copy of the project's verified protocol
+vectors kept in the repository so a plain clone runs them. A missing file fails the run: silently
+skipping would hide the only published ground truth.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ try:  # wechatpy >= 2 names the WeCom package `work`; 1.8.x (pinned in the venv)
 except ImportError:
     from wechatpy.enterprise import crypto as peer
 
-VECTORS_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "protocols" / "vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "vectors.json"
 WX_KINDS = {"wx_decrypt", "wx_encrypt", "wx_sha1_sorted"}
 
 # The official example (doc 91144), self-contained so the hostile-input tests need no JSON.
@@ -70,8 +70,8 @@ def _cases(kind: str) -> list[Any]:
 
 def _fail_missing() -> NoReturn:
     pytest.fail(
-        f"{VECTORS_PATH} is missing: put a copy of shared/ beside the repository "
-        "(CI does this; the vectors are the only published ground truth)"
+        f"{VECTORS_PATH} is missing: it belongs to the repository "
+        "(the vectors are the only published ground truth)"
     )
 
 
@@ -146,6 +146,15 @@ def _signature_in(reply_xml: str) -> str:
 
 
 # -- published vectors
+
+
+def test_the_vectors_are_part_of_the_repository() -> None:
+    """A plain clone must run every vector: nothing may be read from outside the repository."""
+    repo = Path(__file__).resolve().parents[1]
+    assert VECTORS_PATH.is_relative_to(repo) and VECTORS_PATH.is_file()
+    outside = "/".join(["..", "shared"])  # spelled so that this file does not match itself
+    for test_file in Path(__file__).parent.glob("*.py"):
+        assert outside not in test_file.read_text("utf-8"), test_file.name
 
 
 def test_every_wecom_vector_is_exercised() -> None:
@@ -611,17 +620,41 @@ def test_reply_envelope_has_the_passive_reply_shape() -> None:
 
 
 @pytest.mark.parametrize(
-    ("timestamp", "content"),
+    ("timestamp", "nonce"),
     [
-        pytest.param("12<34", "hi", id="timestamp-markup"),
-        pytest.param("", "hi", id="timestamp-empty"),
-        pytest.param(TS, "bell \x07", id="control-character"),
-        pytest.param(TS, "\udc80", id="lone-surrogate"),
+        pytest.param("12<34", NONCE, id="timestamp-markup"),
+        pytest.param("", NONCE, id="timestamp-empty"),
+        pytest.param(TS, "n\x00", id="nonce-control-character"),
     ],
 )
-def test_reply_refuses_what_xml_cannot_carry(timestamp: str, content: str) -> None:
+def test_reply_refuses_a_bad_timestamp_or_nonce(timestamp: str, nonce: str) -> None:
     with pytest.raises(ValueError):
-        _ours().encrypt_reply("u", content, timestamp=timestamp, nonce=NONCE, create_time=1)
+        _ours().encrypt_reply("u", "hi", timestamp=timestamp, nonce=nonce, create_time=1)
+
+
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        pytest.param("周小禾\uffff", "周小禾\ufffd", id="U+FFFF"),
+        pytest.param("a\ufffeb", "a\ufffdb", id="U+FFFE"),
+        pytest.param("bell \x07 nul \x00 esc \x1b", "bell \ufffd nul \ufffd esc \ufffd", id="C0"),
+        pytest.param("x\udc80y\ud800", "x\ufffdy\ufffd", id="lone-surrogates"),
+        pytest.param(
+            "tab\tline\ncr\r ok \U0001f600 \ufffd",
+            "tab\tline\ncr\r ok \U0001f600 \ufffd",
+            id="allowed-as-is",
+        ),
+    ],
+)
+def test_reply_replaces_what_xml_cannot_carry_and_peer_can_read_it(
+    content: str, shown: str
+) -> None:
+    reply = _ours().encrypt_reply("u", content, timestamp=TS, nonce=NONCE, create_time=1)
+    root = ElementTree.fromstring(reply)
+    plain = _peer().decrypt_message(reply, root.findtext("MsgSignature"), TS, NONCE)
+    # wechatpy's decrypt reads the XML the way WeCom's client would; CR inside CDATA is
+    # normalised to LF by any XML parser, so compare with that in mind
+    assert ElementTree.fromstring(plain).findtext("Content") == shown.replace("\r", "\n")
 
 
 # -- construction and values

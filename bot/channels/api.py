@@ -7,18 +7,19 @@ answer `{"replies": ["...", ...]}`.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from typing import Any
 
 from aiohttp import web
 
+from bot import jsonbody
 from bot.core.types import InboundMessage
 from bot.web import DISPATCHER, SETTINGS, json_response
 
 CHANNEL = "api"
 MAX_ID = 128
-_CONTROL = re.compile("[\x00-\x1f\x7f]")  # in an id: NUL breaks PostgreSQL, newlines logs
+# Ids reach log lines (the dispatcher's) and PostgreSQL, which refuses NUL: no control characters.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -31,9 +32,9 @@ async def handle(request: web.Request) -> web.Response:
             headers={"WWW-Authenticate": "Bearer"},
         )
     try:
-        body: Any = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return json_response({"error": "body is not valid JSON"}, status=400)
+        body: Any = jsonbody.loads(await request.read())
+    except jsonbody.BadJSON as exc:
+        return json_response({"error": f"body is {exc}"}, status=400)
     problem = _validate(body)
     if problem:
         return json_response({"error": problem}, status=400)
@@ -56,12 +57,13 @@ def _validate(body: Any) -> str | None:
     if not isinstance(body, dict):
         return "body must be a JSON object"
     user, text, mid = body.get("user"), body.get("text"), body.get("message_id")
-    if not isinstance(user, str) or not user.strip() or len(user) > MAX_ID or _CONTROL.search(user):
+    staff = user.strip() if isinstance(user, str) else ""  # surrounding space is trimmed
+    if not staff or len(staff) > MAX_ID or _CONTROL.search(staff):
         return '"user" must be a staff number (text)'
     if not isinstance(text, str):
         return '"text" must be text'
     if mid is not None and (
         not isinstance(mid, str) or not mid or len(mid) > MAX_ID or _CONTROL.search(mid)
     ):
-        return '"message_id" must be text of at most 128 characters, without control characters'
+        return '"message_id" must be text of at most 128 characters, no control characters'
     return None

@@ -1,11 +1,13 @@
 """The DingTalk (钉钉) channel: an internal app's robot, in Stream mode or HTTP mode.
 
 Stream mode (default) dials out (`bot.channels.dingtalk_stream`); HTTP mode takes
-`POST /dingtalk/callback`, signed with the `timestamp` and `sign` headers. Both hand the robot
+`POST /dingtalk/callback`, signed with the `timestamp` and `sign` headers, each pair good for one
+request (`UsedSigns`: the sign does not cover the body, so a copied header must not carry a
+second one). Both hand the robot
 message to `DingTalkChannel.handle`: the teacher is `senderStaffId`, the text is trimmed, `msgId`
 de-duplicates (the dispatcher remembers it in the database, so also across restarts).
 
-Replies, exactly once per `msgId`: each reply is first written to the outbox under the key
+Replies, queued once per `msgId`: each reply is first written to the outbox under the key
 `dingtalk:reply:{msgId}:{n}`. A key that already exists means this message was answered before
 (DingTalk redelivered it, or the Stream server pushed it twice), and nothing is sent again. A new
 reply goes out at once through the message's `sessionWebhook` while that is valid and points at
@@ -13,7 +15,10 @@ DingTalk (`DINGTALK_OAPI_BASE`), and its outbox row is marked sent; otherwise, o
 fails, the row is left to the outbox, which sends it with the robot's 1:1 API. In HTTP mode the
 webhook is never used: the `sign` header covers the timestamp but not the body, so a replayed
 header with a forged body could name an outsider's conversation as the webhook. If the process dies
-in between, the outbox sends it a little later (`WEBHOOK_GRACE`): late, but not lost.
+in between, the outbox sends it a little later (`WEBHOOK_GRACE`): late, but not lost. A reply is
+sent exactly once when the outcome of its send is known; when it is not (a timeout after the
+request went out, an unreadable answer, a crash right after sending), it is sent again and may
+arrive twice: neither the sessionWebhook nor batchSend takes an idempotency key.
 
 Messages from a group chat (@-mentions) are answered 1:1, never in the group: the answers name
 students and their families' difficulties.
@@ -22,8 +27,8 @@ students and their families' difficulties.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,9 +36,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from bot import jsonbody
 from bot.channels import dingtalk_api as api
 from bot.channels.dingtalk_stream import StreamClient, running
 from bot.core.errors import SendError
@@ -46,6 +54,7 @@ from bot.web import DELIVERY, DISPATCHER, SERVING, json_response
 from config.settings import Settings
 from storage import outbox
 from storage.db import Database
+from storage.schema import inbound_messages
 from storage.schema import outbox as outbox_table
 
 log = logging.getLogger(__name__)
@@ -54,7 +63,10 @@ CHANNEL = "dingtalk"
 GROUP_CHANNEL = "dingtalk_group"  # outbox channel of the coordinators' group robot
 GROUP_RECIPIENT = "default"
 MAX_SKEW = timedelta(hours=1)  # HTTP mode: a callback's timestamp may be this far off our clock
+SIGN_CHANNEL = "dingtalk_sign"  # inbound_messages rows that remember HTTP mode's used signs
+SIGN_MARGIN = timedelta(minutes=5)  # kept this much longer than MAX_SKEW: instances' clocks differ
 MAX_ID = 128
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # never in DingTalk's ids; PostgreSQL refuses NUL
 WEBHOOK_GRACE = timedelta(minutes=2)  # a reply row waits this long before the outbox takes it
 
 
@@ -84,13 +96,15 @@ def parse_robot_message(payload: Any) -> RobotMessage:
     if not isinstance(payload, dict):
         raise BadPayload("body must be a JSON object")
     msg_id, msgtype = payload.get("msgId"), payload.get("msgtype")
-    if not isinstance(msg_id, str) or not msg_id or len(msg_id) > MAX_ID:
-        raise BadPayload('"msgId" must be text of at most 128 characters')
+    if not _usable_id(msg_id) or not msg_id:
+        raise BadPayload('"msgId" must be text of at most 128 characters, no control characters')
     if not isinstance(msgtype, str):
         raise BadPayload('"msgtype" must be text')
     sender = payload.get("senderStaffId")
-    if sender is not None and (not isinstance(sender, str) or len(sender) > MAX_ID):
-        raise BadPayload('"senderStaffId" must be text of at most 128 characters')
+    if sender is not None and not _usable_id(sender):
+        raise BadPayload(
+            '"senderStaffId" must be text of at most 128 characters, no control characters'
+        )
     kind, text = MessageKind.UNSUPPORTED, ""  # picture, file, audio, video, richText ...
     if msgtype == "text":
         body = payload.get("text")
@@ -108,6 +122,10 @@ def parse_robot_message(payload: Any) -> RobotMessage:
         webhook_expires=_expiry(expires),
         in_group=str(payload.get("conversationType")) == "2",
     )
+
+
+def _usable_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_ID and not _CONTROL.search(value)
 
 
 def _expiry(ms: Any) -> datetime | None:
@@ -134,6 +152,55 @@ def check_signature(timestamp: str | None, sign: str | None, secret: str, now: d
     return 0 if hmac.compare_digest(expected.encode(), sign.encode()) else 403
 
 
+class UsedSigns:
+    """HTTP mode's (timestamp, sign) pairs already accepted: each header is good for one request.
+
+    The sign covers only the timestamp, so a header copied from one genuine callback would
+    otherwise carry any body for the whole hour `MAX_SKEW` allows. The pairs are rows of
+    `inbound_messages` under the channel `SIGN_CHANNEL` (the table the dispatcher de-duplicates
+    message ids in), so every instance on the database refuses the second use. The row's id
+    starts with the zero-padded timestamp: each check first deletes the rows whose timestamp is
+    past the window (a key range of the primary key), so the table holds about an hour of
+    callbacks, and only DingTalk, which knows the secret, can add to it.
+
+    When the database does not answer, the check lets the request through: its turn cannot
+    write anything either (the teacher gets the "busy" apology), so a replay gains nothing.
+    """
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def first_use(self, sent_at: int, sign: str) -> bool:
+        now = self.clock.now()
+        key = f"{sent_at:016d}:{sign}"
+        cutoff = f"{max(api.epoch_ms(now - MAX_SKEW - SIGN_MARGIN), 0):016d}"
+
+        def remember(conn: Connection) -> bool:
+            conn.execute(
+                delete(inbound_messages).where(
+                    inbound_messages.c.channel == SIGN_CHANNEL,
+                    inbound_messages.c.message_id < cutoff,
+                )
+            )
+            make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            stmt = (
+                make_insert(inbound_messages)
+                .values(
+                    channel=SIGN_CHANNEL, user_id="", message_id=key, replies=[], received_at=now
+                )
+                .on_conflict_do_nothing(index_elements=["channel", "user_id", "message_id"])
+                .returning(inbound_messages.c.message_id)
+            )
+            return conn.execute(stmt).first() is not None
+
+        try:
+            return await self.db.run(remember)
+        except Exception as exc:
+            log.warning("dingtalk: used signs not checked (%s)", type(exc).__name__)
+            return True
+
+
 class DingTalkChannel:
     """Handles one robot message: the turn, then its replies (see the module docstring)."""
 
@@ -157,6 +224,7 @@ class DingTalkChannel:
         self.http = http
         self.oapi_prefix = oapi_base.rstrip("/") + "/"
         self.poke = poke
+        self.used_signs = UsedSigns(db, clock)
         # Turn and replies under one lock per teacher, so answers leave in the order asked.
         self._locks = KeyedLocks()
 
@@ -171,7 +239,7 @@ class DingTalkChannel:
 
     async def handle(self, message: RobotMessage) -> None:
         if message.sender is None:
-            log.info("dingtalk msg_id=%s has no senderStaffId (outside the org): ignored",
+            log.info("dingtalk msg_id=%r has no senderStaffId (outside the org): ignored",
                      message.msg_id)  # fmt: skip
             return
         async with self._locks.hold(message.sender):
@@ -187,7 +255,7 @@ class DingTalkChannel:
         if not url.startswith(self.oapi_prefix):
             # HTTP mode's sign covers only the timestamp: never POST to a URL from the body
             # unless it is DingTalk's own.
-            log.warning("dingtalk msg_id=%s: sessionWebhook not under DINGTALK_OAPI_BASE",
+            log.warning("dingtalk msg_id=%r: sessionWebhook not under DINGTALK_OAPI_BASE",
                         message.msg_id)  # fmt: skip
             return None
         return url
@@ -213,13 +281,13 @@ class DingTalkChannel:
         try:
             fresh = await self.db.run(store)
         except Exception as exc:  # the database is down: the reply is an apology; try to send it
-            log.warning("dingtalk msg_id=%s: replies not stored (%s)", message.msg_id,
+            log.warning("dingtalk msg_id=%r: replies not stored (%s)", message.msg_id,
                         type(exc).__name__)  # fmt: skip
             if webhook:
                 await self._send_unrecorded(webhook, replies)
             return
         if not fresh:
-            log.info("dingtalk msg_id=%s was answered before: not sent again", message.msg_id)
+            log.info("dingtalk msg_id=%r was answered before: not sent again", message.msg_id)
             return
         if webhook:
             fresh = await self._send_by_webhook(message.msg_id, webhook, fresh)
@@ -234,7 +302,7 @@ class DingTalkChannel:
             try:
                 await api.reply_by_session(self.http, webhook, text)
             except SendError as exc:
-                log.info("dingtalk msg_id=%s: sessionWebhook failed (%s); using the outbox",
+                log.info("dingtalk msg_id=%r: sessionWebhook failed (%s); using the outbox",
                          msg_id, exc.reason)  # fmt: skip
                 left = rows[n:]
                 await self._settle([k for k, _ in left], sent=False, reason=exc.reason)
@@ -277,15 +345,19 @@ async def callback(request: web.Request) -> web.Response:
     """`POST /dingtalk/callback` (HTTP mode)."""
     channel = request.app[DINGTALK]
     secret = request.app[_SECRET]
-    status = check_signature(
-        request.headers.get("timestamp"), request.headers.get("sign"), secret, channel.clock.now()
-    )
+    timestamp, sign = request.headers.get("timestamp"), request.headers.get("sign")
+    status = check_signature(timestamp, sign, secret, channel.clock.now())
     if status:
         return json_response({"error": "missing or wrong timestamp/sign"}, status=status)
+    assert timestamp is not None and sign is not None
+    if not await channel.used_signs.first_use(int(timestamp), sign):
+        # A replayed header: refused like a wrong one, and nothing of the body is read.
+        log.warning("dingtalk callback refused: timestamp/sign already used")
+        return json_response({"error": "timestamp/sign already used"}, status=403)
     try:
-        payload = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
-        return json_response({"error": "body is not valid JSON"}, status=400)
+        payload = jsonbody.loads(await request.read())
+    except jsonbody.BadJSON as exc:
+        return json_response({"error": f"body is {exc}"}, status=400)
     try:
         message = parse_robot_message(payload)
     except BadPayload as exc:

@@ -3,7 +3,15 @@
 Every URL comes from settings (`DINGTALK_API_BASE`, `DINGTALK_OAPI_BASE`, the digest webhook), so
 tests point them all at a local fake. Failures become `SendError`: transient (network, 5xx,
 throttling) are retried by the outbox with backoff, permanent (unknown user, robot or parameter)
-are recorded once. Log lines name the API and the error code, never the message text.
+are recorded once. A success status whose body is not the answer the API documents (not JSON, not
+an object, a missing `processQueryKey` or `errcode`) is not taken as delivered: it is transient,
+retried, and logged once. Log lines name the API and the error code, never the message text,
+a user id or a token.
+
+None of these APIs takes an idempotency key, so a send whose outcome is unknown (a timeout or a
+dropped connection after the request went out, an unreadable answer) is retried and may then
+arrive twice: at least once, never silently lost. Its reason says "outcome unknown". A send that
+never reached DingTalk (connection refused) or that DingTalk refused is not doubled.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from urllib.parse import quote_plus
 import aiohttp
 from yarl import URL
 
+from bot import jsonbody
 from bot.core.errors import SendError
 from bot.core.ports import Clock
 from config.settings import Secret
@@ -79,8 +88,13 @@ class Http:
 @dataclass(frozen=True, slots=True)
 class ApiReply:
     status: int
-    data: Any  # the decoded JSON body, or None when there was none
+    data: Any  # the decoded JSON body, or None when there was none or it was not JSON
     retry_after: float | None  # from a Retry-After header
+
+    @property
+    def obj(self) -> dict[str, Any] | None:
+        """The body when it is a JSON object, else None."""
+        return self.data if isinstance(self.data, dict) else None
 
     @property
     def code(self) -> str:
@@ -103,13 +117,26 @@ async def post_json(
         async with http.session().post(url, json=body, headers=headers) as r:
             raw = await r.read()
             status, retry_after = r.status, _seconds(r.headers.get("Retry-After"))
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
         raise SendError(f"network: {type(exc).__name__}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:  # it may have arrived all the same
+        raise SendError(f"network: {type(exc).__name__}, outcome unknown") from exc
     try:
-        data = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+        data = jsonbody.loads(raw) if raw else None
+    except jsonbody.BadJSON:
         data = None
     return ApiReply(status, data, retry_after)
+
+
+def unexpected_answer(api: str, reply: ApiReply) -> SendError:
+    """A success status with a body that is not the documented answer: transient, logged.
+
+    Nothing says the message arrived, so it is not recorded as sent; a retry may deliver it a
+    second time when it did (at least once, never silently lost).
+    """
+    shape = "no JSON object" if reply.obj is None else "unexpected fields"
+    log.warning("dingtalk %s: HTTP %s with %s in the answer; will retry", api, reply.status, shape)
+    return SendError(f"{api}: unexpected answer (HTTP {reply.status}, {shape}), outcome unknown")
 
 
 def _seconds(header: str | None) -> float | None:
@@ -148,13 +175,18 @@ class AccessToken:
     async def _fetch(self) -> tuple[str, datetime]:
         body = {"appKey": self.app_key, "appSecret": self.app_secret.value}
         reply = await post_json(self.http, self.url, body)
-        data = reply.data if isinstance(reply.data, dict) else {}
+        data = reply.obj or {}
         token, expire_in = data.get("accessToken"), data.get("expireIn")
-        if reply.status != 200 or not isinstance(token, str) or not isinstance(expire_in, int):
+        if reply.status == 200 and not (
+            isinstance(token, str) and token and _positive_int(expire_in)
+        ):
+            raise unexpected_answer("access token", reply)
+        if reply.status != 200:
             # A wrong key or secret is an operator's mistake that gets fixed: keep the messages
             # queued (transient) rather than dropping them.
-            log.warning("dingtalk access token refused: HTTP %s %s", reply.status, reply.code)
+            log.warning("dingtalk access token refused: HTTP %s %r", reply.status, reply.code)
             raise SendError(f"access token: HTTP {reply.status} {reply.code}".strip())
+        assert isinstance(token, str) and isinstance(expire_in, int)
         margin = min(TOKEN_MARGIN, timedelta(seconds=expire_in / 2))
         return token, self.clock.now() + timedelta(seconds=expire_in) - margin
 
@@ -231,14 +263,33 @@ class RobotSender:
                 continue
             break
         _raise_for(reply, "batchSend")
-        data = reply.data if isinstance(reply.data, dict) else {}
+        data = reply.obj
+        if data is None or not _batch_answer(data):
+            raise unexpected_answer("batchSend", reply)
         return BatchResult(
             _ids(data.get("invalidStaffIdList")), _ids(data.get("flowControlledStaffIdList"))
         )
 
 
+def _batch_answer(data: dict[str, Any]) -> bool:
+    """Is this batchSend's documented answer: a `processQueryKey`, and lists where lists go?
+
+    An answer with no `processQueryKey` still counts when it names users DingTalk refused (it
+    has no query key to give when it sent nothing).
+    """
+    lists = [data.get(k) for k in ("invalidStaffIdList", "flowControlledStaffIdList")]
+    if any(v is not None and not isinstance(v, list) for v in lists):
+        return False
+    key = data.get("processQueryKey")
+    return (isinstance(key, str) and bool(key)) or any(lists)
+
+
 def _ids(value: Any) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 SETUP_ERRORS = frozenset(
@@ -260,7 +311,7 @@ def _raise_for(reply: ApiReply, api: str) -> None:
         # The app lacks a permission or the robot code is wrong: an admin fixes it in the
         # console. Keep the messages queued (and say so in the log) instead of dropping them.
         log.warning(
-            "dingtalk %s refused: %s; fix the app set-up, messages stay queued", api, reply.code
+            "dingtalk %s refused: %r; fix the app set-up, messages stay queued", api, reply.code
         )
         raise SendError(reason, retry_after=SETUP_RETRY)
     raise SendError(reason, permanent=True)  # 400/403/404: a bad user or request
@@ -270,7 +321,9 @@ async def reply_by_session(http: Http, webhook: str, text: str) -> None:
     """Answer in the conversation a message came from, through its `sessionWebhook`."""
     body = {"msgtype": "text", "text": {"content": text}}
     reply = await post_json(http, URL(webhook, encoded=True), body)
-    if reply.status != 200 or reply.errcode not in (0, None):
+    if reply.status == 200 and reply.errcode is None:
+        raise unexpected_answer("sessionWebhook", reply)
+    if reply.status != 200 or reply.errcode != 0:
         raise SendError(f"sessionWebhook: HTTP {reply.status} errcode {reply.errcode}")
 
 
@@ -323,6 +376,8 @@ class GroupRobotSender:
         errcode = reply.errcode
         if reply.status == 200 and errcode == 0:
             return
+        if reply.status == 200 and errcode is None:
+            raise unexpected_answer("group robot", reply)
         reason = f"group robot: HTTP {reply.status} errcode {errcode}"
         if errcode == SEND_TOO_FAST:
             self.window.block(now + timedelta(seconds=THROTTLED_RETRY))

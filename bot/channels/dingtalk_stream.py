@@ -9,9 +9,11 @@ The protocol (PROTOCOLS.md 3.2) is small enough to speak directly over aiohttp's
    a CALLBACK robot message gets `{"response": null}` (then it is handled in a task of its own);
    SYSTEM `disconnect` means "open a new connection".
 
-`run_forever` never returns: a refused gateway, a dropped socket or a bad frame is logged and the
-client reconnects after an exponential backoff (1 s doubling to 60 s, reset once a connection has
-delivered a frame). Frames are logged by type and id only; their data holds the teachers' words.
+`run_forever` never returns: a refused gateway or a dropped socket is logged and the client
+reconnects after an exponential backoff (1 s doubling to 60 s, back to 1 s once a connection was
+established, however it ended). A frame that is not usable JSON (or nests absurdly deep, see
+`bot.jsonbody`) is logged and ignored; the connection stays up. Frames are logged by type and id
+only; their data holds the teachers' words.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from bot import jsonbody
 from bot.channels.dingtalk_api import Http
 from bot.logsafe import log_failure
 from config.settings import Secret
@@ -82,13 +85,14 @@ class StreamClient:
         self.app_secret = app_secret
         self.on_robot = on_robot
         self._handling: set[asyncio.Task[None]] = set()  # strong references until done
+        self._connected = False  # the current attempt got as far as an open WebSocket
 
     async def run_forever(self) -> None:
         delay = self.backoff.first
         while True:
-            delivered = False
+            self._connected = False
             try:
-                delivered = await self._connect_once()
+                await self._connect_once()
                 log.info("dingtalk stream closed; reconnecting")
             except GatewayRefused as exc:
                 log.warning("dingtalk stream gateway refused (%s); retry in %.1f s", exc, delay)
@@ -97,7 +101,7 @@ class StreamClient:
                             delay)  # fmt: skip
             except Exception as exc:
                 log_failure(log, "dingtalk stream failed; retry in %.1f s", delay, exc=exc)
-            if delivered:  # the connection worked for a while: start the backoff over
+            if self._connected:  # the gateway and the socket worked: start the backoff over
                 delay = self.backoff.first
             await asyncio.sleep(delay)
             delay = self.backoff.after(delay)
@@ -122,8 +126,8 @@ class StreamClient:
         async with self.http.session().post(self.open_url, json=body, timeout=OPEN_TIMEOUT) as r:
             status, raw = r.status, await r.read()
         try:
-            data = json.loads(raw) if status == 200 else None
-        except (ValueError, UnicodeDecodeError):
+            data = jsonbody.loads(raw) if status == 200 else None
+        except jsonbody.BadJSON:
             data = None
         endpoint = data.get("endpoint") if isinstance(data, dict) else None
         ticket = data.get("ticket") if isinstance(data, dict) else None
@@ -131,20 +135,19 @@ class StreamClient:
             raise GatewayRefused(f"HTTP {status}")
         return URL(endpoint).update_query(ticket=ticket)
 
-    async def _connect_once(self) -> bool:
-        """One connection, until it ends or the server says "disconnect": did it deliver?"""
+    async def _connect_once(self) -> None:
+        """One connection, until it ends or the server says "disconnect"."""
         url = await self.open()
-        delivered = False
         async with self.http.session().ws_connect(
             url,
             heartbeat=HEARTBEAT,
             max_msg_size=MAX_FRAME,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         ) as ws:
+            self._connected = True
             log.info("dingtalk stream connected")
             async for msg in ws:
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    delivered = True
                     if await self._on_frame(ws, msg.data):
                         break
                 elif msg.type is aiohttp.WSMsgType.ERROR:
@@ -152,12 +155,11 @@ class StreamClient:
                     break
                 else:
                     log.warning("dingtalk stream: ignored a %s frame", msg.type.name)
-        return delivered
 
     async def _on_frame(self, ws: aiohttp.ClientWebSocketResponse, raw: str) -> bool:
         """Ack and route one frame; True when the server asked us to disconnect."""
         try:
-            frame = json.loads(raw)
+            frame = jsonbody.loads(raw)
             kind, headers = frame["type"], frame["headers"]
             message_id, topic = headers.get("messageId"), headers.get("topic")
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -186,9 +188,11 @@ class StreamClient:
 
     def _handle_later(self, data: Any, message_id: Any) -> None:
         try:
-            payload = json.loads(data)
-        except (TypeError, ValueError):
-            log.warning("dingtalk stream: robot frame %s without JSON data", message_id)
+            if not isinstance(data, str):
+                raise jsonbody.BadJSON("data is not a JSON string")
+            payload = jsonbody.loads(data)
+        except jsonbody.BadJSON as exc:
+            log.warning("dingtalk stream: robot frame %r ignored: %s", message_id, exc)
             return
         task = asyncio.create_task(self._handle(payload, message_id))
         self._handling.add(task)
@@ -198,7 +202,7 @@ class StreamClient:
         try:
             await self.on_robot(payload)
         except Exception as exc:  # one bad message must not disturb the connection
-            log_failure(log, "dingtalk stream: handling frame %s failed", message_id, exc=exc)
+            log_failure(log, "dingtalk stream: handling frame %r failed", message_id, exc=exc)
 
 
 @contextlib.asynccontextmanager

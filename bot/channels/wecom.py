@@ -21,19 +21,28 @@ joined by a blank line (passive replies do not count against the per-member send
 Otherwise the request is answered with an empty 200 and, when the turn finishes, its texts go to
 the outbox and from there through ``message/send``. A joined reply over 2,048 bytes also goes the
 outbox way, as several messages: a passive part plus pushed parts could arrive out of order.
+Characters XML 1.0 cannot carry (U+FFFF, most control characters, lone surrogates) are replaced
+by U+FFFD in every reply, so a passive reply is always well-formed XML.
 
 Events: ``subscribe`` and ``enter_agent`` get the greeting and the help text; other events (menu
 clicks and the like, which this app does not use) get an empty 200 and reach no one. Message
 types other than text (image, voice, location, ...) become UNSUPPORTED: a polite "please reply
 in text", never an error.
 
-Nothing here logs message content or names: message ids, types and errcodes only.
+Nothing here logs message content, names or UserIDs: message ids, types and errcodes only, and
+client-supplied values in `repr` form, so a newline or NUL in them cannot forge a log line. A
+message id never carries the UserID (see `message_key`), so neither do the log lines, the
+dispatcher's or the outbox keys that quote it. Unexpected exceptions are logged by type and place
+(`bot.logsafe.log_failure`), never by their message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -50,6 +59,7 @@ from bot.channels.wecom_crypto import (
     SignatureError,
     WeComCrypto,
     WeComMessage,
+    xml_text,
 )
 from bot.core.ports import Sender
 from bot.core.types import InboundMessage, MessageKind
@@ -70,6 +80,8 @@ REPLY_BUDGET = 3.0  # seconds; WeCom gives up on a callback after 5
 SHUTDOWN_GRACE = 5.0  # seconds to let running turns finish (and queue their replies) on exit
 GREETED_EVENTS = frozenset({"subscribe", "enter_agent"})
 XML = "text/xml"
+_MSG_ID = re.compile(r"[0-9]{1,20}")  # WeCom's MsgId: a 64-bit number
+_KEY_LABEL = b"homevisit wecom message key\0"
 
 
 def reply_key(message_id: str, index: int) -> str:
@@ -77,16 +89,30 @@ def reply_key(message_id: str, index: int) -> str:
     return f"wecom-reply:{message_id}:{index}"
 
 
-def to_inbound(msg: WeComMessage) -> InboundMessage | None:
+def message_key(msg: WeComMessage, secret: bytes) -> str:
+    """The de-duplication id of a callback; it never contains the member's UserID.
+
+    A message's MsgId (a 64-bit number) as it is. Events have no MsgId: WeCom tells them apart
+    by sender and CreateTime, but "UserID:CreateTime" would name the member (a UserID is often a
+    name in pinyin) in every log line and outbox key that quotes the id. So for events, and for
+    anything whose MsgId is not such a number, the id is an HMAC of sender, CreateTime, MsgType
+    and MsgId under ``secret`` (the app's EncodingAESKey): the same for every retry, on every
+    instance and after a restart, and meaningless without the key.
+    """
+    if msg.msg_type != "event" and msg.msg_id and _MSG_ID.fullmatch(msg.msg_id):
+        return msg.msg_id
+    basis = f"{msg.from_user}\0{msg.create_time}\0{msg.msg_type}\0{msg.msg_id or ''}".encode()
+    return "h:" + hmac.new(secret, _KEY_LABEL + basis, hashlib.sha256).hexdigest()[:32]
+
+
+def to_inbound(msg: WeComMessage, secret: bytes) -> InboundMessage | None:
     """Translate a decrypted callback; None for an event nobody needs to hear about."""
     user = msg.from_user
+    message_id = message_key(msg, secret)
     if msg.msg_type == "event":
         if (msg.event or "").lower() not in GREETED_EVENTS:
             return None
-        return InboundMessage(
-            CHANNEL, user, kind=MessageKind.EVENT, message_id=f"{user}:{msg.create_time}"
-        )
-    message_id = msg.msg_id or f"{user}:{msg.create_time}"
+        return InboundMessage(CHANNEL, user, kind=MessageKind.EVENT, message_id=message_id)
     if msg.msg_type == "text":
         return InboundMessage(CHANNEL, user, msg.content or "", message_id=message_id)
     return InboundMessage(CHANNEL, user, kind=MessageKind.UNSUPPORTED, message_id=message_id)
@@ -107,6 +133,7 @@ class WeComChannel:
         wecom = settings.wecom
         assert wecom is not None  # installed only when configured
         self.crypto = WeComCrypto(wecom.token.value, wecom.aes_key.value, wecom.corp_id)
+        self._key_secret = wecom.aes_key.value.encode()
         self.deps = deps
         self.reply_budget = REPLY_BUDGET
         self._flights: dict[str, _Flight] = {}
@@ -143,17 +170,16 @@ class WeComChannel:
         try:
             msg = self.crypto.decrypt_message(signature, timestamp, nonce, body)
         except MalformedMessage as exc:
-            log.warning("wecom callback refused: malformed (%s)", exc)
+            log.warning("wecom callback refused: malformed (%r)", str(exc))
             return _text(400, "malformed message")
         except (SignatureError, DecryptError) as exc:
             log.warning("wecom callback refused: %s", type(exc).__name__)
             return _text(403, "forbidden")
-        message = to_inbound(msg)
+        message = to_inbound(msg, self._key_secret)
         if message is None:
             log.info("wecom event %r ignored", msg.event)
             return _text(200, "")
-        # Events have no MsgId: their id is "UserID:CreateTime", and a UserID is often a name.
-        log.info("wecom %s msg_id=%s", msg.msg_type, msg.msg_id or "-")
+        log.info("wecom %r message_id=%r", msg.msg_type, message.message_id)
         reply = await self._answer(message, request.app[DISPATCHER], request.app[DELIVERY].poke)
         if reply is None:
             return _text(200, "")
@@ -216,7 +242,7 @@ class WeComChannel:
             return flight.task.result()
         flight.deferred = True
         log.info(
-            "wecom message_id=%s: turn over budget, reply goes by message/send", message.message_id
+            "wecom message_id=%r: turn over budget, reply goes by message/send", message.message_id
         )
         return None
 
@@ -227,10 +253,9 @@ class WeComChannel:
             self._tasks.discard(task)
             if self._flights.get(message_id) is flight:
                 del self._flights[message_id]
-            if not task.cancelled() and task.exception() is not None:
-                log.error(
-                    "wecom reply task failed message_id=%s", message_id, exc_info=task.exception()
-                )
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None:  # its message may quote a student: type and place only
+                log_failure(log, "wecom reply task failed message_id=%r", message_id, exc=exc)
 
         return done
 
@@ -246,7 +271,9 @@ class WeComChannel:
         if await self._already_queued(message.message_id):
             flight.deferred = True  # answered empty before (maybe by an earlier process)
             return None
-        replies = [r for r in await dispatcher.handle(message) if r.strip()]
+        # What XML cannot carry becomes U+FFFD, here already: a lone surrogate would break
+        # the byte count below, and pushed replies then read the same as a passive one.
+        replies = [xml_text(r) for r in await dispatcher.handle(message) if r.strip()]
         joined = "\n\n".join(replies)
         if not flight.deferred and joined and len(joined.encode("utf-8")) <= TEXT_LIMIT:
             return joined
@@ -269,7 +296,7 @@ class WeComChannel:
             return await self.deps.db.run(look)
         except Exception as exc:  # the turn itself will meet the database trouble and say so
             log.warning(
-                "wecom outbox look-up failed message_id=%s: %s", message_id, type(exc).__name__
+                "wecom outbox look-up failed message_id=%r: %s", message_id, type(exc).__name__
             )
             return False
 
@@ -297,7 +324,7 @@ class WeComChannel:
         except Exception as exc:
             # The turn is saved; only its answer is lost. A retry of this message gets it
             # passively (no outbox rows), and "继续" repeats the current question.
-            log_failure(log, "wecom could not queue the reply message_id=%s", message_id, exc=exc)
+            log_failure(log, "wecom could not queue the reply message_id=%r", message_id, exc=exc)
 
     async def drain(self, grace: float = SHUTDOWN_GRACE) -> None:
         """On shutdown: let running turns finish (queuing their replies), then cancel the rest."""

@@ -20,8 +20,12 @@ delivers it or raises `SendError`. Everything goes through ``WECOM_API_BASE``
 How failures map onto `SendError` (the reason holds the errcode, never the text or errmsg):
 
 - transient, retried by the outbox with backoff: errcode -1 (busy), 45009 (API frequency, with
-  ``retry_after``), 45033 (concurrency), HTTP errors, timeouts, connection errors, a body that is
-  not JSON, and errcodes we do not know;
+  ``retry_after``), 45033 (concurrency), HTTP errors, timeouts, connection errors, errcodes we do
+  not know, and an answer that is not the documented one (not JSON, not an object, no integer
+  ``errcode``, a gettoken without a token): nothing says the message arrived, so it is retried
+  (at least once) and the log says so once. ``message/send`` takes no idempotency key: a send whose
+  outcome is unknown (timeout, dropped connection, unreadable answer; the reason says "outcome
+  unknown") may reach the member twice, except where the duplicate check above applies;
 - transient with a long ``retry_after`` and a warning in the log: set-up problems an operator can
   fix without losing queued messages (wrong secret or CorpID, agent id, the server's IP missing
   from 企业可信IP, API not permitted);
@@ -40,6 +44,7 @@ from typing import Any
 
 import aiohttp
 
+from bot import jsonbody
 from bot.core.errors import SendError
 from bot.core.ports import Clock
 from config.settings import WeComSettings
@@ -245,8 +250,10 @@ class WeComClient:
             query = {"corpid": self.settings.corp_id, "corpsecret": self.settings.secret.value}
             answer = await self._call("GET", url, query, None)
             errcode, token = _errcode(answer), answer.get("access_token")
-            if errcode != 0 or not isinstance(token, str) or not token:
-                raise _send_error(errcode or -1, "gettoken")
+            if errcode != 0:
+                raise _send_error(errcode, "gettoken")
+            if not isinstance(token, str) or not token:
+                raise _unexpected("gettoken", "no access_token")
             expires_in = answer.get("expires_in")
             lifetime = timedelta(seconds=expires_in if isinstance(expires_in, int) else 7200)
             self._token = (token, now + max(lifetime - TOKEN_MARGIN, lifetime / 2))
@@ -270,16 +277,30 @@ class WeComClient:
                 if response.status != 200:
                     log.warning("wecom %s answered HTTP %s", api, response.status)
                     raise SendError(f"wecom {api} HTTP {response.status}")
-                answer = await response.json(content_type=None)
-        except TimeoutError as exc:
-            raise SendError(f"wecom {api} timeout") from exc
-        except aiohttp.ClientError as exc:
+                raw = await response.read()
+        except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
             raise SendError(f"wecom {api} connection error ({type(exc).__name__})") from exc
-        except ValueError as exc:  # not JSON
-            raise SendError(f"wecom {api} answer is not JSON") from exc
+        except TimeoutError as exc:  # the request may have arrived all the same
+            raise SendError(f"wecom {api} timeout, outcome unknown") from exc
+        except aiohttp.ClientError as exc:
+            reason = f"wecom {api} connection error ({type(exc).__name__}), outcome unknown"
+            raise SendError(reason) from exc
+        try:
+            answer = jsonbody.loads(raw)
+        except jsonbody.BadJSON as exc:
+            raise _unexpected(api, "not JSON") from exc
         if not isinstance(answer, dict):
-            raise SendError(f"wecom {api} answer is not a JSON object")
+            raise _unexpected(api, "not a JSON object")
+        code = answer.get("errcode")
+        if not isinstance(code, int) or isinstance(code, bool):
+            raise _unexpected(api, "no errcode")
         return answer
+
+
+def _unexpected(api: str, what: str) -> SendError:
+    """HTTP 200 with an answer that is not the documented one: transient, logged once."""
+    log.warning("wecom %s answered HTTP 200 with an unexpected body (%s); will retry", api, what)
+    return SendError(f"wecom {api} unexpected answer ({what}), outcome unknown")
 
 
 def _errcode(answer: Mapping[str, Any]) -> int:

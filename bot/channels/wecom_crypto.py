@@ -49,6 +49,7 @@ __all__ = [
     "WeComCryptoError",
     "WeComMessage",
     "sha1_signature",
+    "xml_text",
 ]
 
 _BLOCK = 32  # the WeChat family pads to 32 bytes, twice the AES block
@@ -57,8 +58,10 @@ _LENGTH = struct.Struct(">I")
 _HEADER_LEN = _RANDOM_LEN + _LENGTH.size
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9+/]{43}")
 _DIGITS = re.compile(r"[0-9]+")
-# Characters XML 1.0 forbids everywhere, CDATA included.
-_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters XML 1.0 cannot carry anywhere, CDATA included: everything outside its `Char`
+# production (#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]), which
+# also takes in lone surrogates (a Python str can hold them; UTF-8 cannot).
+_XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 class WeComCryptoError(Exception):
@@ -207,14 +210,17 @@ class WeComCrypto:
     ) -> str:
         """Return the encrypted passive-reply XML carrying a text message to ``to_user``.
 
-        ``timestamp`` must be decimal digits (it is written outside CDATA). Raises ValueError
-        for a bad timestamp or text containing characters XML cannot carry.
+        Characters XML cannot carry in ``content`` or ``to_user`` (U+FFFF, U+FFFE, control
+        characters other than tab and line breaks, lone surrogates) become U+FFFD (`xml_text`),
+        so the reply is always well-formed: one odd character in a student's name must not
+        break every answer that mentions it. ``timestamp`` must be decimal digits (it is
+        written outside CDATA) and ``nonce`` XML text: ValueError otherwise (ours to get right,
+        as they are signed).
         """
         if not _DIGITS.fullmatch(timestamp):
             raise ValueError("timestamp must be decimal digits")
-        encrypted = self.encrypt(
-            _text_reply_xml(self._receive_id, to_user, content, create_time), random16=random16
-        )
+        inner = _text_reply_xml(self._receive_id, xml_text(to_user), xml_text(content), create_time)
+        encrypted = self.encrypt(inner, random16=random16)
         return (
             f"<xml><Encrypt>{_cdata(encrypted)}</Encrypt>"
             f"<MsgSignature>{_cdata(self.signature(timestamp, nonce, encrypted))}</MsgSignature>"
@@ -335,6 +341,11 @@ def _message_from_xml(root: Element, *, fallback_agent_id: str | None) -> WeComM
 
 
 # -- XML out
+
+
+def xml_text(text: str) -> str:
+    """``text`` with every character XML 1.0 cannot carry replaced by U+FFFD."""
+    return _XML_FORBIDDEN.sub("\ufffd", text)
 
 
 def _cdata(text: str) -> str:
