@@ -18,7 +18,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local ANSWERS = {"3", "1", "1", "2", "1", "1", "无"}
+local ANSWERS = {"3", "1", "1", "2", "1", "1", "1", "1", "1", "无"}
 -- 家访 and 提交 have one expected answer; any other message (the pick or an answer) leads to a
 -- question or, for a resumed draft that was complete, to the summary
 local EXPECT = {["家访"] = "回复序号", ["提交"] = "已提交"}
@@ -34,7 +34,7 @@ local function next_text(sent, reply)
   if expect ~= nil and not has(reply, expect) then return nil end
   if has(reply, "已提交") then return "家访" end
   if has(reply, "请核对") then return "提交" end
-  local n = string.match(reply, "【第(%d+)题】")
+  local n = string.match(reply, "【第(%d+)题")
   if n then return ANSWERS[tonumber(n)] end
   if has(reply, "回复序号") then return "1" end
   return nil

@@ -38,10 +38,10 @@ except ImportError:  # pragma: no cover - the floor servers do not need them
     APOLOGY = "抱歉，系统刚才出了点问题"
     UNAVAILABLE = "抱歉，系统暂时繁忙"
 
-ANSWERS = ("3", "1", "1", "2", "1", "1", "无")
+ANSWERS = ("3", "1", "1", "2", "1", "1", "1", "1", "1", "无")
 STEPS: tuple[tuple[str, str], ...] = (
     ("家访", "回复序号"),  # the student list
-    ("1", "【第1题】"),  # picked: the visit starts at question 1
+    ("1", "【第1题/"),  # picked: the visit starts at question 1
     *((a, "【第") for a in ANSWERS[:-1]),  # each answer: the next question
     (ANSWERS[-1], "请核对"),  # the last answer: the summary
     ("提交", "已提交"),
@@ -57,7 +57,7 @@ class Teacher:
     kind: str = "list"  # what the next message is: list, pick, answer or submit
 
 
-QUESTION = re.compile(r"【第(\d+)题】")
+QUESTION = re.compile(r"【第(\d+)题")
 # 家访 and 提交 have one expected answer; any other message (the pick or an answer) leads to a
 # question or, for a resumed draft that was complete, to the summary
 EXPECT = {"家访": "回复序号", "提交": "已提交"}

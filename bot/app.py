@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from bot.channels import api, dingtalk, wecom
+from bot.core.channels import DINGTALK, WECOM
 from bot.core.engine import Engine
 from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence
 from bot.dispatcher import Dispatcher
-from bot.jobs import Jobs
+from bot.jobs import PERSON_CHANNELS, Jobs
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
 from bot.web import (
@@ -37,7 +38,7 @@ from bot.web import (
 from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
-from handlers.checkin import CheckIn
+from handlers.checkin import Alerts, CheckIn
 from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024
@@ -51,7 +52,13 @@ def conversation_over(
     turns: Turns, settings: Settings, form: Form, clock: Clock, calendar: SchoolCalendar
 ) -> Dispatcher:
     """The check-in conversation on any store (tests run it on the memory store too)."""
-    conversation = CheckIn(form, settings.tz, cadence(settings, calendar))
+    configured = {WECOM: settings.wecom is not None, DINGTALK: settings.dingtalk is not None}
+    alerts = Alerts(
+        channels=tuple(c for c in PERSON_CHANNELS if configured.get(c)),
+        quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),
+        unreached_after=settings.unreached_alert_after,
+    )
+    conversation = CheckIn(form, settings.tz, cadence(settings, calendar), alerts)
     engine = Engine(conversation, clock, settings.session_ttl)
     return Dispatcher(turns, engine)
 

@@ -128,7 +128,8 @@ class Jobs:
         send_from = max(at, self.deps.clock.now())
         not_before = self.quiet_until(send_from)
         messages = [
-            outbox.NewMessage(m.key, m.channel, m.recipient, m.kind, m.body) for m in plan.messages
+            outbox.NewMessage(m.key, m.channel, m.recipient, m.kind, m.body, m.listing)
+            for m in plan.messages
         ]
         # Queued now, whatever `at` says: the outbox gives up a day after a row was queued.
         queued = outbox.enqueue_many(

@@ -62,13 +62,29 @@ class Condition:
             matched = str(value) in self.values
         return matched != self.negate
 
+    def likely(self, answers: Mapping[str, Any]) -> bool:
+        """Holds, or will on the usual path: a `not` condition on a question not yet answered
+        (the family is usually reached); a branch (`device_ok: 否`) only once it is taken."""
+        if answers.get(self.key) is None and self.key not in answers:
+            return self.negate
+        return self.holds(answers)
+
 
 @dataclass(frozen=True, slots=True)
 class FollowUpRule:
+    """Answers that open a follow-up. On a free-text question, `contains`: words any of which in
+    the text opens it (a note that says the child is hit at home is a safety concern)."""
+
     answers: frozenset[str]
     kind: str
     due_days: int
     note_key: str | None = None
+    contains: tuple[str, ...] = ()
+
+    def hits(self, given: list[str]) -> list[str]:
+        if self.contains:
+            return [g for g in given if any(word in g for word in self.contains)]
+        return [g for g in given if g in self.answers]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +119,8 @@ class Form:
     questions: tuple[Question, ...]
     followup_kinds: Mapping[str, str]
     method_key: str | None = None
+    # Follow-up kinds a coordinator hears of the same day (safety, counselling, medical).
+    urgent_kinds: frozenset[str] = frozenset()
 
     def question(self, key: str) -> Question:
         for q in self.questions:
@@ -112,6 +130,11 @@ class Form:
 
     def visible(self, answers: Mapping[str, Any]) -> list[Question]:
         return [q for q in self.questions if q.visible(answers)]
+
+    def expected(self, answers: Mapping[str, Any]) -> list[Question]:
+        """The questions this visit will likely ask, as far as the answers so far tell: what
+        "第3题/共9题" counts."""
+        return [q for q in self.questions if all(c.likely(answers) for c in q.when)]
 
     def next_question(self, answers: Mapping[str, Any]) -> Question | None:
         """The first visible question not answered yet; None when the form is complete."""
@@ -148,7 +171,7 @@ class Form:
                 continue
             given = [str(v) for v in value] if isinstance(value, list) else [str(value)]
             for rule in q.followups:
-                hits = [g for g in given if g in rule.answers]
+                hits = rule.hits(given)
                 if not hits:
                     continue
                 detail = "、".join(hits)
@@ -247,6 +270,9 @@ def _parse_form(raw: Any) -> Form:
     method_key = raw.get("method_question")
     if method_key is not None and method_key not in {q.key for q in questions}:
         raise _FormError(raw.line, f"`method_question` {method_key!r} is not a question key")
+    urgent = raw.get("urgent_kinds") or []
+    if not isinstance(urgent, list) or any(str(k) not in kinds for k in urgent):
+        raise _FormError(raw.line, "`urgent_kinds` must list kinds of `followup_kinds`")
     form = Form(
         id=_str(raw, "id"),
         version=_str(raw, "version"),
@@ -254,6 +280,7 @@ def _parse_form(raw: Any) -> Form:
         questions=tuple(questions),
         followup_kinds={str(k): str(v) for k, v in kinds.items()},
         method_key=method_key,
+        urgent_kinds=frozenset(str(k) for k in urgent),
     )
     keys = {q.key for q in questions}
     for item, q in zip(items, questions, strict=True):
@@ -313,9 +340,13 @@ def _parse_options(item: _Map, key: str, qtype: QType) -> tuple[Option, ...]:
     if qtype is QType.YESNO:
         if raw is not None:
             raise _FormError(item.line, f"question {key!r}: yes/no questions take no options")
+        # `aliases: {否: [只有手机]}`: what else means yes or no for this question
+        extra = item.get("aliases") or {}
+        if not isinstance(extra, dict) or not set(extra) <= {YES, NO}:
+            raise _FormError(item.line, f"question {key!r}: aliases of a yes/no question are 是/否")
         return (
-            Option(YES, ("有", "对", "需要", "yes", "y")),
-            Option(NO, ("没有", "无", "不", "不是", "no", "n")),
+            Option(YES, ("有", "对", "需要", "yes", "y", *map(str, extra.get(YES, ())))),
+            Option(NO, ("没有", "无", "不", "不是", "no", "n", *map(str, extra.get(NO, ())))),
         )
     if qtype not in CHOICE_TYPES:
         if raw is not None:
@@ -384,8 +415,16 @@ def _parse_rules(
     for entry in raw:
         if not isinstance(entry, _Map):
             raise _FormError(raw.line, f"question {key!r}: each follow-up rule is a mapping")
-        answers = entry.get("answers")
-        answers = answers if isinstance(answers, list) else [answers]
+        contains = entry.get("contains")
+        if contains is not None:
+            if not isinstance(contains, list) or not contains or options:
+                raise _FormError(
+                    entry.line, f"question {key!r}: `contains` lists words, on a text question"
+                )
+            answers: list[Any] = []
+        else:
+            given = entry.get("answers")
+            answers = given if isinstance(given, list) else [given]
         for a in answers:
             if str(a) not in options:
                 raise _FormError(
@@ -401,6 +440,12 @@ def _parse_rules(
             raise _FormError(entry.line, f"question {key!r}: `due_days` must be 0 or more")
         note = entry.get("note")
         rules.append(
-            FollowUpRule(frozenset(str(a) for a in answers), kind, due, str(note) if note else None)
+            FollowUpRule(
+                frozenset(str(a) for a in answers),
+                kind,
+                due,
+                str(note) if note else None,
+                tuple(str(w) for w in contains or ()),
+            )
         )
     return tuple(rules)

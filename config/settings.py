@@ -107,6 +107,7 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_CATEGORY_CYCLES)
     )
     escalate_after_days: int = 3
+    unreached_alert_after: int = 2  # family unreachable this many times in a row: tell the school
     form_path: Path = DEFAULT_FORM
     calendar_path: Path = DEFAULT_CALENDAR
 
@@ -183,6 +184,9 @@ class _Parser:
             )
         if "HOMEVISIT_ESCALATE_AFTER_DAYS" in env:
             kwargs["escalate_after_days"] = self.whole_number("HOMEVISIT_ESCALATE_AFTER_DAYS") or 3
+        if "HOMEVISIT_UNREACHED_ALERT_AFTER" in env:
+            after = self.whole_number("HOMEVISIT_UNREACHED_ALERT_AFTER", 20)
+            kwargs["unreached_alert_after"] = after or 2
         if "HOMEVISIT_CALENDAR" in env:
             calendar = Path(env["HOMEVISIT_CALENDAR"])
             if not calendar.is_file():

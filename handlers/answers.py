@@ -28,6 +28,16 @@ def normalize(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).translate(_CONTROL).split())
 
 
+_EDGE = "。.、，,！!；;：:～~…·"
+
+
+def strip_edges(text: str) -> str:
+    """Punctuation a phone keyboard adds around a word or a number: `1。` → `1`, `好！` → `好`.
+    Text that is only punctuation stays as it was."""
+    stripped = text.strip(_EDGE).strip()
+    return stripped or text
+
+
 def clean_free_text(text: str) -> str:
     """Free text keeps the teacher's own characters; only control characters and edges go."""
     return text.translate(_CONTROL).strip()
@@ -38,6 +48,8 @@ def parse_answer(question: Question, raw: str, today: date) -> Any:
     text = normalize(raw)
     if not text:
         raise InvalidAnswer(texts.EMPTY_ANSWER)
+    if question.type is not QType.TEXT:
+        text = strip_edges(text)
     match question.type:
         case QType.SINGLE | QType.YESNO:
             return _choose_one(question.options, text)

@@ -27,6 +27,14 @@ class Cadence:
             default=self.default_days,
         )
 
+    def is_short_cycle(self, categories: Iterable[str]) -> bool:
+        """A category of the student is visited more often than the default (孤儿, 大病 …)."""
+        return self.cycle_days(categories) < self.default_days
+
+    def school_day_from(self, day: date) -> date:
+        """`day` if it is a school day, else the next one (a due date never falls on Saturday)."""
+        return day if self.calendar.is_school_day(day) else self.calendar.next_school_day(day)
+
     def due_date(
         self, categories: Iterable[str], last_reached: date | None, last_unreached: date | None
     ) -> date | None:

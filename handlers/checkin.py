@@ -1,34 +1,55 @@
 """The default conversation: commands at any time, picking a student, the form, the summary.
 
-The states are typed values (`handlers.states`): Idle → Choosing (a numbered list was shown) →
-Answering (a draft visit is open) ⇄ Reviewing (the summary) → Idle. The draft's answers live in
-the visit row (the durable draft, written after every answer) and are copied into the state so a
-turn needs no extra read; the copy's revision tells the store when another channel changed it.
+The states are typed values (`handlers.states`): Idle → Answering (a draft visit is open) ⇄
+Reviewing (the summary) → Idle, with short confirmation states in between (a near-miss name, a
+draft about to be deleted, a text over its limit). The draft's answers live in the visit row
+(written after every answer) and are copied into the state so a turn needs no extra read; the
+copy's revision tells the store when another channel changed it.
+
+Numbers mean one thing: a bare number (outside a question) or `完成 N` refers to the current list,
+the last numbered list the teacher was shown, and every reply that acts on a number names what it
+acted on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
-from operator import attrgetter
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
-from bot.core.types import Draft, MessageKind, Staff, StudentListing, StudentRef
-from config.forms import Form
+from bot.core.types import (
+    Draft,
+    FollowUpListing,
+    MessageKind,
+    NewFollowUp,
+    QueuedMessage,
+    Staff,
+    StudentListing,
+    StudentRef,
+)
+from config.forms import Form, QType
 from handlers import render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
-from handlers.cadence import Cadence, urgency_key
-from handlers.commands import Cmd, Command, done_note, parse_command
+from handlers.cadence import Cadence, last_attempt_unreached
+from handlers.commands import Cmd, Command, as_number, done_note, is_yes, parse_command
+from handlers.reminders import pick_channel
 from handlers.states import (
     Answering,
-    Choosing,
+    ConfirmCut,
+    ConfirmDiscard,
+    ConfirmStudent,
     Conversation,
     Idle,
     InVisit,
+    Item,
+    ItemKind,
+    LastAction,
+    Listing,
+    ListKind,
     OpenDraft,
     Reviewing,
     State,
@@ -36,6 +57,18 @@ from handlers.states import (
 
 MAX_MESSAGE = 2000  # characters; longer messages are refused before any parsing
 MAX_NOTE = 500
+UNDO_WINDOW = timedelta(minutes=10)
+NOT_VISITED = ("未访", "没访", "待访")  # `家访 未访`: due or never visited
+
+
+@dataclass(frozen=True, slots=True)
+class Alerts:
+    """Telling the school's coordinators at once (through the outbox): a family unreachable
+    `unreached_after` times in a row, or a need of an urgent kind (`Form.urgent_kinds`)."""
+
+    channels: tuple[str, ...] = ()  # the channels that reach a person, in order of preference
+    quiet: Callable[[datetime], datetime | None] = lambda _moment: None  # QUIET_HOURS
+    unreached_after: int = 2
 
 
 @dataclass(slots=True)
@@ -53,6 +86,9 @@ class _Ctx:
     def go(self, state: State) -> None:
         self.conv = replace(self.conv, state=state)
 
+    def show(self, listing: Listing | None) -> None:
+        self.conv = replace(self.conv, listing=listing)
+
 
 Handler = Callable[[_Ctx, Command, str], list[str] | None]
 
@@ -64,15 +100,25 @@ def _label(student: StudentRef) -> str:
 class CheckIn:
     """Callable conversation for `bot.core.engine.Engine`."""
 
-    def __init__(self, form: Form, tz: ZoneInfo, cadence: Cadence | None = None) -> None:
+    def __init__(
+        self,
+        form: Form,
+        tz: ZoneInfo,
+        cadence: Cadence | None = None,
+        alerts: Alerts | None = None,
+    ) -> None:
         self.form = form
         self.tz = tz
         self.cadence = cadence or Cadence()
+        self.alerts = alerts or Alerts()
         self._commands: dict[Cmd, Handler] = {
             Cmd.START: self._list,
             Cmd.LIST: self._list,
+            Cmd.MORE: self._more,
             Cmd.HELP: self._help,
             Cmd.CANCEL: self._cancel,
+            Cmd.DISCARD: self._discard,
+            Cmd.CONFIRM_DISCARD: self._confirm_discard,
             Cmd.BACK: self._back,
             Cmd.SKIP: self._skip,
             Cmd.EDIT: self._edit,
@@ -80,23 +126,19 @@ class CheckIn:
             Cmd.RESUME: self._resume,
             Cmd.TODO: self._todo,
             Cmd.DONE: self._done,
+            Cmd.UNDO: self._undo,
             Cmd.PROGRESS: self._progress,
             Cmd.SUBMIT: self._submit,
-            Cmd.DISCARD: self._discard,
         }
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
         if t.staff is None:
             return [texts.NOT_REGISTERED.format(user_id=t.message.user_id)]
-        c = _Ctx(t, t.staff, states.load(t.session.state, t.session.data))
-        notices = []
-        if t.expired:
-            if isinstance(c.state, InVisit):
-                notices.append(texts.EXPIRED_DRAFT.format(student=_label(c.state.draft.student)))
-            c.go(Idle())
-        replies = notices + self._reply(c)
-        t.session.state, t.session.data = states.dump(c.conv)
+        session = t.session
+        c = _Ctx(t, t.staff, states.load(session.state, session.data, session.listing))
+        replies = self._reply(c)
+        session.state, session.data, session.listing = states.dump(c.conv)
         return replies
 
     def _reply(self, c: _Ctx) -> list[str]:
@@ -112,21 +154,63 @@ class CheckIn:
         if not text:
             return [self._with_prompt(c, texts.EMPTY_ANSWER)]
         command = parse_command(text)
+        if c.t.expired and command is None and isinstance(c.state, InVisit):
+            # Days later a reply may not be meant for the question on screen: ask it again.
+            head = texts.EXPIRED_DRAFT.format(student=_label(c.state.draft.student))
+            return [f"{head}\n\n{self._prompt(c)}"]
+        confirming = self._confirming(c, command, msg.text, text)
+        if confirming is not None:
+            return confirming
         if command is not None:
             replies = self._commands[command.cmd](c, command, msg.text)
             if replies is not None:
                 return replies
-        return self._by_state(c, msg.text, text)
+        return self._by_state(c, msg.text, text, command)
 
-    def _by_state(self, c: _Ctx, raw: str, text: str) -> list[str]:
+    def _confirming(
+        self, c: _Ctx, command: Command | None, raw: str, text: str
+    ) -> list[str] | None:
+        """The answer to a yes/no question the bot just asked; None to go on as usual."""
+        match c.state:
+            case ConfirmStudent(student=student):
+                c.go(Idle())
+                if command is None and is_yes(text):
+                    found = c.t.store.find_student(c.staff.id, student.id)
+                    return self._start(c, *found) if found else [texts.STUDENT_GONE]
+            case ConfirmDiscard(draft=draft, question=question):
+                if command is not None and command.cmd is Cmd.CONFIRM_DISCARD:
+                    return None  # (the command handler deletes it)
+                c.go(Answering(draft, question) if question else Reviewing(draft))
+                if command is None or command.cmd in (Cmd.CANCEL, Cmd.DISCARD):
+                    return [f"{texts.DISCARD_KEPT}\n\n{self._prompt(c)}"]
+            case ConfirmCut() as cut:
+                c.go(Idle() if cut.draft is None else Answering(cut.draft, cut.question))
+                if command is None and is_yes(text):
+                    return self._apply_cut(c, cut)
+                if command is None:  # a shorter text instead: it goes where the long one went
+                    if cut.draft is None:
+                        return self._close(c, cut.number, cut.followup, clean_free_text(raw))
+                    return self._answer(c, Answering(cut.draft, cut.question), raw)
+        return None
+
+    def _by_state(self, c: _Ctx, raw: str, text: str, command: Command | None) -> list[str]:
         match c.state:
             case Answering() as answering:
+                if (
+                    command is not None
+                    and self.form.question(answering.question).type is QType.TEXT
+                ):
+                    # a command word that means nothing here (提交 before the summary) is not
+                    # stored as the answer to a free-text question
+                    word = texts.COMMAND_AS_ANSWER.format(word=text)
+                    return [self._with_prompt(c, word)]
                 return self._answer(c, answering, raw)
             case Reviewing():
                 return [texts.SUMMARY_EXPECT]
-            case Choosing() as choosing if text.isdecimal():  # (not isdigit: int() refuses ፩)
-                return self._pick_number(c, choosing, int(text))
-        return self._pick_name(c, text, from_idle=isinstance(c.state, Idle))
+        number = as_number(text)
+        if number is not None:
+            return self._pick(c, number)
+        return self._pick_name(c, text)
 
     # ------------------------------------------------------------------ helpers
     def _due(self, s: StudentListing) -> date | None:
@@ -136,12 +220,24 @@ class CheckIn:
         ]
         return self.cadence.due_date(s.categories, local[0], local[1])
 
-    def _by_urgency(self, students: list[StudentListing]) -> list[StudentListing]:
-        """Most overdue first (never visited before all); ties by class, name, number."""
-        return sorted(
-            students,
-            key=lambda s: (urgency_key(self._due(s)), s.class_name, s.name, s.student_no),
-        )
+    def _by_urgency(self, students: list[StudentListing], today: date) -> list[StudentListing]:
+        """Families last found unreachable first (the most at risk), then overdue students of
+        short-cycle categories (孤儿, 大病 …), then never visited, then other overdue ones, then
+        everyone else; by 学号 within a group."""
+
+        def key(s: StudentListing) -> tuple[int, int, str]:
+            due = self._due(s)
+            if last_attempt_unreached(s.last_visit_at, s.last_unreached_at):
+                assert s.last_unreached_at is not None
+                return (0, int(s.last_unreached_at.timestamp()), s.student_no)
+            if due is None:
+                return (2, 0, s.student_no)
+            overdue = due <= today
+            if overdue and self.cadence.is_short_cycle(s.categories):
+                return (1, due.toordinal(), s.student_no)
+            return (3, due.toordinal(), s.student_no) if overdue else (4, 0, s.student_no)
+
+        return sorted(students, key=key)
 
     def today(self, c: _Ctx) -> date:
         return c.t.now.astimezone(self.tz).date()
@@ -154,8 +250,6 @@ class CheckIn:
                 return render.question(self.form, q, d.answers, _label(d.student))
             case Reviewing(draft=d):
                 return render.summary(self.form, d.answers, _label(d.student))
-            case Choosing():
-                return texts.PICK_HINT
         return None
 
     def _with_prompt(self, c: _Ctx, text: str) -> str:
@@ -203,61 +297,163 @@ class CheckIn:
         c.go(Idle())
         return [texts.DRAFT_GONE.format(student=_label(draft.student))]
 
+    # ------------------------------------------------------------------ the current list
+    def _pick(self, c: _Ctx, n: int) -> list[str]:
+        """A bare number: item `n` of the current list."""
+        listing = c.conv.listing
+        if listing is None:
+            return [texts.NO_LIST]
+        item = listing.item(n)
+        if item is None:
+            shown = min(listing.shown, len(listing.items))
+            return [texts.NOT_IN_LIST.format(n=n, count=shown) + self._list_hint(listing)]
+        if item.kind is ItemKind.FOLLOWUP:
+            found = self._followup(c, item.id)
+            if found is None:
+                return [texts.NOT_IN_LIST.format(n=n, count=len(listing.items))]
+            line = render.followup_line(n, found, self.form.followup_kinds, self.today(c))
+            return [texts.FOLLOWUP_SHOWN.format(n=n, line=line.split(". ", 1)[1])]
+        picked = c.t.store.find_student(c.staff.id, item.id)
+        if picked is None:  # no longer assigned since the list was shown
+            return [texts.STUDENT_GONE]
+        return self._start(c, *picked)
+
+    def _list_hint(self, listing: Listing) -> str:
+        if listing.kind is ListKind.FOLLOWUPS:
+            return texts.FOLLOWUPS_FOOT
+        return texts.LIST_FOOTER
+
+    def _followup(self, c: _Ctx, followup_id: int) -> FollowUpListing | None:
+        return next((f for f in c.t.store.open_followups(c.staff.id) if f.id == followup_id), None)
+
     # ------------------------------------------------------------------ choosing a student
-    def _list(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+    def _list(self, c: _Ctx, command: Command, _raw: str) -> list[str]:
         parked = self._park(c)
-        students = self._by_urgency(c.t.store.my_students(c.staff.id))
-        if not students:
-            c.go(Idle())
+        mine = c.t.store.my_students(c.staff.id)
+        if not mine:
             return [*parked, texts.NO_STUDENTS]
-        body = render.student_list(students, self.today(c), self.tz, self._due)
-        drafted = [s for s in students if s.draft_at is not None]
+        today = self.today(c)
+        students = self._by_urgency(self._filtered(mine, command.argument, today), today)
+        if not students:
+            return [*parked, texts.NO_FILTER_MATCH.format(filter=command.argument[:20])]
+        if command.argument:
+            head = texts.LIST_HEADER_FILTERED.format(filter=command.argument, count=len(students))
+        else:
+            head = texts.LIST_HEADER.format(count=len(students))
+        items = tuple(Item(ItemKind.STUDENT, s.id) for s in students)
+        shown = min(render.PAGE_SIZE, len(students))
+        c.show(Listing(ListKind.STUDENTS, items, shown))
+        lines = [head, *self._student_page(students, 0, shown, today)]
+        drafted = [s for s in mine if s.draft_at is not None]
         if drafted:  # the draft 继续 resumes: the latest changed (as `Store.find_draft` orders)
-            latest = max(drafted, key=attrgetter("draft_at", "id"))
+            latest = max(drafted, key=lambda s: (s.draft_at, s.id))
             label = render.student_label(latest.name, latest.class_name)
-            body += "\n" + texts.DRAFT_HINT.format(student=label)
-        c.go(Choosing(tuple(s.id for s in students)))
-        return [*parked, body]
+            lines.append(texts.DRAFT_HINT.format(count=len(drafted), student=label))
+        return [*parked, "\n".join(lines)]
+
+    def _filtered(
+        self, students: list[StudentListing], argument: str, today: date
+    ) -> list[StudentListing]:
+        if not argument:
+            return students
+        if argument in NOT_VISITED:
+            return [s for s in students if s.last_visit_at is None or self._is_due(s, today)]
+        by_class = [s for s in students if argument in (s.class_name, s.class_name.rstrip("班"))]
+        if by_class:
+            return by_class
+        return [s for s in students if argument in s.categories]
+
+    def _is_due(self, s: StudentListing, today: date) -> bool:
+        due = self._due(s)
+        return due is None or due <= today
+
+    def _student_page(
+        self, students: Sequence[StudentListing], start: int, end: int, today: date
+    ) -> list[str]:
+        lines = render.student_lines(
+            students[start:end], start + 1, today, self.tz, self._due,
+            all_names=[s.name for s in students],
+        )  # fmt: skip
+        if end < len(students):
+            lines.append(texts.LIST_PAGE.format(first=start + 1, last=end, count=len(students)))
+        lines.append(texts.LIST_FOOTER)
+        return lines
+
+    def _more(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        listing = c.conv.listing
+        if listing is None or listing.kind is not ListKind.STUDENTS:
+            return [texts.NO_LIST]
+        if listing.shown >= len(listing.items):
+            return [texts.NO_MORE]
+        by_id = {s.id: s for s in c.t.store.my_students(c.staff.id)}
+        students = [by_id[i.id] for i in listing.items if i.id in by_id]
+        if len(students) != len(listing.items):  # the roster changed meanwhile: list again
+            return self._list(c, Command(Cmd.START), "")
+        end = min(listing.shown + render.PAGE_SIZE, len(students))
+        lines = self._student_page(students, listing.shown, end, self.today(c))
+        c.show(replace(listing, shown=end))
+        return ["\n".join(lines)]
 
     def _park(self, c: _Ctx) -> list[str]:
         """Leave a visit in progress as a draft (it is already saved) and say so."""
-        if not isinstance(c.state, InVisit):
+        if not isinstance(c.state, InVisit | ConfirmDiscard):
             return []
         student = c.state.draft.student
         c.go(Idle())
         return [texts.PARKED.format(student=_label(student))]
 
-    def _pick_number(self, c: _Ctx, choosing: Choosing, n: int) -> list[str]:
-        choices = choosing.choices
-        if not 1 <= n <= len(choices):
-            return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        found = c.t.store.find_student(c.staff.id, choices[n - 1])
-        if found is None:  # no longer assigned since the list was shown
-            return [texts.NO_SUCH_NUMBER.format(n=n, count=len(choices))]
-        return self._start(c, *found)
-
-    def _pick_name(self, c: _Ctx, text: str, *, from_idle: bool) -> list[str]:
+    def _pick_name(self, c: _Ctx, text: str) -> list[str]:
         students = c.t.store.my_students(c.staff.id)
-        matches = _match_name(students, text)
-        if len(matches) == 1:
-            found = c.t.store.find_student(c.staff.id, matches[0].id)
-            if found is None:  # (the list was read in this same turn)
-                return [texts.NO_SUCH_NAME.format(name=text[:20])]
-            return self._start(c, *found)
-        if from_idle and not matches:
-            return [texts.UNKNOWN_IDLE]
+        exact, close = _match_name(students, text)
+        if len(exact) == 1:
+            found = c.t.store.find_student(c.staff.id, exact[0].id)
+            return self._start(c, *found) if found else [texts.STUDENT_GONE]
+        if len(close) == 1 and not exact:
+            s = close[0]
+            c.go(ConfirmStudent(StudentRef(s.id, s.name, s.class_name)))
+            label = render.student_label(s.name, s.class_name)
+            if sum(1 for x in students if x.name == s.name) > 1:
+                label += f" {texts.STUDENT_NO_TAIL.format(tail=s.student_no[-4:])}"
+            return [texts.DID_YOU_MEAN.format(student=label)]
+        matches = exact or close
         if not matches:
+            return self._unplaced(c, text)
+        today = self.today(c)
+        if exact:
+            head = texts.SAME_NAME.format(count=len(matches), name=matches[0].name)
+        else:
+            head = texts.SEVERAL_MATCHES.format(count=len(matches))
+        matches = self._by_urgency(matches, today)
+        c.show(
+            Listing(
+                ListKind.STUDENTS,
+                tuple(Item(ItemKind.STUDENT, s.id) for s in matches),
+                len(matches),
+            )
+        )
+        lines = render.student_lines(matches, 1, today, self.tz, self._due)
+        return ["\n".join([head, *lines])]
+
+    def _unplaced(self, c: _Ctx, text: str) -> list[str]:
+        """A reply the bot cannot place: with drafts waiting, list them and how to go on."""
+        drafts = c.t.store.my_drafts(c.staff.id)
+        if not drafts:
+            if isinstance(c.state, Idle) and c.conv.listing is None:
+                return [texts.UNKNOWN_IDLE]
             return [texts.NO_SUCH_NAME.format(name=text[:20])]
-        lines = [texts.SAME_NAME.format(count=len(matches), name=matches[0].name)]
+        items = tuple(Item(ItemKind.STUDENT, d.student.id) for d in drafts)
+        c.show(Listing(ListKind.DRAFTS, items, len(items)))
+        lines = [texts.UNKNOWN_WITH_DRAFTS.format(count=len(drafts))]
         lines += [
-            render.student_line(i, s, self.today(c), self.tz, self._due(s))
-            for i, s in enumerate(matches, 1)
+            f"{n}. {_label(d.student)} · {render.md(d.updated_at.astimezone(self.tz).date())}"
+            for n, d in enumerate(drafts, 1)
         ]
-        c.go(Choosing(tuple(s.id for s in matches)))
+        lines.append(texts.DRAFTS_FOOT)
         return ["\n".join(lines)]
 
     def _start(self, c: _Ctx, student: StudentRef, draft: Draft | None) -> list[str]:
         """Open the student's draft `draft`, or start a new visit when there is none."""
+        c.show(None)  # the list a number picked from is no longer on screen
         if draft is not None:
             answers = self.form.prune(draft.answers)
             # 上一题 after resuming a draft steps back through the answers already given.
@@ -271,22 +467,42 @@ class CheckIn:
                 c.staff.id, student.id, self.form.id, self.form.version, c.t.now
             )
             opened = OpenDraft(visit_id, student, states.freeze({}))
-            head = texts.VISIT_STARTED.format(student=_label(student), version=self.form.version)
+            head = texts.VISIT_STARTED.format(student=_label(student))
         return self._advance(c, opened, head)
 
     # ------------------------------------------------------------------ answering
     def _answer(self, c: _Ctx, answering: Answering, raw: str) -> list[str]:
         q = self.form.question(answering.question)
+        if q.type is QType.TEXT:
+            free = clean_free_text(raw)
+            if len(free) > q.max_length:
+                return self._ask_cut(
+                    c,
+                    ConfirmCut(free[: q.max_length], len(free), answering.draft, q.key),
+                    q.max_length,
+                )
         try:
             value = parse_answer(q, raw, self.today(c))
         except InvalidAnswer as exc:
             return [self._with_prompt(c, exc.reason)]
-        draft = self._save(c, answering.draft, {q.key: value})
-        if draft is None:
-            return self._draft_gone(c, answering.draft)
-        if not draft.history or draft.history[-1] != q.key:
-            draft = replace(draft, history=(*draft.history, q.key))
-        return self._advance(c, draft)
+        return self._store_answer(c, answering.draft, q.key, value)
+
+    def _store_answer(self, c: _Ctx, draft: OpenDraft, key: str, value: Any) -> list[str]:
+        saved = self._save(c, draft, {key: value})
+        if saved is None:
+            return self._draft_gone(c, draft)
+        if not saved.history or saved.history[-1] != key:
+            saved = replace(saved, history=(*saved.history, key))
+        return self._advance(c, saved)
+
+    def _ask_cut(self, c: _Ctx, cut: ConfirmCut, limit: int) -> list[str]:
+        c.go(cut)
+        return [texts.CUT_ASK.format(length=cut.length, limit=limit, end=cut.text[-8:])]
+
+    def _apply_cut(self, c: _Ctx, cut: ConfirmCut) -> list[str]:
+        if cut.draft is None:
+            return self._close(c, cut.number, cut.followup, cut.text)
+        return self._store_answer(c, cut.draft, cut.question, cut.text)
 
     def _skip(self, c: _Ctx, _c: Command, _raw: str) -> list[str] | None:
         match c.state:
@@ -338,7 +554,15 @@ class CheckIn:
         answers = self.form.prune(draft.answers)
         if self.form.next_question(answers) is not None:
             return self._advance(c, draft)
-        found = self.form.followups(answers, self.today(c))
+        if draft.student.id == 0:  # a session saved before student ids were kept in it
+            stored = c.t.store.load_draft(c.staff.id, draft.visit_id)
+            if stored is not None:
+                draft = replace(draft, student=stored.student)
+        today = self.today(c)
+        found = [
+            replace(f, due_date=self.cadence.school_day_from(f.due_date))
+            for f in self.form.followups(answers, today)
+        ]
         reached = self.form.reached(answers)
         method = self.form.method(answers)
         store = c.t.store
@@ -351,18 +575,71 @@ class CheckIn:
             # Changed on another channel since this summary was shown: show it again.
             return self._advance(c, fresh, texts.DRAFT_CHANGED)
         c.go(Idle())
+        c.conv = replace(c.conv, last=LastAction(ItemKind.STUDENT, draft.visit_id, c.t.now))
         student = _label(draft.student)
         lines = [
             (texts.SUBMITTED if reached else texts.SUBMITTED_UNREACHED).format(student=student)
         ]
         if found:
             lines.append(render.new_followups(self.form, found))
-        lines.append(texts.NEXT_HINT)
+        if self._tell_the_school(c, draft, found, reached):
+            lines.append(texts.SCHOOL_TOLD)
+        lines += [texts.UNDO_HINT, texts.NEXT_HINT]
         return ["\n".join(lines)]
 
-    def _discard(self, c: _Ctx, _c: Command, _raw: str) -> list[str] | None:
-        if not isinstance(c.state, Reviewing):
-            return None
+    def _tell_the_school(
+        self, c: _Ctx, draft: OpenDraft, found: Sequence[NewFollowUp], reached: bool
+    ) -> bool:
+        """Queue the coordinators' messages this submission calls for; True if any was."""
+        student, store = draft.student, c.t.store
+        bodies: list[tuple[str, str]] = []  # (key part, text)
+        if not reached:
+            attempts = store.unreached_attempts(student.id)
+            if len(attempts) == self.alerts.unreached_after:
+                days = "、".join(render.md(a.astimezone(self.tz).date()) for a in attempts)
+                text = texts.ALERT_UNREACHED.format(
+                    student=_label(student), count=len(attempts), days=days, teacher=c.staff.name
+                )
+                bodies.append((f"unreached:{student.id}:{len(attempts)}", text))
+        urgent = [f for f in found if f.kind in self.form.urgent_kinds]
+        if urgent:
+            needs = "；".join(
+                f"{self.form.followup_kinds.get(f.kind, f.kind)}：{f.detail}" for f in urgent
+            )
+            text = texts.ALERT_URGENT.format(
+                teacher=c.staff.name, student=_label(student), needs=needs
+            )
+            bodies.append((f"urgent:{draft.visit_id}", text))
+        if not bodies:
+            return False
+        not_before = self.alerts.quiet(c.t.now) or c.t.now
+        told = False
+        for person in store.school_coordinators(student.id):
+            target = pick_channel(person, self.alerts.channels)
+            if target is None:
+                continue
+            for key, body in bodies:
+                message = QueuedMessage(
+                    f"alert:{key}:{person.staff_no}", target[0], target[1], "alert", body
+                )
+                store.queue_message(message, not_before, c.t.now)
+                told = True
+        return told
+
+    def _discard(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        if not isinstance(c.state, InVisit):
+            return [texts.NOT_IN_VISIT]
+        draft = c.state.draft
+        answered = len(render.answered(self.form, draft.answers))
+        if not answered:  # nothing to lose: no need to ask
+            return self._drop_draft(c, draft)
+        question = c.state.question if isinstance(c.state, Answering) else None
+        c.go(ConfirmDiscard(draft, question))
+        return [texts.DISCARD_ASK.format(student=_label(draft.student), count=answered)]
+
+    def _confirm_discard(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        if not isinstance(c.state, ConfirmDiscard):
+            return [texts.NOTHING_TO_DISCARD]
         return self._drop_draft(c, c.state.draft)
 
     def _drop_draft(self, c: _Ctx, draft: OpenDraft) -> list[str]:
@@ -371,12 +648,13 @@ class CheckIn:
         return [texts.DISCARDED.format(student=_label(draft.student))]
 
     def _cancel(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
-        match c.state:
-            case Answering(draft=draft) | Reviewing(draft=draft):
-                return self._drop_draft(c, draft)
-            case Choosing():
-                c.go(Idle())
-                return [texts.LEFT_LIST]
+        """取消 leaves whatever is going on; a draft is kept (放弃 deletes one)."""
+        parked = self._park(c)
+        if parked:
+            return parked
+        if c.conv.listing is not None or not isinstance(c.state, Idle):
+            c.go(Idle())
+            return [texts.LEFT_LIST]
         return [texts.NOTHING_TO_CANCEL]
 
     def _later(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
@@ -397,29 +675,73 @@ class CheckIn:
     # ------------------------------------------------------------------ follow-ups, progress
     def _todo(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
         items = c.t.store.open_followups(c.staff.id)
-        c.conv = replace(c.conv, followups=tuple(f.id for f in items))
-        body = render.followup_list(items, self.form.followup_kinds, self.today(c))
-        return [self._with_prompt(c, body)]
+        ids = tuple(Item(ItemKind.FOLLOWUP, f.id) for f in items)
+        c.show(Listing(ListKind.FOLLOWUPS, ids, len(ids)) if ids else None)
+        messages = render.followup_list(items, self.form.followup_kinds, self.today(c))
+        prompt = self._prompt(c)
+        return [*messages, prompt] if prompt else messages
 
     def _done(self, c: _Ctx, command: Command, raw: str) -> list[str]:
         assert command.number is not None
-        ids = c.conv.followups or tuple(f.id for f in c.t.store.open_followups(c.staff.id))
+        n = command.number
+        listing = c.conv.listing
+        if listing is None:  # nothing on screen: the teacher's open follow-ups, as 待跟进 lists
+            ids = [f.id for f in c.t.store.open_followups(c.staff.id)]
+            followup = ids[n - 1] if 1 <= n <= len(ids) else None
+        else:
+            item = listing.item(n)
+            followup = item.id if item is not None and item.kind is ItemKind.FOLLOWUP else None
+        if followup is None:
+            return [self._with_prompt(c, texts.NO_SUCH_FOLLOWUP.format(n=n))]
         note = done_note(clean_free_text(raw))
         if len(note) > MAX_NOTE:
-            reason = texts.NOTE_TOO_LONG.format(length=len(note), limit=MAX_NOTE)
-            return [self._with_prompt(c, reason)]
-        closed = None
-        if 1 <= command.number <= len(ids):
-            closed = c.t.store.close_followup(c.staff.id, ids[command.number - 1], note, c.t.now)
+            cut = ConfirmCut(note[:MAX_NOTE], len(note), followup=followup, number=n)
+            return self._ask_cut(c, cut, MAX_NOTE)
+        return self._close(c, n, followup, note)
+
+    def _close(self, c: _Ctx, n: int, followup: int, note: str) -> list[str]:
+        if len(note) > MAX_NOTE:
+            cut = ConfirmCut(note[:MAX_NOTE], len(note), followup=followup, number=n)
+            return self._ask_cut(c, cut, MAX_NOTE)
+        closed = c.t.store.close_followup(c.staff.id, followup, note, c.t.now)
         if closed is None:
-            return [self._with_prompt(c, texts.NO_SUCH_FOLLOWUP.format(n=command.number))]
+            return [self._with_prompt(c, texts.NO_SUCH_FOLLOWUP.format(n=n))]
+        c.conv = replace(c.conv, last=LastAction(ItemKind.FOLLOWUP, followup, c.t.now))
         text = texts.FOLLOWUP_DONE.format(
+            n=n,
             student=render.student_label(closed.student_name, closed.class_name),
             kind=self.form.followup_kinds.get(closed.kind, closed.kind),
             detail=closed.detail,
             note=texts.FOLLOWUP_NOTE.format(note=note) if note else "",
         )
-        return [self._with_prompt(c, text.rstrip())]
+        return [self._with_prompt(c, f"{text.rstrip()}\n{texts.UNDO_HINT}")]
+
+    def _undo(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        last = c.conv.last
+        if last is None or c.t.now - last.at > UNDO_WINDOW:
+            return [self._with_prompt(c, texts.NOTHING_TO_UNDO)]
+        c.conv = replace(c.conv, last=None)
+        if last.kind is ItemKind.FOLLOWUP:
+            reopened = c.t.store.reopen_followup(c.staff.id, last.id)
+            if reopened is None:
+                return [self._with_prompt(c, texts.NOTHING_TO_UNDO)]
+            text = texts.UNDONE_FOLLOWUP.format(
+                student=render.student_label(reopened.student_name, reopened.class_name),
+                kind=self.form.followup_kinds.get(reopened.kind, reopened.kind),
+                detail=reopened.detail,
+            )
+            return [self._with_prompt(c, text)]
+        parked = self._park(c)
+        draft = c.t.store.reopen_visit(c.staff.id, last.id, c.t.now)
+        if draft is None:
+            return [*parked, texts.CANNOT_UNDO_VISIT]
+        answers = self.form.prune(draft.answers)
+        history = tuple(q.key for q in render.answered(self.form, answers))
+        opened = OpenDraft(
+            draft.visit_id, draft.student, states.freeze(answers), draft.revision, history
+        )
+        head = texts.UNDONE_VISIT.format(student=_label(draft.student))
+        return [*parked, *self._advance(c, opened, head)]
 
     def _progress(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
         since = c.t.now - timedelta(days=self.cadence.default_days)
@@ -437,15 +759,34 @@ class CheckIn:
 
 
 # ---------------------------------------------------------------------- module helpers
-def _match_name(students: list[StudentListing], text: str) -> list[StudentListing]:
-    """Students called `text`; "姓名 班级" (or the class written right after) narrows it down."""
+def _match_name(
+    students: list[StudentListing], text: str
+) -> tuple[list[StudentListing], list[StudentListing]]:
+    """(students called `text`, students it may mean). "姓名 班级" (or the class written right
+    after the name) narrows the first; the second holds names that contain `text` or that it
+    contains (`浩然`), and names one character off (`李皓然` for 李浩然, three characters or
+    more so that two-character words do not pass for names)."""
+    text = text.strip()
     exact = [s for s in students if s.name == text]
+    if not exact:
+        for s in students:
+            if text.startswith(s.name):
+                rest = text[len(s.name) :].strip()
+                if rest and rest in s.class_name:
+                    exact.append(s)
     if exact:
-        return exact
-    matches = []
-    for s in students:
-        if text.startswith(s.name):
-            rest = text[len(s.name) :].strip()
-            if rest and rest in s.class_name:
-                matches.append(s)
-    return matches
+        return exact, []
+    close = [s for s in students if len(text) >= 2 and (text in s.name or s.name in text)]
+    if not close and len(text) >= 3:
+        close = [s for s in students if _one_off(s.name, text)]
+    return [], close
+
+
+def _one_off(a: str, b: str) -> bool:
+    """One character changed, added or left out."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))

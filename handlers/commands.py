@@ -1,4 +1,8 @@
-"""The words a teacher can send at any time, Chinese first with English aliases."""
+"""The words a teacher can send at any time, Chinese first with English aliases.
+
+Phones add punctuation: a trailing or leading full stop, comma or 顿号 is ignored around commands
+and numbers (`1。`, `1.`, `1、`, `家访。`), and `完成1平板已送到` needs no space.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,17 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from handlers.answers import strip_edges
+
 
 class Cmd(StrEnum):
     START = "start"
     LIST = "list"
+    MORE = "more"
     HELP = "help"
-    CANCEL = "cancel"
+    CANCEL = "cancel"  # leave what is going on; a draft is kept
+    DISCARD = "discard"  # delete the draft (asks first)
+    CONFIRM_DISCARD = "confirm_discard"
     BACK = "back"
     SKIP = "skip"
     EDIT = "edit"
@@ -19,47 +28,68 @@ class Cmd(StrEnum):
     RESUME = "resume"
     TODO = "todo"
     DONE = "done"
+    UNDO = "undo"
     PROGRESS = "progress"
     SUBMIT = "submit"  # only meaningful on the summary
-    DISCARD = "discard"  # only meaningful on the summary
 
 
 WORDS: dict[Cmd, tuple[str, ...]] = {
     Cmd.START: ("家访", "开始", "visit", "start"),
     Cmd.LIST: ("名单", "list", "students"),
+    Cmd.MORE: ("更多", "下一页", "more", "next"),
     Cmd.HELP: ("帮助", "help", "?", "？", "菜单", "menu"),
-    Cmd.CANCEL: ("取消", "cancel"),
+    Cmd.CANCEL: ("取消", "退出", "cancel"),
+    Cmd.DISCARD: ("放弃", "删除草稿", "discard"),
+    Cmd.CONFIRM_DISCARD: ("确定删除", "确认删除"),
     Cmd.BACK: ("上一题", "返回", "back"),
     Cmd.SKIP: ("跳过", "skip"),
     Cmd.LATER: ("稍后", "later", "pause"),
     Cmd.RESUME: ("继续", "resume", "continue"),
     Cmd.TODO: ("待跟进", "跟进", "todo", "followups"),
+    Cmd.UNDO: ("撤销", "撤回", "undo"),
     Cmd.PROGRESS: ("进度", "progress"),
-    Cmd.SUBMIT: ("提交", "确认", "submit", "confirm"),
-    Cmd.DISCARD: ("放弃", "discard"),
+    Cmd.SUBMIT: ("提交", "submit"),
 }
+YES = frozenset({"是", "是的", "对", "对的", "确定", "确认", "好", "好的", "嗯", "y", "yes", "ok"})
 _BY_WORD = {w: cmd for cmd, words in WORDS.items() for w in words}
-_EDIT = re.compile(r"^(?:修改|改|edit|change)\s*(\d+)$", re.IGNORECASE)
-_DONE = re.compile(r"^(?:完成|done)\s*(\d+)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
+# Words with an argument: `家访 二年级1班` filters the list, `修改 2`, `完成 1 备注`.
+_START = re.compile(r"^(?:家访|visit)\s+(.+)$", re.IGNORECASE)
+_EDIT = re.compile(r"^(?:修改|改|edit|change)\s*([0-9]+)$", re.IGNORECASE)
+_DONE = re.compile(
+    r"^(?:完成|done)\s*([0-9]+)\s*[。.、，,:：;；]?\s*(.*)$", re.IGNORECASE | re.DOTALL
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     cmd: Cmd
     number: int | None = None
-    note: str = ""
+    argument: str = ""
 
 
 def parse_command(text: str) -> Command | None:
     """`text` is already normalised (see handlers.answers.normalize)."""
-    cmd = _BY_WORD.get(text.lower())
+    word = strip_edges(text)
+    cmd = _BY_WORD.get(word.lower())
     if cmd is not None:
         return Command(cmd)
-    if m := _EDIT.match(text):
+    if m := _START.match(word):
+        return Command(Cmd.START, argument=m.group(1).strip())
+    if m := _EDIT.match(word):
         return Command(Cmd.EDIT, int(m.group(1)))
-    if m := _DONE.match(text):
-        return Command(Cmd.DONE, int(m.group(1)), (m.group(2) or "").strip())
+    if m := _DONE.match(text.strip()):
+        return Command(Cmd.DONE, int(m.group(1)))
     return None
+
+
+def is_yes(text: str) -> bool:
+    return strip_edges(text).lower() in YES
+
+
+def as_number(text: str) -> int | None:
+    """A bare number (`3`, `３`, `3。`), or None."""
+    word = strip_edges(text)
+    return int(word) if word.isascii() and word.isdecimal() and len(word) <= 6 else None
 
 
 def done_note(raw: str) -> str:

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.core.channels import DINGTALK_GROUP as GROUP_CHANNEL
@@ -22,8 +23,10 @@ from bot.core.types import (
     StaffRole,
     TrackedFollowUp,
 )
+from handlers import states
 from handlers.cadence import Cadence, is_due, last_attempt_unreached, overdue_days, urgency_key
 from handlers.render import md, student_label
+from handlers.states import Item, ItemKind, Listing, ListKind
 
 REMINDER_LIST_LIMIT = 15
 ESCALATION_LIST_LIMIT = 10
@@ -38,6 +41,7 @@ class Outgoing:
     recipient: str
     kind: str
     body: str
+    listing: dict[str, Any] | None = None  # the numbered list it shows (handlers.states)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +122,13 @@ def plan_reminders(
         if target is None:
             unreachable.append(person)
             continue
-        body = reminder_text(
+        body, listing = reminder_text(
             person, due_by_staff[staff_id], fu_by_staff[staff_id], view, kind_labels
         )
         key = f"reminder:{person.staff_no}:{view.today.isoformat()}"
-        messages.append(Outgoing(key, target[0], target[1], "reminder", body))
+        messages.append(
+            Outgoing(key, target[0], target[1], "reminder", body, states.dump_listing(listing))
+        )
     return Plan(messages, unreachable)
 
 
@@ -132,28 +138,41 @@ def reminder_text(
     fus: list[TrackedFollowUp],
     view: View,
     kind_labels: Mapping[str, str],
-) -> str:
-    lines = [f"{person.name}老师，您好！{md(view.today)}的家访提醒："]
+) -> tuple[str, Listing]:
+    """The reminder, and its numbered items as the list `1` or `完成 N` will refer to once it
+    is delivered: the students due first, then the follow-ups, in one numbering."""
+    lines = [f"{person.name}老师，你好！{md(view.today)}的家访提醒："]
+    items: list[Item] = []
     if due:
         due = sorted(due, key=lambda s: (urgency_key(view.due[s.id]), s.class_name, s.name))
+        shown = due[:REMINDER_LIST_LIMIT]
         lines.append(f"待家访学生{len(due)}名（最久未访在前）：")
         lines += [
             f"{i}. {view.label(s.id)} · {view.visit_status(s)}"
-            for i, s in enumerate(due[:REMINDER_LIST_LIMIT], 1)
+            for i, s in enumerate(shown, len(items) + 1)
         ]
+        items += [Item(ItemKind.STUDENT, s.id) for s in shown]
         if len(due) > REMINDER_LIST_LIMIT:
-            lines.append(f"……等共{len(due)}名")
+            lines.append(f"……等共{len(due)}名，回复“家访”查看全部")
+    first_followup = len(items) + 1
     if fus:
+        shown_fus = fus[:REMINDER_LIST_LIMIT]
         lines.append(f"待办跟进{len(fus)}项：")
         lines += [
-            f"· {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)}：{f.detail} · "
+            f"{i}. {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)}：{f.detail} · "
             f"{view.followup_status(f)}"
-            for f in fus[:REMINDER_LIST_LIMIT]
+            for i, f in enumerate(shown_fus, len(items) + 1)
         ]
+        items += [Item(ItemKind.FOLLOWUP, f.id) for f in shown_fus]
         if len(fus) > REMINDER_LIST_LIMIT:
             lines.append(f"……等共{len(fus)}项，回复“待跟进”查看全部")
-    lines.append("回复“家访”开始，名单第1位就是最久未访的学生；办完跟进回复“完成 序号 备注”。")
-    return "\n".join(lines)
+    hints = []
+    if due:
+        hints.append("回复序号开始家访，例如回复 1")
+    if fus:
+        hints.append(f"办完跟进回复“完成 序号 备注”，例如：完成 {first_followup} 平板已送到")
+    lines.append("；".join(hints) + "。")
+    return "\n".join(lines), Listing(ListKind.REMINDER, tuple(items), len(items))
 
 
 # ------------------------------------------------------------------------------------ digests

@@ -12,7 +12,8 @@ from config.forms import Form, QType, Question
 from handlers import texts
 from handlers.cadence import last_attempt_unreached
 
-LIST_LIMIT = 30  # a chat message stays readable (and under WeCom's 2,048-byte text limit)
+PAGE_SIZE = 10  # students a message lists: one phone screen, well under WeCom's 2,048 bytes
+MESSAGE_BUDGET = 600  # characters of one chat message (WeCom: 2,048 bytes, 3 a character)
 
 
 def student_label(name: str, class_name: str) -> str:
@@ -32,8 +33,21 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def student_line(n: int, s: StudentListing, today: date, tz: ZoneInfo, due: date | None) -> str:
-    parts = [f"{n}. {s.name}", s.class_name, "、".join(s.categories) or texts.NO_CATEGORY]
+def student_line(
+    n: int,
+    s: StudentListing,
+    today: date,
+    tz: ZoneInfo,
+    due: date | None,
+    *,
+    tail: bool = False,
+) -> str:
+    """One numbered student; `tail`: show the last digits of the 学籍号 (another student of the
+    list has the same name)."""
+    parts = [f"{n}. {s.name}", s.class_name]
+    if tail:
+        parts.append(texts.STUDENT_NO_TAIL.format(tail=s.student_no[-4:]))
+    parts.append("、".join(s.categories) or texts.NO_CATEGORY)
     if s.last_visit_at is None:
         parts.append(texts.NEVER_VISITED)
     else:
@@ -46,27 +60,49 @@ def student_line(n: int, s: StudentListing, today: date, tz: ZoneInfo, due: date
         parts.append(texts.OVERDUE_VISIT.format(days=late) if late else texts.DUE_TODAY)
     if s.open_followups:
         parts.append(texts.OPEN_FOLLOWUPS.format(count=s.open_followups))
+    if s.draft_at is not None:
+        parts.append(texts.HAS_DRAFT)
     return " · ".join(parts)
 
 
-def student_list(
+def student_lines(
     students: Sequence[StudentListing],
+    first: int,
     today: date,
     tz: ZoneInfo,
     due: Callable[[StudentListing], date | None],
-) -> str:
-    lines = [texts.LIST_HEADER.format(count=len(students))]
-    lines += [student_line(i, s, today, tz, due(s)) for i, s in enumerate(students[:LIST_LIMIT], 1)]
-    if len(students) > LIST_LIMIT:
-        lines.append(f"……（只列出最久未访的{LIST_LIMIT}名，其余可直接回复姓名）")
-    lines.append(texts.LIST_FOOTER)
-    return "\n".join(lines)
+    *,
+    all_names: Sequence[str] = (),
+) -> list[str]:
+    """Numbered lines from number `first`; a name found twice in `all_names` (or in `students`)
+    gets the 学籍号's last digits."""
+    names = list(all_names) or [s.name for s in students]
+    return [
+        student_line(n, s, today, tz, due(s), tail=names.count(s.name) > 1)
+        for n, s in enumerate(students, first)
+    ]
+
+
+def in_messages(head: str, lines: Sequence[str], foot: str, cont: str) -> list[str]:
+    """`lines` in as many messages as fit `MESSAGE_BUDGET`, each with its own instruction line
+    (`foot`), the first under `head`, the others under `cont`."""
+    messages: list[str] = []
+    current = [head]
+    for line in lines:
+        size = sum(len(x) + 1 for x in current) + len(line) + len(foot)
+        if len(current) > 1 and size > MESSAGE_BUDGET:
+            messages.append("\n".join([*current, foot]))
+            current = [cont]
+        current.append(line)
+    messages.append("\n".join([*current, foot]))
+    return messages
 
 
 def question(form: Form, q: Question, answers: Mapping[str, Any], student: str) -> str:
-    visible = [x.key for x in form.visible(answers)]
-    n = visible.index(q.key) + 1 if q.key in visible else len(visible) + 1
-    lines = [texts.QUESTION_HEAD.format(n=n, student=student), q.prompt]
+    expected = [x.key for x in form.expected(answers)]
+    n = expected.index(q.key) + 1 if q.key in expected else len(expected) + 1
+    head = texts.QUESTION_HEAD.format(n=n, total=max(len(expected), n), student=student)
+    lines = [head, q.prompt]
     lines += [f"{i}. {o.text}" for i, o in enumerate(q.options, 1)]
     if q.type is QType.MULTI:
         lines.append(texts.MULTI_HINT)
@@ -116,10 +152,12 @@ def followup_line(n: int, f: FollowUpListing, kinds: Mapping[str, str], today: d
     )
 
 
-def followup_list(items: Sequence[FollowUpListing], kinds: Mapping[str, str], today: date) -> str:
+def followup_list(
+    items: Sequence[FollowUpListing], kinds: Mapping[str, str], today: date
+) -> list[str]:
+    """The numbered list, split so that every message carries its items and the instruction."""
     if not items:
-        return texts.FOLLOWUPS_NONE
-    lines = [texts.FOLLOWUPS_HEAD.format(count=len(items))]
-    lines += [followup_line(i, f, kinds, today) for i, f in enumerate(items, 1)]
-    lines.append(texts.FOLLOWUPS_FOOT)
-    return "\n".join(lines)
+        return [texts.FOLLOWUPS_NONE]
+    lines = [followup_line(i, f, kinds, today) for i, f in enumerate(items, 1)]
+    head = texts.FOLLOWUPS_HEAD.format(count=len(items))
+    return in_messages(head, lines, texts.FOLLOWUPS_FOOT, texts.FOLLOWUPS_MORE)

@@ -1,21 +1,31 @@
 """The check-in conversation's states: frozen values, serialized only at the store boundary.
 
-    Idle ──家访──▶ Choosing ──a number or a name──▶ Answering ⇄ Reviewing ──提交/放弃──▶ Idle
+    Idle ──a number or a name──▶ Answering ⇄ Reviewing ──提交──▶ Idle
+      ▲   ╲──a near miss──▶ ConfirmStudent        │
+      │                                           ├──放弃──▶ ConfirmDiscard ──确定删除──▶ Idle
+      └──────────────────────取消 / 稍后───────────┘  (an over-long text: ConfirmCut)
 
 `Answering` and `Reviewing` work on an `OpenDraft`: the session's copy of the draft visit (the
 durable draft is the visit row, written after every answer; the copy saves a read per turn and
-its `revision` tells the store when it is stale). `Conversation` adds what outlives any one
-state: the numbering of the last 待跟进 list, which `完成 N` refers to.
+its `revision` tells the store when it is stale).
 
-A session row stores `state` (a `StateName`) and `data` (JSON). `load` reads the current shape
-(`"v": 2`) and the shape sessions had before it (flat keys, a label for the student), so a
-teacher in the middle of a visit during an upgrade goes on where they were.
+Besides its state a conversation keeps the *current list*: the last numbered list the teacher
+was shown (their students, their follow-ups, a reminder's items, their drafts). A bare number or
+`完成 N` always refers to it, so one number never means two things. A reminder sets it when it is
+delivered (the outbox copies the list onto the session), which is why it is stored in a column of
+its own (`Session.listing`), not inside the state. And `last` remembers the last 完成 or
+submission, which `撤销` can take back for a while.
+
+A session row stores `state` (a `StateName`), `data` (JSON) and `listing` (JSON). `load` reads
+the current shape (`"v": 2`) and the shape sessions had before it (flat keys, a label for the
+student), so a teacher in the middle of a visit during an upgrade goes on where they were.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -27,9 +37,12 @@ FORMAT = 2
 
 class StateName(StrEnum):
     IDLE = "idle"
-    CHOOSING = "choosing"  # a numbered list of students was shown
+    CHOOSING = "choosing"  # (sessions saved before the current list existed)
     ANSWERING = "question"  # a question of the form is waiting for its answer
     REVIEWING = "summary"  # every question is answered; the summary waits for 提交
+    CONFIRM_STUDENT = "confirm_student"  # "你是说 李浩然（五年级3班）吗？"
+    CONFIRM_DISCARD = "confirm_discard"  # "确定删除已填的4题吗？"
+    CONFIRM_CUT = "confirm_cut"  # a text over its limit: keep the first N characters?
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +63,6 @@ class Idle:
 
 
 @dataclass(frozen=True, slots=True)
-class Choosing:
-    choices: tuple[int, ...]  # student ids, in the order they were numbered
-    name = StateName.CHOOSING
-
-
-@dataclass(frozen=True, slots=True)
 class Answering:
     draft: OpenDraft
     question: str  # the key of the question asked
@@ -68,14 +75,85 @@ class Reviewing:
     name = StateName.REVIEWING
 
 
-State = Idle | Choosing | Answering | Reviewing
+@dataclass(frozen=True, slots=True)
+class ConfirmStudent:
+    student: StudentRef
+    name = StateName.CONFIRM_STUDENT
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmDiscard:
+    draft: OpenDraft
+    question: str | None  # where to go back to: this question, or the summary when None
+    name = StateName.CONFIRM_DISCARD
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmCut:
+    """A text over its limit: `确定` keeps `text` (already cut to the limit).
+
+    For an answer, `draft` and `question` say where it goes; for a 完成 note, `followup` (the
+    id) and `number` (as the teacher wrote it)."""
+
+    text: str
+    length: int  # how long the teacher's text was
+    draft: OpenDraft | None = None
+    question: str = ""
+    followup: int = 0
+    number: int = 0
+    name = StateName.CONFIRM_CUT
+
+
+State = Idle | Answering | Reviewing | ConfirmStudent | ConfirmDiscard | ConfirmCut
 InVisit = Answering | Reviewing
+
+
+class ListKind(StrEnum):
+    STUDENTS = "students"
+    FOLLOWUPS = "followups"
+    REMINDER = "reminder"
+    DRAFTS = "drafts"
+
+
+class ItemKind(StrEnum):
+    STUDENT = "student"
+    FOLLOWUP = "followup"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    kind: ItemKind
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The current list: every item in the order it is numbered, and how many were shown so far
+    (a long list is shown a page at a time: `更多`)."""
+
+    kind: ListKind
+    items: tuple[Item, ...]
+    shown: int = 0
+
+    def item(self, number: int) -> Item | None:
+        """Item `number` (1-based) if it was shown to the teacher."""
+        return self.items[number - 1] if 1 <= number <= min(self.shown, len(self.items)) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LastAction:
+    """The last 完成 or submission, for `撤销`."""
+
+    kind: ItemKind  # FOLLOWUP: a 完成; STUDENT: a submitted visit
+    id: int  # the follow-up or the visit
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class Conversation:
     state: State = field(default_factory=Idle)
-    followups: tuple[int, ...] = ()  # follow-up ids as the last 待跟进 list numbered them
+    listing: Listing | None = None
+    last: LastAction | None = None
 
 
 def freeze(answers: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -84,21 +162,44 @@ def freeze(answers: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the store boundary
-def dump(conversation: Conversation) -> tuple[str, dict[str, Any]]:
-    """The session row's `state` and `data` for this conversation."""
+def dump(conversation: Conversation) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """The session row's `state`, `data` and `listing` for this conversation."""
     state = conversation.state
     data: dict[str, Any] = {"v": FORMAT}
-    if conversation.followups:
-        data["followups"] = list(conversation.followups)
+    if conversation.last is not None:
+        last = conversation.last
+        data["last"] = {"kind": last.kind.value, "id": last.id, "at": last.at.isoformat()}
     match state:
-        case Choosing(choices=choices):
-            data["choices"] = list(choices)
         case Answering(draft=draft, question=question):
             data["draft"] = _dump_draft(draft)
             data["question"] = question
         case Reviewing(draft=draft):
             data["draft"] = _dump_draft(draft)
-    return state.name.value, data
+        case ConfirmStudent(student=s):
+            data["student"] = {"id": s.id, "name": s.name, "class": s.class_name}
+        case ConfirmDiscard(draft=draft, question=question):
+            data["draft"] = _dump_draft(draft)
+            data["question"] = question
+        case ConfirmCut():
+            data["cut"] = {
+                "text": state.text,
+                "length": state.length,
+                "question": state.question,
+                "followup": state.followup,
+                "number": state.number,
+            }
+            if state.draft is not None:
+                data["draft"] = _dump_draft(state.draft)
+    listing = dump_listing(conversation.listing) if conversation.listing else None
+    return state.name.value, data, listing
+
+
+def dump_listing(listing: Listing) -> dict[str, Any]:
+    return {
+        "kind": listing.kind.value,
+        "items": [[i.kind.value, i.id] for i in listing.items],
+        "shown": listing.shown,
+    }
 
 
 def _dump_draft(d: OpenDraft) -> dict[str, Any]:
@@ -111,34 +212,67 @@ def _dump_draft(d: OpenDraft) -> dict[str, Any]:
     }
 
 
-def load(state: str, data: Mapping[str, Any]) -> Conversation:
-    """The conversation a session row holds; a row this code cannot read starts over idle."""
+def load(
+    state: str, data: Mapping[str, Any], listing: Mapping[str, Any] | None = None
+) -> Conversation:
+    """The conversation a session row holds; what this code cannot read starts over idle."""
+    try:
+        current = _load_listing(listing) if listing else None
+    except (KeyError, TypeError, ValueError):
+        current = None
     try:
         if data.get("v") == FORMAT:
-            return _load_current(StateName(state), data)
+            return Conversation(_load_state(StateName(state), data), current, _load_last(data))
         return _load_before_v2(StateName(state), data)
     except (KeyError, TypeError, ValueError):
-        return Conversation()
+        return Conversation(Idle(), current)
 
 
-def _load_current(name: StateName, data: Mapping[str, Any]) -> Conversation:
-    followups = tuple(int(i) for i in data.get("followups", ()))
+def _load_listing(raw: Mapping[str, Any]) -> Listing:
+    items = tuple(Item(ItemKind(kind), int(i)) for kind, i in raw["items"])
+    return Listing(ListKind(raw["kind"]), items, int(raw.get("shown", len(items))))
+
+
+def _load_last(data: Mapping[str, Any]) -> LastAction | None:
+    raw = data.get("last")
+    if not raw:
+        return None
+    return LastAction(ItemKind(raw["kind"]), int(raw["id"]), datetime.fromisoformat(raw["at"]))
+
+
+def _load_state(name: StateName, data: Mapping[str, Any]) -> State:
     match name:
-        case StateName.CHOOSING:
-            return Conversation(Choosing(tuple(int(i) for i in data["choices"])), followups)
         case StateName.ANSWERING:
-            draft = _load_draft(data["draft"])
-            return Conversation(Answering(draft, str(data["question"])), followups)
+            return Answering(_load_draft(data["draft"]), str(data["question"]))
         case StateName.REVIEWING:
-            return Conversation(Reviewing(_load_draft(data["draft"])), followups)
-    return Conversation(Idle(), followups)
+            return Reviewing(_load_draft(data["draft"]))
+        case StateName.CONFIRM_STUDENT:
+            return ConfirmStudent(_load_student(data["student"]))
+        case StateName.CONFIRM_DISCARD:
+            question = data.get("question")
+            return ConfirmDiscard(_load_draft(data["draft"]), str(question) if question else None)
+        case StateName.CONFIRM_CUT:
+            cut = data["cut"]
+            draft = _load_draft(data["draft"]) if "draft" in data else None
+            return ConfirmCut(
+                str(cut["text"]),
+                int(cut["length"]),
+                draft,
+                str(cut["question"]),
+                int(cut["followup"]),
+                int(cut["number"]),
+            )
+    return Idle()
+
+
+def _load_student(raw: Mapping[str, Any]) -> StudentRef:
+    return StudentRef(int(raw["id"]), str(raw["name"]), str(raw["class"]))
 
 
 def _load_draft(raw: Mapping[str, Any]) -> OpenDraft:
-    student = raw["student"]
     return OpenDraft(
         int(raw["visit"]),
-        StudentRef(int(student["id"]), str(student["name"]), str(student["class"])),
+        _load_student(raw["student"]),
         freeze(raw["answers"]),
         int(raw["revision"]),
         tuple(str(k) for k in raw["history"]),
@@ -148,10 +282,14 @@ def _load_draft(raw: Mapping[str, Any]) -> OpenDraft:
 def _load_before_v2(name: StateName, data: Mapping[str, Any]) -> Conversation:
     """Sessions saved before typed states: flat keys (`visit`, `student` as the label
     "name（class）", `answers`, `hist`, `q`, `choices`, `fu`, and `rev` from the release that
-    added draft revisions)."""
-    followups = tuple(int(i) for i in data.get("fu", ()))
-    if name is StateName.CHOOSING:
-        return Conversation(Choosing(tuple(int(i) for i in data.get("choices", ()))), followups)
+    added draft revisions). Its numbered lists become the current list."""
+    listing = None
+    if name is StateName.CHOOSING and data.get("choices"):
+        ids = tuple(Item(ItemKind.STUDENT, int(i)) for i in data["choices"])
+        listing = Listing(ListKind.STUDENTS, ids, len(ids))
+    elif data.get("fu"):
+        ids = tuple(Item(ItemKind.FOLLOWUP, int(i)) for i in data["fu"])
+        listing = Listing(ListKind.FOLLOWUPS, ids, len(ids))
     if name in (StateName.ANSWERING, StateName.REVIEWING):
         label = str(data["student"])
         student_name, _, rest = label.partition("（")
@@ -163,6 +301,6 @@ def _load_before_v2(name: StateName, data: Mapping[str, Any]) -> Conversation:
             tuple(str(k) for k in data.get("hist", ())),
         )
         if name is StateName.ANSWERING:
-            return Conversation(Answering(draft, str(data["q"])), followups)
-        return Conversation(Reviewing(draft), followups)
-    return Conversation(Idle(), followups)
+            return Conversation(Answering(draft, str(data["q"])), listing)
+        return Conversation(Reviewing(draft), listing)
+    return Conversation(Idle(), listing)

@@ -24,6 +24,8 @@ from bot.core.types import (
     FollowUpListing,
     FollowUpStatus,
     NewFollowUp,
+    QueuedMessage,
+    RosterStaff,
     Session,
     Staff,
     StaffRole,
@@ -94,6 +96,8 @@ class _Data:
     inbound: dict[tuple[str, str, str], tuple[list[str] | None, datetime]] = field(
         default_factory=dict
     )
+    schools: dict[str, int] = field(default_factory=dict)
+    outbox: dict[str, tuple[QueuedMessage, datetime]] = field(default_factory=dict)
     next_id: int = 1
 
 
@@ -112,7 +116,7 @@ class MemoryStore:
         """Add a checked roster's staff and students (a first import; nothing deactivated)."""
         d = self.data
         staff_ids: dict[str, int] = {}
-        schools: dict[str, int] = {}
+        schools = d.schools
         for entry in roster.staff:
             school_id = None
             if entry.school:
@@ -330,6 +334,35 @@ class MemoryStore:
         if v is not None and v.status is VisitStatus.DRAFT:
             v.status, v.updated_at = VisitStatus.DISCARDED, now
 
+    def my_drafts(self, staff_id: int) -> list[Draft]:
+        return [self._draft(v) for v in self._drafts(staff_id)]
+
+    def reopen_visit(self, staff_id: int, visit_id: int, now: datetime) -> Draft | None:
+        v = self.data.visits.get(visit_id)
+        if (
+            v is None
+            or v.staff_id != staff_id
+            or v.status is not VisitStatus.SUBMITTED
+            or not self._is_mine(staff_id, v.student_id)
+        ):
+            return None
+        theirs = [f for f in self.data.followups.values() if f.visit_id == visit_id]
+        if any(f.status is not FollowUpStatus.OPEN for f in theirs):
+            return None
+        for f in theirs:
+            del self.data.followups[f.id]
+        v.status, v.method, v.reached, v.submitted_at = VisitStatus.DRAFT, None, None, None
+        v.revision += 1
+        v.updated_at = now
+        return self._draft(v)
+
+    def reopen_followup(self, staff_id: int, followup_id: int) -> FollowUpListing | None:
+        f = self.data.followups.get(followup_id)
+        if f is None or f.closed_by != staff_id or f.status is not FollowUpStatus.DONE:
+            return None
+        f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.OPEN, None, None, None
+        return self._listing(f)
+
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         mine = [
             f
@@ -346,6 +379,45 @@ class MemoryStore:
             return None
         f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.DONE, now, staff_id, note
         return self._listing(f)
+
+    def unreached_attempts(self, student_id: int) -> list[datetime]:
+        mine = sorted(
+            (v for v in self.data.visits.values()
+             if v.student_id == student_id and v.status is VisitStatus.SUBMITTED),
+            key=lambda v: v.submitted_at or v.updated_at,
+        )  # fmt: skip
+        attempts: list[datetime] = []
+        for v in mine:
+            if v.reached:
+                attempts = []
+            elif v.submitted_at is not None:
+                attempts.append(v.submitted_at)
+        return attempts
+
+    def school_coordinators(self, student_id: int) -> list[RosterStaff]:
+        school_id = self.data.schools.get(self.data.students[student_id].school)
+        if school_id is None:
+            return []
+        people = [
+            s
+            for s in self.data.staff.values()
+            if s.school_id == school_id
+            and s.role is StaffRole.COORDINATOR
+            and s.id in self.data.active_staff
+        ]
+        return [
+            RosterStaff(
+                s.id, s.staff_no, s.name, s.role, s.school_id,
+                {c: e for (c, e), sid in self.data.identities.items() if sid == s.id},
+            )
+            for s in sorted(people, key=lambda s: s.staff_no)
+        ]  # fmt: skip
+
+    def queue_message(self, message: QueuedMessage, not_before: datetime, now: datetime) -> bool:
+        if message.key in self.data.outbox:
+            return False
+        self.data.outbox[message.key] = (message, not_before)
+        return True
 
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
         mine = self._mine(staff_id)

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from storage.schema import outbox
+from storage.schema import conversations, outbox
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 
@@ -78,6 +79,7 @@ class NewMessage:
     recipient: str
     kind: str
     body: str
+    listing: dict[str, Any] | None = None  # the numbered list it shows (see schema.outbox)
 
 
 def enqueue_many(
@@ -110,6 +112,7 @@ def enqueue_many(
                     "recipient": m.recipient,
                     "kind": m.kind,
                     "body": m.body,
+                    "listing": m.listing,
                     "status": PENDING,
                     "attempts": 0,
                     "next_attempt_at": not_before,
@@ -153,11 +156,47 @@ def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list
 
 
 def mark_sent(conn: Connection, item_id: int, now: datetime) -> None:
-    conn.execute(
+    """Record the delivery; a numbered list the message shows becomes the recipient's current
+    list (their conversation on that channel), so that `1` or `完成 2` refers to it."""
+    row = conn.execute(
         update(outbox)
         .where(outbox.c.id == item_id)
         .values(status=SENT, sent_at=now, last_error=None)
-    )
+        .returning(outbox.c.channel, outbox.c.recipient, outbox.c.listing)
+    ).first()
+    if row is not None and row.listing is not None:
+        show_listing(conn, row.channel, row.recipient, row.listing, now)
+
+
+def show_listing(
+    conn: Connection, channel: str, user_id: str, listing: dict[str, Any], now: datetime
+) -> None:
+    """Make `listing` the current list of that conversation (a new version of its session)."""
+    where = (conversations.c.channel == channel) & (conversations.c.user_id == user_id)
+    changed = conn.execute(
+        update(conversations)
+        .where(where)
+        .values(listing=listing, version=conversations.c.version + 1, updated_at=now)
+    ).rowcount
+    if changed == 0:
+        make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(
+            make_insert(conversations)
+            .values(
+                channel=channel,
+                user_id=user_id,
+                state="idle",
+                data={},
+                listing=listing,
+                version=1,
+                expires_at=None,
+                updated_at=now,
+            )
+            .on_conflict_do_update(
+                index_elements=["channel", "user_id"],
+                set_={"listing": listing, "version": conversations.c.version + 1},
+            )
+        )
 
 
 def mark_retry(conn: Connection, item_id: int, error: str, next_attempt_at: datetime) -> None:

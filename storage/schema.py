@@ -158,6 +158,7 @@ conversations = Table(
     Column("user_id", String(128), primary_key=True),
     Column("state", String(30), nullable=False),
     Column("data", JSON, nullable=False),
+    Column("listing", JSON, nullable=True),  # see bot.core.types.Session.listing
     Column("version", Integer, nullable=False),
     Column("expires_at", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
@@ -185,6 +186,9 @@ outbox = Table(
     Column("recipient", String(255), nullable=False),
     Column("kind", String(30), nullable=False),
     Column("body", Text, nullable=False),
+    # A numbered list the message shows (a reminder): once delivered, it becomes the recipient's
+    # current list, so that replying `1` or `完成 2` refers to it.
+    Column("listing", JSON, nullable=True),
     Column("status", String(20), nullable=False),  # pending | sent | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime, nullable=False),

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     and_,
     bindparam,
+    delete,
     exists,
     func,
     insert,
@@ -32,6 +33,8 @@ from bot.core.types import (
     FollowUpListing,
     FollowUpStatus,
     NewFollowUp,
+    QueuedMessage,
+    RosterStaff,
     Session,
     Staff,
     StaffRole,
@@ -39,6 +42,7 @@ from bot.core.types import (
     StudentRef,
     VisitStatus,
 )
+from storage import outbox
 from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
@@ -86,6 +90,7 @@ _SESSION = (
         conversations.c.data,
         conversations.c.version,
         conversations.c.expires_at,
+        conversations.c.listing,
     )
     .where(
         conversations.c.channel == bindparam("channel"),
@@ -103,6 +108,7 @@ _SESSION_UPDATE = (
     .values(
         state=bindparam("state"),
         data=bindparam("data"),
+        listing=bindparam("listing"),
         version=bindparam("new_version"),
         expires_at=bindparam("expires_at"),
         updated_at=bindparam("now"),
@@ -281,15 +287,7 @@ _LATEST_DRAFT = _DRAFTS.order_by(
 _DRAFT_BY_ID = _DRAFTS.where(visits.c.id == bindparam("visit_id"))
 
 # The four statements of an ordinary answer, on the driver's cursor (see storage.fastsql).
-_FAST_SESSION = Prepared(
-    _SESSION,
-    [
-        conversations.c.state,
-        conversations.c.data,
-        conversations.c.version,
-        conversations.c.expires_at,
-    ],
-)
+_FAST_SESSION = Prepared(_SESSION, _SESSION.selected_columns)
 _FAST_SESSION_UPDATE = Prepared(_SESSION_UPDATE)
 _FAST_SAVE_ANSWERS = Prepared(_SAVE_ANSWERS)
 _FAST_SUBMIT = Prepared(_SUBMIT, [visits.c.student_id, visits.c.staff_id])
@@ -397,8 +395,8 @@ class SqlStore:
         rows, _ = _FAST_SESSION.execute(self.conn, {"channel": key.channel, "user_id": key.user_id})
         if not rows:
             return None
-        state, data, version, expires_at = rows[0]
-        return Session(state=state, data=dict(data), expires_at=expires_at, version=version)
+        state, data, version, expires_at, listing = rows[0]
+        return Session(state, dict(data), expires_at, version, listing)
 
     def save_session(self, key: ConversationKey, session: Session, now: datetime) -> None:
         if session.version == 0:
@@ -411,6 +409,7 @@ class SqlStore:
                             "user_id": key.user_id,
                             "state": session.state,
                             "data": session.data,
+                            "listing": session.listing,
                             "version": 1,
                             "expires_at": session.expires_at,
                             "updated_at": now,
@@ -426,6 +425,7 @@ class SqlStore:
                 "new_version": session.version + 1,
                 "state": session.state,
                 "data": session.data,
+                "listing": session.listing,
                 "expires_at": session.expires_at,
                 "now": now,
             }
@@ -588,6 +588,46 @@ class SqlStore:
             .values(status=VisitStatus.DISCARDED.value, updated_at=now)
         )
 
+    def my_drafts(self, staff_id: int) -> list[Draft]:
+        order = (visits.c.updated_at.desc(), visits.c.student_id.desc(), visits.c.id.desc())
+        rows = self.conn.execute(_DRAFTS.order_by(*order), {"staff_id": staff_id}).all()
+        return [_draft(row) for row in rows]
+
+    def reopen_visit(self, staff_id: int, visit_id: int, now: datetime) -> Draft | None:
+        conn = self.conn
+        theirs = conn.execute(
+            select(visits.c.id)
+            .where(
+                visits.c.id == visit_id,
+                visits.c.staff_id == staff_id,
+                visits.c.status == VisitStatus.SUBMITTED.value,
+                students.c.id == visits.c.student_id,
+                students.c.active.is_(True),
+                students.c.id.in_(_MY_STUDENT_IDS),
+            )
+            .with_for_update(of=visits),
+            {"staff_id": staff_id},
+        ).first()
+        acted_on = exists().where(
+            followups.c.visit_id == visit_id, followups.c.status != FollowUpStatus.OPEN.value
+        )
+        if theirs is None or conn.execute(select(acted_on)).scalar():
+            return None
+        conn.execute(delete(followups).where(followups.c.visit_id == visit_id))
+        conn.execute(
+            update(visits)
+            .where(visits.c.id == visit_id)
+            .values(
+                status=VisitStatus.DRAFT.value,
+                method=None,
+                reached=None,
+                submitted_at=None,
+                revision=visits.c.revision + 1,
+                updated_at=now,
+            )
+        )
+        return self.load_draft(staff_id, visit_id)
+
     # ---------------------------------------------------------------- follow-ups
     def _followup_query(self) -> Any:
         return select(
@@ -636,6 +676,77 @@ class SqlStore:
             return None
         row = self.conn.execute(self._followup_query().where(followups.c.id == followup_id)).one()
         return self._listing(row)
+
+    def reopen_followup(self, staff_id: int, followup_id: int) -> FollowUpListing | None:
+        result = self.conn.execute(
+            update(followups)
+            .where(
+                followups.c.id == followup_id,
+                followups.c.closed_by == staff_id,
+                followups.c.status == FollowUpStatus.DONE.value,
+            )
+            .values(status=FollowUpStatus.OPEN.value, closed_at=None, closed_by=None, note=None)
+        )
+        if result.rowcount != 1:
+            return None
+        row = self.conn.execute(self._followup_query().where(followups.c.id == followup_id)).one()
+        return self._listing(row)
+
+    def unreached_attempts(self, student_id: int) -> list[datetime]:
+        submitted = (visits.c.student_id == student_id) & (
+            visits.c.status == VisitStatus.SUBMITTED.value
+        )
+        last_reached = (
+            select(func.max(visits.c.submitted_at))
+            .where(submitted, visits.c.reached.is_(True))
+            .scalar_subquery()
+        )
+        rows = self.conn.execute(
+            select(visits.c.submitted_at)
+            .where(
+                submitted,
+                visits.c.reached.is_(False),
+                or_(last_reached.is_(None), visits.c.submitted_at > last_reached),
+            )
+            .order_by(visits.c.submitted_at)
+        )
+        return [r.submitted_at for r in rows]
+
+    def school_coordinators(self, student_id: int) -> list[RosterStaff]:
+        school = select(students.c.school_id).where(students.c.id == student_id).scalar_subquery()
+        people = self.conn.execute(
+            select(staff.c.id, staff.c.staff_no, staff.c.name, staff.c.school_id)
+            .where(
+                staff.c.school_id == school,
+                staff.c.role == StaffRole.COORDINATOR.value,
+                staff.c.active.is_(True),
+            )
+            .order_by(staff.c.staff_no)
+        ).all()
+        ids: dict[int, dict[str, str]] = {p.id: {} for p in people}
+        if ids:
+            for staff_id, channel, external in self.conn.execute(
+                select(identities.c.staff_id, identities.c.channel, identities.c.external_id).where(
+                    identities.c.staff_id.in_(list(ids))
+                )
+            ):
+                ids[staff_id][channel] = external
+        return [
+            RosterStaff(p.id, p.staff_no, p.name, StaffRole.COORDINATOR, p.school_id, ids[p.id])
+            for p in people
+        ]
+
+    def queue_message(self, message: QueuedMessage, not_before: datetime, now: datetime) -> bool:
+        return outbox.enqueue(
+            self.conn,
+            key=message.key,
+            channel=message.channel,
+            recipient=message.recipient,
+            kind=message.kind,
+            body=message.body,
+            not_before=not_before,
+            now=now,
+        )
 
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
         mine = and_(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))

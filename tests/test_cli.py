@@ -59,7 +59,12 @@ def test_demo_is_idempotent(env: dict[str, str], tmp_path: Path) -> None:
 
 def test_piped_console_checkin_then_export(env: dict[str, str], tmp_path: Path) -> None:
     homevisit(env, tmp_path, "demo")
-    script = "\n".join(["家访", "周小禾", "3", "1", "2", "1", "2", "1", "1", "无", "提交"]) + "\n"
+    script = (
+        "\n".join(
+            ["家访", "周小禾", "3", "1", "2", "1", "2", "1", "1", "1", "1", "1", "无", "提交"]
+        )
+        + "\n"
+    )
     chat = homevisit(env, tmp_path, "chat", "--user", "T001", stdin=script)
     assert chat.returncode == 0, chat.stderr
     assert "> 提交\n已提交 周小禾（三年级1班）" in chat.stdout
@@ -140,7 +145,7 @@ def test_killed_in_the_middle_of_a_visit_resumes_after_restart(
 
     resumed = homevisit(env, tmp_path, "chat", "--user", "T001", stdin="继续\n1\n")
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.startswith("> 继续\n【第4题】周小禾（三年级1班）\n缺少什么？")
+    assert resumed.stdout.startswith("> 继续\n【第4题/共11题】周小禾（三年级1班）\n缺少什么？")
     [draft] = db_rows(tmp_path, visits)
     assert draft.answers["device_missing"] == "平板或电脑"  # type: ignore[attr-defined]
 
@@ -207,7 +212,8 @@ def test_a_note_xml_cannot_carry_still_exports_a_readable_workbook(
 ) -> None:
     homevisit(env, tmp_path, "demo")
     note = "备注\uffff结束"
-    script = "\n".join(["家访", "周小禾", "3", "1", "2", "1", "2", "1", "1", note, "提交"]) + "\n"
+    answers = ["3", "1", "2", "1", "2", "1", "1", "1", "1", "1", note]
+    script = "\n".join(["家访", "周小禾", *answers, "提交"]) + "\n"
     assert homevisit(env, tmp_path, "chat", "--user", "T001", stdin=script).returncode == 0
     out = tmp_path / "x.xlsx"
 
@@ -267,7 +273,12 @@ def test_export_since_the_first_day_of_the_calendar_exports_everything(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     homevisit(env, tmp_path, "demo")
-    script = "\n".join(["家访", "周小禾", "3", "1", "2", "1", "2", "1", "1", "无", "提交"]) + "\n"
+    script = (
+        "\n".join(
+            ["家访", "周小禾", "3", "1", "2", "1", "2", "1", "1", "1", "1", "1", "无", "提交"]
+        )
+        + "\n"
+    )
     assert homevisit(env, tmp_path, "chat", "--user", "T001", stdin=script).returncode == 0
     out = tmp_path / "all.csv"
 

@@ -20,8 +20,10 @@ from storage.schema import assignments, conversations, followups, staff, student
 from tests.conftest import ChatDriver, FakeClock
 
 # method=电话, study=好, device_ok=否, device_missing=平板或电脑, life_hard=否, emotion=稳定,
-# relation=融洽, other=无  -> one follow-up (device)
-TABLET_VISIT = ["3", "1", "2", "1", "2", "1", "1", "无"]
+# relation=融洽, guardian=父母, risks=没有, online=能, other=无  -> one follow-up (device)
+TABLET_VISIT = ["3", "1", "2", "1", "2", "1", "1", "1", "1", "1", "无"]
+# ... the same but devices fine and the child needs counselling -> one follow-up (psych, urgent)
+COUNSELLING = ["3", "1", "1", "2", "3", "1", "1", "1", "1", "无"]
 TABLET_ANSWERS = {
     "method": "电话",
     "study": "好",
@@ -30,6 +32,9 @@ TABLET_ANSWERS = {
     "life_hard": "否",
     "emotion": "稳定",
     "relation": "融洽",
+    "guardian": "父母",
+    "risks": ["没有"],
+    "online": "能",
     "other": "无",
 }
 
@@ -50,11 +55,11 @@ async def test_whole_checkin_is_stored_with_its_followups(bot: ChatDriver, deps:
     assert "孙小川" not in listing  # T002's student
 
     first = await bot.say("周小禾")
-    assert "开始登记 周小禾（三年级1班）" in first and "【第1题】" in first
+    assert "开始登记 周小禾（三年级1班）" in first and "【第1题/" in first
     for answer in TABLET_VISIT:
         reply = await bot.say(answer)
     assert "请核对 周小禾（三年级1班）" in reply
-    assert "4. 缺少设备：平板或电脑" in reply and "8. 其他情况：无" in reply
+    assert "4. 缺少设备：平板或电脑" in reply and "11. 其他情况：无" in reply
 
     done = await bot.say("提交")
     assert "已提交 周小禾（三年级1班）" in done
@@ -62,7 +67,7 @@ async def test_whole_checkin_is_stored_with_its_followups(bot: ChatDriver, deps:
 
     [visit] = rows(deps, visits)
     assert visit.status == "submitted" and visit.reached is True and visit.method == "电话"
-    assert visit.form_id == "home_visit" and visit.form_version == "2026.1"
+    assert visit.form_id == "home_visit" and visit.form_version == "2026.2"
     assert visit.answers == TABLET_ANSWERS
     [fu] = rows(deps, followups)
     assert (fu.kind, fu.detail, fu.status) == ("device", "平板或电脑", "open")
@@ -79,24 +84,24 @@ async def test_wrong_answers_are_asked_again_and_change_nothing(
     await start(bot)
     out_of_range = await bot.say("9")
     assert texts.OUT_OF_RANGE.format(n=9, count=5) in out_of_range
-    assert "【第1题】" in out_of_range and "5. 联系不上" in out_of_range
+    assert "【第1题/" in out_of_range and "5. 联系不上" in out_of_range
     assert texts.NOT_AN_OPTION.format(count=5) in await bot.say("随便说说")
     assert texts.NOT_AN_OPTION.format(count=5) in await bot.say("😀")
     assert texts.EMPTY_ANSWER in await bot.say("   ")
     too_long = await bot.say("好" * 5000)
-    assert "5000字" in too_long and "【第1题】" in too_long
+    assert "5000字" in too_long and "【第1题/" in too_long
     [visit] = rows(deps, visits)
     assert visit.answers == {}
 
-    assert "【第2题】" in await bot.say(" ３ ")  # full-width digit with spaces: 电话
-    assert "【第3题】" in await bot.say("一般")  # option text works too
+    assert "【第2题/" in await bot.say(" ３ ")  # full-width digit with spaces: 电话
+    assert "【第3题/" in await bot.say("一般")  # option text works too
     [visit] = rows(deps, visits)
     assert visit.answers == {"method": "电话", "study": "一般"}
 
 
 async def test_free_text_keeps_emoji_and_punctuation(bot: ChatDriver, deps: Deps) -> None:
     await start(bot)
-    for answer in ["3", "1", "1", "2", "1", "1"]:
+    for answer in ["3", "1", "1", "2", "1", "1", "1", "1", "1"]:
         await bot.say(answer)
     await bot.say("孩子说想念同学😊，家长很配合！")
     [visit] = rows(deps, visits)
@@ -107,12 +112,12 @@ async def test_commands_in_the_middle_of_a_question(bot: ChatDriver, deps: Deps)
     await start(bot)
     await bot.say("3")
     helped = await bot.say("帮助")
-    assert "完成 N 备注" in helped and "【第2题】" in helped
+    assert "完成 N 备注" in helped and "【第2题/" in helped
     todo = await bot.say("待跟进")
-    assert texts.FOLLOWUPS_NONE in todo and "【第2题】" in todo
+    assert texts.FOLLOWUPS_NONE in todo and "【第2题/" in todo
     progress = await bot.say("进度")
-    assert "0/5" in progress and "【第2题】" in progress
-    assert "【第3题】" in await bot.say("1")
+    assert "0/5" in progress and "【第2题/" in progress
+    assert "【第3题/" in await bot.say("1")
     [visit] = rows(deps, visits)
     assert visit.answers == {"method": "电话", "study": "好"}
 
@@ -152,14 +157,14 @@ async def test_back_skip_and_edit(bot: ChatDriver, deps: Deps) -> None:
     await start(bot)
     await bot.say("3")
     back = await bot.say("上一题")
-    assert "【第1题】" in back and "当前回答：电话" in back
+    assert "【第1题/" in back and "当前回答：电话" in back
     assert texts.FIRST_QUESTION in await bot.say("上一题")
-    assert "【第2题】" in await bot.say("1")  # 微信视频 now
+    assert "【第2题/" in await bot.say("1")  # 微信视频 now
     assert texts.NOT_OPTIONAL in await bot.say("跳过")
     for answer in ["1", "2", "1", "2"]:  # study, device_ok=否, 平板或电脑, life_hard=否
         await bot.say(answer)
-    await bot.say("1")
-    await bot.say("1")
+    for answer in ("1", "1", "1", "1", "1"):  # emotion, relation, guardian, risks, online
+        await bot.say(answer)
     summary = await bot.say("无")
     assert "4. 缺少设备：平板或电脑" in summary
     # Changing device_ok to 是 drops the now irrelevant "what is missing" answer.
@@ -170,18 +175,19 @@ async def test_back_skip_and_edit(bot: ChatDriver, deps: Deps) -> None:
     await bot.say("修改 3")
     assert "缺少什么" in await bot.say("否")
     assert "请核对" in await bot.say("3")
-    assert texts.NO_SUCH_ITEM.format(n=20, count=8) in await bot.say("修改 20")
+    assert texts.NO_SUCH_ITEM.format(n=20, count=11) in await bot.say("修改 20")
 
 
 async def test_optional_question_can_be_skipped(bot: ChatDriver, deps: Deps) -> None:
     await start(bot)
     for answer in ["4", "1", "1", "是"]:
         await bot.say(answer)
-    assert "【第6题】" in await bot.say("2、1")  # multi choice, any order
+    assert "【第6题/" in await bot.say("2、1")  # multi choice, any order
     after_skip = await bot.say("跳过")
     assert "情绪状态" in after_skip
     await bot.say("需要心理疏导")
-    await bot.say("1")
+    for answer in ("1", "1", "1", "1"):  # relation, guardian, risks, online
+        await bot.say(answer)
     summary = await bot.say("无")
     assert "6. 困难说明：（已跳过）" in summary
     assert "5. 困难类型：父母无法返岗收入减少、食品和生活物资" in summary
@@ -213,10 +219,17 @@ async def test_later_resume_and_cancel(bot: ChatDriver, deps: Deps) -> None:
     await bot.say("3")
     assert texts.PARKED.format(student="周小禾（三年级1班）") in await bot.say("稍后")
     listing = await bot.say("家访")
-    assert "未完成的家访草稿：周小禾（三年级1班）" in listing
+    assert "接着填 周小禾（三年级1班） 的" in listing and "有草稿" in listing
     resumed = await bot.say("继续")
-    assert "继续 周小禾（三年级1班） 的家访草稿" in resumed and "【第2题】" in resumed
-    assert "已放弃" in await bot.say("取消")
+    assert "继续 周小禾（三年级1班） 的家访草稿" in resumed and "【第2题/" in resumed
+    # 取消 leaves and keeps the draft; 放弃 deletes it, after asking
+    assert texts.PARKED.format(student="周小禾（三年级1班）") in await bot.say("取消")
+    await bot.say("继续")
+    asked = await bot.say("放弃")
+    assert asked == texts.DISCARD_ASK.format(student="周小禾（三年级1班）", count=1)
+    [visit] = rows(deps, visits)
+    assert visit.status == "draft"
+    assert "已删除" in await bot.say("确定删除")
     [visit] = rows(deps, visits)
     assert visit.status == "discarded"
     assert await bot.say("继续") == texts.NO_DRAFT
@@ -233,7 +246,7 @@ async def test_expired_session_keeps_the_draft(
     reply = await bot.say("1")
     assert texts.EXPIRED_DRAFT.format(student="周小禾（三年级1班）") in reply
     resumed = await bot.say("继续")
-    assert "【第3题】" in resumed
+    assert "【第3题/" in resumed
     [visit] = rows(deps, visits)
     assert visit.answers == {"method": "电话", "study": "好"}
 
@@ -261,7 +274,7 @@ async def test_a_retried_message_is_answered_once(bot: ChatDriver, deps: Deps) -
     await start(bot)
     first = await bot.say("3", message_id="m-1")
     retry = await bot.say("3", message_id="m-1")
-    assert first == retry and "【第2题】" in retry
+    assert first == retry and "【第2题/" in retry
     [visit] = rows(deps, visits)
     assert visit.answers == {"method": "电话"}
 
@@ -274,7 +287,7 @@ async def test_messages_of_one_teacher_are_processed_one_at_a_time(
     assert "请核对" in replies[-1]
     assert all(texts.APOLOGY not in r for r in replies)
     [visit] = rows(deps, visits)
-    assert len(visit.answers) == 8
+    assert len(visit.answers) == 11
     with deps.db.begin() as conn:
         version = conn.execute(select(func.max(conversations.c.version))).scalar_one()
     assert version == 2 + len(TABLET_VISIT)
@@ -304,7 +317,8 @@ async def test_an_answer_to_a_draft_discarded_elsewhere_is_refused(
     await start(bot)
     await bot.say("3")
     await api.say("继续")
-    assert "已放弃" in await api.say("取消")
+    await api.say("放弃")
+    assert "已删除" in await api.say("确定删除")
     assert await bot.say("1") == texts.DRAFT_GONE.format(student="周小禾（三年级1班）")
     [visit] = rows(deps, visits)
     assert visit.status == "discarded" and visit.answers == {"method": "电话"}

@@ -35,7 +35,7 @@ async def test_events_and_non_text_messages(bot: ChatDriver) -> None:
     assert "张示例老师" in greeting and "完成 N 备注" in greeting
     await start(bot)
     picture = await bot.say("", kind=MessageKind.UNSUPPORTED)
-    assert texts.TEXT_ONLY in picture and "【第1题】" in picture
+    assert texts.TEXT_ONLY in picture and "【第1题/" in picture
 
 
 async def test_back_after_resuming_a_draft_goes_to_the_previous_answer(bot: ChatDriver) -> None:
@@ -43,9 +43,9 @@ async def test_back_after_resuming_a_draft_goes_to_the_previous_answer(bot: Chat
     for answer in ["3", "1", "2"]:
         await bot.say(answer)
     await bot.say("稍后")
-    assert "【第4题】" in await bot.say("继续")
+    assert "【第4题/" in await bot.say("继续")
     back = await bot.say("上一题")
-    assert "【第3题】" in back and "当前回答：否" in back
+    assert "【第3题/" in back and "当前回答：否" in back
 
 
 async def test_the_list_names_the_draft_that_resume_opens(
@@ -54,7 +54,7 @@ async def test_the_list_names_the_draft_that_resume_opens(
     await start(bot, "周小禾")
     await bot.say("3")
     listed = await bot.say("家访")  # parks 周小禾's draft
-    assert texts.DRAFT_HINT.format(student="周小禾（三年级1班）") in listed
+    assert texts.DRAFT_HINT.format(count=1, student="周小禾（三年级1班）") in listed
     await bot.say("陈小树")
     await bot.say("3")  # a second draft, changed at the same moment
     listed = await bot.say("家访")
@@ -70,5 +70,5 @@ async def test_the_list_names_the_draft_that_resume_opens(
     await bot.say("1")
     listed = await bot.say("家访")
     other = "周小禾（三年级1班）" if hinted[0].startswith("陈") else "陈小树（三年级1班）"
-    assert texts.DRAFT_HINT.format(student=other) in listed
+    assert texts.DRAFT_HINT.format(count=2, student=other) in listed
     assert texts.VISIT_RESUMED.format(student=other) in await bot.say("继续")

@@ -350,7 +350,7 @@ async def test_a_replayed_timestamp_and_sign_are_refused_and_change_nothing(
             assert status == 403
         await asyncio.sleep(0.1)
     # the list, the first question, the second one; the teacher's draft is still there
-    assert len(fake.batch_sends) == 3 and "【第2题】" in fake.texts(fake.batch_sends)[2]
+    assert len(fake.batch_sends) == 3 and "【第2题/" in fake.texts(fake.batch_sends)[2]
     [visit] = visit_rows(deps)
     assert visit.status == "draft" and visit.answers == {"method": "电话"}
 
@@ -455,7 +455,7 @@ async def test_same_msg_id_twice_is_handled_and_answered_once_even_after_a_resta
         assert status == 200
     [visit] = visit_rows(deps)
     assert visit.answers == {"method": "电话"}
-    assert len(fake.batch_sends) == 2 and "【第2题】" in fake.texts(fake.batch_sends)[1]
+    assert len(fake.batch_sends) == 2 and "【第2题/" in fake.texts(fake.batch_sends)[1]
     assert len(outbox_rows(deps)) == 2 and fake.session_replies == []
 
 
@@ -596,7 +596,7 @@ async def test_stream_survives_a_socket_dropped_mid_frame(
         assert "周小禾" in await say(fake, teacher.message("周小禾"))
         await fake.drop()
         await fake.wait_connected(connections=3)
-        assert "【第2题】" in await say(fake, teacher.message("3"))
+        assert "【第2题/" in await say(fake, teacher.message("3"))
 
 
 async def test_stream_survives_a_gateway_outage_while_the_server_keeps_serving(

@@ -27,6 +27,9 @@ def test_default_form_has_the_designed_questions(form: Form) -> None:
         "life_note",
         "emotion",
         "relation",
+        "guardian",
+        "risks",
+        "online",
         "other",
     ]
     assert form.version and form.method_key == "method"
@@ -180,3 +183,18 @@ def test_broken_form_names_line_and_problem(
     message = str(info.value)
     assert message.startswith(f"{path}:{line}:"), message
     assert problem in message
+
+
+def test_safety_answers_and_danger_words_open_an_urgent_safety_followup(form: Form) -> None:
+    base = {"method": "电话", "device_ok": "是", "life_hard": "否", "emotion": "稳定"}
+    today = date(2026, 3, 2)
+    assert form.followups({**base, "relation": "融洽", "other": "无"}, today) == []
+    alone = form.followups({**base, "guardian": "孩子独自在家", "other": "无"}, today)
+    assert [(f.kind, f.detail) for f in alone] == [("safety", "孩子独自在家")]
+    note = form.followups({**base, "other": "爸爸喝酒后打孩子"}, today)
+    assert [(f.kind, f.due_date) for f in note] == [("safety", today)]
+    tense = form.followups({**base, "relation": "紧张"}, today)
+    assert [f.kind for f in tense] == ["psych"]
+    risks = form.followups({**base, "risks": ["用电用气不安全", "附近有水塘河道"]}, today)
+    assert [f.detail for f in risks] == ["用电用气不安全、附近有水塘河道"]
+    assert {"safety", "psych", "medical"} == form.urgent_kinds

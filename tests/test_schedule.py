@@ -27,7 +27,7 @@ from config.cron import weekdays
 from config.settings import QuietHours, Settings
 from storage.schema import followups, identities, outbox, staff
 from tests.conftest import ChatDriver, FakeClock
-from tests.test_conversation import TABLET_VISIT
+from tests.test_conversation import COUNSELLING, TABLET_VISIT
 
 TZ = ZoneInfo("Asia/Shanghai")
 HOLIDAY = date(2026, 3, 4)  # a Wednesday off
@@ -102,8 +102,8 @@ async def test_two_school_weeks(world: World, bot: ChatDriver) -> None:
     await world.at(local(mon, 9), "remind")
     [t1] = world.wecom.to("zhanglaoshi")
     [t2] = world.wecom.to("li")
-    assert t1.startswith("张示例老师，您好！3月2日的家访提醒：\n待家访学生5名")
-    assert t1.count("从未家访") == 5 and "回复“家访”开始" in t1
+    assert t1.startswith("张示例老师，你好！3月2日的家访提醒：\n待家访学生5名")
+    assert t1.count("从未家访") == 5 and "回复序号开始家访" in t1
     assert "待家访学生4名" in t2
     assert world.dingtalk.got == [] and world.group.got == []
     # Running the job again (a second instance, an operator) sends nothing more.
@@ -283,3 +283,34 @@ async def test_a_job_run_for_a_past_time_gives_up_a_day_after_queuing_not_after_
     with world.deps.db.begin() as conn:
         states = conn.execute(select(outbox.c.status, outbox.c.attempts)).all()
     assert states and all(s == ("pending", 1) for s in states)
+
+
+async def test_replying_to_a_reminder_refers_to_its_numbers(world: World, bot: ChatDriver) -> None:
+    """`1` starts the first student a reminder lists; `完成 N` closes follow-up N of it, not of
+    an earlier 待跟进 list; the reminder's list becomes current only once it is delivered."""
+    mon = date(2026, 3, 2)
+    world.clock.current = local(mon, 10)
+    await visit(bot, "周小禾", TABLET_VISIT)  # a tablet, due in 3 days
+    await visit(bot, "陈小树", COUNSELLING)  # counselling, due in 2 days
+    wecom = ChatDriver(bot.dispatcher, channel="wecom")
+    todo = await wecom.say("待跟进", user="zhanglaoshi")  # numbered: tablet first? counselling?
+    assert "1. " in todo and "2. " in todo
+
+    thu = date(2026, 3, 5)  # both follow-ups due by now; three students still never visited
+    await world.at(local(thu, 9), "remind")
+    [reminder] = world.wecom.to("zhanglaoshi")[-1:]
+    lines = {
+        int(line.split(".", 1)[0]): line
+        for line in reminder.splitlines()
+        if line[:1].isdigit() and ". " in line
+    }
+    [psych] = [n for n, line in lines.items() if "心理疏导" in line]
+    assert "完成 " in reminder and psych > 3  # follow-ups are numbered after the students
+    done = await wecom.say(f"完成 {psych} 已联系心理老师", user="zhanglaoshi")
+    assert f"已完成第{psych}项：陈小树（三年级1班） · 心理疏导" in done
+    with world.deps.db.begin() as conn:
+        kinds = dict(conn.execute(select(followups.c.kind, followups.c.status)).all())
+    assert kinds == {"psych": "done", "device": "open"}  # the child's, not the tablet
+
+    first_student = lines[1].split(". ", 1)[1].split(" · ")[0]
+    assert f"开始登记 {first_student}" in await wecom.say("1", user="zhanglaoshi")

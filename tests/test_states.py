@@ -4,6 +4,8 @@ saved in the shape before typed states goes on where the teacher was."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert, select
@@ -13,9 +15,16 @@ from bot.deps import Deps
 from handlers import states
 from handlers.states import (
     Answering,
-    Choosing,
+    ConfirmCut,
+    ConfirmDiscard,
+    ConfirmStudent,
     Conversation,
     Idle,
+    Item,
+    ItemKind,
+    LastAction,
+    Listing,
+    ListKind,
     OpenDraft,
     Reviewing,
     StateName,
@@ -28,20 +37,31 @@ DRAFT = OpenDraft(
 )
 
 
+STUDENTS = Listing(ListKind.STUDENTS, (Item(ItemKind.STUDENT, 5), Item(ItemKind.STUDENT, 1)), 1)
+REMINDER = Listing(ListKind.REMINDER, (Item(ItemKind.STUDENT, 5), Item(ItemKind.FOLLOWUP, 9)), 2)
+LAST = LastAction(ItemKind.FOLLOWUP, 9, datetime(2026, 3, 2, 1, 0, tzinfo=UTC))
+
+
 @pytest.mark.parametrize(
     "conversation",
     [
         Conversation(),
-        Conversation(Idle(), (4, 9)),
-        Conversation(Choosing((5, 1, 3))),
-        Conversation(Answering(DRAFT, "study"), (2,)),
-        Conversation(Reviewing(DRAFT)),
+        Conversation(Idle(), STUDENTS),
+        Conversation(Idle(), REMINDER, LAST),
+        Conversation(Answering(DRAFT, "study"), None, LAST),
+        Conversation(Reviewing(DRAFT), STUDENTS),
+        Conversation(ConfirmStudent(StudentRef(3, "李浩然", "五年级3班"))),
+        Conversation(ConfirmDiscard(DRAFT, "study")),
+        Conversation(ConfirmDiscard(DRAFT, None)),
+        Conversation(ConfirmCut("太长的备注", 620, DRAFT, "other")),
+        Conversation(ConfirmCut("已送到", 700, followup=9, number=2), REMINDER),
     ],
 )
 def test_every_state_survives_the_store_boundary(conversation: Conversation) -> None:
-    name, data = states.dump(conversation)
+    name, data, listing = states.dump(conversation)
     stored = json.loads(json.dumps(data, ensure_ascii=False))  # what the JSON column keeps
-    assert states.load(name, stored) == conversation
+    shown = json.loads(json.dumps(listing)) if listing is not None else None
+    assert states.load(name, stored, shown) == conversation
     assert name == conversation.state.name.value
 
 
@@ -56,10 +76,11 @@ def test_the_shape_before_typed_states_loads() -> None:
         "fu": [2],
     }
     loaded = states.load("question", old)
-    assert loaded == Conversation(
-        Answering(replace_id(DRAFT, 0), "study"), (2,)
-    )  # the student's id was never stored in that shape
-    assert states.load("choosing", {"choices": [5, 1], "fu": []}) == Conversation(Choosing((5, 1)))
+    followups = Listing(ListKind.FOLLOWUPS, (Item(ItemKind.FOLLOWUP, 2),), 1)
+    # (the student's id was never stored in that shape)
+    assert loaded == Conversation(Answering(replace_id(DRAFT, 0), "study"), followups)
+    chosen = states.load("choosing", {"choices": [5, 1], "fu": []})
+    assert chosen == Conversation(Idle(), replace(STUDENTS, shown=2))
     assert states.load("summary", {**old, "q": None}).state == Reviewing(replace_id(DRAFT, 0))
 
 
@@ -122,7 +143,7 @@ async def test_a_teacher_mid_visit_during_the_upgrade_goes_on(
             )
         )
     reply = await bot.say("1")  # study: 好
-    assert "【第3题】周小禾（三年级1班）" in reply
+    assert "【第3题/共10题】周小禾（三年级1班）" in reply
     with deps.db.begin() as conn:
         answers = conn.execute(select(visits.c.answers)).scalar_one()
         row = conn.execute(select(conversations.c.state, conversations.c.data)).one()

@@ -441,7 +441,7 @@ async def test_non_text_in_the_middle_of_a_visit_repeats_the_question(wx: Peer) 
     await wx.say("周小禾")
     status, body = await wx.post(message_xml(msg_type="image", msg_id=wx.next_id()))
     reply = wx.open(body)
-    assert status == 200 and reply.startswith(texts.TEXT_ONLY) and "【第1题】" in reply
+    assert status == 200 and reply.startswith(texts.TEXT_ONLY) and "【第1题/" in reply
 
 
 @pytest.mark.parametrize("event", ["subscribe", "enter_agent"])
@@ -536,9 +536,9 @@ async def test_a_retried_msgid_gets_the_same_reply_and_advances_once(wx: Peer, d
     await wx.say("周小禾")
     first = await wx.say("3", msg_id="7300000000000000999")
     retry = await wx.say("3", msg_id="7300000000000000999")
-    assert first == retry and "【第2题】" in first
+    assert first == retry and "【第2题/" in first
     assert visit_answers(deps) == [{"method": "电话"}]
-    assert "【第3题】" in await wx.say("1")  # the next answer lands on question 2
+    assert "【第3题/" in await wx.say("1")  # the next answer lands on question 2
 
 
 async def test_a_retry_arriving_during_the_first_turn_shares_it(
@@ -551,7 +551,7 @@ async def test_a_retry_arriving_during_the_first_turn_shares_it(
     await asyncio.sleep(0.2)
     gate.set()
     (s1, b1), (s2, b2) = await first, await retry
-    assert s1 == s2 == 200 and wx.open(b1) == wx.open(b2) and "【第2题】" in wx.open(b1)
+    assert s1 == s2 == 200 and wx.open(b1) == wx.open(b2) and "【第2题/" in wx.open(b1)
     assert visit_answers(deps) == [{"method": "电话"}]
 
 
@@ -612,7 +612,7 @@ async def test_a_retry_of_a_deferred_message_answers_empty_and_wecom_shows_one_r
     async with TestServer(create_app(wecom_settings, deps), host="127.0.0.1") as restarted:
         assert await Peer(http, restarted, clock).say("3", msg_id=mid) == ""  # after a restart
     await asyncio.sleep(0.2)
-    assert len(fake.sent) == 1 and "【第2题】" in fake.sent[0].content
+    assert len(fake.sent) == 1 and "【第2题/" in fake.sent[0].content
     assert visit_answers(deps) == [{"method": "电话"}]
 
 
@@ -734,13 +734,13 @@ async def test_a_send_that_timed_out_after_wecom_took_it_is_sent_again(
     fake.hold_next_send = 1.0  # delivered, then no answer within the client's timeout
     try:
         with pytest.raises(SendError) as caught:
-            await client.send(USER, "【第2题】", proactive=False)
+            await client.send(USER, "【第2题/", proactive=False)
         assert not caught.value.permanent
         assert caught.value.reason == "wecom message/send timeout, outcome unknown"
-        await client.send(USER, "【第2题】", proactive=False)
+        await client.send(USER, "【第2题/", proactive=False)
     finally:
         await client.close()
-    assert fake.texts() == ["【第2题】", "【第2题】"]
+    assert fake.texts() == ["【第2题/", "【第2题/"]
 
 
 ODD_ANSWERS = [

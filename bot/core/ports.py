@@ -17,6 +17,8 @@ from bot.core.types import (
     Draft,
     FollowUpListing,
     NewFollowUp,
+    QueuedMessage,
+    RosterStaff,
     Session,
     Staff,
     StudentListing,
@@ -88,6 +90,10 @@ class Store(Protocol):
         """This open draft as stored now, if it is the teacher's, of a student still theirs."""
         ...
 
+    def my_drafts(self, staff_id: int) -> list[Draft]:
+        """The teacher's open drafts of students still theirs, the most recently changed first."""
+        ...
+
     def start_visit(
         self, staff_id: int, student_id: int, form_id: str, form_version: str, now: datetime
     ) -> int:
@@ -121,6 +127,13 @@ class Store(Protocol):
         """Discard the draft, if it still is one."""
         ...
 
+    def reopen_visit(self, staff_id: int, visit_id: int, now: datetime) -> Draft | None:
+        """Take back the teacher's submission: the visit is a draft again (its revision goes up)
+        and the follow-ups it opened are withdrawn. None, and nothing changed, when it is not
+        their submitted visit of a student still theirs, or one of its follow-ups has been
+        acted on since (closed, escalated)."""
+        ...
+
     # -- follow-ups
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         """The open and escalated follow-ups the teacher owns, earliest due first."""
@@ -131,6 +144,25 @@ class Store(Protocol):
     ) -> FollowUpListing | None:
         """Mark the teacher's open follow-up done with `note`; None if it is not theirs or not
         open."""
+        ...
+
+    def reopen_followup(self, staff_id: int, followup_id: int) -> FollowUpListing | None:
+        """Take back the teacher's 完成: the follow-up is open again, its note cleared. None when
+        it is not a follow-up they closed."""
+        ...
+
+    # -- telling the school: the family keeps being unreachable, an urgent need was found
+    def unreached_attempts(self, student_id: int) -> list[datetime]:
+        """When the submitted visits that did not reach the family were made, since the last
+        one that did, oldest first."""
+        ...
+
+    def school_coordinators(self, student_id: int) -> list[RosterStaff]:
+        """The active coordinators of the student's school, with their channel identities."""
+        ...
+
+    def queue_message(self, message: QueuedMessage, not_before: datetime, now: datetime) -> bool:
+        """Put a proactive message in the outbox unless its key is there; True if it was new."""
         ...
 
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:

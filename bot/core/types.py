@@ -168,6 +168,9 @@ class Session:
     data: dict[str, Any] = field(default_factory=dict)
     expires_at: datetime | None = None
     version: int = 0
+    # The last numbered list shown to this user (JSON the conversation reads; a reminder's
+    # delivery sets it too, see `storage.outbox.mark_sent`).
+    listing: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------ the picture scheduled jobs work on
@@ -193,6 +196,17 @@ class RosterStaff:
     role: StaffRole
     school_id: int | None
     identities: dict[str, str]  # channel -> platform user id
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A proactive message a turn puts in the outbox (sent once per key)."""
+
+    key: str
+    channel: str
+    recipient: str
+    kind: str
+    body: str
 
 
 @dataclass(frozen=True, slots=True)
