@@ -231,7 +231,11 @@ async def test_each_message_id_is_processed_once_across_instances(
     assert version(db, "T001") == len(steps)
 
     # A burst of distinct messages of one teacher at both instances at once.
-    burst = [("帮助", "可以随时发送这些指令"), ("进度", "近14天已家访"), ("名单", "最需要先访的在前")]
+    burst = [
+        ("帮助", "可以随时发送这些指令"),
+        ("进度", "近14天已家访"),
+        ("名单", "最需要先访的在前"),
+    ]
     start = version(db, "T002")
     sends = [(servers[i % 2], *burst[i % len(burst)], api.new_id()) for i in range(24)]
     results = await asyncio.gather(
