@@ -33,7 +33,7 @@ from bot.core.types import (
     StudentRef,
     VisitStatus,
 )
-from storage.roster import Roster
+from storage.roster_files import Roster
 
 T = TypeVar("T")
 OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)

@@ -592,7 +592,7 @@ def test_characters_xml_cannot_carry_are_cleaned_from_every_cell(tmp_path: Path)
     )
     assert [s.student_no for s in roster.students] == ["S001", "S002", "S003"]
 
-    from storage.roster import _clean  # what every cell goes through, used columns or not
+    from storage.roster_files import _clean  # what every cell goes through, used columns or not
 
     assert _clean(" 备注\uffff\x01结束\ud800 ") == "备注\ufffd结束\ufffd"
 
@@ -600,7 +600,7 @@ def test_characters_xml_cannot_carry_are_cleaned_from_every_cell(tmp_path: Path)
 def test_dingtalk_ids_differing_only_in_case_are_two_accounts(
     db: Database, tmp_path: Path, clock: FakeClock
 ) -> None:
-    # DingTalk documents no case folding for userid (see storage.roster.ID_FOLDS).
+    # DingTalk documents no case folding for userid (see storage.roster_files.ID_FOLDS).
     staff_rows = _replace(STAFF_ROWS, 0, 5, "DT_LI")
 
     run_import(db, roster_files(tmp_path, staff_rows=staff_rows), clock)
