@@ -224,3 +224,31 @@ class Snapshot:
     staff: dict[int, RosterStaff]
     followups: list[TrackedFollowUp]  # open or escalated, plus any created since `since`
     failures: list[DeliveryFailure]  # reminders/digests a platform refused for good, recently
+
+
+# ------------------------------------------------------------ the outbox (see `ports.Outbox`)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to store in the outbox; `key` makes writing it twice store it once."""
+
+    key: str
+    channel: str
+    recipient: str
+    kind: str  # "reply" (an answer to a teacher's own message), "reminder", "digest" ...
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A row claimed for delivery; `attempts` counts this one."""
+
+    id: int
+    key: str
+    channel: str
+    recipient: str
+    kind: str
+    body: str
+    attempts: int
+    created_at: datetime
