@@ -157,7 +157,7 @@ def mark_failed(conn: Connection, item_id: int, error: str) -> None:
     )
 
 
-def keys_present(conn: Connection, keys: Sequence[str]) -> list[int]:
+def ids_of(conn: Connection, keys: Sequence[str]) -> list[int]:
     """The ids of the rows with these keys."""
     return list(
         conn.execute(select(outbox.c.id).where(outbox.c.idempotency_key.in_(keys))).scalars()
@@ -184,7 +184,7 @@ class SqlOutbox:
         return await self.db.run(put)
 
     async def contains(self, key: str) -> bool:
-        return bool(await self.db.run(lambda conn: keys_present(conn, [key])))
+        return bool(await self.db.run(lambda conn: ids_of(conn, [key])))
 
     async def claim(self, now: datetime, lease: timedelta, limit: int) -> list[OutboxItem]:
         return await self.db.run(lambda conn: claim(conn, now, lease, limit))
@@ -200,7 +200,7 @@ class SqlOutbox:
 
     async def settle(self, keys: Sequence[str], *, sent: bool, error: str, now: datetime) -> None:
         def update(conn: Connection) -> None:
-            for item_id in keys_present(conn, keys):
+            for item_id in ids_of(conn, keys):
                 if sent:
                     mark_sent(conn, item_id, now)
                 else:

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.core.errors import SendError
+from bot.core.types import OutboxMessage
 from bot.outbox import OutboxDelivery
 from storage import outbox
 from storage.db import Database
@@ -207,3 +208,22 @@ async def test_the_delivery_loop_stops_when_cancelled_as_it_is_poked(
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
         assert task in done and task.cancelled()
+
+
+async def test_the_port_reports_new_keys_and_settles_by_key(db: Database, clock: FakeClock) -> None:
+    port = outbox.SqlOutbox(db)
+    rows = [OutboxMessage(k, "fake", "u1", "reply", f"hello {k}") for k in ("r0", "r1", "r2")]
+    now = clock.now()
+    assert await port.enqueue(rows[:1], not_before=now, now=now) == ["r0"]
+    assert await port.enqueue(rows, not_before=now, now=now) == ["r1", "r2"]
+    assert await port.contains("r1") and not await port.contains("r3")
+    await port.settle(["r0", "r3"], sent=True, error="", now=now)
+    await port.settle(["r1"], sent=False, error="sessionWebhook: 503", now=now)
+    assert statuses(db) == [("r0", "sent", 0), ("r1", "pending", 0), ("r2", "pending", 0)]
+    with db.begin() as conn:
+        query = select(outbox_table.c.idempotency_key, outbox_table.c.last_error)
+        errors = {key: error for key, error in conn.execute(query)}
+    assert errors == {"r0": None, "r1": "sessionWebhook: 503", "r2": None}
+    [first, second] = await port.claim(now, timedelta(minutes=2), 10)
+    assert (first.key, first.attempts, second.key) == ("r1", 1, "r2")
+    assert await port.claim(now, timedelta(minutes=2), 10) == []  # leased
