@@ -83,10 +83,15 @@ def env(pg_url: str, fake: FakeWeCom, tmp_path: Path) -> dict[str, str]:
     assert not quiet[0] <= REMIND_DAY <= quiet[1]
     calendar = tmp_path / "calendar.yaml"
     calendar.write_text(f"holidays:\n  - {quiet[0]}..{quiet[1]}\n", encoding="utf-8")
+    # Quiet hours of a minute, half a day away: the default 21:00-07:00 would hold the reminder
+    # (queued "now", whatever --at says) whenever the suite runs in the Shanghai evening.
+    night = datetime.now(SHANGHAI) + timedelta(hours=12)
+    quiet_hours = f"{night:%H:%M}-{night + timedelta(minutes=1):%H:%M}"
     return bot_env(
         DATABASE_URL=pg_url,
         API_TOKEN=API_TOKEN,
         HOMEVISIT_CALENDAR=str(calendar),
+        QUIET_HOURS=quiet_hours,
         WECOM_CORP_ID=CORP_ID,
         WECOM_AGENT_ID=str(AGENT_ID),
         WECOM_SECRET=SECRET,
