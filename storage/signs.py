@@ -25,8 +25,9 @@ class SqlOneTimeSigns:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def first_use(self, sent_at_ms: int, sign: str, *, forget_before_ms: int,
-                        now: datetime) -> bool:  # fmt: skip
+    async def first_use(
+        self, sent_at_ms: int, sign: str, *, forget_before_ms: int, now: datetime
+    ) -> bool:
         key = f"{sent_at_ms:016d}:{sign}"
         cutoff = f"{max(forget_before_ms, 0):016d}"
 

@@ -239,11 +239,11 @@ class DingTalkChannel:
             return
         now = self.clock.now()
         webhook = self._webhook(message, now)
+        sender, msg_id = message.sender, message.msg_id
         rows = [
-            OutboxMessage(f"dingtalk:reply:{message.msg_id}:{n}", CHANNEL, message.sender,
-                          "reply", text)
+            OutboxMessage(f"dingtalk:reply:{msg_id}:{n}", CHANNEL, sender, "reply", text)
             for n, text in enumerate(replies)
-        ]  # fmt: skip
+        ]
         not_before = now + WEBHOOK_GRACE if webhook else now
         try:
             stored = set(await self.outbox.enqueue(rows, not_before=not_before, now=now))

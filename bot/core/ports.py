@@ -216,8 +216,9 @@ class Outbox(Protocol):
 class OneTimeSigns(Protocol):
     """DingTalk HTTP mode's (timestamp, sign) pairs: each is accepted once, on every instance."""
 
-    async def first_use(self, sent_at_ms: int, sign: str, *, forget_before_ms: int,
-                        now: datetime) -> bool:  # fmt: skip
+    async def first_use(
+        self, sent_at_ms: int, sign: str, *, forget_before_ms: int, now: datetime
+    ) -> bool:
         """Record the pair; True if it was not recorded before. Pairs whose timestamp is
         before `forget_before_ms` are forgotten first (they are refused as stale anyway)."""
         ...
