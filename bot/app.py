@@ -25,16 +25,7 @@ from bot.dispatcher import Dispatcher
 from bot.jobs import PERSON_CHANNELS, Jobs
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
-from bot.web import (
-    DELIVERY,
-    DEPS,
-    DISPATCHER,
-    JOBS,
-    SERVING,
-    SETTINGS,
-    error_middleware,
-    healthz,
-)
+from bot.web import DELIVERY, DISPATCHER, SERVING, SETTINGS, error_middleware, json_response
 from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
@@ -42,6 +33,8 @@ from handlers.checkin import Alerts, CheckIn
 from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024
+DEPS = web.AppKey("deps", Deps)
+JOBS = web.AppKey("jobs", Jobs)
 
 
 def build_dispatcher(settings: Settings, deps: Deps) -> Dispatcher:
@@ -61,6 +54,12 @@ def conversation_over(
     conversation = CheckIn(form, settings.tz, cadence(settings, calendar), alerts)
     engine = Engine(conversation, clock, settings.session_ttl)
     return Dispatcher(turns, engine)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    if await request.app[DEPS].db.ping():
+        return json_response({"status": "ok"})
+    return json_response({"status": "unavailable"}, status=503)
 
 
 def install_channels(app: web.Application, settings: Settings, deps: Deps) -> dict[str, Sender]:
@@ -113,7 +112,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     senders = install_channels(app, settings, deps)
     app[DELIVERY] = OutboxDelivery(
-        deps.db,
+        deps.outbox,
         senders,
         deps.clock,
         quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),

@@ -10,13 +10,13 @@ from typing import Literal
 
 from aiohttp import web
 
-from bot.app import build_dispatcher, create_app
+from bot.app import JOBS, build_dispatcher, create_app
 from bot.channels import console
 from bot.core.errors import HomevisitError
 from bot.deps import Deps, SystemClock, build_deps
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobReport
-from bot.web import DELIVERY, JOBS
+from bot.web import DELIVERY
 from config.settings import Settings
 from storage.db import Database
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from bot.core.ports import Clock
+from bot.core.ports import Clock, OneTimeSigns, Outbox
 from config.calendar import SchoolCalendar, load_calendar
 from config.forms import Form, load_form
 from config.settings import Settings
 from handlers.cadence import Cadence
 from storage.db import Database
+from storage.outbox import SqlOutbox
+from storage.signs import SqlOneTimeSigns
 
 
 class SystemClock:
@@ -24,6 +26,13 @@ class Deps:
     form: Form
     clock: Clock = field(default_factory=SystemClock)
     calendar: SchoolCalendar = field(default_factory=SchoolCalendar)
+    # the ports channels and the delivery loop use, over `db`
+    outbox: Outbox = field(init=False)
+    signs: OneTimeSigns = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = SqlOutbox(self.db)
+        self.signs = SqlOneTimeSigns(self.db)
 
 
 def build_deps(settings: Settings, clock: Clock | None = None) -> Deps:

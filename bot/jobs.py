@@ -15,6 +15,7 @@ from functools import partial
 
 from sqlalchemy.engine import Connection
 
+from bot.core.types import OutboxMessage
 from bot.deps import Deps, cadence
 from bot.outbox import OutboxDelivery
 from config.settings import Settings
@@ -128,7 +129,7 @@ class Jobs:
         send_from = max(at, self.deps.clock.now())
         not_before = self.quiet_until(send_from)
         messages = [
-            outbox.NewMessage(m.key, m.channel, m.recipient, m.kind, m.body, m.listing)
+            OutboxMessage(m.key, m.channel, m.recipient, m.kind, m.body, m.listing)
             for m in plan.messages
         ]
         # Queued now, whatever `at` says: the outbox gives up a day after a row was queued.

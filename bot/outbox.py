@@ -13,13 +13,10 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy.engine import Connection
-
 from bot.core.errors import SendError, StorageUnavailable
-from bot.core.ports import Clock, Sender
+from bot.core.ports import Clock, Outbox, Sender
+from bot.core.types import OutboxItem
 from bot.logsafe import log_failure
-from storage import outbox
-from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +34,14 @@ def backoff(attempts: int) -> timedelta:
 class OutboxDelivery:
     def __init__(
         self,
-        db: Database,
+        outbox: Outbox,
         senders: Mapping[str, Sender],
         clock: Clock,
         *,
         poll_seconds: float = 5.0,
         quiet: Callable[[datetime], datetime | None] | None = None,
     ) -> None:
-        self.db = db
+        self.outbox = outbox
         self.senders = senders
         self.clock = clock
         self.poll_seconds = poll_seconds
@@ -59,17 +56,14 @@ class OutboxDelivery:
         """Deliver every row that is due now; returns how many were attempted."""
         attempted = 0
         while True:
-            items = await self.db.run(self._claim)
+            items = await self.outbox.claim(self.clock.now(), LEASE, BATCH)
             if not items:
                 return attempted
             for item in items:
                 await self._deliver(item)
             attempted += len(items)
 
-    def _claim(self, conn: Connection) -> list[outbox.OutboxItem]:
-        return outbox.claim(conn, self.clock.now(), LEASE, BATCH)
-
-    async def _deliver(self, item: outbox.OutboxItem) -> None:
+    async def _deliver(self, item: OutboxItem) -> None:
         sender = self.senders.get(item.channel)
         try:
             if sender is None:
@@ -83,14 +77,13 @@ class OutboxDelivery:
             )
             await self._failed(item, SendError(type(exc).__name__))
         else:
-            now = self.clock.now()
-            await self.db.run(lambda c: outbox.mark_sent(c, item.id, now))
+            await self.outbox.mark_sent(item.id, self.clock.now())
 
-    async def _failed(self, item: outbox.OutboxItem, exc: SendError) -> None:
+    async def _failed(self, item: OutboxItem, exc: SendError) -> None:
         now = self.clock.now()
         if exc.permanent or now - item.created_at > GIVE_UP_AFTER:
             log.warning("outbox_id=%s kind=%s failed for good: %s", item.id, item.kind, exc.reason)
-            await self.db.run(lambda c: outbox.mark_failed(c, item.id, exc.reason))
+            await self.outbox.mark_failed(item.id, exc.reason)
             return
         delay = backoff(item.attempts)
         if exc.retry_after is not None:
@@ -107,7 +100,7 @@ class OutboxDelivery:
             exc.reason,
             delay,
         )
-        await self.db.run(lambda c: outbox.mark_retry(c, item.id, exc.reason, retry_at))
+        await self.outbox.mark_retry(item.id, exc.reason, retry_at)
 
     async def run_forever(self) -> None:
         """Background task: deliver, then sleep until poked or the next poll."""

@@ -1,4 +1,8 @@
-"""The web layer's shared pieces: typed app keys, JSON responses, error middleware, health."""
+"""The web layer's shared pieces: typed app keys, JSON responses, the error middleware.
+
+Channels import this module, so it knows only ports and settings: the keys of the composition
+root's own pieces (the `Deps`, the jobs) live in `bot.app`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.deps import Deps
-from bot.dispatcher import Dispatcher
-from bot.jobs import Jobs
+from bot.core.ports import Conversations
 from bot.logsafe import log_failure
 from bot.outbox import OutboxDelivery
 from config.settings import Settings
@@ -19,10 +21,8 @@ from config.settings import Settings
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-DEPS = web.AppKey("deps", Deps)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+DISPATCHER = web.AppKey[Conversations]("dispatcher")
 DELIVERY = web.AppKey("delivery", OutboxDelivery)
-JOBS = web.AppKey("jobs", Jobs)
 SERVING = web.AppKey("serving", bool)  # False in one-shot CLI jobs: no background tasks
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,9 +49,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         log_failure(log, "unhandled error on %s %s", request.method, request.path, exc=exc)
         return json_response({"error": "internal error"}, status=500)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    if await request.app[DEPS].db.ping():
-        return json_response({"status": "ok"})
-    return json_response({"status": "unavailable"}, status=503)

@@ -26,7 +26,7 @@ from bot.core.types import (
     FollowUpListing,
     MessageKind,
     NewFollowUp,
-    QueuedMessage,
+    OutboxMessage,
     Staff,
     StudentListing,
     StudentRef,
@@ -619,7 +619,7 @@ class CheckIn:
             if target is None:
                 continue
             for key, body in bodies:
-                message = QueuedMessage(
+                message = OutboxMessage(
                     f"alert:{key}:{person.staff_no}", target[0], target[1], "alert", body
                 )
                 store.queue_message(message, not_before, c.t.now)

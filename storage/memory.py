@@ -24,7 +24,7 @@ from bot.core.types import (
     FollowUpListing,
     FollowUpStatus,
     NewFollowUp,
-    QueuedMessage,
+    OutboxMessage,
     RosterStaff,
     Session,
     Staff,
@@ -97,7 +97,7 @@ class _Data:
         default_factory=dict
     )
     schools: dict[str, int] = field(default_factory=dict)
-    outbox: dict[str, tuple[QueuedMessage, datetime]] = field(default_factory=dict)
+    outbox: dict[str, tuple[OutboxMessage, datetime]] = field(default_factory=dict)
     next_id: int = 1
 
 
@@ -413,7 +413,7 @@ class MemoryStore:
             for s in sorted(people, key=lambda s: s.staff_no)
         ]  # fmt: skip
 
-    def queue_message(self, message: QueuedMessage, not_before: datetime, now: datetime) -> bool:
+    def queue_message(self, message: OutboxMessage, not_before: datetime, now: datetime) -> bool:
         if message.key in self.data.outbox:
             return False
         self.data.outbox[message.key] = (message, not_before)

@@ -1,5 +1,8 @@
 """The outbox: every proactive message is a row first, and is sent from there.
 
+`SqlOutbox` is the `bot.core.ports.Outbox` port over these functions, one transaction per call (on
+a DB worker thread); a scheduled job calls `enqueue_many` itself, inside its own transaction.
+
 A row is keyed by an idempotency key (for a reminder: recipient, kind and local date), so writing
 the same message twice (a job run twice, or by two instances) stores it once. Delivery claims due
 rows under a lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: its single writer), so two workers
@@ -10,7 +13,6 @@ when the lease runs out.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,21 +21,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from bot.core.types import OutboxItem, OutboxMessage
+from storage.db import Database
 from storage.schema import conversations, outbox
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    key: str
-    channel: str
-    recipient: str
-    kind: str
-    body: str
-    attempts: int
-    created_at: datetime
 
 
 def enqueue(
@@ -72,18 +64,8 @@ def enqueue(
     return conn.execute(stmt).first() is not None  # rowcount is -1 with RETURNING on psycopg
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    key: str
-    channel: str
-    recipient: str
-    kind: str
-    body: str
-    listing: dict[str, Any] | None = None  # the numbered list it shows (see schema.outbox)
-
-
 def enqueue_many(
-    conn: Connection, messages: Sequence[NewMessage], *, not_before: datetime, now: datetime
+    conn: Connection, messages: Sequence[OutboxMessage], *, not_before: datetime, now: datetime
 ) -> int:
     """Store every message whose key is new, in bulk; returns how many were new.
 
@@ -211,3 +193,55 @@ def mark_failed(conn: Connection, item_id: int, error: str) -> None:
     conn.execute(
         update(outbox).where(outbox.c.id == item_id).values(status=FAILED, last_error=error[:500])
     )
+
+
+def ids_of(conn: Connection, keys: Sequence[str]) -> list[int]:
+    """The ids of the rows with these keys."""
+    return list(
+        conn.execute(select(outbox.c.id).where(outbox.c.idempotency_key.in_(keys))).scalars()
+    )
+
+
+class SqlOutbox:
+    """The `Outbox` port on the database: each call one transaction on a DB worker thread."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def enqueue(
+        self, messages: Sequence[OutboxMessage], *, not_before: datetime, now: datetime
+    ) -> list[str]:
+        def put(conn: Connection) -> list[str]:
+            return [
+                m.key
+                for m in messages
+                if enqueue(conn, key=m.key, channel=m.channel, recipient=m.recipient,
+                           kind=m.kind, body=m.body, not_before=not_before, now=now)
+            ]  # fmt: skip
+
+        return await self.db.run(put)
+
+    async def contains(self, key: str) -> bool:
+        return bool(await self.db.run(lambda conn: ids_of(conn, [key])))
+
+    async def claim(self, now: datetime, lease: timedelta, limit: int) -> list[OutboxItem]:
+        return await self.db.run(lambda conn: claim(conn, now, lease, limit))
+
+    async def mark_sent(self, item_id: int, now: datetime) -> None:
+        await self.db.run(lambda conn: mark_sent(conn, item_id, now))
+
+    async def mark_retry(self, item_id: int, error: str, next_attempt_at: datetime) -> None:
+        await self.db.run(lambda conn: mark_retry(conn, item_id, error, next_attempt_at))
+
+    async def mark_failed(self, item_id: int, error: str) -> None:
+        await self.db.run(lambda conn: mark_failed(conn, item_id, error))
+
+    async def settle(self, keys: Sequence[str], *, sent: bool, error: str, now: datetime) -> None:
+        def update(conn: Connection) -> None:
+            for item_id in ids_of(conn, keys):
+                if sent:
+                    mark_sent(conn, item_id, now)
+                else:
+                    mark_retry(conn, item_id, error, now)
+
+        await self.db.run(update)

@@ -33,7 +33,7 @@ from bot.core.types import (
     FollowUpListing,
     FollowUpStatus,
     NewFollowUp,
-    QueuedMessage,
+    OutboxMessage,
     RosterStaff,
     Session,
     Staff,
@@ -736,7 +736,7 @@ class SqlStore:
             for p in people
         ]
 
-    def queue_message(self, message: QueuedMessage, not_before: datetime, now: datetime) -> bool:
+    def queue_message(self, message: OutboxMessage, not_before: datetime, now: datetime) -> bool:
         return outbox.enqueue(
             self.conn,
             key=message.key,

@@ -797,7 +797,7 @@ async def test_a_send_that_timed_out_after_dingtalk_took_it_is_sent_again(
         client, AccessToken(client, fake.base, APP_KEY, Secret(APP_SECRET), clock), fake.base,
         ROBOT_CODE,
     )  # fmt: skip
-    delivery = OutboxDelivery(deps.db, {"dingtalk": robot}, clock)
+    delivery = OutboxDelivery(deps.outbox, {"dingtalk": robot}, clock)
     now = clock.now()
     await deps.db.run(
         lambda conn: outbox.enqueue(
@@ -939,7 +939,7 @@ async def test_group_digests_are_signed_and_held_to_twenty_a_minute(
     deps: Deps, fake: FakeDingTalk, clock: FakeClock
 ) -> None:
     sender = group_sender(fake, clock)
-    delivery = OutboxDelivery(deps.db, {"dingtalk_group": sender}, clock)
+    delivery = OutboxDelivery(deps.outbox, {"dingtalk_group": sender}, clock)
     now = clock.now()
     for i in range(25):
         await deps.db.run(

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.core.errors import SendError
+from bot.core.types import OutboxMessage
 from bot.outbox import OutboxDelivery
 from storage import outbox
 from storage.db import Database
@@ -55,7 +56,7 @@ async def test_same_key_is_stored_and_sent_once(db: Database, clock: FakeClock) 
     assert put(db, clock, "k1") is True
     assert put(db, clock, "k1") is False
     sender = FakeSender()
-    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    delivery = OutboxDelivery(outbox.SqlOutbox(db), {"fake": sender}, clock)
     assert await delivery.run_once() == 1
     assert await delivery.run_once() == 0
     assert sender.sent == [("u1", "hello k1")]
@@ -66,7 +67,7 @@ async def test_transient_errors_back_off_then_deliver(db: Database, clock: FakeC
     put(db, clock, "k1")
     sender = FakeSender()
     sender.errors = [SendError("503"), SendError("timeout"), SendError("rate", retry_after=300)]
-    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    delivery = OutboxDelivery(outbox.SqlOutbox(db), {"fake": sender}, clock)
     for wait in (30, 60, 300):
         await delivery.run_once()
         assert sender.sent == []
@@ -82,7 +83,7 @@ async def test_an_hour_long_outage_delays_but_loses_nothing(db: Database, clock:
     for i in range(3):
         put(db, clock, f"k{i}", recipient=f"u{i}")
     sender = FakeSender()
-    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    delivery = OutboxDelivery(outbox.SqlOutbox(db), {"fake": sender}, clock)
     outage_end = clock.now() + timedelta(hours=1)
     while clock.now() < outage_end:
         sender.errors = [SendError("down")] * 3
@@ -99,7 +100,7 @@ async def test_permanent_error_is_recorded_and_not_retried(db: Database, clock: 
     put(db, clock, "k1")
     sender = FakeSender()
     sender.errors = [SendError("81013 no valid recipient", permanent=True)]
-    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    delivery = OutboxDelivery(outbox.SqlOutbox(db), {"fake": sender}, clock)
     await delivery.run_once()
     clock.advance(days=1)
     assert await delivery.run_once() == 0
@@ -110,7 +111,7 @@ async def test_permanent_error_is_recorded_and_not_retried(db: Database, clock: 
 
 async def test_unknown_channel_fails_permanently(db: Database, clock: FakeClock) -> None:
     put(db, clock, "k1")
-    await OutboxDelivery(db, {}, clock).run_once()
+    await OutboxDelivery(outbox.SqlOutbox(db), {}, clock).run_once()
     assert statuses(db) == [("k1", "failed", 1)]
 
 
@@ -121,7 +122,7 @@ async def test_a_crashed_sender_lease_expires_and_the_row_is_retried(
     with db.begin() as conn:  # a worker claims it and dies before recording anything
         [item] = outbox.claim(conn, clock.now(), timedelta(minutes=2), 10)
     sender = FakeSender()
-    delivery = OutboxDelivery(db, {"fake": sender}, clock)
+    delivery = OutboxDelivery(outbox.SqlOutbox(db), {"fake": sender}, clock)
     assert await delivery.run_once() == 0
     clock.advance(minutes=2)
     assert await delivery.run_once() == 1
@@ -134,8 +135,8 @@ async def test_two_workers_send_each_row_once(db: Database, clock: FakeClock) ->
     sender = FakeSender()
     second_db = Database(db.url)  # another instance: its own engine and pool
     try:
-        a = OutboxDelivery(db, {"fake": sender}, clock)
-        b = OutboxDelivery(second_db, {"fake": sender}, clock)
+        a = OutboxDelivery(outbox.SqlOutbox(db), {"fake": sender}, clock)
+        b = OutboxDelivery(outbox.SqlOutbox(second_db), {"fake": sender}, clock)
         await asyncio.gather(a.run_once(), b.run_once(), a.run_once(), b.run_once())
     finally:
         second_db.close()
@@ -165,7 +166,10 @@ async def test_a_retried_reminder_waits_for_quiet_hours_to_end(
     sender = FakeSender()
     sender.errors = [SendError("503")]
     delivery = OutboxDelivery(
-        db, {"fake": sender}, clock, quiet=lambda moment: quiet.release(moment, tz)
+        outbox.SqlOutbox(db),
+        {"fake": sender},
+        clock,
+        quiet=lambda moment: quiet.release(moment, tz),
     )
     await delivery.run_once()  # fails at 20:59:50; the 30 s backoff lands inside quiet hours
     clock.advance(minutes=5)
@@ -196,7 +200,7 @@ async def test_the_delivery_loop_stops_when_cancelled_as_it_is_poked(
     db: Database, clock: FakeClock
 ) -> None:
     # (a shutdown while a reply has just been queued: the app must still stop)
-    delivery = OutboxDelivery(db, {}, clock, poll_seconds=3600)
+    delivery = OutboxDelivery(outbox.SqlOutbox(db), {}, clock, poll_seconds=3600)
     for _ in range(20):  # the race is in the event loop's ordering: try it many times
         task = asyncio.create_task(delivery.run_forever())
         await asyncio.sleep(0.05)  # waiting to be poked
@@ -204,3 +208,22 @@ async def test_the_delivery_loop_stops_when_cancelled_as_it_is_poked(
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
         assert task in done and task.cancelled()
+
+
+async def test_the_port_reports_new_keys_and_settles_by_key(db: Database, clock: FakeClock) -> None:
+    port = outbox.SqlOutbox(db)
+    rows = [OutboxMessage(k, "fake", "u1", "reply", f"hello {k}") for k in ("r0", "r1", "r2")]
+    now = clock.now()
+    assert await port.enqueue(rows[:1], not_before=now, now=now) == ["r0"]
+    assert await port.enqueue(rows, not_before=now, now=now) == ["r1", "r2"]
+    assert await port.contains("r1") and not await port.contains("r3")
+    await port.settle(["r0", "r3"], sent=True, error="", now=now)
+    await port.settle(["r1"], sent=False, error="sessionWebhook: 503", now=now)
+    assert statuses(db) == [("r0", "sent", 0), ("r1", "pending", 0), ("r2", "pending", 0)]
+    with db.begin() as conn:
+        query = select(outbox_table.c.idempotency_key, outbox_table.c.last_error)
+        errors = {key: error for key, error in conn.execute(query)}
+    assert errors == {"r0": None, "r1": "sessionWebhook: 503", "r2": None}
+    [first, second] = await port.claim(now, timedelta(minutes=2), 10)
+    assert (first.key, first.attempts, second.key) == ("r1", 1, "r2")
+    assert await port.claim(now, timedelta(minutes=2), 10) == []  # leased

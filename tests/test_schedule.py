@@ -62,7 +62,7 @@ class World:
         self.wecom, self.dingtalk, self.group = Inbox("wecom"), Inbox("dingtalk"), Inbox("group")
         senders = {"wecom": self.wecom, "dingtalk": self.dingtalk, "dingtalk_group": self.group}
         self.deps = deps
-        self.delivery = OutboxDelivery(deps.db, senders, clock)
+        self.delivery = OutboxDelivery(deps.outbox, senders, clock)
         self.jobs = Jobs(settings, deps, list(senders), self.delivery)
 
     async def at(self, moment: datetime, job: str | None = None) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 from typing import TextIO
 
+from bot.core.ports import Conversations
 from bot.core.types import InboundMessage
-from bot.dispatcher import Dispatcher
 
 CHANNEL = "console"
 
 
-async def run(dispatcher: Dispatcher, staff_no: str, stdin: TextIO, stdout: TextIO) -> None:
+async def run(dispatcher: Conversations, staff_no: str, stdin: TextIO, stdout: TextIO) -> None:
     interactive = stdin.isatty()
     loop = asyncio.get_running_loop()
     while True:

@@ -36,26 +36,17 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 
 from bot import jsonbody
 from bot.channels import dingtalk_api as api
 from bot.channels.dingtalk_stream import StreamClient, running
+from bot.core.channels import DINGTALK_SIGNS
 from bot.core.errors import SendError
-from bot.core.ports import Clock, Sender
-from bot.core.types import InboundMessage, MessageKind
-from bot.deps import Deps
-from bot.dispatcher import Dispatcher
+from bot.core.ports import ChannelDeps, Clock, Conversations, OneTimeSigns, Outbox, Sender
+from bot.core.types import InboundMessage, MessageKind, OutboxMessage
 from bot.locks import KeyedLocks
 from bot.web import DELIVERY, DISPATCHER, SERVING, json_response
 from config.settings import Settings
-from storage import outbox
-from storage.db import Database
-from storage.schema import inbound_messages
-from storage.schema import outbox as outbox_table
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +54,7 @@ CHANNEL = "dingtalk"
 GROUP_CHANNEL = "dingtalk_group"  # outbox channel of the coordinators' group robot
 GROUP_RECIPIENT = "default"
 MAX_SKEW = timedelta(hours=1)  # HTTP mode: a callback's timestamp may be this far off our clock
-SIGN_CHANNEL = "dingtalk_sign"  # inbound_messages rows that remember HTTP mode's used signs
+SIGN_CHANNEL = DINGTALK_SIGNS  # inbound_messages rows that remember HTTP mode's used signs
 SIGN_MARGIN = timedelta(minutes=5)  # kept this much longer than MAX_SKEW: instances' clocks differ
 MAX_ID = 128
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # never in DingTalk's ids; PostgreSQL refuses NUL
@@ -156,46 +147,27 @@ class UsedSigns:
     """HTTP mode's (timestamp, sign) pairs already accepted: each header is good for one request.
 
     The sign covers only the timestamp, so a header copied from one genuine callback would
-    otherwise carry any body for the whole hour `MAX_SKEW` allows. The pairs are rows of
-    `inbound_messages` under the channel `SIGN_CHANNEL` (the table the dispatcher de-duplicates
-    message ids in), so every instance on the database refuses the second use. The row's id
-    starts with the zero-padded timestamp: each check first deletes the rows whose timestamp is
-    past the window (a key range of the primary key), so the table holds about an hour of
-    callbacks, and only DingTalk, which knows the secret, can add to it.
+    otherwise carry any body for the whole hour `MAX_SKEW` allows. The pairs are kept by the
+    `OneTimeSigns` port (`storage.signs`: rows of `inbound_messages` under the channel
+    `SIGN_CHANNEL`), so every instance on the database refuses the second use. Pairs past the
+    window (plus `SIGN_MARGIN`) are forgotten, so it holds about an hour of callbacks, and only
+    DingTalk, which knows the secret, can add to it.
 
     When the database does not answer, the check lets the request through: its turn cannot
     write anything either (the teacher gets the "busy" apology), so a replay gains nothing.
     """
 
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db = db
+    def __init__(self, signs: OneTimeSigns, clock: Clock) -> None:
+        self.signs = signs
         self.clock = clock
 
     async def first_use(self, sent_at: int, sign: str) -> bool:
         now = self.clock.now()
-        key = f"{sent_at:016d}:{sign}"
-        cutoff = f"{max(api.epoch_ms(now - MAX_SKEW - SIGN_MARGIN), 0):016d}"
-
-        def remember(conn: Connection) -> bool:
-            conn.execute(
-                delete(inbound_messages).where(
-                    inbound_messages.c.channel == SIGN_CHANNEL,
-                    inbound_messages.c.message_id < cutoff,
-                )
-            )
-            make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            stmt = (
-                make_insert(inbound_messages)
-                .values(
-                    channel=SIGN_CHANNEL, user_id="", message_id=key, replies=[], received_at=now
-                )
-                .on_conflict_do_nothing(index_elements=["channel", "user_id", "message_id"])
-                .returning(inbound_messages.c.message_id)
-            )
-            return conn.execute(stmt).first() is not None
-
+        forget_before = api.epoch_ms(now - MAX_SKEW - SIGN_MARGIN)
         try:
-            return await self.db.run(remember)
+            return await self.signs.first_use(
+                sent_at, sign, forget_before_ms=forget_before, now=now
+            )
         except Exception as exc:
             log.warning("dingtalk: used signs not checked (%s)", type(exc).__name__)
             return True
@@ -206,8 +178,9 @@ class DingTalkChannel:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
-        db: Database,
+        dispatcher: Conversations,
+        outbox: Outbox,
+        signs: OneTimeSigns,
         clock: Clock,
         http: api.Http,
         oapi_base: str,
@@ -219,12 +192,12 @@ class DingTalkChannel:
         # HTTP mode's sign covers the timestamp, not the body: a sessionWebhook from the body
         # could be an outsider's conversation, so replies there go by batchSend to the sender.
         self.trust_webhook = trust_webhook
-        self.db = db
+        self.outbox = outbox
         self.clock = clock
         self.http = http
         self.oapi_prefix = oapi_base.rstrip("/") + "/"
         self.poke = poke
-        self.used_signs = UsedSigns(db, clock)
+        self.used_signs = UsedSigns(signs, clock)
         # Turn and replies under one lock per teacher, so answers leave in the order asked.
         self._locks = KeyedLocks()
 
@@ -266,26 +239,21 @@ class DingTalkChannel:
             return
         now = self.clock.now()
         webhook = self._webhook(message, now)
-        rows = [(f"dingtalk:reply:{message.msg_id}:{n}", text) for n, text in enumerate(replies)]
+        sender, msg_id = message.sender, message.msg_id
+        rows = [
+            OutboxMessage(f"dingtalk:reply:{msg_id}:{n}", CHANNEL, sender, "reply", text)
+            for n, text in enumerate(replies)
+        ]
         not_before = now + WEBHOOK_GRACE if webhook else now
-        recipient = message.sender
-
-        def store(conn: Connection) -> list[tuple[str, str]]:
-            return [
-                (key, text)
-                for key, text in rows
-                if outbox.enqueue(conn, key=key, channel=CHANNEL, recipient=recipient,
-                                  kind="reply", body=text, not_before=not_before, now=now)
-            ]  # fmt: skip
-
         try:
-            fresh = await self.db.run(store)
+            stored = set(await self.outbox.enqueue(rows, not_before=not_before, now=now))
         except Exception as exc:  # the database is down: the reply is an apology; try to send it
             log.warning("dingtalk msg_id=%r: replies not stored (%s)", message.msg_id,
                         type(exc).__name__)  # fmt: skip
             if webhook:
                 await self._send_unrecorded(webhook, replies)
             return
+        fresh = [(row.key, row.body) for row in rows if row.key in stored]
         if not fresh:
             log.info("dingtalk msg_id=%r was answered before: not sent again", message.msg_id)
             return
@@ -311,20 +279,9 @@ class DingTalkChannel:
         return []
 
     async def _settle(self, keys: list[str], *, sent: bool, reason: str) -> None:
-        now = self.clock.now()
-
-        def update(conn: Connection) -> None:
-            ids = conn.execute(
-                select(outbox_table.c.id).where(outbox_table.c.idempotency_key.in_(keys))
-            ).scalars()
-            for item_id in ids:
-                if sent:
-                    outbox.mark_sent(conn, item_id, now)
-                else:
-                    outbox.mark_retry(conn, item_id, f"sessionWebhook: {reason}", now)
-
+        error = "" if sent else f"sessionWebhook: {reason}"
         try:
-            await self.db.run(update)
+            await self.outbox.settle(keys, sent=sent, error=error, now=self.clock.now())
         except Exception as exc:  # the row stays pending: worst case one late duplicate
             log.warning("dingtalk: outbox rows not updated (%s)", type(exc).__name__)
 
@@ -366,7 +323,7 @@ async def callback(request: web.Request) -> web.Response:
     return json_response({})
 
 
-def install(app: web.Application, settings: Settings, deps: Deps) -> Sender:
+def install(app: web.Application, settings: Settings, deps: ChannelDeps) -> Sender:
     """Add the robot (HTTP route or Stream task); return the Sender for channel "dingtalk"."""
     conf = settings.dingtalk
     assert conf is not None
@@ -374,7 +331,8 @@ def install(app: web.Application, settings: Settings, deps: Deps) -> Sender:
     token = api.AccessToken(http, conf.api_base, conf.app_key, conf.app_secret, deps.clock)
     channel = DingTalkChannel(
         app[DISPATCHER],
-        deps.db,
+        deps.outbox,
+        deps.signs,
         deps.clock,
         http,
         conf.oapi_base,
@@ -396,7 +354,7 @@ def install(app: web.Application, settings: Settings, deps: Deps) -> Sender:
     return api.RobotSender(http, token, conf.api_base, conf.robot_code)
 
 
-def install_digest(app: web.Application, settings: Settings, deps: Deps) -> Sender:
+def install_digest(app: web.Application, settings: Settings, deps: ChannelDeps) -> Sender:
     """The coordinators' group robot: the Sender for channel "dingtalk_group"."""
     assert settings.dingtalk_digest_webhook is not None
     http = api.Http()

@@ -49,8 +49,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from aiohttp import web
-from sqlalchemy import select
-from sqlalchemy.engine import Connection
 
 from bot.channels.wecom_api import TEXT_LIMIT, WeComClient, split_text
 from bot.channels.wecom_crypto import (
@@ -61,15 +59,11 @@ from bot.channels.wecom_crypto import (
     WeComMessage,
     xml_text,
 )
-from bot.core.ports import Sender
-from bot.core.types import InboundMessage, MessageKind
-from bot.deps import Deps
-from bot.dispatcher import Dispatcher
+from bot.core.ports import ChannelDeps, Conversations, Sender
+from bot.core.types import InboundMessage, MessageKind, OutboxMessage
 from bot.logsafe import log_failure
 from bot.web import DELIVERY, DISPATCHER
 from config.settings import Settings
-from storage import outbox
-from storage.schema import outbox as outbox_table
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +123,7 @@ class _Flight:
 class WeComChannel:
     """The callback routes of one WeCom app. ``reply_budget`` may be lowered by tests."""
 
-    def __init__(self, settings: Settings, deps: Deps) -> None:
+    def __init__(self, settings: Settings, deps: ChannelDeps) -> None:
         wecom = settings.wecom
         assert wecom is not None  # installed only when configured
         self.crypto = WeComCrypto(wecom.token.value, wecom.aes_key.value, wecom.corp_id)
@@ -201,7 +195,7 @@ class WeComChannel:
     # -- replies: passive within the budget, else through the outbox
 
     async def _answer(
-        self, message: InboundMessage, dispatcher: Dispatcher, poke: Callable[[], None]
+        self, message: InboundMessage, dispatcher: Conversations, poke: Callable[[], None]
     ) -> str | None:
         """The passive reply text, or None for an empty 200 (replies then go by the outbox).
 
@@ -263,7 +257,7 @@ class WeComChannel:
         self,
         flight: _Flight,
         message: InboundMessage,
-        dispatcher: Dispatcher,
+        dispatcher: Conversations,
         poke: Callable[[], None],
     ) -> str | None:
         """Run the turn; return the passive reply, or queue the replies and return None."""
@@ -284,16 +278,8 @@ class WeComChannel:
         return None
 
     async def _already_queued(self, message_id: str) -> bool:
-        key = reply_key(message_id, 0)
-
-        def look(conn: Connection) -> bool:
-            found = conn.execute(
-                select(outbox_table.c.id).where(outbox_table.c.idempotency_key == key)
-            ).first()
-            return found is not None
-
         try:
-            return await self.deps.db.run(look)
+            return await self.deps.outbox.contains(reply_key(message_id, 0))
         except Exception as exc:  # the turn itself will meet the database trouble and say so
             log.warning(
                 "wecom outbox look-up failed message_id=%r: %s", message_id, type(exc).__name__
@@ -305,22 +291,12 @@ class WeComChannel:
         pieces = [piece for reply in replies for piece in split_text(reply, TEXT_LIMIT)]
         now = self.deps.clock.now()
         message_id, recipient = message.message_id, message.user_id
-
-        def put(conn: Connection) -> None:
-            for i, piece in enumerate(pieces):
-                outbox.enqueue(
-                    conn,
-                    key=reply_key(message_id, i),
-                    channel=CHANNEL,
-                    recipient=recipient,
-                    kind="reply",
-                    body=piece,
-                    not_before=now,
-                    now=now,
-                )
-
+        rows = [
+            OutboxMessage(reply_key(message_id, i), CHANNEL, recipient, "reply", piece)
+            for i, piece in enumerate(pieces)
+        ]
         try:
-            await self.deps.db.run(put)
+            await self.deps.outbox.enqueue(rows, not_before=now, now=now)
         except Exception as exc:
             # The turn is saved; only its answer is lost. A retry of this message gets it
             # passively (no outbox rows), and "继续" repeats the current question.
@@ -345,7 +321,7 @@ WECOM = web.AppKey("wecom", WeComChannel)
 WECOM_API = web.AppKey("wecom_api", WeComClient)
 
 
-def install(app: web.Application, settings: Settings, deps: Deps) -> Sender:
+def install(app: web.Application, settings: Settings, deps: ChannelDeps) -> Sender:
     """Add the callback routes and the outbound client; return the client as the sender."""
     assert settings.wecom is not None
     channel = WeComChannel(settings, deps)

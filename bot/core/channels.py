@@ -10,3 +10,5 @@ DINGTALK_GROUP = "dingtalk_group"  # the coordinators' DingTalk group robot (dig
 
 # Channels whose user id is the staff number itself (no identity row needed).
 STAFF_NO_CHANNELS = frozenset({CONSOLE, API})
+# Not a channel: the de-duplication rows (user id "") of DingTalk HTTP mode's used signs.
+DINGTALK_SIGNS = "dingtalk_sign"

@@ -8,7 +8,7 @@ hop per message instead of one per statement. `Turns` is the asynchronous door t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from bot.core.types import (
@@ -16,8 +16,10 @@ from bot.core.types import (
     Coverage,
     Draft,
     FollowUpListing,
+    InboundMessage,
     NewFollowUp,
-    QueuedMessage,
+    OutboxItem,
+    OutboxMessage,
     RosterStaff,
     Session,
     Staff,
@@ -161,7 +163,7 @@ class Store(Protocol):
         """The active coordinators of the student's school, with their channel identities."""
         ...
 
-    def queue_message(self, message: QueuedMessage, not_before: datetime, now: datetime) -> bool:
+    def queue_message(self, message: OutboxMessage, not_before: datetime, now: datetime) -> bool:
         """Put a proactive message in the outbox unless its key is there; True if it was new."""
         ...
 
@@ -192,3 +194,75 @@ class Sender(Protocol):
         """`proactive`: a reminder or digest (one per recipient and day), not a reply to a
         message the teacher just sent; a platform may then suppress an identical resend."""
         ...
+
+
+class Conversations(Protocol):
+    """Answers one inbound message (`bot.dispatcher.Dispatcher`): what a channel hands it to."""
+
+    async def handle(self, message: InboundMessage) -> list[str]:
+        """The replies, in order. Never raises: a failure is answered with an apology."""
+        ...
+
+
+class Outbox(Protocol):
+    """The outbox: proactive messages and pushed replies, each a row under an idempotency key.
+
+    Channels write their replies here and settle the ones they sent themselves; the delivery
+    loop (`bot.outbox`) claims the rest and records each outcome. Every call is one short
+    transaction of its own and may raise StorageUnavailable (or a database error).
+    """
+
+    async def enqueue(
+        self, messages: Sequence[OutboxMessage], *, not_before: datetime, now: datetime
+    ) -> list[str]:
+        """Store each message whose key is new, due at `not_before`; the keys this call stored,
+        in order (a key already present, or written concurrently elsewhere, is not one)."""
+        ...
+
+    async def contains(self, key: str) -> bool:
+        """Whether a row with this key exists, whatever its status."""
+        ...
+
+    async def claim(self, now: datetime, lease: timedelta, limit: int) -> list[OutboxItem]:
+        """Take up to `limit` pending rows due at `now`, earliest first, counting an attempt;
+        nobody else gets them for `lease` (a worker that dies mid-send leaves them to retry)."""
+        ...
+
+    async def mark_sent(self, item_id: int, now: datetime) -> None: ...
+
+    async def mark_retry(self, item_id: int, error: str, next_attempt_at: datetime) -> None:
+        """Still pending, due again at `next_attempt_at`; `error` is kept (cut to 500)."""
+        ...
+
+    async def mark_failed(self, item_id: int, error: str) -> None:
+        """Failed for good: never sent again."""
+        ...
+
+    async def settle(self, keys: Sequence[str], *, sent: bool, error: str, now: datetime) -> None:
+        """A channel's own send of these rows (by key; unknown keys are skipped): `sent`, or
+        failed with `error` and due for the delivery loop at `now`."""
+        ...
+
+
+class OneTimeSigns(Protocol):
+    """DingTalk HTTP mode's (timestamp, sign) pairs: each is accepted once, on every instance."""
+
+    async def first_use(
+        self, sent_at_ms: int, sign: str, *, forget_before_ms: int, now: datetime
+    ) -> bool:
+        """Record the pair; True if it was not recorded before. Pairs whose timestamp is
+        before `forget_before_ms` are forgotten first (they are refused as stale anyway)."""
+        ...
+
+
+class ChannelDeps(Protocol):
+    """What a channel's `install` takes from the composition root (`bot.deps.Deps`)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    @property
+    def signs(self) -> OneTimeSigns: ...

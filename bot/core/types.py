@@ -199,17 +199,6 @@ class RosterStaff:
 
 
 @dataclass(frozen=True, slots=True)
-class QueuedMessage:
-    """A proactive message a turn puts in the outbox (sent once per key)."""
-
-    key: str
-    channel: str
-    recipient: str
-    kind: str
-    body: str
-
-
-@dataclass(frozen=True, slots=True)
 class TrackedFollowUp:
     id: int
     student_id: int
@@ -238,3 +227,34 @@ class Snapshot:
     staff: dict[int, RosterStaff]
     followups: list[TrackedFollowUp]  # open or escalated, plus any created since `since`
     failures: list[DeliveryFailure]  # reminders/digests a platform refused for good, recently
+
+
+# ------------------------------------------------------------ the outbox (see `ports.Outbox`)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to store in the outbox; `key` makes writing it twice store it once."""
+
+    key: str
+    channel: str
+    recipient: str
+    kind: str  # "reply" (an answer to a teacher's own message), "reminder", "digest" ...
+    body: str
+    # A numbered list the message shows (a reminder's): once it is delivered, it becomes the
+    # recipient's current list (see `bot.core.types.Session.listing`).
+    listing: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A row claimed for delivery; `attempts` counts this one."""
+
+    id: int
+    key: str
+    channel: str
+    recipient: str
+    kind: str
+    body: str
+    attempts: int
+    created_at: datetime
