@@ -203,7 +203,7 @@ class FakeDingTalk:
         return await asyncio.wait_for(waiter, WAIT)
 
     async def push_robot(self, payload: dict[str, Any]) -> dict[str, Any]:
-        frame = {
+        frame: dict[str, Any] = {
             "specVersion": "1.0",
             "type": "CALLBACK",
             "headers": {

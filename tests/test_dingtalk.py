@@ -21,6 +21,7 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 
 from bot.app import create_app
 from bot.channels import dingtalk
@@ -30,6 +31,7 @@ from bot.channels.dingtalk_api import (
     Http,
     RobotSender,
     epoch_ms,
+    from_epoch_ms,
     sign,
 )
 from bot.channels.dingtalk_stream import Backoff, StreamClient
@@ -85,7 +87,7 @@ def test_group_webhook_url_is_signed_like_the_vector(clock: FakeClock) -> None:
     ]
     webhook, secret = Secret("https://oapi/robot/send?access_token=x"), vector["inputs"]["secret"]
     sender = GroupRobotSender(Http(), webhook, Secret(secret), clock)
-    clock.current = dingtalk.api.from_epoch_ms(int(vector["inputs"]["timestamp"]))
+    clock.current = from_epoch_ms(int(vector["inputs"]["timestamp"]))
     url = str(sender.signed_url(clock.now()))
     assert url.endswith(f"&timestamp=1577262236757&sign={vector['expected']['sign_urlencoded']}")
 
@@ -163,8 +165,12 @@ def with_dingtalk(settings: Settings, fake: FakeDingTalk, mode: str, **kw: Any) 
 
 @asynccontextmanager
 async def serving(settings: Settings, deps: Deps) -> AsyncIterator[TestServer]:
-    async with TestServer(create_app(settings, deps), host="127.0.0.1") as server:
+    server = TestServer(create_app(settings, deps), host="127.0.0.1")
+    await server.start_server()
+    try:
         yield server
+    finally:
+        await server.close()
 
 
 class Teacher:
@@ -469,7 +475,7 @@ async def test_replies_fall_back_to_the_robot_1to1_api(
 ) -> None:  # fmt: skip
     teacher = Teacher(fake, clock)
     now = epoch_ms(clock.now())
-    overrides: dict[str, Any] = {
+    overrides: dict[str, Any] = {  # type: ignore[assignment]
         "expired": {"sessionWebhookExpiredTime": now - 1},
         "no-webhook": {"sessionWebhook": None, "sessionWebhookExpiredTime": None},
         "foreign-webhook": {"sessionWebhook": "http://127.0.0.1:1/robot/sendBySession?s=1"},
@@ -942,12 +948,14 @@ async def test_group_digests_are_signed_and_held_to_twenty_a_minute(
     delivery = OutboxDelivery(deps.outbox, {"dingtalk_group": sender}, clock)
     now = clock.now()
     for i in range(25):
-        await deps.db.run(
-            lambda conn, i=i: outbox.enqueue(
+
+        def put(conn: Connection, i: int = i) -> bool:
+            return outbox.enqueue(
                 conn, key=f"digest:{i}", channel="dingtalk_group", recipient="default",
                 kind="digest", body=f"日报 {i}", not_before=now, now=now,
-            )
-        )  # fmt: skip
+            )  # fmt: skip
+
+        await deps.db.run(put)
     try:
         await delivery.run_once()
         assert len(fake.group_messages) == 20

@@ -443,9 +443,10 @@ def test_bad_input_names_file_row_and_column_and_writes_nothing(
     run_import(db, roster_files(good), clock)
     before = snapshot(db)
     make, expected = BAD_FILES[case]
+    files: list[Path] = make(tmp_path)  # type: ignore[no-untyped-call]
 
     with pytest.raises(RosterError) as err:
-        run_import(db, make(tmp_path), clock)
+        run_import(db, files, clock)
 
     message = str(err.value)
     for part in expected:

@@ -20,7 +20,7 @@ from xml.etree import ElementTree  # only for XML this file or wechatpy writes, 
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from sqlalchemy import func, select, update
 
@@ -80,7 +80,7 @@ def app(wecom_settings: Settings, deps: Deps) -> web.Application:
 
 
 @pytest.fixture
-async def server(app: web.Application) -> AsyncIterator[TestServer]:
+async def server(app: web.Application) -> AsyncIterator[BaseTestServer]:
     async with TestServer(app, host="127.0.0.1") as srv:
         yield srv
 
@@ -133,7 +133,7 @@ class Peer:
     """Plays WeCom's servers: wechatpy encrypts and signs callbacks and opens passive replies."""
 
     def __init__(
-        self, http: ClientSession, server: TestServer, clock: FakeClock, corp_id: str = CORP_ID
+        self, http: ClientSession, server: BaseTestServer, clock: FakeClock, corp_id: str = CORP_ID
     ) -> None:
         self.http = http
         self.server = server
@@ -628,7 +628,7 @@ async def test_a_reply_over_2048_bytes_goes_by_message_send_in_order(
 
     monkeypatch.setattr(app[DISPATCHER], "handle", handle)
     assert await wx.say("待跟进") == ""
-    await eventually(lambda: fake.texts() and fake.texts()[-1] == "最后一句")
+    await eventually(lambda: bool(fake.texts()) and fake.texts()[-1] == "最后一句")
     sent = fake.texts()
     assert sent == [*split_text(long_reply), "最后一句"]
     assert len(sent) > 3 and all(len(t.encode()) <= 2048 for t in sent)
