@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
-from bot.core.types import Draft, MessageKind, Staff, StudentListing, StudentRef
+from bot.core.signin import TOKEN_TTL, login_url, new_secret, secret_hash
+from bot.core.types import Draft, MessageKind, Staff, StaffRole, StudentListing, StudentRef
 from config.forms import Form
 from handlers import render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
@@ -64,10 +65,17 @@ def _label(student: StudentRef) -> str:
 class CheckIn:
     """Callable conversation for `bot.core.engine.Engine`."""
 
-    def __init__(self, form: Form, tz: ZoneInfo, cadence: Cadence | None = None) -> None:
+    def __init__(
+        self,
+        form: Form,
+        tz: ZoneInfo,
+        cadence: Cadence | None = None,
+        public_url: str = "http://127.0.0.1:8080",
+    ) -> None:
         self.form = form
         self.tz = tz
         self.cadence = cadence or Cadence()
+        self.public_url = public_url
         self._commands: dict[Cmd, Handler] = {
             Cmd.START: self._list,
             Cmd.LIST: self._list,
@@ -81,6 +89,7 @@ class CheckIn:
             Cmd.TODO: self._todo,
             Cmd.DONE: self._done,
             Cmd.PROGRESS: self._progress,
+            Cmd.CONSOLE: self._console,
             Cmd.SUBMIT: self._submit,
             Cmd.DISCARD: self._discard,
         }
@@ -434,6 +443,16 @@ class CheckIn:
             overdue=cov.overdue_followups,
         )
         return [self._with_prompt(c, text)]
+
+    def _console(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        """A one-time sign-in link for coordinators and bureau staff (only its hash is kept)."""
+        if c.staff.role not in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            return [self._with_prompt(c, texts.CONSOLE_NOT_FOR_TEACHERS)]
+        token = new_secret()
+        c.t.store.add_console_token(c.staff.id, secret_hash(token), c.t.now + TOKEN_TTL, c.t.now)
+        minutes = int(TOKEN_TTL.total_seconds() // 60)
+        link = texts.CONSOLE_LINK.format(minutes=minutes, url=login_url(self.public_url, token))
+        return [self._with_prompt(c, link)]
 
 
 # ---------------------------------------------------------------------- module helpers

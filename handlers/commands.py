@@ -20,6 +20,7 @@ class Cmd(StrEnum):
     TODO = "todo"
     DONE = "done"
     PROGRESS = "progress"
+    CONSOLE = "console"  # coordinators and bureau: a sign-in link to the web console
     SUBMIT = "submit"  # only meaningful on the summary
     DISCARD = "discard"  # only meaningful on the summary
 
@@ -35,6 +36,7 @@ WORDS: dict[Cmd, tuple[str, ...]] = {
     Cmd.RESUME: ("继续", "resume", "continue"),
     Cmd.TODO: ("待跟进", "跟进", "todo", "followups"),
     Cmd.PROGRESS: ("进度", "progress"),
+    Cmd.CONSOLE: ("后台", "console"),
     Cmd.SUBMIT: ("提交", "确认", "submit", "confirm"),
     Cmd.DISCARD: ("放弃", "discard"),
 }

@@ -102,3 +102,11 @@ PROGRESS = (
     "近{days}天已家访 {visited}/{total} 名学生{rest}。\n待跟进 {open} 项，其中已逾期 {overdue} 项。"
 )
 PROGRESS_REST = "，还有 {left} 名待访"
+
+CONSOLE_LINK = (
+    "家访后台登录链接（{minutes}分钟内有效，只能用一次，请勿转发）：\n{url}\n"
+    "链接过期后再发“后台”即可获取新的。"
+)
+CONSOLE_NOT_FOR_TEACHERS = (
+    "家访后台是给学校资助协调员和教育局用的；老师请直接在这里回复“家访”“进度”等指令。"
+)

@@ -93,20 +93,22 @@ def export_visits(
     actor: str = "cli",
     *,
     now: datetime | None = None,
+    school_id: int | None = None,
 ) -> ExportReport:
     """Write the submitted visits and the follow-ups to `out`; record the export in the audit log.
 
     `columns` is the questionnaire, (answer key, column header) in order; `kind_labels` names the
     follow-up kinds. `since` keeps visits submitted, and follow-ups created, on or after that local
     date in `tz`. The audit row is written in the caller's transaction before the files, so a
-    failed write rolls it back with the transaction. Raises `ValueError` for an unknown `fmt` and
+    failed write rolls it back with the transaction. `school_id` limits both sheets to that
+    school's students (the console's scope). Raises `ValueError` for an unknown `fmt` and
     `OSError` when the folder cannot be written.
     """
     if fmt not in ("csv", "xlsx"):
         raise ValueError(f"unknown export format {fmt!r}")
     start = datetime.combine(since, time(0), tzinfo=tz) if since else None
-    visit_sheet = _visit_sheet(conn, columns, tz, start)
-    followup_sheet = _followup_sheet(conn, kind_labels, tz, start)
+    visit_sheet = _visit_sheet(conn, columns, tz, start, school_id)
+    followup_sheet = _followup_sheet(conn, kind_labels, tz, start, school_id)
     detail = {
         "format": fmt,
         "visits": len(visit_sheet.rows),
@@ -115,7 +117,11 @@ def export_visits(
     }
     conn.execute(
         insert(audit_log).values(
-            at=now or datetime.now(UTC), actor=actor, action="export", detail=json.dumps(detail)
+            at=now or datetime.now(UTC),
+            actor=actor,
+            action="export",
+            detail=json.dumps(detail),
+            school_id=school_id,
         )
     )
     if fmt == "csv":
@@ -131,7 +137,11 @@ def export_visits(
 
 # ---------------------------------------------------------------------------- reading
 def _visit_sheet(
-    conn: Connection, columns: Sequence[tuple[str, str]], tz: ZoneInfo, start: datetime | None
+    conn: Connection,
+    columns: Sequence[tuple[str, str]],
+    tz: ZoneInfo,
+    start: datetime | None,
+    school_id: int | None,
 ) -> _Sheet:
     query = (
         select(
@@ -153,6 +163,8 @@ def _visit_sheet(
     )
     if start is not None:
         query = query.where(visits.c.submitted_at >= start)
+    if school_id is not None:
+        query = query.where(students.c.school_id == school_id)
     rows: list[list[Cell]] = [
         [
             r.student_no,
@@ -171,7 +183,11 @@ def _visit_sheet(
 
 
 def _followup_sheet(
-    conn: Connection, kind_labels: Mapping[str, str], tz: ZoneInfo, start: datetime | None
+    conn: Connection,
+    kind_labels: Mapping[str, str],
+    tz: ZoneInfo,
+    start: datetime | None,
+    school_id: int | None,
 ) -> _Sheet:
     query = (
         select(
@@ -193,6 +209,8 @@ def _followup_sheet(
     )
     if start is not None:
         query = query.where(followups.c.created_at >= start)
+    if school_id is not None:
+        query = query.where(students.c.school_id == school_id)
     rows: list[list[Cell]] = [
         [
             r.id,

@@ -203,6 +203,47 @@ audit_log = Table(
     Column("actor", String(128), nullable=False),
     Column("action", String(50), nullable=False),
     Column("detail", Text, nullable=False),
+    # The school the entry is about (a student's, an upload's, the actor's); None: every school.
+    # A coordinator's console shows their school's entries.
+    Column("school_id", Integer, nullable=True),
+    Index("ix_audit_log_school_at", "school_id", "at"),
+)
+
+# Console sign-in links: only the token's SHA-256 is kept; each is used at most once.
+console_tokens = Table(
+    "console_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime, nullable=True),
+)
+
+# Console sessions, revocable: the cookie's SHA-256, and the role and school at sign-in (a change
+# of either, or deactivation, ends the session at its next request).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("role", String(20), nullable=False),
+    Column("school_id", Integer, nullable=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("method", String(20), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    Column("ended_at", UtcDateTime, nullable=True),
+)
+
+# A roster upload between its preview and its apply: the files, for that session only.
+console_uploads = Table(
+    "console_uploads",
+    metadata,
+    Column("upload_hash", String(64), primary_key=True),
+    Column("session_hash", String(64), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("files", JSON, nullable=False),  # [{"name": ..., "data": base64}]
 )
 
 # One row per scheduled job and local school day that completed: a job missed while the server was
