@@ -80,8 +80,8 @@ async def start_console(settings: Settings, deps: Deps) -> AsyncIterator[Console
 
 def add_school(db: Database, name: str = "第二实验小学") -> dict[str, int]:
     """A second school with a coordinator C101, a teacher T101 and a student OTHER001."""
-    from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
     from bot.core.types import StaffRole
+    from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
 
     roster = Roster(
         students=(

@@ -7,7 +7,9 @@ it was sent, so tests can assert what a teacher would have seen. Knobs:
   it was given stops working;
 - ``failures``: the next sends fail, in order: an int is an errcode (-1, 45009 ...), a string
   ``"http 502"`` an HTTP status;
-- ``members``: userids that exist; any other ``touser`` gets 81013.
+- ``members``: userids that exist; any other ``touser`` gets 81013;
+- ``oauth_codes``: OAuth2 codes ``auth/getuserinfo`` accepts (once each), code -> UserID; any
+  other code gets errcode 40029 (invalid code).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class FakeWeCom:
     sent: list[SentMessage] = field(default_factory=list)
     expire_next_send: bool = False
     failures: list[int | str] = field(default_factory=list)
+    oauth_codes: dict[str, str] = field(default_factory=dict)
+    getuserinfo_calls: int = 0
     _valid_tokens: set[str] = field(default_factory=set)
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -54,7 +58,19 @@ class FakeWeCom:
         app = web.Application()
         app.router.add_get("/cgi-bin/gettoken", self.gettoken)
         app.router.add_post("/cgi-bin/message/send", self.message_send)
+        app.router.add_get("/cgi-bin/auth/getuserinfo", self.getuserinfo)
         return app
+
+    async def getuserinfo(self, request: web.Request) -> web.Response:
+        self.getuserinfo_calls += 1
+        if request.query.get("access_token", "") not in self._valid_tokens:
+            return _err(40014, "invalid access_token")
+        user_id = self.oauth_codes.pop(request.query.get("code", ""), None)
+        if user_id is None:
+            return _err(40029, "invalid code")
+        return web.json_response(
+            {"errcode": 0, "errmsg": "ok", "userid": user_id, "user_ticket": "ticket"}
+        )
 
     def texts(self, touser: str | None = None) -> list[str]:
         return [m.content for m in self.sent if touser is None or m.touser == touser]
