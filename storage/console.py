@@ -341,9 +341,9 @@ def _school_problems(conn: Connection, roster: Roster, school_id: int, school: s
         if st.student_no in elsewhere
     ]
     people = dict(
-        conn.execute(select(staff.c.staff_no, staff.c.school_id).where(staff.c.active.is_(True)))
-        .tuples()
-        .all()
+        conn.execute(
+            select(staff.c.staff_no, staff.c.school_id).where(staff.c.active.is_(True))
+        ).all()
     )
     problems += [
         f"{sf.origin.at('工号(staff_no)')}: {_OTHER_SCHOOL_STAFF}"
@@ -543,7 +543,7 @@ class SqlConsole:
             ).all()
             names: dict[Any, str] = {}
             if by_school:
-                names = dict(conn.execute(select(schools.c.id, schools.c.name)).tuples().all())
+                names = dict(conn.execute(select(schools.c.id, schools.c.name)).all())
             groups = [
                 Tally(str(r.key), names.get(r.key, str(r.key)), r.visited, r.total)
                 for r in group_rows
@@ -715,7 +715,8 @@ class SqlConsole:
                 school_q = school_q.where(schools.c.id == scope.school_id)
             classes = (
                 conn.execute(
-                    select(distinct(students.c.class_name))
+                    select(students.c.class_name)
+                    .distinct()
                     .where(*_in_scope(scope))
                     .order_by(students.c.class_name)
                 )
@@ -724,7 +725,8 @@ class SqlConsole:
             )
             categories = (
                 conn.execute(
-                    select(distinct(student_categories.c.category))
+                    select(student_categories.c.category)
+                    .distinct()
                     .select_from(
                         student_categories.join(
                             students, students.c.id == student_categories.c.student_id
@@ -747,11 +749,9 @@ class SqlConsole:
                             staff.c.role == StaffRole.TEACHER.value,
                         )
                         .order_by(staff.c.staff_no)
-                    ).tuples()
+                    )
                 )
-            return Choices(
-                list(conn.execute(school_q).tuples()), list(classes), list(categories), teachers
-            )
+            return Choices(list(conn.execute(school_q)), list(classes), list(categories), teachers)
 
         return await self.db.run(work)
 
