@@ -87,6 +87,7 @@ from storage.schema import (
 )
 
 OPEN = (FollowUpStatus.OPEN.value, FollowUpStatus.ESCALATED.value)
+_TALLY_KEYS = ("total", "visited", "due", "overdue", "never", "unreachable")
 TOUCH_EVERY = timedelta(seconds=60)  # a session's last-seen time is written at most this often
 UPLOAD_TTL = timedelta(minutes=30)
 MAX_TEACHERS_ALL = 20  # the bureau's dashboard lists the teachers needing attention first
@@ -194,54 +195,39 @@ def _open_session(conn: Connection, row: Any, session: NewSession, now: datetime
 
 
 # ---------------------------------------------------------------------------- visit status
-def _last_visits(scope: Scope) -> Any:
-    reached = func.max(case((visits.c.reached.is_(True), visits.c.submitted_at)))
-    unreached = func.max(case((visits.c.reached.is_(False), visits.c.submitted_at)))
-    query = (
-        select(
-            visits.c.student_id,
-            reached.label("last_reached"),
-            unreached.label("last_unreached"),
-        )
-        .where(visits.c.status == VisitStatus.SUBMITTED.value)
-        .group_by(visits.c.student_id)
-    )
-    if scope.school_id is not None:
-        query = query.where(
-            visits.c.student_id.in_(
-                select(students.c.id).where(students.c.school_id == scope.school_id)
-            )
-        )
-    return query.subquery("last")
-
-
-def _threshold(cut: CycleCutoffs, late: bool) -> ColumnElement[Any]:
-    default = _at(cut.late if late else cut.since)
-    whens = [
-        (
-            exists().where(
-                student_categories.c.student_id == students.c.id,
-                student_categories.c.category.in_(sorted(categories)),
-            ),
-            _at(t_late if late else t_since),
-        )
-        for categories, t_since, t_late in cut.by_category
-    ]
-    return case(*whens, else_=default) if whens else default
+def _by_cycle(lr: Any, since: datetime, late: datetime) -> ColumnElement[int]:
+    return case((lr < _at(late), 3), (lr < _at(since), 2), else_=0)
 
 
 def _state(cut: CycleCutoffs, lr: Any, lu: Any) -> ColumnElement[int]:
-    """0 visited, 1 pending (a failed attempt, retry not yet due), 2 due, 3 overdue."""
+    """0 visited, 1 pending (a failed attempt, retry not yet due), 2 due, 3 overdue.
+
+    A student's categories matter only when the last reached visit falls where cycles of
+    different lengths disagree, so the category lookups (an index probe each) run for those
+    students alone: a city's dashboard reads `students` once, with no join.
+    """
     retry = and_(lu.is_not(None), or_(lr.is_(None), lu > lr))
+    cycles = [(cut.since, cut.late)] + [(since, late) for _, since, late in cut.by_category]
+    cat = student_categories.alias("cat")  # (the outer query may join student_categories)
+    by_category = [
+        (
+            exists().where(
+                cat.c.student_id == students.c.id, cat.c.category.in_(sorted(categories))
+            ),
+            _by_cycle(lr, since, late),
+        )
+        for categories, since, late in cut.by_category
+    ]
     return case(
         (and_(retry, lu < _at(cut.retry_late)), 3),
         (and_(retry, lu < _at(cut.retry_since)), 2),
         (and_(retry, lr.is_(None)), 1),
         (retry, 0),
         (lr.is_(None), 2),
-        (lr < _threshold(cut, late=True), 3),
-        (lr < _threshold(cut, late=False), 2),
-        else_=0,
+        (lr >= _at(max(since for since, _ in cycles)), 0),
+        (lr < _at(min(late for _, late in cycles)), 3),
+        *by_category,
+        else_=_by_cycle(lr, cut.since, cut.late),
     )
 
 
@@ -252,22 +238,34 @@ def _in_scope(scope: Scope) -> list[ColumnElement[bool]]:
     return where
 
 
+def _status(scope: Scope, cut: CycleCutoffs) -> tuple[Any, ColumnElement[int], Any, Any]:
+    """What decides each student's state: the FROM clause (students, and their shortest special
+    cycle), the state (see `_state`), and 1/0 flags for a family not reached at the last attempt
+    and for a student never visited."""
+    lr, lu = students.c.last_reached_at, students.c.last_unreached_at
+    unreachable = and_(lu.is_not(None), or_(lr.is_(None), lu > lr))
+    return (
+        students,
+        _state(cut, lr, lu),
+        case((unreachable, 1), else_=0),
+        case((and_(lr.is_(None), lu.is_(None)), 1), else_=0),
+    )
+
+
 def _facts(scope: Scope, cut: CycleCutoffs) -> Any:
     """One row per active student in scope: ids, class, school, last visit, state."""
-    last = _last_visits(scope)
-    lr, lu = last.c.last_reached, last.c.last_unreached
-    unreachable = and_(lu.is_not(None), or_(lr.is_(None), lu > lr))
+    joined, state, unreachable, never = _status(scope, cut)
     return (
         select(
             students.c.id,
             students.c.school_id,
             students.c.class_name,
-            lr.label("last_reached"),
-            _state(cut, lr, lu).label("state"),
-            case((unreachable, 1), else_=0).label("unreachable"),
-            case((and_(lr.is_(None), lu.is_(None)), 1), else_=0).label("never"),
+            students.c.last_reached_at.label("last_reached"),
+            state.label("state"),
+            unreachable.label("unreachable"),
+            never.label("never"),
         )
-        .select_from(students.outerjoin(last, last.c.student_id == students.c.id))
+        .select_from(joined)
         .where(*_in_scope(scope))
     )
 
@@ -277,9 +275,10 @@ def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 
 def _hour_bucket(conn: Connection) -> ColumnElement[str]:
+    """The UTC hour of a visit as 'YYYY-MM-DD HH' (SQLite keeps the time as that text)."""
     if conn.dialect.name == "postgresql":
         return func.to_char(func.timezone("UTC", visits.c.submitted_at), "YYYY-MM-DD HH24")
-    return func.strftime("%Y-%m-%d %H", visits.c.submitted_at)
+    return func.substr(visits.c.submitted_at, 1, 13)
 
 
 # ---------------------------------------------------------------------------- roster problems
@@ -525,101 +524,131 @@ class SqlConsole:
         channels: Sequence[str],
     ) -> Dashboard:
         def work(conn: Connection) -> Dashboard:
-            facts = _facts(scope, cut).subquery("facts")
-            by_school = scope.everything
-            key = facts.c.school_id if by_school else facts.c.class_name
-            group_rows = conn.execute(
-                select(
-                    key.label("key"),
-                    func.count().label("total"),
-                    _count_if(facts.c.state == 0).label("visited"),
-                    _count_if(facts.c.state >= 2).label("due"),
-                    _count_if(facts.c.state == 3).label("overdue"),
-                    func.coalesce(func.sum(facts.c.never), 0).label("never"),
-                    func.coalesce(func.sum(facts.c.unreachable), 0).label("unreachable"),
-                )
-                .group_by(key)
-                .order_by(key)
-            ).all()
-            names: dict[Any, str] = {}
-            if by_school:
-                names = dict(conn.execute(select(schools.c.id, schools.c.name)).all())
-            groups = [
-                Tally(str(r.key), names.get(r.key, str(r.key)), r.visited, r.total)
-                for r in group_rows
-            ]
-            category_rows = conn.execute(
-                select(
-                    student_categories.c.category,
-                    func.count().label("total"),
-                    _count_if(facts.c.state == 0).label("visited"),
-                )
-                .select_from(
-                    facts.join(student_categories, student_categories.c.student_id == facts.c.id)
-                )
-                .group_by(student_categories.c.category)
-                .order_by(func.count().desc(), student_categories.c.category)
-            ).all()
-            hours = conn.execute(
-                select(_hour_bucket(conn).label("hour"), func.count().label("n"))
-                .select_from(visits.join(students, students.c.id == visits.c.student_id))
-                .where(
-                    visits.c.status == VisitStatus.SUBMITTED.value,
-                    visits.c.submitted_at >= _at(window_start),
-                    *_in_scope(scope),
-                )
-                .group_by(literal_column("hour"))
-            ).all()
-            per_hour = [
-                (datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC), n) for h, n in hours
-            ]
-            need_rows = conn.execute(
-                select(
-                    followups.c.kind,
-                    func.count().label("found"),
-                    _count_if(followups.c.status.in_(OPEN)).label("open"),
-                    _count_if(followups.c.status == FollowUpStatus.DONE.value).label("done"),
-                    _count_if(
-                        and_(followups.c.status.in_(OPEN), followups.c.due_date < today)
-                    ).label("overdue"),
-                    _count_if(followups.c.status == FollowUpStatus.ESCALATED.value).label(
-                        "escalated"
-                    ),
-                )
-                .select_from(followups.join(students, students.c.id == followups.c.student_id))
-                .where(*_in_scope(scope))
-                .group_by(followups.c.kind)
-            ).all()
-            order = list(self.kind_labels)
-            needs = sorted(
-                (NeedCount(r.kind, r.found, r.open, r.done) for r in need_rows),
-                key=lambda n: order.index(n.kind) if n.kind in order else len(order),
-            )
-            teachers, teachers_total, unreachable_teachers = self._teachers(
-                conn, scope, cut, today, channels
-            )
-            return Dashboard(
-                visited=sum(r.visited for r in group_rows),
-                total=sum(r.total for r in group_rows),
-                due=sum(r.due for r in group_rows),
-                overdue=sum(r.overdue for r in group_rows),
-                never=sum(r.never for r in group_rows),
-                unreachable_families=sum(r.unreachable for r in group_rows),
-                groups=groups,
-                categories=[
-                    Tally(r.category, r.category, r.visited, r.total) for r in category_rows
-                ],
-                per_hour=per_hour,
-                needs=needs,
-                open_followups=sum(r.open for r in need_rows),
-                overdue_followups=sum(r.overdue for r in need_rows),
-                escalated_followups=sum(r.escalated for r in need_rows),
-                teachers=teachers,
-                teachers_total=teachers_total,
-                unreachable_teachers=unreachable_teachers,
-            )
+            return self._dashboard(conn, scope, cut, today, window_start, channels)
 
         return await self.db.run(work)
+
+    def _dashboard(
+        self,
+        conn: Connection,
+        scope: Scope,
+        cut: CycleCutoffs,
+        today: date,
+        window_start: datetime,
+        channels: Sequence[str],
+    ) -> Dashboard:
+        by_school = scope.everything
+        # Grouped by the state too, so that SQL evaluates each student's state once (an
+        # expression used in several aggregates would be computed for each); summed here.
+        joined, state, unreachable, never = _status(scope, cut)
+        key = students.c.school_id if by_school else students.c.class_name
+        tallies: dict[Any, dict[str, int]] = {}
+        for r in conn.execute(
+            select(
+                key.label("key"),
+                state.label("state"),
+                unreachable.label("unreachable"),
+                never.label("never"),
+                func.count().label("n"),
+            )
+            .select_from(joined)
+            .where(*_in_scope(scope))
+            .group_by(
+                literal_column("key"),
+                literal_column("state"),
+                literal_column("unreachable"),
+                literal_column("never"),
+            )
+        ):
+            t = tallies.setdefault(r.key, dict.fromkeys(_TALLY_KEYS, 0))
+            t["total"] += r.n
+            t["visited"] += r.n if r.state == 0 else 0
+            t["due"] += r.n if r.state >= 2 else 0
+            t["overdue"] += r.n if r.state == 3 else 0
+            t["never"] += r.n * r.never
+            t["unreachable"] += r.n * r.unreachable
+        names: dict[Any, str] = {}
+        if by_school:
+            names = dict(conn.execute(select(schools.c.id, schools.c.name)).all())
+        order = sorted(tallies, key=lambda k: (names.get(k, ""), k) if by_school else k)
+        groups = [
+            Tally(str(k), names.get(k, str(k)), tallies[k]["visited"], tallies[k]["total"])
+            for k in order
+        ]
+        by_category: dict[str, list[int]] = {}
+        for r in conn.execute(
+            select(
+                student_categories.c.category,
+                state.label("state"),
+                func.count().label("n"),
+            )
+            .select_from(
+                joined.join(student_categories, student_categories.c.student_id == students.c.id)
+            )
+            .where(*_in_scope(scope))
+            .group_by(student_categories.c.category, literal_column("state"))
+        ):
+            counts = by_category.setdefault(r.category, [0, 0])
+            counts[0] += r.n if r.state == 0 else 0
+            counts[1] += r.n
+        category_rows = sorted(by_category.items(), key=lambda kv: (-kv[1][1], kv[0]))
+        in_window = [
+            visits.c.status == VisitStatus.SUBMITTED.value,
+            visits.c.submitted_at >= _at(window_start),
+        ]
+        if scope.school_id is not None:  # (visits of students deactivated since still count)
+            in_window.append(
+                visits.c.student_id.in_(
+                    select(students.c.id).where(students.c.school_id == scope.school_id)
+                )
+            )
+        hours = conn.execute(
+            select(_hour_bucket(conn).label("hour"), func.count().label("n"))
+            .where(*in_window)
+            .group_by(literal_column("hour"))
+        ).all()
+        per_hour = [(datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC), n) for h, n in hours]
+        need_rows = conn.execute(
+            select(
+                followups.c.kind,
+                func.count().label("found"),
+                _count_if(followups.c.status.in_(OPEN)).label("open"),
+                _count_if(followups.c.status == FollowUpStatus.DONE.value).label("done"),
+                _count_if(and_(followups.c.status.in_(OPEN), followups.c.due_date < today)).label(
+                    "overdue"
+                ),
+                _count_if(followups.c.status == FollowUpStatus.ESCALATED.value).label("escalated"),
+            )
+            .select_from(followups.join(students, students.c.id == followups.c.student_id))
+            .where(*_in_scope(scope))
+            .group_by(followups.c.kind)
+        ).all()
+        order = list(self.kind_labels)
+        needs = sorted(
+            (NeedCount(r.kind, r.found, r.open, r.done) for r in need_rows),
+            key=lambda n: order.index(n.kind) if n.kind in order else len(order),
+        )
+        teachers, teachers_total, unreachable_teachers = self._teachers(
+            conn, scope, cut, today, channels
+        )
+        return Dashboard(
+            visited=sum(t["visited"] for t in tallies.values()),
+            total=sum(t["total"] for t in tallies.values()),
+            due=sum(t["due"] for t in tallies.values()),
+            overdue=sum(t["overdue"] for t in tallies.values()),
+            never=sum(t["never"] for t in tallies.values()),
+            unreachable_families=sum(t["unreachable"] for t in tallies.values()),
+            groups=groups,
+            categories=[Tally(c, c, v, n) for c, (v, n) in category_rows],
+            per_hour=per_hour,
+            needs=needs,
+            open_followups=sum(r.open for r in need_rows),
+            overdue_followups=sum(r.overdue for r in need_rows),
+            escalated_followups=sum(r.escalated for r in need_rows),
+            teachers=teachers,
+            teachers_total=teachers_total,
+            unreachable_teachers=unreachable_teachers,
+        )
 
     def _teachers(
         self,
@@ -629,17 +658,8 @@ class SqlConsole:
         today: date,
         channels: Sequence[str],
     ) -> tuple[list[TeacherRow], int, int]:
-        facts = _facts(scope, cut).subquery("facts")
-        load = (
-            select(
-                assignments.c.staff_id,
-                func.count(distinct(facts.c.id)).label("students"),
-                func.count(distinct(case((facts.c.state == 0, facts.c.id)))).label("visited"),
-            )
-            .select_from(assignments.join(facts, facts.c.id == assignments.c.student_id))
-            .group_by(assignments.c.staff_id)
-            .subquery("load")
-        )
+        """A school's teachers, those with most overdue follow-ups and unvisited students first;
+        for every school, the `MAX_TEACHERS_ALL` with most overdue and open follow-ups."""
         open_ = (
             select(
                 followups.c.owner_staff_id.label("staff_id"),
@@ -661,9 +681,6 @@ class SqlConsole:
         where = [staff.c.active.is_(True), staff.c.role == StaffRole.TEACHER.value]
         if scope.school_id is not None:
             where.append(staff.c.school_id == scope.school_id)
-        reach_col = case((reachable, 1), else_=0)
-        n_students = func.coalesce(load.c.students, 0)
-        n_visited = func.coalesce(load.c.visited, 0)
         n_open = func.coalesce(open_.c.open, 0)
         n_overdue = func.coalesce(open_.c.overdue, 0)
         query = (
@@ -672,36 +689,51 @@ class SqlConsole:
                 staff.c.staff_no,
                 staff.c.name,
                 schools.c.name.label("school_name"),
-                n_students.label("students"),
-                n_visited.label("visited"),
                 n_open.label("open"),
                 n_overdue.label("overdue"),
-                reach_col.label("reachable"),
+                case((reachable, 1), else_=0).label("reachable"),
             )
             .select_from(
-                staff.outerjoin(schools, schools.c.id == staff.c.school_id)
-                .outerjoin(load, load.c.staff_id == staff.c.id)
-                .outerjoin(open_, open_.c.staff_id == staff.c.id)
+                staff.outerjoin(schools, schools.c.id == staff.c.school_id).outerjoin(
+                    open_, open_.c.staff_id == staff.c.id
+                )
             )
             .where(*where)
-            .order_by(n_overdue.desc(), (n_students - n_visited).desc(), staff.c.staff_no)
+            .order_by(n_overdue.desc(), n_open.desc(), staff.c.staff_no)
         )
         if scope.everything:
             query = query.limit(MAX_TEACHERS_ALL)
+        found = conn.execute(query).all()
+        joined, state, _, _ = _status(scope, cut)
+        load: dict[int, tuple[int, int]] = {}
+        if found:
+            for r in conn.execute(
+                select(
+                    assignments.c.staff_id,
+                    state.label("state"),
+                    func.count(distinct(students.c.id)).label("n"),
+                )
+                .select_from(joined.join(assignments, assignments.c.student_id == students.c.id))
+                .where(assignments.c.staff_id.in_([r.id for r in found]), *_in_scope(scope))
+                .group_by(assignments.c.staff_id, literal_column("state"))
+            ):
+                n_students, n_visited = load.get(r.staff_id, (0, 0))
+                load[r.staff_id] = (n_students + r.n, n_visited + (r.n if r.state == 0 else 0))
         rows = [
             TeacherRow(
                 r.id,
                 r.staff_no,
                 r.name,
                 r.school_name,
-                r.students,
-                r.visited,
+                *load.get(r.id, (0, 0)),
                 r.open,
                 r.overdue,
                 bool(r.reachable),
             )
-            for r in conn.execute(query)
+            for r in found
         ]
+        if not scope.everything:  # the whole school: most to do first
+            rows.sort(key=lambda t: (-t.overdue, -(t.students - t.visited), t.staff_no))
         total, unreachable = conn.execute(
             select(func.count(), _count_if(~reachable)).select_from(staff).where(*where)
         ).one()
@@ -759,73 +791,86 @@ class SqlConsole:
         self, scope: Scope, cut: CycleCutoffs, query: StudentQuery
     ) -> Page[StudentRow]:
         def work(conn: Connection) -> Page[StudentRow]:
-            base = _facts(scope, cut)
-            facts = base.subquery("facts")
-            where: list[ColumnElement[bool]] = []
+            _, state, unreachable, never = _status(scope, cut)
+            where: list[ColumnElement[bool]] = list(_in_scope(scope))
             states = {
-                "unvisited": facts.c.state != 0,
-                "visited": facts.c.state == 0,
-                "due": facts.c.state >= 2,
-                "overdue": facts.c.state == 3,
-                "never": facts.c.never == 1,
-                "unreachable": facts.c.unreachable == 1,
+                "unvisited": state != 0,
+                "visited": state == 0,
+                "due": state >= 2,
+                "overdue": state == 3,
+                "never": never == 1,
+                "unreachable": unreachable == 1,
             }
             if query.state in states:
                 where.append(states[query.state])
             if query.class_name:
-                where.append(facts.c.class_name == query.class_name)
+                where.append(students.c.class_name == query.class_name)
             if query.school_id is not None:
-                where.append(facts.c.school_id == query.school_id)
+                where.append(students.c.school_id == query.school_id)
             if query.category:
                 where.append(
                     exists().where(
-                        student_categories.c.student_id == facts.c.id,
+                        student_categories.c.student_id == students.c.id,
                         student_categories.c.category == query.category,
                     )
                 )
             if query.teacher:
                 where.append(
                     exists().where(
-                        assignments.c.student_id == facts.c.id,
+                        assignments.c.student_id == students.c.id,
                         assignments.c.staff_id == staff.c.id,
                         staff.c.staff_no == query.teacher,
                     )
                 )
-            total = conn.execute(select(func.count()).select_from(facts).where(*where)).scalar_one()
-            urgency = case((facts.c.never == 1, 0), else_=4 - facts.c.state)
+            total = conn.execute(select(func.count()).where(*where)).scalar_one()
+            # Longest since a visit that reached the family first (never reached: first of
+            # all), as the teachers' lists are ordered; the state is computed for the page only.
+            last = students.c.last_reached_at
             sorts: dict[str, list[Any]] = {
-                "urgency": [urgency, facts.c.last_reached.nulls_first()],
+                "urgency": [last.nulls_first()],
                 "student_no": [students.c.student_no],
                 "name": [students.c.name],
-                "class": [facts.c.class_name, students.c.name],
-                "last_visit": [facts.c.last_reached.nulls_first()],
-                "school": [schools.c.name, facts.c.class_name],
+                "class": [students.c.class_name, students.c.name],
+                "last_visit": [last.nulls_first()],
+                "school": [schools.c.name, students.c.class_name],
             }
             keys = sorts.get(query.sort, sorts["urgency"])
             if query.descending:
                 keys = [k.desc() for k in keys]
-            rows = conn.execute(
-                select(
-                    facts.c.id,
-                    students.c.student_no,
-                    students.c.name,
-                    schools.c.name.label("school_name"),
-                    facts.c.class_name,
-                    facts.c.last_reached,
-                    facts.c.state,
-                    facts.c.unreachable,
-                )
-                .select_from(
-                    facts.join(students, students.c.id == facts.c.id).join(
-                        schools, schools.c.id == facts.c.school_id
-                    )
-                )
+            source: Any = students
+            if query.sort == "school":
+                source = students.join(schools, schools.c.id == students.c.school_id)
+            page = (
+                select(students.c.id)
+                .select_from(source)
                 .where(*where)
                 .order_by(*keys, students.c.student_no)
                 .limit(query.per_page)
                 .offset((max(query.page, 1) - 1) * query.per_page)
-            ).all()
-            ids = [r.id for r in rows]
+            )
+            ids = [r.id for r in conn.execute(page)]
+            found = (
+                {
+                    r.id: r
+                    for r in conn.execute(
+                        select(
+                            students.c.id,
+                            students.c.student_no,
+                            students.c.name,
+                            schools.c.name.label("school_name"),
+                            students.c.class_name,
+                            last.label("last_reached"),
+                            state.label("state"),
+                            unreachable.label("unreachable"),
+                        )
+                        .join(schools, schools.c.id == students.c.school_id)
+                        .where(students.c.id.in_(ids))
+                    )
+                }
+                if ids
+                else {}
+            )
+            rows = [found[i] for i in ids if i in found]
             cats, teachers, open_counts = self._student_extras(conn, ids)
             return Page(
                 [

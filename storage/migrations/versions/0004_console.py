@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from storage.schema import BACKFILL_LAST_VISITS, POSTGRESQL_TRIGGERS, SQLITE_TRIGGERS
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -17,6 +19,29 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("students", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("last_reached_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("last_unreached_at", sa.DateTime(timezone=True), nullable=True)
+        )
+    op.create_index(
+        "ix_students_status",
+        "students",
+        ["school_id", "active", "class_name", "last_reached_at", "last_unreached_at"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_student_categories_category",
+        "student_categories",
+        ["category", "student_id"],
+        unique=False,
+    )
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    op.execute(
+        BACKFILL_LAST_VISITS.format(yes=1 if sqlite else "true", no=0 if sqlite else "false")
+    )
+    for statement in SQLITE_TRIGGERS if sqlite else POSTGRESQL_TRIGGERS:
+        op.execute(statement)
     op.create_table(
         "console_tokens",
         sa.Column("token_hash", sa.String(length=64), nullable=False),
@@ -74,6 +99,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for name in ("visits_last_insert", "visits_last_update", "visits_last_delete"):
+        op.execute(
+            f"DROP TRIGGER IF EXISTS {name}"
+            + ("" if op.get_bind().dialect.name == "sqlite" else " ON visits")
+        )
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS visits_last_refresh()")
+    op.drop_index("ix_student_categories_category", table_name="student_categories")
+    op.drop_index("ix_students_status", table_name="students")
+    with op.batch_alter_table("students", schema=None) as batch_op:
+        batch_op.drop_column("last_unreached_at")
+        batch_op.drop_column("last_reached_at")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_log_school_at")
         batch_op.drop_column("school_id")
