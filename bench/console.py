@@ -64,7 +64,7 @@ async def run(url: str, n_students: int, n_teachers: int, repeat: int) -> None:
         next_id = conn.execute(select(func.max(staff.c.id))).scalar_one() + 1
         conn.execute(
             insert(staff).values(
-                id=next_id, staff_no="B00001", name="局员", school_id=None, role="bureau", active=True
+                id=next_id, staff_no="B00001", name="局员", role="bureau", active=True
             )
         )
         if db.engine.dialect.name == "postgresql":

@@ -270,6 +270,18 @@ def _facts(scope: Scope, cut: CycleCutoffs) -> Any:
     )
 
 
+def _analytic(conn: Connection, *, hash_groups: bool = False) -> None:
+    """PostgreSQL, for console figures over a city, in this transaction only: no JIT (compiling
+    the state expression costs more than running it), room to group in memory, and with
+    `hash_groups` hashing rather than sorting (the planner cannot tell that a state expression
+    has four values, so it expects as many groups as rows and would sort)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL jit = off")
+        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+        if hash_groups:
+            conn.exec_driver_sql("SET LOCAL enable_sort = off")
+
+
 def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
@@ -524,6 +536,7 @@ class SqlConsole:
         channels: Sequence[str],
     ) -> Dashboard:
         def work(conn: Connection) -> Dashboard:
+            _analytic(conn, hash_groups=True)
             return self._dashboard(conn, scope, cut, today, window_start, channels)
 
         return await self.db.run(work)
@@ -553,11 +566,11 @@ class SqlConsole:
             )
             .select_from(joined)
             .where(*_in_scope(scope))
-            .group_by(
-                literal_column("key"),
+            .group_by(  # (the state first: PostgreSQL would sort by school through its index)
                 literal_column("state"),
                 literal_column("unreachable"),
                 literal_column("never"),
+                literal_column("key"),
             )
         ):
             t = tallies.setdefault(r.key, dict.fromkeys(_TALLY_KEYS, 0))
@@ -745,31 +758,37 @@ class SqlConsole:
             school_q = select(schools.c.id, schools.c.name).order_by(schools.c.name)
             if scope.school_id is not None:
                 school_q = school_q.where(schools.c.id == scope.school_id)
-            classes = (
-                conn.execute(
-                    select(students.c.class_name)
-                    .distinct()
-                    .where(*_in_scope(scope))
-                    .order_by(students.c.class_name)
+            if scope.everything:  # a city has too many classes and teachers for a menu
+                classes: list[str] = []
+                categories = list(
+                    conn.execute(
+                        select(student_categories.c.category)
+                        .distinct()
+                        .order_by(student_categories.c.category)
+                    ).scalars()
                 )
-                .scalars()
-                .all()
-            )
-            categories = (
-                conn.execute(
-                    select(student_categories.c.category)
-                    .distinct()
-                    .select_from(
-                        student_categories.join(
-                            students, students.c.id == student_categories.c.student_id
+            else:
+                classes = list(
+                    conn.execute(
+                        select(students.c.class_name)
+                        .distinct()
+                        .where(*_in_scope(scope))
+                        .order_by(students.c.class_name)
+                    ).scalars()
+                )
+                categories = list(
+                    conn.execute(
+                        select(student_categories.c.category)
+                        .distinct()
+                        .select_from(
+                            student_categories.join(
+                                students, students.c.id == student_categories.c.student_id
+                            )
                         )
-                    )
-                    .where(*_in_scope(scope))
-                    .order_by(student_categories.c.category)
+                        .where(*_in_scope(scope))
+                        .order_by(student_categories.c.category)
+                    ).scalars()
                 )
-                .scalars()
-                .all()
-            )
             teachers: list[tuple[str, str]] = []
             if scope.school_id is not None:
                 teachers = list(
@@ -783,7 +802,7 @@ class SqlConsole:
                         .order_by(staff.c.staff_no)
                     )
                 )
-            return Choices(list(conn.execute(school_q)), list(classes), list(categories), teachers)
+            return Choices(list(conn.execute(school_q)), classes, categories, teachers)
 
         return await self.db.run(work)
 
@@ -791,6 +810,7 @@ class SqlConsole:
         self, scope: Scope, cut: CycleCutoffs, query: StudentQuery
     ) -> Page[StudentRow]:
         def work(conn: Connection) -> Page[StudentRow]:
+            _analytic(conn)
             _, state, unreachable, never = _status(scope, cut)
             where: list[ColumnElement[bool]] = list(_in_scope(scope))
             states = {
@@ -928,6 +948,7 @@ class SqlConsole:
 
     async def followups(self, scope: Scope, today: date, query: FollowUpQuery) -> Page[FollowUpRow]:
         def work(conn: Connection) -> Page[FollowUpRow]:
+            _analytic(conn)
             return self._followups(conn, scope, today, query)
 
         return await self.db.run(work)
