@@ -165,6 +165,7 @@ followups = Table(
     Column("note", Text, nullable=True),
     Column("escalated_at", UtcDateTime, nullable=True),
     Index("ix_followups_owner_status", "owner_staff_id", "status"),
+    Index("ix_followups_due", "due_date", "id"),  # the console's list, earliest due first
 )
 
 conversations = Table(

@@ -36,6 +36,7 @@ def upgrade() -> None:
         ["category", "student_id"],
         unique=False,
     )
+    op.create_index("ix_followups_due", "followups", ["due_date", "id"], unique=False)
     sqlite = op.get_bind().dialect.name == "sqlite"
     op.execute(
         BACKFILL_LAST_VISITS.format(yes=1 if sqlite else "true", no=0 if sqlite else "false")
@@ -106,6 +107,7 @@ def downgrade() -> None:
         )
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS visits_last_refresh()")
+    op.drop_index("ix_followups_due", table_name="followups")
     op.drop_index("ix_student_categories_category", table_name="student_categories")
     op.drop_index("ix_students_status", table_name="students")
     with op.batch_alter_table("students", schema=None) as batch_op:
