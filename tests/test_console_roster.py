@@ -199,3 +199,22 @@ async def test_an_upload_without_files_says_so(web: ConsoleClient) -> None:
     await web.sign_in("C001")
     status, page = await upload(web, {})
     assert status == 400 and "没有选择文件" in page
+
+
+async def test_a_roster_larger_than_the_api_body_limit_uploads(web: ConsoleClient) -> None:
+    """A district's roster is far over the 64 KiB the chat callbacks accept."""
+    lines = [STUDENTS_CSV.format(s=SCHOOL).splitlines()[0]]
+    lines += [f"BIG{n:05d},学生{n},{SCHOOL},七年级1班,低保,T001" for n in range(3000)]
+    big = "\n".join(lines) + "\n"
+    assert len(big.encode()) > 150_000
+    await web.sign_in("C001")
+    status, page = await upload(web, {"students.csv": big})
+    assert status == 200 and re.search(r"<th>学生新增</th><td>3000</td>", page)
+
+
+async def test_an_upload_over_the_limit_is_refused(web: ConsoleClient) -> None:
+    await web.sign_in("C001")
+    form = _form(await web.csrf(), {})
+    form.add_field("files", io.BytesIO(b"x" * (10 * 1024 * 1024 + 1)), filename="huge.csv")
+    async with await web.post("/console/roster", data=form) as r:
+        assert r.status == 413 and "文件太大" in await r.text()
