@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bot import console
 from bot.channels import api, dingtalk, wecom
 from bot.core.channels import DINGTALK, WECOM
+from bot.channels.wecom import WECOM_API
 from bot.core.engine import Engine
 from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence
@@ -30,6 +32,7 @@ from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
+from storage.console import SqlConsole
 from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024
@@ -51,7 +54,9 @@ def conversation_over(
         quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),
         unreached_after=settings.unreached_alert_after,
     )
-    conversation = CheckIn(form, settings.tz, cadence(settings, calendar), alerts)
+    conversation = CheckIn(
+        form, settings.tz, cadence(settings, calendar), alerts, settings.public_url
+    )
     engine = Engine(conversation, clock, settings.session_ttl)
     return Dispatcher(turns, engine)
 
@@ -60,6 +65,30 @@ async def healthz(request: web.Request) -> web.Response:
     if await request.app[DEPS].db.ping():
         return json_response({"status": "ok"})
     return json_response({"status": "unavailable"}, status=503)
+
+
+def install_console(
+    app: web.Application, settings: Settings, deps: Deps, channels: list[str]
+) -> None:
+    """The coordinators' web console on the database, signing in through WeCom when it is on."""
+    store = SqlConsole(
+        deps.db,
+        [(q.key, q.label) for q in deps.form.questions],
+        deps.form.followup_kinds,
+        settings.tz,
+    )
+    wecom_user = app[WECOM_API].user_for_code if WECOM_API in app else None
+    reachable = [c for c in channels if c != dingtalk.GROUP_CHANNEL]
+    sub = console.build(
+        settings,
+        store,
+        deps.form,
+        cadence(settings, deps.calendar),
+        deps.clock,
+        reachable,
+        wecom_user,
+    )
+    console.install(app, sub)
 
 
 def install_channels(app: web.Application, settings: Settings, deps: Deps) -> dict[str, Sender]:
@@ -111,6 +140,7 @@ def create_app(
     app[DISPATCHER] = build_dispatcher(settings, deps)
     app.router.add_get("/healthz", healthz)
     senders = install_channels(app, settings, deps)
+    install_console(app, settings, deps, list(senders))
     app[DELIVERY] = OutboxDelivery(
         deps.outbox,
         senders,

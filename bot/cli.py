@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         job = sub.add_parser(name, help=f"{text}, as if at --at (default now)")
         job.add_argument("--at", type=_parse_time, default=None, metavar="ISO8601")
 
+    console = sub.add_parser("console", help="the coordinators' web console")
+    console_sub = console.add_subparsers(dest="console_command", required=True, metavar="ACTION")
+    link = console_sub.add_parser("link", help="print a one-time sign-in URL (valid 15 minutes)")
+    link.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 of a coordinator")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply database migrations")
@@ -136,6 +141,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return commands.export(settings, args.out, fmt, args.since)
         case "remind" | "digest":
             return commands.run_job(settings, args.command, args.at)
+        case "console":
+            return commands.console_link(settings, args.user)
         case "db":
             return commands.db_upgrade(settings)
     raise AssertionError(args.command)

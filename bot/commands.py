@@ -150,6 +150,24 @@ async def _job_then_deliver(
         await runner.cleanup()
 
 
+def console_link(settings: Settings, staff_no: str) -> int:
+    """Print a one-time console sign-in URL for a coordinator or bureau member (last line)."""
+    from bot.core.signin import TOKEN_TTL, login_url
+    from storage.console import issue_console_token
+
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            token = issue_console_token(conn, staff_no, SystemClock().now())
+    finally:
+        db.close()
+    minutes = int(TOKEN_TTL.total_seconds() // 60)
+    print(f"一次性登录链接，{minutes}分钟内有效 / one-time sign-in link, valid {minutes} minutes:")
+    print(login_url(settings.public_url, token))
+    return 0
+
+
 def db_upgrade(settings: Settings) -> int:
     db = Database(settings.database_url)
     try:

@@ -110,6 +110,8 @@ class Settings:
     unreached_alert_after: int = 2  # family unreachable this many times in a row: tell the school
     form_path: Path = DEFAULT_FORM
     calendar_path: Path = DEFAULT_CALENDAR
+    # The base of links the bot hands out (console sign-in); https makes console cookies Secure.
+    public_url: str = "http://127.0.0.1:8080"
 
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
@@ -197,6 +199,8 @@ class _Parser:
             if not path.is_file():
                 self.problem("HOMEVISIT_FORM", f"no such file {path}")
             kwargs["form_path"] = path
+        if "HOMEVISIT_PUBLIC_URL" in env:
+            kwargs["public_url"] = self.public_url(env["HOMEVISIT_PUBLIC_URL"])
         if self.problems:
             raise ConfigError(self.problems)
         return Settings(**kwargs)  # type: ignore[arg-type]
@@ -205,6 +209,11 @@ class _Parser:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
             self.problem("DATABASE_URL", "must start with sqlite:/// or postgresql://")
         return url
+
+    def public_url(self, url: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            self.problem("HOMEVISIT_PUBLIC_URL", "must be an http:// or https:// base URL")
+        return url.rstrip("/")
 
     def whole_number(self, var: str, high: int = MAX_DAYS, low: int = 1) -> int | None:
         """A whole number from `low` to `high` (ASCII digits only: `²` is a digit to Python)."""

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
+from bot.core.signin import TOKEN_TTL, login_url, new_secret, secret_hash
 from bot.core.types import (
     Draft,
     FollowUpListing,
@@ -28,6 +29,7 @@ from bot.core.types import (
     NewFollowUp,
     OutboxMessage,
     Staff,
+    StaffRole,
     StudentListing,
     StudentRef,
 )
@@ -106,11 +108,13 @@ class CheckIn:
         tz: ZoneInfo,
         cadence: Cadence | None = None,
         alerts: Alerts | None = None,
+        public_url: str = "http://127.0.0.1:8080",
     ) -> None:
         self.form = form
         self.tz = tz
         self.cadence = cadence or Cadence()
         self.alerts = alerts or Alerts()
+        self.public_url = public_url
         self._commands: dict[Cmd, Handler] = {
             Cmd.START: self._list,
             Cmd.LIST: self._list,
@@ -128,6 +132,7 @@ class CheckIn:
             Cmd.DONE: self._done,
             Cmd.UNDO: self._undo,
             Cmd.PROGRESS: self._progress,
+            Cmd.CONSOLE: self._console,
             Cmd.SUBMIT: self._submit,
         }
 
@@ -756,6 +761,17 @@ class CheckIn:
             overdue=cov.overdue_followups,
         )
         return [self._with_prompt(c, text)]
+
+
+    def _console(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        """A one-time sign-in link for coordinators and bureau staff (only its hash is kept)."""
+        if c.staff.role not in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            return [self._with_prompt(c, texts.CONSOLE_NOT_FOR_TEACHERS)]
+        token = new_secret()
+        c.t.store.add_console_token(c.staff.id, secret_hash(token), c.t.now + TOKEN_TTL, c.t.now)
+        minutes = int(TOKEN_TTL.total_seconds() // 60)
+        link = texts.CONSOLE_LINK.format(minutes=minutes, url=login_url(self.public_url, token))
+        return [self._with_prompt(c, link)]
 
 
 # ---------------------------------------------------------------------- module helpers

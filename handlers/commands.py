@@ -30,6 +30,7 @@ class Cmd(StrEnum):
     DONE = "done"
     UNDO = "undo"
     PROGRESS = "progress"
+    CONSOLE = "console"  # coordinators and bureau: a sign-in link to the web console
     SUBMIT = "submit"  # only meaningful on the summary
 
 
@@ -48,6 +49,7 @@ WORDS: dict[Cmd, tuple[str, ...]] = {
     Cmd.TODO: ("待跟进", "跟进", "todo", "followups"),
     Cmd.UNDO: ("撤销", "撤回", "undo"),
     Cmd.PROGRESS: ("进度", "progress"),
+    Cmd.CONSOLE: ("后台", "console"),
     Cmd.SUBMIT: ("提交", "submit"),
 }
 YES = frozenset({"是", "是的", "对", "对的", "确定", "确认", "好", "好的", "嗯", "y", "yes", "ok"})

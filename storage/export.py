@@ -110,21 +110,23 @@ def export_visits(
     actor: str = "cli",
     *,
     now: datetime | None = None,
+    school_id: int | None = None,
 ) -> ExportReport:
     """Write the submitted visits and the follow-ups to `out`; record the export in the audit log.
 
     `columns` is the questionnaire, (answer key, column header) in order; `kind_labels` names the
     follow-up kinds. `since` keeps visits submitted, and follow-ups created, on or after that local
     date in `tz`. The audit row is written in the caller's transaction before the files, so a
-    failed write rolls it back with the transaction. Raises `ValueError` for an unknown `fmt` and
+    failed write rolls it back with the transaction. `school_id` limits both sheets to that
+    school's students (the console's scope). Raises `ValueError` for an unknown `fmt` and
     `ExportError` when a file cannot be written there (checked before the database is read).
     """
     if fmt not in ("csv", "xlsx"):
         raise ValueError(f"unknown export format {fmt!r}")
     files = _files(out, fmt)
     start = _start_of(since, tz)
-    visit_sheet = _visit_sheet(conn, columns, tz, start)
-    followup_sheet = _followup_sheet(conn, kind_labels, tz, start)
+    visit_sheet = _visit_sheet(conn, columns, tz, start, school_id)
+    followup_sheet = _followup_sheet(conn, kind_labels, tz, start, school_id)
     detail = {
         "format": fmt,
         "visits": len(visit_sheet.rows),
@@ -133,7 +135,11 @@ def export_visits(
     }
     conn.execute(
         insert(audit_log).values(
-            at=now or datetime.now(UTC), actor=actor, action="export", detail=json.dumps(detail)
+            at=now or datetime.now(UTC),
+            actor=actor,
+            action="export",
+            detail=json.dumps(detail),
+            school_id=school_id,
         )
     )
     if fmt == "csv":
@@ -180,7 +186,11 @@ def _start_of(since: date | None, tz: ZoneInfo) -> datetime | None:
 
 # ---------------------------------------------------------------------------- reading
 def _visit_sheet(
-    conn: Connection, columns: Sequence[tuple[str, str]], tz: ZoneInfo, start: datetime | None
+    conn: Connection,
+    columns: Sequence[tuple[str, str]],
+    tz: ZoneInfo,
+    start: datetime | None,
+    school_id: int | None,
 ) -> _Sheet:
     query = (
         select(
@@ -202,6 +212,8 @@ def _visit_sheet(
     )
     if start is not None:
         query = query.where(visits.c.submitted_at >= start)
+    if school_id is not None:
+        query = query.where(students.c.school_id == school_id)
     rows: list[list[Cell]] = [
         [
             r.student_no,
@@ -220,7 +232,11 @@ def _visit_sheet(
 
 
 def _followup_sheet(
-    conn: Connection, kind_labels: Mapping[str, str], tz: ZoneInfo, start: datetime | None
+    conn: Connection,
+    kind_labels: Mapping[str, str],
+    tz: ZoneInfo,
+    start: datetime | None,
+    school_id: int | None,
 ) -> _Sheet:
     query = (
         select(
@@ -242,6 +258,8 @@ def _followup_sheet(
     )
     if start is not None:
         query = query.where(followups.c.created_at >= start)
+    if school_id is not None:
+        query = query.where(students.c.school_id == school_id)
     rows: list[list[Cell]] = [
         [
             r.id,

@@ -98,6 +98,9 @@ class _Data:
     )
     schools: dict[str, int] = field(default_factory=dict)
     outbox: dict[str, tuple[OutboxMessage, datetime]] = field(default_factory=dict)
+    console_tokens: dict[str, tuple[int, datetime, datetime]] = field(
+        default_factory=dict
+    )  # hash -> (staff id, created, expires)
     next_id: int = 1
 
 
@@ -439,6 +442,13 @@ class MemoryStore:
             if f.owner_staff_id == staff_id and f.status in OPEN
         ]
         return Coverage(visited, len(mine), len(due), sum(1 for d in due if d < today))
+
+    def add_console_token(
+        self, staff_id: int, token_hash: str, expires_at: datetime, now: datetime
+    ) -> None:
+        if token_hash in self.data.console_tokens:
+            raise ValueError("token hash already stored")
+        self.data.console_tokens[token_hash] = (staff_id, now, expires_at)
 
 
 class MemoryTurns:

@@ -149,7 +149,12 @@ _DELETE_ASSIGNMENTS = delete(assignments).where(assignments.c.student_id == bind
 
 
 def import_roster(
-    conn: Connection, roster: Roster, *, now: datetime, actor: str = "cli"
+    conn: Connection,
+    roster: Roster,
+    *,
+    now: datetime,
+    actor: str = "cli",
+    audit_school_id: int | None = None,
 ) -> ImportReport:
     """Upsert `roster` inside the caller's transaction and write one audit row.
 
@@ -171,7 +176,11 @@ def import_roster(
     report = ImportReport(staff_added, staff_updated, added, updated, deactivated)
     conn.execute(
         insert(audit_log).values(
-            at=now, actor=actor, action="roster_import", detail=json.dumps(asdict(report))
+            at=now,
+            actor=actor,
+            action="roster_import",
+            detail=json.dumps(asdict(report)),
+            school_id=audit_school_id,
         )
     )
     return report

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Boolean,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -93,6 +95,19 @@ students = Table(
     Column("school_id", ForeignKey("schools.id"), nullable=False, index=True),
     Column("class_name", String(100), nullable=False),
     Column("active", Boolean, nullable=False, default=True),
+    # The latest submitted visit that reached the family, and that did not: kept by triggers on
+    # `visits` (see `VISIT_TRIGGERS`), so that coverage of a whole city is a scan of this table.
+    Column("last_reached_at", UtcDateTime, nullable=True),
+    Column("last_unreached_at", UtcDateTime, nullable=True),
+    # Covers the console's figures: a city's coverage is one scan of this index.
+    Index(
+        "ix_students_status",
+        "school_id",
+        "active",
+        "class_name",
+        "last_reached_at",
+        "last_unreached_at",
+    ),
 )
 
 student_categories = Table(
@@ -100,6 +115,7 @@ student_categories = Table(
     metadata,
     Column("student_id", ForeignKey("students.id", ondelete="CASCADE"), primary_key=True),
     Column("category", String(50), primary_key=True),
+    Index("ix_student_categories_category", "category", "student_id"),
 )
 
 assignments = Table(
@@ -149,6 +165,7 @@ followups = Table(
     Column("note", Text, nullable=True),
     Column("escalated_at", UtcDateTime, nullable=True),
     Index("ix_followups_owner_status", "owner_staff_id", "status"),
+    Index("ix_followups_due", "due_date", "id"),  # the console's list, earliest due first
 )
 
 conversations = Table(
@@ -207,6 +224,47 @@ audit_log = Table(
     Column("actor", String(128), nullable=False),
     Column("action", String(50), nullable=False),
     Column("detail", Text, nullable=False),
+    # The school the entry is about (a student's, an upload's, the actor's); None: every school.
+    # A coordinator's console shows their school's entries.
+    Column("school_id", Integer, nullable=True),
+    Index("ix_audit_log_school_at", "school_id", "at"),
+)
+
+# Console sign-in links: only the token's SHA-256 is kept; each is used at most once.
+console_tokens = Table(
+    "console_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime, nullable=True),
+)
+
+# Console sessions, revocable: the cookie's SHA-256, and the role and school at sign-in (a change
+# of either, or deactivation, ends the session at its next request).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("role", String(20), nullable=False),
+    Column("school_id", Integer, nullable=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("method", String(20), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("last_seen_at", UtcDateTime, nullable=False),
+    Column("ended_at", UtcDateTime, nullable=True),
+)
+
+# A roster upload between its preview and its apply: the files, for that session only.
+console_uploads = Table(
+    "console_uploads",
+    metadata,
+    Column("upload_hash", String(64), primary_key=True),
+    Column("session_hash", String(64), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("files", JSON, nullable=False),  # [{"name": ..., "data": base64}]
 )
 
 # One row per scheduled job and local school day that completed: a job missed while the server was
@@ -218,3 +276,58 @@ job_runs = Table(
     Column("run_date", Date, primary_key=True),
     Column("ran_at", UtcDateTime, nullable=False),
 )
+
+
+# ---------------------------------------------------------------- triggers
+# students.last_reached_at / last_unreached_at follow every write of a submitted visit, whoever
+# makes it (the conversation, an import, an erasure, a future undo). The same statements are run
+# by the migration that introduced them and by `metadata.create_all` (tests).
+_RECOMPUTE = """UPDATE students SET
+  last_reached_at = (SELECT max(v.submitted_at) FROM visits v
+                     WHERE v.student_id = {who}.student_id AND v.status = 'submitted'
+                       AND v.reached = {yes}),
+  last_unreached_at = (SELECT max(v.submitted_at) FROM visits v
+                       WHERE v.student_id = {who}.student_id AND v.status = 'submitted'
+                         AND v.reached = {no})
+WHERE id = {who}.student_id"""
+
+SQLITE_TRIGGERS = (
+    "CREATE TRIGGER visits_last_insert AFTER INSERT ON visits WHEN NEW.status = 'submitted' "
+    f"BEGIN {_RECOMPUTE.format(who='NEW', yes=1, no=0)}; END",
+    "CREATE TRIGGER visits_last_update AFTER UPDATE OF status, reached, submitted_at, student_id "
+    f"ON visits BEGIN {_RECOMPUTE.format(who='NEW', yes=1, no=0)}; "
+    f"{_RECOMPUTE.format(who='OLD', yes=1, no=0)}; END",
+    "CREATE TRIGGER visits_last_delete AFTER DELETE ON visits WHEN OLD.status = 'submitted' "
+    f"BEGIN {_RECOMPUTE.format(who='OLD', yes=1, no=0)}; END",
+)
+POSTGRESQL_TRIGGERS = (
+    "CREATE FUNCTION visits_last_refresh() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    f"IF TG_OP <> 'DELETE' THEN {_RECOMPUTE.format(who='NEW', yes='true', no='false')}; END IF; "
+    "IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.student_id <> NEW.student_id) THEN "
+    f"{_RECOMPUTE.format(who='OLD', yes='true', no='false')}; END IF; "
+    "RETURN NULL; END $$",
+    "CREATE TRIGGER visits_last_insert AFTER INSERT ON visits FOR EACH ROW "
+    "WHEN (NEW.status = 'submitted') EXECUTE FUNCTION visits_last_refresh()",
+    "CREATE TRIGGER visits_last_update AFTER UPDATE OF status, reached, submitted_at, student_id "
+    "ON visits FOR EACH ROW EXECUTE FUNCTION visits_last_refresh()",
+    "CREATE TRIGGER visits_last_delete AFTER DELETE ON visits FOR EACH ROW "
+    "WHEN (OLD.status = 'submitted') EXECUTE FUNCTION visits_last_refresh()",
+)
+BACKFILL_LAST_VISITS = """UPDATE students SET
+  last_reached_at = (SELECT max(v.submitted_at) FROM visits v WHERE v.student_id = students.id
+                     AND v.status = 'submitted' AND v.reached = {yes}),
+  last_unreached_at = (SELECT max(v.submitted_at) FROM visits v WHERE v.student_id = students.id
+                       AND v.status = 'submitted' AND v.reached = {no})"""
+
+for _statement in SQLITE_TRIGGERS:
+    event.listen(
+        visits,
+        "after_create",
+        DDL(_statement).execute_if(dialect="sqlite"),  # type: ignore[no-untyped-call]
+    )
+for _statement in POSTGRESQL_TRIGGERS:
+    event.listen(
+        visits,
+        "after_create",
+        DDL(_statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+    )

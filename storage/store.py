@@ -47,6 +47,7 @@ from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
     assignments,
+    console_tokens,
     conversations,
     followups,
     identities,
@@ -768,6 +769,16 @@ class SqlStore:
         ).all()
         overdue = sum(1 for r in open_rows if r.due_date < today)
         return Coverage(visited, total, len(open_rows), overdue)
+
+    # ---------------------------------------------------------------- console
+    def add_console_token(
+        self, staff_id: int, token_hash: str, expires_at: datetime, now: datetime
+    ) -> None:
+        self.conn.execute(
+            insert(console_tokens).values(
+                token_hash=token_hash, staff_id=staff_id, created_at=now, expires_at=expires_at
+            )
+        )
 
 
 class SqlTurns:

@@ -10,6 +10,8 @@ it was sent, so tests can assert what a teacher would have seen. Knobs:
   is not the documented answer); the message is not delivered;
 - ``token_answers``: raw bodies the next ``gettoken`` calls get with HTTP 200;
 - ``members``: userids that exist; any other ``touser`` gets 81013;
+- ``oauth_codes``: OAuth2 codes ``auth/getuserinfo`` accepts (once each), code -> UserID; any
+  other code gets errcode 40029 (invalid code);
 - ``hold_next_send``: seconds the next send waits *after* it delivered the message, before it
   answers (a client with a shorter timeout gives up on a delivered message).
 """
@@ -54,6 +56,8 @@ class FakeWeCom:
     failures: list[int | str | bytes] = field(default_factory=list)
     token_answers: list[bytes] = field(default_factory=list)
     hold_next_send: float = 0.0
+    oauth_codes: dict[str, str] = field(default_factory=dict)
+    getuserinfo_calls: int = 0
     _valid_tokens: set[str] = field(default_factory=set)
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -61,7 +65,19 @@ class FakeWeCom:
         app = web.Application()
         app.router.add_get("/cgi-bin/gettoken", self.gettoken)
         app.router.add_post("/cgi-bin/message/send", self.message_send)
+        app.router.add_get("/cgi-bin/auth/getuserinfo", self.getuserinfo)
         return app
+
+    async def getuserinfo(self, request: web.Request) -> web.Response:
+        self.getuserinfo_calls += 1
+        if request.query.get("access_token", "") not in self._valid_tokens:
+            return _err(40014, "invalid access_token")
+        user_id = self.oauth_codes.pop(request.query.get("code", ""), None)
+        if user_id is None:
+            return _err(40029, "invalid code")
+        return web.json_response(
+            {"errcode": 0, "errmsg": "ok", "userid": user_id, "user_ticket": "ticket"}
+        )
 
     def texts(self, touser: str | None = None) -> list[str]:
         return [m.content for m in self.sent if touser is None or m.touser == touser]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from bot.core.types import ConversationKey, NewFollowUp, Session, Staff, StaffRo
 from storage.db import Database
 from storage.demo import demo_roster, load_demo
 from storage.memory import MemoryStore, MemoryTurns
-from storage.schema import assignments, metadata, staff, students
+from storage.schema import assignments, console_tokens, metadata, staff, students
 from storage.store import SqlTurns
 from tests.conftest import FakeClock, make_db_url
 
@@ -40,6 +40,7 @@ class Backend:
     student_ids: dict[str, int]
     reassign: Callable[[int, str, int | None], None]
     deactivate: Callable[[int], None]
+    tokens: Callable[[], dict[str, tuple[int, datetime]]]  # hash -> (staff id, expires)
 
     async def run(self, fn: Callable[[Store], T]) -> T:
         return await self.turns.run(fn)
@@ -56,6 +57,7 @@ def _memory(clock: FakeClock) -> Iterator[Backend]:
         student_ids,
         store.assign,
         store.data.active_staff.discard,
+        lambda: {h: (sid, exp) for h, (sid, _, exp) in store.data.console_tokens.items()},
     )
 
 
@@ -81,8 +83,19 @@ def _sql(url: str, clock: FakeClock) -> Iterator[Backend]:
         with db.begin() as conn:
             conn.execute(update(staff).where(staff.c.id == staff_id).values(active=False))
 
+    def tokens() -> dict[str, tuple[int, datetime]]:
+        with db.begin() as conn:
+            rows = conn.execute(
+                select(
+                    console_tokens.c.token_hash,
+                    console_tokens.c.staff_id,
+                    console_tokens.c.expires_at,
+                )
+            )
+            return {h: (sid, exp) for h, sid, exp in rows}
+
     try:
-        yield Backend(SqlTurns(db), staff_ids, student_ids, reassign, deactivate)
+        yield Backend(SqlTurns(db), staff_ids, student_ids, reassign, deactivate, tokens)
     finally:
         db.close()
 
@@ -365,6 +378,24 @@ async def test_closing_a_followup_and_the_coverage(backend: Backend, clock: Fake
     assert await backend.run(lambda s: s.open_followups(t001)) == []
     coverage = await backend.run(lambda s: s.coverage(t001, now - timedelta(days=14), now.date()))
     assert (coverage.open_followups, coverage.overdue_followups) == (0, 0)
+
+
+# ---------------------------------------------------------------------------- console links
+async def test_a_console_token_is_stored_by_its_hash_once(
+    backend: Backend, clock: FakeClock
+) -> None:
+    c001, now = backend.staff_ids["C001"], clock.now()
+    expires = now + timedelta(minutes=15)
+    await backend.run(lambda s: s.add_console_token(c001, "a" * 64, expires, now))
+    assert backend.tokens() == {"a" * 64: (c001, expires)}
+
+    def again(s: Store) -> None:
+        s.add_console_token(c001, "b" * 64, expires, now)
+        s.add_console_token(c001, "a" * 64, expires, now)  # the same hash: the turn fails
+
+    with pytest.raises(Exception):  # noqa: B017 (IntegrityError on SQL, ValueError in memory)
+        await backend.run(again)
+    assert set(backend.tokens()) == {"a" * 64}
 
 
 # ---------------------------------------------------------------------------- transactions

@@ -238,6 +238,24 @@ class WeComClient:
         url = f"{self.settings.api_base}/cgi-bin/message/send"
         return await self._call("POST", url, {"access_token": token}, payload)
 
+    # -- web authorisation (the console's sign-in inside WeCom)
+
+    async def user_for_code(self, code: str) -> str | None:
+        """The member UserID an OAuth2 `code` stands for (`auth/getuserinfo`); None when WeCom
+        rejects the code or it belongs to no member of the corp (an outsider gets an OpenId)."""
+        url = f"{self.settings.api_base}/cgi-bin/auth/getuserinfo"
+        token = await self.access_token()
+        answer = await self._call("GET", url, {"access_token": token, "code": code}, None)
+        if _errcode(answer) in TOKEN_ERRORS:
+            self._drop_token(token)
+            query = {"access_token": await self.access_token(), "code": code}
+            answer = await self._call("GET", url, query, None)
+        if _errcode(answer) != 0:
+            log.info("wecom auth/getuserinfo errcode %s", _errcode(answer))
+            return None
+        user_id = answer.get("userid") or answer.get("UserId")
+        return user_id if isinstance(user_id, str) and user_id else None
+
     # -- the access token
 
     async def access_token(self) -> str:

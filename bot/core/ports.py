@@ -172,6 +172,13 @@ class Store(Protocol):
         overdue (due before `today`) follow-ups."""
         ...
 
+    # -- the coordinators' console
+    def add_console_token(
+        self, staff_id: int, token_hash: str, expires_at: datetime, now: datetime
+    ) -> None:
+        """Store a one-time console sign-in token (its hash only) for this staff member."""
+        ...
+
 
 class Turns(Protocol):
     """Runs conversation turns, each in one transaction of the store.

@@ -1,0 +1,99 @@
+"""The coordinators' web console: an edge like a chat channel.
+
+`install(app, ...)` mounts it under /console as a sub-application with its own middleware
+(security headers, HTML error pages), Jinja2 templates (autoescaped) and static CSS. It reads and
+writes only through `bot.core.console_ports.ConsoleStore`; the composition root passes the
+database's implementation in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from bot.console import views
+from bot.console.auth import (
+    CONFIG,
+    LIMITER,
+    PREFIX,
+    AttemptLimiter,
+    ConsoleConfig,
+    console_middleware,
+)
+from bot.console.views import WIRING, Wiring
+from bot.core.console_ports import ConsoleStore
+from bot.core.ports import Clock
+from config.forms import Form
+from config.settings import Settings
+from handlers.cadence import Cadence
+
+HERE = Path(__file__).parent
+UserForCode = Callable[[str], Awaitable[str | None]]
+
+
+def _filters(env: jinja2.Environment) -> None:
+    env.filters["local"] = lambda moment, tz, fmt="%Y-%m-%d %H:%M": (
+        moment.astimezone(tz).strftime(fmt) if moment else ""
+    )
+
+
+def build(
+    settings: Settings,
+    store: ConsoleStore,
+    form: Form,
+    cadence: Cadence,
+    clock: Clock,
+    channels: Sequence[str],
+    wecom_user: UserForCode | None = None,
+) -> web.Application:
+    console = web.Application(middlewares=[console_middleware])
+    console[CONFIG] = ConsoleConfig(store, clock, settings.public_url.startswith("https://"))
+    console[LIMITER] = AttemptLimiter()
+    wecom = settings.wecom
+    console[WIRING] = Wiring(
+        form,
+        cadence,
+        settings.tz,
+        tuple(channels),
+        settings.public_url,
+        wecom.corp_id if wecom else None,
+        wecom.agent_id if wecom else None,
+        wecom_user,
+    )
+    env = aiohttp_jinja2.setup(
+        console,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    _filters(env)
+    r = console.router
+    r.add_get("/", views.dashboard)
+    r.add_get("/signin", views.signin_help)
+    r.add_get("/login", views.login)
+    r.add_get("/signin/wecom", views.wecom_start)
+    r.add_get("/signin/wecom/callback", views.wecom_callback)
+    r.add_post("/logout", views.logout)
+    r.add_get("/students", views.student_list)
+    r.add_get("/students/{id}", views.student_page)
+    r.add_get("/followups", views.followup_list)
+    r.add_get("/roster", views.roster_form)
+    r.add_post("/roster", views.roster_post)
+    r.add_get("/export", views.export)
+    r.add_get("/audit", views.audit)
+    r.add_static("/static/", HERE / "static", append_version=False)
+    return console
+
+
+def install(app: web.Application, console: web.Application) -> None:
+    """Mount the console at /console (and send /console to /console/)."""
+
+    async def to_slash(_request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently(f"{PREFIX}/")
+
+    app.router.add_get(PREFIX, to_slash)
+    app.add_subapp(PREFIX, console)
