@@ -1,10 +1,13 @@
-"""A head teacher with a class of 48, on a phone (issue 12): scripts on the memory store.
+"""A head teacher with a class of 48, on a phone (issue 12): on memory, SQLite and PostgreSQL.
 
 One number means one thing (the current list), undo and confirmation, paging, filters and
 near-miss names, phone punctuation, context after a pause, the wording.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +17,12 @@ from config.calendar import SchoolCalendar
 from config.forms import load_form
 from config.settings import load_settings
 from handlers import texts
+from storage.db import Database
 from storage.memory import MemoryStore, MemoryTurns
-from storage.roster import Origin, Roster, StaffEntry, StudentEntry
-from tests.conftest import ChatDriver, FakeClock
+from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
+from storage.schema import metadata
+from storage.store import SqlTurns
+from tests.conftest import ChatDriver, FakeClock, make_db_url
 from tests.test_conversation import COUNSELLING, TABLET_VISIT
 
 SCHOOL = "实验小学"
@@ -49,14 +55,29 @@ def class_of_48() -> Roster:
     return Roster(students=tuple(students), staff=staff)
 
 
-@pytest.fixture
-def teacher(clock: FakeClock) -> ChatDriver:
-    store = MemoryStore()
-    store.load_roster(class_of_48())
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def teacher(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Iterator[ChatDriver]:
+    """T048 talking to the real conversation, on the memory store and on both databases."""
     settings = load_settings({}, env_file=None)
     form = load_form(settings.form_path)
-    turns = MemoryTurns(store)
-    return ChatDriver(conversation_over(turns, settings, form, clock, SchoolCalendar()))
+    if request.param == "memory":
+        store = MemoryStore()
+        store.load_roster(class_of_48())
+        turns = MemoryTurns(store)
+        yield ChatDriver(conversation_over(turns, settings, form, clock, SchoolCalendar()))
+        return
+    for url in make_db_url(request.param, tmp_path):
+        db = Database(url)
+        metadata.create_all(db.engine)
+        with db.begin() as conn:
+            import_roster(conn, class_of_48(), now=clock.now())
+        try:
+            sql = SqlTurns(db)
+            yield ChatDriver(conversation_over(sql, settings, form, clock, SchoolCalendar()))
+        finally:
+            db.close()
 
 
 async def say(bot: ChatDriver, text: str) -> str:
