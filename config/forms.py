@@ -33,6 +33,7 @@ class QType(StrEnum):
 
 
 YES, NO = "是", "否"
+DETAIL_LIMIT = 80  # characters of a follow-up's description (the whole answer stays in the visit)
 CHOICE_TYPES = (QType.SINGLE, QType.MULTI, QType.YESNO)
 Answers = dict[str, Any]
 
@@ -42,6 +43,7 @@ class Option:
     text: str
     aliases: tuple[str, ...] = ()
     reached: bool = True  # False on the visit-method option "family unreachable"
+    exclusive: bool = False  # a multi-choice "none of these": chosen alone or not at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class FollowUpRule:
     due_days: int
     note_key: str | None = None
     contains: tuple[str, ...] = ()
+    detail: str = ""  # what the follow-up says, when the answer alone would not ("不能")
 
     def hits(self, given: list[str]) -> list[str]:
         if self.contains:
@@ -174,10 +177,12 @@ class Form:
                 hits = rule.hits(given)
                 if not hits:
                     continue
-                detail = "、".join(hits)
+                detail = rule.detail or "、".join(hits)
                 note = answers.get(rule.note_key) if rule.note_key else None
                 if note:
                     detail = f"{detail}（{note}）"
+                if len(detail) > DETAIL_LIMIT:  # a follow-up list line, not the whole note
+                    detail = detail[: DETAIL_LIMIT - 1] + "…"
                 found.append(NewFollowUp(rule.kind, detail, today + timedelta(rule.due_days)))
         return found
 
@@ -360,9 +365,16 @@ def _parse_options(item: _Map, key: str, qtype: QType) -> tuple[Option, ...]:
             text = _str(entry, "text")
             aliases = entry.get("aliases") or []
             reached = entry.get("reached", True)
-            if not isinstance(aliases, list) or not isinstance(reached, bool):
-                raise _FormError(entry.line, f"option {text!r}: bad `aliases` or `reached`")
-            options.append(Option(text, tuple(str(a) for a in aliases), reached))
+            exclusive = entry.get("exclusive", False)
+            if (
+                not isinstance(aliases, list)
+                or not isinstance(reached, bool)
+                or not isinstance(exclusive, bool)
+            ):
+                raise _FormError(
+                    entry.line, f"option {text!r}: bad `aliases`, `reached` or `exclusive`"
+                )
+            options.append(Option(text, tuple(str(a) for a in aliases), reached, exclusive))
         elif isinstance(entry, str | int) and str(entry).strip():
             options.append(Option(str(entry).strip()))
         else:
@@ -439,6 +451,9 @@ def _parse_rules(
         if not isinstance(due, int) or isinstance(due, bool) or due < 0:
             raise _FormError(entry.line, f"question {key!r}: `due_days` must be 0 or more")
         note = entry.get("note")
+        detail = entry.get("detail")
+        if detail is not None and not isinstance(detail, str):
+            raise _FormError(entry.line, f"question {key!r}: `detail` must be text")
         rules.append(
             FollowUpRule(
                 frozenset(str(a) for a in answers),
@@ -446,6 +461,7 @@ def _parse_rules(
                 due,
                 str(note) if note else None,
                 tuple(str(w) for w in contains or ()),
+                (detail or "").strip(),
             )
         )
     return tuple(rules)

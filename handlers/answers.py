@@ -94,6 +94,9 @@ def _choose_many(options: tuple[Option, ...], text: str) -> list[str]:
     for token in _SPLIT.split(text):
         if token:
             chosen.add(_choose_one(options, token))
+    alone = [o.text for o in options if o.exclusive and o.text in chosen]
+    if alone and len(chosen) > 1:  # "没有" and a risk at once: which is it?
+        raise InvalidAnswer(texts.NOT_WITH_OTHERS.format(option=alone[0]))
     # keep the form's order, whatever order the teacher typed
     return [o.text for o in options if o.text in chosen]
 

@@ -37,7 +37,7 @@ from config.forms import Form, QType
 from handlers import render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
 from handlers.cadence import Cadence, last_attempt_unreached
-from handlers.commands import Cmd, Command, as_number, done_note, is_yes, parse_command
+from handlers.commands import Cmd, Command, as_number, done_note, is_no, is_yes, parse_command
 from handlers.reminders import pick_channel
 from handlers.states import (
     Answering,
@@ -182,19 +182,25 @@ class CheckIn:
                 if command is None and is_yes(text):
                     found = c.t.store.find_student(c.staff.id, student.id)
                     return self._start(c, *found) if found else [texts.STUDENT_GONE]
+                if command is None and is_no(text):
+                    return [texts.NAME_AGAIN]
             case ConfirmDiscard(draft=draft, question=question):
                 if command is not None and command.cmd is Cmd.CONFIRM_DISCARD:
                     return None  # (the command handler deletes it)
+                if command is None and is_yes(text):
+                    return self._drop_draft(c, draft)
                 c.go(Answering(draft, question) if question else Reviewing(draft))
-                if command is None or command.cmd in (Cmd.CANCEL, Cmd.DISCARD):
+                if command is not None and command.cmd in (Cmd.CANCEL, Cmd.DISCARD):
                     return [f"{texts.DISCARD_KEPT}\n\n{self._prompt(c)}"]
+                # anything else: the draft stays, and the reply is taken as it would have been
             case ConfirmCut() as cut:
-                c.go(Idle() if cut.draft is None else Answering(cut.draft, cut.question))
+                c.go(_resume(cut.draft, cut.question))
                 if command is None and is_yes(text):
                     return self._apply_cut(c, cut)
                 if command is None:  # a shorter text instead: it goes where the long one went
-                    if cut.draft is None:
+                    if cut.followup:
                         return self._close(c, cut.number, cut.followup, clean_free_text(raw))
+                    assert cut.draft is not None
                     return self._answer(c, Answering(cut.draft, cut.question), raw)
         return None
 
@@ -215,6 +221,8 @@ class CheckIn:
         number = as_number(text)
         if number is not None:
             return self._pick(c, number)
+        if command is not None:  # a command word that means nothing now (提交 with no visit)
+            return [texts.NOT_NOW.format(word=text[:10])]
         return self._pick_name(c, text)
 
     # ------------------------------------------------------------------ helpers
@@ -314,8 +322,8 @@ class CheckIn:
             return [texts.NOT_IN_LIST.format(n=n, count=shown) + self._list_hint(listing)]
         if item.kind is ItemKind.FOLLOWUP:
             found = self._followup(c, item.id)
-            if found is None:
-                return [texts.NOT_IN_LIST.format(n=n, count=len(listing.items))]
+            if found is None:  # (the list shows open ones: this one was done since)
+                return [texts.FOLLOWUP_ALREADY_DONE.format(n=n)]
             line = render.followup_line(n, found, self.form.followup_kinds, self.today(c))
             return [texts.FOLLOWUP_SHOWN.format(n=n, line=line.split(". ", 1)[1])]
         picked = c.t.store.find_student(c.staff.id, item.id)
@@ -340,6 +348,8 @@ class CheckIn:
         today = self.today(c)
         students = self._by_urgency(self._filtered(mine, command.argument, today), today)
         if not students:
+            if _match_name(mine, command.argument) != ([], []):  # `家访 王小雨`: a name
+                return [*parked, *self._pick_name(c, command.argument)]
             return [*parked, texts.NO_FILTER_MATCH.format(filter=command.argument[:20])]
         if command.argument:
             head = texts.LIST_HEADER_FILTERED.format(filter=command.argument, count=len(students))
@@ -363,7 +373,7 @@ class CheckIn:
             return students
         if argument in NOT_VISITED:
             return [s for s in students if s.last_visit_at is None or self._is_due(s, today)]
-        by_class = [s for s in students if argument in (s.class_name, s.class_name.rstrip("班"))]
+        by_class = [s for s in students if argument in s.class_name]  # 三年级1班, 三年级
         if by_class:
             return by_class
         return [s for s in students if argument in s.categories]
@@ -386,9 +396,9 @@ class CheckIn:
 
     def _more(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
         listing = c.conv.listing
-        if listing is None or listing.kind is not ListKind.STUDENTS:
+        if listing is None:
             return [texts.NO_LIST]
-        if listing.shown >= len(listing.items):
+        if listing.kind is not ListKind.STUDENTS or listing.shown >= len(listing.items):
             return [texts.NO_MORE]
         by_id = {s.id: s for s in c.t.store.my_students(c.staff.id)}
         students = [by_id[i.id] for i in listing.items if i.id in by_id]
@@ -403,9 +413,12 @@ class CheckIn:
         """Leave a visit in progress as a draft (it is already saved) and say so."""
         if not isinstance(c.state, InVisit | ConfirmDiscard):
             return []
-        student = c.state.draft.student
+        draft = c.state.draft
         c.go(Idle())
-        return [texts.PARKED.format(student=_label(student))]
+        if not draft.answers:  # nothing answered yet: nothing to keep
+            c.t.store.discard_visit(draft.visit_id, c.t.now)
+            return [texts.LEFT_EMPTY.format(student=_label(draft.student))]
+        return [texts.PARKED.format(student=_label(draft.student))]
 
     def _pick_name(self, c: _Ctx, text: str) -> list[str]:
         students = c.t.store.my_students(c.staff.id)
@@ -416,6 +429,7 @@ class CheckIn:
         if len(close) == 1 and not exact:
             s = close[0]
             c.go(ConfirmStudent(StudentRef(s.id, s.name, s.class_name)))
+            c.show(None)  # a number now would pick from a list that is no longer on screen
             label = render.student_label(s.name, s.class_name)
             if sum(1 for x in students if x.name == s.name) > 1:
                 label += f" {texts.STUDENT_NO_TAIL.format(tail=s.student_no[-4:])}"
@@ -450,7 +464,7 @@ class CheckIn:
         c.show(Listing(ListKind.DRAFTS, items, len(items)))
         lines = [texts.UNKNOWN_WITH_DRAFTS.format(count=len(drafts))]
         lines += [
-            f"{n}. {_label(d.student)} · {render.md(d.updated_at.astimezone(self.tz).date())}"
+            f"{n}. {_label(d.student)} · {render.md(d.updated_at.astimezone(self.tz).date())}改过"
             for n, d in enumerate(drafts, 1)
         ]
         lines.append(texts.DRAFTS_FOOT)
@@ -458,7 +472,11 @@ class CheckIn:
 
     def _start(self, c: _Ctx, student: StudentRef, draft: Draft | None) -> list[str]:
         """Open the student's draft `draft`, or start a new visit when there is none."""
-        c.show(None)  # the list a number picked from is no longer on screen
+        if c.conv.listing is not None and c.conv.listing.kind in (
+            ListKind.STUDENTS,
+            ListKind.DRAFTS,
+        ):
+            c.show(None)  # the list a number picked from is used up (a 待跟进 list stays current)
         if draft is not None:
             answers = self.form.prune(draft.answers)
             # 上一题 after resuming a draft steps back through the answers already given.
@@ -504,9 +522,19 @@ class CheckIn:
         c.go(cut)
         return [texts.CUT_ASK.format(length=cut.length, limit=limit, end=cut.text[-8:])]
 
+    def _note_cut(self, c: _Ctx, n: int, followup: int, note: str) -> list[str]:
+        """Ask before cutting a 完成 note; a visit in progress is where the teacher returns."""
+        draft, question = None, ""
+        if isinstance(c.state, InVisit):
+            draft = c.state.draft
+            question = c.state.question if isinstance(c.state, Answering) else ""
+        cut = ConfirmCut(note[:MAX_NOTE], len(note), draft, question, followup, n)
+        return self._ask_cut(c, cut, MAX_NOTE)
+
     def _apply_cut(self, c: _Ctx, cut: ConfirmCut) -> list[str]:
-        if cut.draft is None:
+        if cut.followup:
             return self._close(c, cut.number, cut.followup, cut.text)
+        assert cut.draft is not None
         return self._store_answer(c, cut.draft, cut.question, cut.text)
 
     def _skip(self, c: _Ctx, _c: Command, _raw: str) -> list[str] | None:
@@ -587,15 +615,17 @@ class CheckIn:
         ]
         if found:
             lines.append(render.new_followups(self.form, found))
-        if self._tell_the_school(c, draft, found, reached):
-            lines.append(texts.SCHOOL_TOLD)
+        told = self._tell_the_school(c, draft, found, reached)
+        if told:
+            lines.append(told)
         lines += [texts.UNDO_HINT, texts.NEXT_HINT]
         return ["\n".join(lines)]
 
     def _tell_the_school(
         self, c: _Ctx, draft: OpenDraft, found: Sequence[NewFollowUp], reached: bool
-    ) -> bool:
-        """Queue the coordinators' messages this submission calls for; True if any was."""
+    ) -> str | None:
+        """Queue the coordinators' messages this submission calls for; what to tell the
+        teacher about it (None: nothing called for)."""
         student, store = draft.student, c.t.store
         bodies: list[tuple[str, str]] = []  # (key part, text)
         if not reached:
@@ -605,7 +635,7 @@ class CheckIn:
                 text = texts.ALERT_UNREACHED.format(
                     student=_label(student), count=len(attempts), days=days, teacher=c.staff.name
                 )
-                bodies.append((f"unreached:{student.id}:{len(attempts)}", text))
+                bodies.append(("unreached", text))
         urgent = [f for f in found if f.kind in self.form.urgent_kinds]
         if urgent:
             needs = "；".join(
@@ -614,22 +644,22 @@ class CheckIn:
             text = texts.ALERT_URGENT.format(
                 teacher=c.staff.name, student=_label(student), needs=needs
             )
-            bodies.append((f"urgent:{draft.visit_id}", text))
+            bodies.append(("urgent", text))
         if not bodies:
-            return False
+            return None
         not_before = self.alerts.quiet(c.t.now) or c.t.now
         told = False
         for person in store.school_coordinators(student.id):
             target = pick_channel(person, self.alerts.channels)
             if target is None:
                 continue
-            for key, body in bodies:
-                message = OutboxMessage(
-                    f"alert:{key}:{person.staff_no}", target[0], target[1], "alert", body
-                )
-                store.queue_message(message, not_before, c.t.now)
-                told = True
-        return told
+            for kind, body in bodies:
+                # (the visit and its revision in the key: 撤销 withdraws it, a corrected
+                # submission is a message of its own)
+                key = f"alert:{draft.visit_id}:{draft.revision}:{kind}:{person.staff_no}"
+                message = OutboxMessage(key, target[0], target[1], "alert", body)
+                told = store.queue_message(message, not_before, c.t.now) or told
+        return texts.SCHOOL_TOLD if told else texts.SCHOOL_NOT_REACHABLE
 
     def _discard(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
         if not isinstance(c.state, InVisit):
@@ -690,41 +720,36 @@ class CheckIn:
         assert command.number is not None
         n = command.number
         listing = c.conv.listing
-        if listing is None:  # nothing on screen: the teacher's open follow-ups, as 待跟进 lists
-            ids = [f.id for f in c.t.store.open_followups(c.staff.id)]
-            followup = ids[n - 1] if 1 <= n <= len(ids) else None
-        else:
-            item = listing.item(n)
-            followup = item.id if item is not None and item.kind is ItemKind.FOLLOWUP else None
-        if followup is None:
+        if listing is None:  # no list on screen: show it, rather than guess which N is meant
+            return [texts.DONE_WHICH, *self._todo(c, command, raw)]
+        item = listing.item(n)
+        if item is None or item.kind is not ItemKind.FOLLOWUP:
             return [self._with_prompt(c, texts.NO_SUCH_FOLLOWUP.format(n=n))]
-        note = done_note(clean_free_text(raw))
-        if len(note) > MAX_NOTE:
-            cut = ConfirmCut(note[:MAX_NOTE], len(note), followup=followup, number=n)
-            return self._ask_cut(c, cut, MAX_NOTE)
-        return self._close(c, n, followup, note)
+        return self._close(c, n, item.id, done_note(clean_free_text(raw)))
 
     def _close(self, c: _Ctx, n: int, followup: int, note: str) -> list[str]:
         if len(note) > MAX_NOTE:
-            cut = ConfirmCut(note[:MAX_NOTE], len(note), followup=followup, number=n)
-            return self._ask_cut(c, cut, MAX_NOTE)
+            return self._note_cut(c, n, followup, note)
         closed = c.t.store.close_followup(c.staff.id, followup, note, c.t.now)
-        if closed is None:
-            return [self._with_prompt(c, texts.NO_SUCH_FOLLOWUP.format(n=n))]
+        if closed is None:  # done already (or no longer theirs)
+            return [self._with_prompt(c, texts.FOLLOWUP_ALREADY_DONE.format(n=n))]
         c.conv = replace(c.conv, last=LastAction(ItemKind.FOLLOWUP, followup, c.t.now))
         text = texts.FOLLOWUP_DONE.format(
             n=n,
             student=render.student_label(closed.student_name, closed.class_name),
             kind=self.form.followup_kinds.get(closed.kind, closed.kind),
-            detail=closed.detail,
+            detail=closed.detail.rstrip("。"),
             note=texts.FOLLOWUP_NOTE.format(note=note) if note else "",
         )
-        return [self._with_prompt(c, f"{text.rstrip()}\n{texts.UNDO_HINT}")]
+        return [self._with_prompt(c, f"{text.rstrip().rstrip('。')}。\n{texts.UNDO_HINT}")]
 
     def _undo(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
         last = c.conv.last
         if last is None or c.t.now - last.at > UNDO_WINDOW:
             return [self._with_prompt(c, texts.NOTHING_TO_UNDO)]
+        if isinstance(c.state, InVisit) and last.kind is ItemKind.STUDENT:
+            # (in the middle of another visit "撤销" may mean the last answer: 上一题 does that)
+            return [self._with_prompt(c, texts.UNDO_IN_VISIT)]
         c.conv = replace(c.conv, last=None)
         if last.kind is ItemKind.FOLLOWUP:
             reopened = c.t.store.reopen_followup(c.staff.id, last.id)
@@ -736,10 +761,11 @@ class CheckIn:
                 detail=reopened.detail,
             )
             return [self._with_prompt(c, text)]
-        parked = self._park(c)
         draft = c.t.store.reopen_visit(c.staff.id, last.id, c.t.now)
         if draft is None:
-            return [*parked, texts.CANNOT_UNDO_VISIT]
+            return [self._with_prompt(c, texts.CANNOT_UNDO_VISIT)]
+        c.t.store.withdraw_messages(f"alert:{last.id}:")  # what it told the school, if still unsent
+        parked = self._park(c)
         answers = self.form.prune(draft.answers)
         history = tuple(q.key for q in render.answered(self.form, answers))
         opened = OpenDraft(
@@ -806,3 +832,10 @@ def _one_off(a: str, b: str) -> bool:
         return sum(x != y for x, y in zip(a, b, strict=True)) == 1
     short, long = (a, b) if len(a) < len(b) else (b, a)
     return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def _resume(draft: OpenDraft | None, question: str) -> State:
+    """Where a confirmation returns to: the question, the summary, or no visit at all."""
+    if draft is None:
+        return Idle()
+    return Answering(draft, question) if question else Reviewing(draft)

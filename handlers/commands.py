@@ -53,6 +53,7 @@ WORDS: dict[Cmd, tuple[str, ...]] = {
     Cmd.SUBMIT: ("提交", "submit"),
 }
 YES = frozenset({"是", "是的", "对", "对的", "确定", "确认", "好", "好的", "嗯", "y", "yes", "ok"})
+NO = frozenset({"不是", "不对", "不", "否", "错了", "n", "no"})
 _BY_WORD = {w: cmd for cmd, words in WORDS.items() for w in words}
 # Words with an argument: `家访 二年级1班` filters the list, `修改 2`, `完成 1 备注`.
 _START = re.compile(r"^(?:家访|visit)\s+(.+)$", re.IGNORECASE)
@@ -86,6 +87,10 @@ def parse_command(text: str) -> Command | None:
 
 def is_yes(text: str) -> bool:
     return strip_edges(text).lower() in YES
+
+
+def is_no(text: str) -> bool:
+    return strip_edges(text).lower() in NO
 
 
 def as_number(text: str) -> int | None:

@@ -48,12 +48,14 @@ def student_line(
     if tail:
         parts.append(texts.STUDENT_NO_TAIL.format(tail=s.student_no[-4:]))
     parts.append("、".join(s.categories) or texts.NO_CATEGORY)
+    unreached = last_attempt_unreached(s.last_visit_at, s.last_unreached_at)
     if s.last_visit_at is None:
-        parts.append(texts.NEVER_VISITED)
+        if not unreached:  # (tried, but never reached: "上次没联系上" says it)
+            parts.append(texts.NEVER_VISITED)
     else:
         days = (today - s.last_visit_at.astimezone(tz).date()).days
         parts.append(texts.DAYS_AGO.format(days=days) if days else texts.TODAY_VISITED)
-    if last_attempt_unreached(s.last_visit_at, s.last_unreached_at):
+    if unreached:
         parts.append(texts.LAST_UNREACHED)
     if due is not None and due <= today:
         late = (today - due).days

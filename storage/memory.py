@@ -422,6 +422,12 @@ class MemoryStore:
         self.data.outbox[message.key] = (message, not_before)
         return True
 
+    def withdraw_messages(self, key_prefix: str) -> int:
+        keys = [k for k in self.data.outbox if k.startswith(key_prefix)]
+        for key in keys:
+            del self.data.outbox[key]
+        return len(keys)
+
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
         mine = self._mine(staff_id)
         visited = sum(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -245,3 +245,16 @@ class SqlOutbox:
                     mark_retry(conn, item_id, error, now)
 
         await self.db.run(update)
+
+
+def withdraw(conn: Connection, key_prefix: str) -> int:
+    """Delete the pending rows whose key starts with `key_prefix` and that no sender holds (a
+    claimed row's lease runs: it may be on its way)."""
+    escaped = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return conn.execute(
+        delete(outbox).where(
+            outbox.c.idempotency_key.like(escaped + "%", escape="\\"),
+            outbox.c.status == PENDING,
+            outbox.c.attempts == 0,
+        )
+    ).rowcount

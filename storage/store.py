@@ -749,6 +749,9 @@ class SqlStore:
             now=now,
         )
 
+    def withdraw_messages(self, key_prefix: str) -> int:
+        return outbox.withdraw(self.conn, key_prefix)
+
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
         mine = and_(students.c.id.in_(_MY_STUDENT_IDS), students.c.active.is_(True))
         visited_recently = exists().where(

@@ -14,6 +14,7 @@ from sqlalchemy import insert, select
 from bot.app import build_dispatcher
 from bot.deps import Deps
 from config.settings import Secret, Settings, WeComSettings
+from handlers import texts
 from storage.schema import identities, outbox, staff
 from tests.conftest import ChatDriver, FakeClock
 from tests.test_conversation import TABLET_VISIT
@@ -88,3 +89,26 @@ async def test_at_night_the_alert_waits_for_the_morning(
     with deps.db.begin() as conn:
         due = conn.execute(select(outbox.c.next_attempt_at)).scalar_one()
     assert due.hour == 23 and due.minute == 0  # 07:00 in Shanghai
+
+
+async def test_undoing_the_submission_withdraws_the_unsent_alert(
+    school_bot: ChatDriver, deps: Deps
+) -> None:
+    answers = [*TABLET_VISIT[:-1], "爸爸喝酒后打孩子"]
+    await visit(school_bot, "陈小树", answers)
+    assert len(alerts(deps)) == 1
+    assert "已撤销提交" in await school_bot.say("撤销")
+    assert alerts(deps) == []  # a mistaken 打骂 does not reach the coordinator
+    await school_bot.say("修改 11")
+    await school_bot.say("无")
+    await school_bot.say("提交")
+    assert alerts(deps) == []  # corrected: nothing urgent any more
+
+
+async def test_a_school_without_a_reachable_coordinator_is_said_so(
+    settings: Settings, deps: Deps
+) -> None:
+    bot = ChatDriver(build_dispatcher(replace(settings, wecom=WECOM), deps))  # C001: no id
+    answers = [*TABLET_VISIT[:-1], "爸爸喝酒后打孩子"]
+    done = await visit(bot, "陈小树", answers)
+    assert texts.SCHOOL_NOT_REACHABLE in done and alerts(deps) == []

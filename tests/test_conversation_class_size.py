@@ -1,10 +1,13 @@
-"""A head teacher with a class of 48, on a phone (issue 12): scripts on the memory store.
+"""A head teacher with a class of 48, on a phone (issue 12): on memory, SQLite and PostgreSQL.
 
 One number means one thing (the current list), undo and confirmation, paging, filters and
 near-miss names, phone punctuation, context after a pause, the wording.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +17,12 @@ from config.calendar import SchoolCalendar
 from config.forms import load_form
 from config.settings import load_settings
 from handlers import texts
+from storage.db import Database
 from storage.memory import MemoryStore, MemoryTurns
-from storage.roster import Origin, Roster, StaffEntry, StudentEntry
-from tests.conftest import ChatDriver, FakeClock
+from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
+from storage.schema import metadata
+from storage.store import SqlTurns
+from tests.conftest import ChatDriver, FakeClock, make_db_url
 from tests.test_conversation import COUNSELLING, TABLET_VISIT
 
 SCHOOL = "实验小学"
@@ -49,14 +55,29 @@ def class_of_48() -> Roster:
     return Roster(students=tuple(students), staff=staff)
 
 
-@pytest.fixture
-def teacher(clock: FakeClock) -> ChatDriver:
-    store = MemoryStore()
-    store.load_roster(class_of_48())
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def teacher(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> Iterator[ChatDriver]:
+    """T048 talking to the real conversation, on the memory store and on both databases."""
     settings = load_settings({}, env_file=None)
     form = load_form(settings.form_path)
-    turns = MemoryTurns(store)
-    return ChatDriver(conversation_over(turns, settings, form, clock, SchoolCalendar()))
+    if request.param == "memory":
+        store = MemoryStore()
+        store.load_roster(class_of_48())
+        turns = MemoryTurns(store)
+        yield ChatDriver(conversation_over(turns, settings, form, clock, SchoolCalendar()))
+        return
+    for url in make_db_url(request.param, tmp_path):
+        db = Database(url)
+        metadata.create_all(db.engine)
+        with db.begin() as conn:
+            import_roster(conn, class_of_48(), now=clock.now())
+        try:
+            sql = SqlTurns(db)
+            yield ChatDriver(conversation_over(sql, settings, form, clock, SchoolCalendar()))
+        finally:
+            db.close()
 
 
 async def say(bot: ChatDriver, text: str) -> str:
@@ -121,6 +142,7 @@ async def test_a_partial_name_or_a_typo_finds_the_students_it_may_mean(
         assert texts.SEVERAL_MATCHES.format(count=2) in found
         assert sorted(line.split(" · ")[0] for line in numbered(found).values()) == ["李浩然"] * 2
     assert "开始登记 李浩然" in await say(teacher, "1")
+    await say(teacher, "3")
     assert await say(teacher, "稍后")
     nothing = await say(teacher, "一二三四")
     assert texts.UNKNOWN_WITH_DRAFTS.format(count=1) in nothing  # (the draft just parked)
@@ -237,8 +259,8 @@ async def test_deleting_a_draft_asks_first_and_cancel_keeps_it(teacher: ChatDriv
     assert "【第5题/" in resumed
     asked = await say(teacher, "放弃")  # understood while answering, not only on the summary
     assert asked == texts.DISCARD_ASK.format(student=f"{name}（二年级1班）", count=4)
-    back = await say(teacher, "2")  # anything else: the draft stays, the question again
-    assert texts.DISCARD_KEPT in back and "【第5题/" in back
+    back = await say(teacher, "2")  # an answer: the draft stays and takes it
+    assert texts.DISCARD_KEPT not in back and "【第6题/" in back
     await say(teacher, "放弃")
     assert "已删除" in await say(teacher, "确定删除")
     assert await say(teacher, "继续") == texts.NO_DRAFT
@@ -335,3 +357,91 @@ async def test_a_due_date_on_a_weekend_moves_to_the_next_school_day(
     name = numbered(await say(teacher, "家访"))[1].split(" · ")[0]
     done = await visit(teacher, name, TABLET_VISIT)
     assert "平板或电脑（3月9日前）" in done  # Monday
+
+
+# ---------------------------------------------------------------------------- found in review
+async def test_a_number_after_did_you_mean_does_not_pick_from_the_old_list(
+    teacher: ChatDriver,
+) -> None:
+    listing = numbered(await say(teacher, "家访"))
+    name = listing[3].split(" · ")[0]
+    typo = name[0] + ("甲" if name[1] != "甲" else "乙") + name[2]
+    assert (await say(teacher, typo)).startswith("你是说")
+    assert await say(teacher, "1") == texts.NO_LIST  # not the first of the list above
+    assert await say(teacher, typo) and await say(teacher, "不是") == texts.NAME_AGAIN
+
+
+async def test_done_without_a_list_on_screen_shows_the_list_and_closes_nothing(
+    teacher: ChatDriver,
+) -> None:
+    listing = numbered(await say(teacher, "家访"))
+    await visit(teacher, listing[1].split(" · ")[0], TABLET_VISIT)
+    await visit(teacher, listing[2].split(" · ")[0], COUNSELLING)
+    await say(teacher, "继续")  # (no draft) ...
+    await say(teacher, listing[3].split(" · ")[0])  # ... a visit starts: no list on screen
+    await say(teacher, "稍后")
+    reply = await teacher.replies("完成 1 已送到", user="T048")
+    assert reply[0] == texts.DONE_WHICH and "1. " in reply[1]
+    assert len(numbered(await say(teacher, "待跟进"))) == 2  # nothing was closed
+    done = await say(teacher, "完成 2 已联系")
+    assert "已完成第2项" in done
+
+
+async def test_a_long_note_while_answering_returns_to_the_question(teacher: ChatDriver) -> None:
+    listing = numbered(await say(teacher, "家访"))
+    await visit(teacher, listing[1].split(" · ")[0], TABLET_VISIT)
+    await say(teacher, "待跟进")
+    await say(teacher, listing[2].split(" · ")[0])
+    await say(teacher, "3")  # at question 2 of another student
+    asked = await say(teacher, "完成 1 " + "送" * 600)
+    assert "600字" in asked
+    done = await say(teacher, "确定")
+    assert "已完成第1项" in done and "【第2题/" in done  # back at the question
+
+
+async def test_undo_in_the_middle_of_another_visit_reopens_nothing(teacher: ChatDriver) -> None:
+    listing = numbered(await say(teacher, "家访"))
+    await visit(teacher, listing[1].split(" · ")[0], TABLET_VISIT)
+    await say(teacher, "家访")
+    await say(teacher, listing[2].split(" · ")[0])
+    await say(teacher, "3")
+    refused = await say(teacher, "撤销")
+    assert refused.startswith(texts.UNDO_IN_VISIT) and "【第2题/" in refused
+    await say(teacher, "稍后")
+    assert "已撤销提交" in await say(teacher, "撤销")  # asked for from outside the visit
+
+
+async def test_the_delete_question_takes_yes_and_an_answer(teacher: ChatDriver) -> None:
+    listing = numbered(await say(teacher, "家访"))
+    name = listing[1].split(" · ")[0]
+    await say(teacher, name)
+    await say(teacher, "3")
+    await say(teacher, "放弃")
+    answered = await say(teacher, "1")  # an answer to question 2, not thrown away
+    assert "【第3题/" in answered
+    await say(teacher, "放弃")
+    assert texts.DISCARDED.format(student=f"{name}（二年级1班）") == await say(teacher, "确定")
+
+
+async def test_smaller_things_found_in_review(teacher: ChatDriver) -> None:
+    assert texts.SAME_NAME.format(count=2, name="李浩然") in await say(teacher, "家访 李浩然")
+    listing = numbered(await say(teacher, "家访"))
+    name = listing[1].split(" · ")[0]
+    await say(teacher, name)
+    assert texts.LEFT_EMPTY.format(student=f"{name}（二年级1班）") == await say(teacher, "取消")
+    assert await say(teacher, "继续") == texts.NO_DRAFT  # no empty draft left behind
+    await visit(teacher, name, TABLET_VISIT)
+    await say(teacher, "待跟进")
+    await say(teacher, "完成 1")
+    assert await say(teacher, "1") == texts.FOLLOWUP_ALREADY_DONE.format(n=1)
+    assert texts.NOT_NOW.format(word="提交") == await say(teacher, "提交")
+
+
+async def test_none_cannot_be_chosen_with_a_risk(teacher: ChatDriver) -> None:
+    await say(teacher, "家访")
+    await say(teacher, "1")
+    for a in TABLET_VISIT[:8]:  # up to the risks question
+        reply = await say(teacher, a)
+    assert "安全隐患" in reply
+    refused = await say(teacher, "1、5")
+    assert texts.NOT_WITH_OTHERS.format(option="没有") in refused

@@ -190,7 +190,7 @@ def test_safety_answers_and_danger_words_open_an_urgent_safety_followup(form: Fo
     today = date(2026, 3, 2)
     assert form.followups({**base, "relation": "融洽", "other": "无"}, today) == []
     alone = form.followups({**base, "guardian": "孩子独自在家", "other": "无"}, today)
-    assert [(f.kind, f.detail) for f in alone] == [("safety", "孩子独自在家")]
+    assert [(f.kind, f.detail) for f in alone] == [("safety", "孩子白天独自在家")]
     note = form.followups({**base, "other": "爸爸喝酒后打孩子"}, today)
     assert [(f.kind, f.due_date) for f in note] == [("safety", today)]
     tense = form.followups({**base, "relation": "紧张"}, today)

@@ -167,6 +167,11 @@ class Store(Protocol):
         """Put a proactive message in the outbox unless its key is there; True if it was new."""
         ...
 
+    def withdraw_messages(self, key_prefix: str) -> int:
+        """Take back the queued messages whose key starts with `key_prefix` and that have not
+        been sent (nor are being sent); how many."""
+        ...
+
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
         """The teacher's active students reached on a visit since `since`, and their open and
         overdue (due before `today`) follow-ups."""
