@@ -18,8 +18,8 @@ from aiohttp import web
 
 from bot import console
 from bot.channels import api, dingtalk, wecom
-from bot.core.channels import DINGTALK, WECOM
 from bot.channels.wecom import WECOM_API
+from bot.core.channels import DINGTALK, WECOM
 from bot.core.engine import Engine
 from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence

@@ -788,7 +788,6 @@ class CheckIn:
         )
         return [self._with_prompt(c, text)]
 
-
     def _console(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
         """A one-time sign-in link for coordinators and bureau staff (only its hash is kept)."""
         if c.staff.role not in (StaffRole.COORDINATOR, StaffRole.BUREAU):
