@@ -470,6 +470,14 @@ class CheckIn:
         lines.append(texts.DRAFTS_FOOT)
         return ["\n".join(lines)]
 
+    def _opened(self, draft: Draft) -> OpenDraft:
+        """A stored draft as the state's copy; 上一题 steps back through its answers."""
+        answers = self.form.prune(draft.answers)
+        history = tuple(q.key for q in render.answered(self.form, answers))
+        return OpenDraft(
+            draft.visit_id, draft.student, states.freeze(answers), draft.revision, history
+        )
+
     def _start(self, c: _Ctx, student: StudentRef, draft: Draft | None) -> list[str]:
         """Open the student's draft `draft`, or start a new visit when there is none."""
         if c.conv.listing is not None and c.conv.listing.kind in (
@@ -478,12 +486,7 @@ class CheckIn:
         ):
             c.show(None)  # the list a number picked from is used up (a 待跟进 list stays current)
         if draft is not None:
-            answers = self.form.prune(draft.answers)
-            # 上一题 after resuming a draft steps back through the answers already given.
-            history = tuple(q.key for q in render.answered(self.form, answers))
-            opened = OpenDraft(
-                draft.visit_id, student, states.freeze(answers), draft.revision, history
-            )
+            opened = self._opened(replace(draft, student=student))
             head = texts.VISIT_RESUMED.format(student=_label(student))
         else:
             visit_id = c.t.store.start_visit(
@@ -766,13 +769,8 @@ class CheckIn:
             return [self._with_prompt(c, texts.CANNOT_UNDO_VISIT)]
         c.t.store.withdraw_messages(f"alert:{last.id}:")  # what it told the school, if still unsent
         parked = self._park(c)
-        answers = self.form.prune(draft.answers)
-        history = tuple(q.key for q in render.answered(self.form, answers))
-        opened = OpenDraft(
-            draft.visit_id, draft.student, states.freeze(answers), draft.revision, history
-        )
         head = texts.UNDONE_VISIT.format(student=_label(draft.student))
-        return [*parked, *self._advance(c, opened, head)]
+        return [*parked, *self._advance(c, self._opened(draft), head)]
 
     def _progress(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
         since = c.t.now - timedelta(days=self.cadence.default_days)

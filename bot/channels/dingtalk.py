@@ -40,7 +40,7 @@ from aiohttp import web
 from bot import jsonbody
 from bot.channels import dingtalk_api as api
 from bot.channels.dingtalk_stream import StreamClient, running
-from bot.core.channels import DINGTALK_SIGNS
+from bot.core.channels import DINGTALK_GROUP, DINGTALK_SIGNS
 from bot.core.errors import SendError
 from bot.core.ports import ChannelDeps, Clock, Conversations, OneTimeSigns, Outbox, Sender
 from bot.core.types import InboundMessage, MessageKind, OutboxMessage
@@ -51,7 +51,7 @@ from config.settings import Settings
 log = logging.getLogger(__name__)
 
 CHANNEL = "dingtalk"
-GROUP_CHANNEL = "dingtalk_group"  # outbox channel of the coordinators' group robot
+GROUP_CHANNEL = DINGTALK_GROUP  # outbox channel of the coordinators' group robot
 GROUP_RECIPIENT = "default"
 MAX_SKEW = timedelta(hours=1)  # HTTP mode: a callback's timestamp may be this far off our clock
 SIGN_CHANNEL = DINGTALK_SIGNS  # inbound_messages rows that remember HTTP mode's used signs
