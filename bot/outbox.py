@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from bot.core.errors import SendError, StorageUnavailable
-from bot.core.ports import Clock, Outbox, Sender
+from bot.core.ports import Clock, KeyedSender, Outbox, Sender
 from bot.core.types import OutboxItem
 from bot.logsafe import log_failure
 
@@ -68,7 +68,11 @@ class OutboxDelivery:
         try:
             if sender is None:
                 raise SendError(f"channel {item.channel!r} is not configured", permanent=True)
-            await sender.send(item.recipient, item.body, proactive=item.kind not in PROMPT_KINDS)
+            proactive = item.kind not in PROMPT_KINDS
+            if isinstance(sender, KeyedSender):
+                await sender.send_keyed(item.key, item.recipient, item.body, proactive=proactive)
+            else:
+                await sender.send(item.recipient, item.body, proactive=proactive)
         except SendError as exc:
             await self._failed(item, exc)
         except Exception as exc:  # a bug in a sender must not stop delivery of the rest

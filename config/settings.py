@@ -90,12 +90,25 @@ class DingTalkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FeishuSettings:
+    """A Feishu self-built app. Webhook mode needs the token and key; ws mode uses neither."""
+
+    app_id: str
+    app_secret: Secret
+    verification_token: Secret | None
+    encrypt_key: Secret | None
+    mode: str  # "webhook" (POST /feishu/callback) or "ws" (long connection, no public address)
+    api_base: str
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = "sqlite:///./homevisit.db"
     tz: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
     api_token: Secret | None = None
     wecom: WeComSettings | None = None
     dingtalk: DingTalkSettings | None = None
+    feishu: FeishuSettings | None = None
     dingtalk_digest_webhook: Secret | None = None
     dingtalk_digest_secret: Secret | None = None
     reminder_cron: str = "0 9 * * 1-5"
@@ -116,6 +129,8 @@ class Settings:
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
 _DINGTALK_VARS = ("DINGTALK_APP_KEY", "DINGTALK_APP_SECRET")
+_FEISHU_VARS = ("FEISHU_APP_ID", "FEISHU_APP_SECRET")
+_FEISHU_WEBHOOK_VARS = ("FEISHU_VERIFICATION_TOKEN", "FEISHU_ENCRYPT_KEY")
 _DIGITS = re.compile(r"[0-9]{1,9}")
 # Ranges that keep every date computed from a setting inside what Python's dates can hold, and
 # that still cover any sensible school: a visit cycle or an escalation of up to a year, a
@@ -164,6 +179,7 @@ class _Parser:
             kwargs["api_token"] = Secret(env["API_TOKEN"])
         kwargs["wecom"] = self.wecom()
         kwargs["dingtalk"] = self.dingtalk()
+        kwargs["feishu"] = self.feishu()
         for var, key in (
             ("DINGTALK_DIGEST_WEBHOOK", "dingtalk_digest_webhook"),
             ("DINGTALK_DIGEST_SECRET", "dingtalk_digest_secret"),
@@ -307,4 +323,33 @@ class _Parser:
             mode=mode,
             api_base=env.get("DINGTALK_API_BASE", "https://api.dingtalk.com").rstrip("/"),
             oapi_base=env.get("DINGTALK_OAPI_BASE", "https://oapi.dingtalk.com").rstrip("/"),
+        )
+
+    def feishu(self) -> FeishuSettings | None:
+        """Webhook mode requires an Encrypt Key: without it Feishu signs nothing, and anyone
+        who learnt the Verification Token could post events as any teacher."""
+        if not self.require_all(_FEISHU_VARS, "Feishu"):
+            for name in (*_FEISHU_WEBHOOK_VARS, "FEISHU_MODE"):
+                if name in self.env:
+                    self.problem(name, f"set without {' and '.join(_FEISHU_VARS)}")
+            return None
+        env = self.env
+        mode = env.get("FEISHU_MODE", "webhook")
+        if mode not in ("webhook", "ws"):
+            self.problem("FEISHU_MODE", "must be webhook or ws")
+        elif mode == "webhook":
+            for name in _FEISHU_WEBHOOK_VARS:
+                if name not in env:
+                    self.problem(name, "missing: Feishu webhook mode needs it (or FEISHU_MODE=ws)")
+        base = env.get("FEISHU_API_BASE", "https://open.feishu.cn").rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", base):
+            self.problem("FEISHU_API_BASE", "must be an http:// or https:// base URL")
+        token, key = env.get("FEISHU_VERIFICATION_TOKEN"), env.get("FEISHU_ENCRYPT_KEY")
+        return FeishuSettings(
+            app_id=env["FEISHU_APP_ID"],
+            app_secret=Secret(env["FEISHU_APP_SECRET"]),
+            verification_token=Secret(token) if token else None,
+            encrypt_key=Secret(key) if key else None,
+            mode=mode,
+            api_base=base,
         )

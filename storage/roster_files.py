@@ -42,7 +42,11 @@ STAFF = "staff"
 HEAD_TEACHER = "head_teacher"
 CARER = "carer"
 # Identity channel -> the roster column that carries it.
-IDENTITY_COLUMNS = {"wecom": "wecom_userid", "dingtalk": "dingtalk_userid"}
+IDENTITY_COLUMNS = {
+    "wecom": "wecom_userid",
+    "dingtalk": "dingtalk_userid",
+    "feishu": "feishu_user_id",  # the open_id Feishu events carry for this app
+}
 # How a platform compares its user ids, where it does not compare them exactly: two rows whose ids
 # the platform takes for one account are refused, whatever the case they are written in.
 # - WeCom: the member API's userid "系统进行唯一性检查时会忽略大小写" (uniqueness ignores case), so
@@ -126,6 +130,7 @@ class StaffEntry:
     role: StaffRole
     wecom_userid: str | None = None
     dingtalk_userid: str | None = None
+    feishu_user_id: str | None = None
 
     def identity(self, channel: str) -> str | None:
         """The wanted external id on `channel`: None keeps the current one, "" removes it."""
@@ -188,6 +193,7 @@ STAFF_COLUMNS = (
     _Column("角色", "role"),
     _Column("企业微信ID", "wecom_userid", present=False, value=False, max_len=128),
     _Column("钉钉ID", "dingtalk_userid", present=False, value=False, max_len=128),
+    _Column("飞书ID", "feishu_user_id", present=False, value=False, max_len=128),
 )
 _COLUMNS = {STUDENTS: STUDENT_COLUMNS, STAFF: STAFF_COLUMNS}
 COLUMN = {c.en: c for c in (*STUDENT_COLUMNS, *STAFF_COLUMNS)}  # for labels: same text in both
@@ -234,6 +240,7 @@ def read_roster(paths: Sequence[Path]) -> Roster:
             ("staff_no", lambda s: s.staff_no),
             ("wecom_userid", lambda s: s.wecom_userid),
             ("dingtalk_userid", lambda s: s.dingtalk_userid),
+            ("feishu_user_id", lambda s: s.feishu_user_id),
         ),
         problems,
     )
@@ -456,6 +463,7 @@ def _staff(origin: Origin, v: _Values, problems: list[str]) -> StaffEntry | None
         role=role,
         wecom_userid=v["wecom_userid"],
         dingtalk_userid=v["dingtalk_userid"],
+        feishu_user_id=v["feishu_user_id"],
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from bot.core.types import (
     ConversationKey,
@@ -206,6 +206,16 @@ class Sender(Protocol):
         """`proactive`: a reminder or digest (one per recipient and day), not a reply to a
         message the teacher just sent; a platform may then suppress an identical resend."""
         ...
+
+
+@runtime_checkable
+class KeyedSender(Protocol):
+    """A Sender whose platform takes an idempotency key (Feishu's `uuid`): the outbox hands it
+    the row's key, so a resend of one row is dropped by the platform instead of shown twice."""
+
+    async def send_keyed(
+        self, key: str, recipient: str, text: str, *, proactive: bool = True
+    ) -> None: ...
 
 
 class Conversations(Protocol):
