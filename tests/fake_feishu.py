@@ -84,6 +84,7 @@ class FakeFeishu:
         self.ws: web.WebSocketResponse | None = None
         self._transport: Any = None
         self.pings: list[Any] = []
+        self.answer_pings = True  # False: a gateway gone silent (no pongs, no frames)
         self.acks: list[Any] = []
         self._ack_waiters: dict[str, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -248,6 +249,8 @@ class FakeFeishu:
         if frame.method == 0 and kind == "ping":
             self._check(frame.service == SERVICE_ID, "ping without the service id")
             self.pings.append(frame)
+            if not self.answer_pings:
+                return
             pong = self.Frame()
             pong.CopyFrom(frame)
             del pong.headers[:]

@@ -22,13 +22,14 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from sqlalchemy import func, insert, select
 
-from bot.app import create_app
+from bot.app import JOBS, create_app
 from bot.channels import feishu, feishu_crypto
 from bot.channels.dingtalk_api import Http
 from bot.channels.feishu_api import FeishuSender, TenantToken, message_uuid
 from bot.core.errors import ConfigError, SendError
 from bot.core.types import MessageKind
 from bot.deps import Deps
+from bot.jobs import REMIND
 from bot.web import DELIVERY
 from config.settings import FeishuSettings, Secret, Settings, load_settings
 from handlers import texts
@@ -274,8 +275,8 @@ def webhook_settings(settings: Settings, fake: FakeFeishu, deps: Deps) -> Settin
 
 
 @asynccontextmanager
-async def serving(settings: Settings, deps: Deps) -> AsyncIterator[TestServer]:
-    server = TestServer(create_app(settings, deps), host="127.0.0.1")
+async def serving(settings: Settings, deps: Deps, **kw: Any) -> AsyncIterator[TestServer]:
+    server = TestServer(create_app(settings, deps, **kw), host="127.0.0.1")
     await server.start_server()
     try:
         yield server
@@ -642,7 +643,7 @@ async def test_a_resend_of_one_outbox_row_reaches_the_teacher_once(
     """Sent, but not recorded as sent (a crash, a lost answer): the retry carries the same
     uuid and Feishu drops it."""
     now = clock.now()
-    async with serving(webhook_settings, deps) as server:
+    async with serving(webhook_settings, deps, serving=False) as server:  # delivery by hand
         await deps.db.run(
             lambda conn: outbox.enqueue(
                 conn, key="reminder:T001:2026-03-02", channel="feishu", recipient=OPEN_ID,
@@ -660,3 +661,17 @@ async def test_a_resend_of_one_outbox_row_reaches_the_teacher_once(
         await delivery.run_once()
     assert fake.texts() == ["您有5名学生待家访"] and fake.duplicates == 1
     assert [r.status for r in outbox_rows(deps)] == ["sent"]
+
+
+async def test_the_reminder_job_reaches_a_teacher_on_feishu(
+    webhook_settings: Settings, deps: Deps, fake: FakeFeishu, clock: FakeClock
+) -> None:
+    async with serving(webhook_settings, deps) as server:
+        report = await server.app[JOBS].run(REMIND, clock.now())
+        server.app[DELIVERY].poke()  # the app's own delivery loop sends it
+        await fake.wait_for(1)
+        await eventually(lambda: all(row.status == "sent" for row in outbox_rows(deps)))
+    assert report.skipped is None and report.planned >= 1
+    [reminder] = [m for m in fake.messages if m.receive_id == OPEN_ID]
+    assert "周小禾" in reminder.text and reminder.uuid is not None
+    assert all(row.channel == "feishu" and row.status == "sent" for row in outbox_rows(deps))

@@ -16,6 +16,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from bot.app import create_app
+from bot.channels import feishu_ws
 from bot.channels.dingtalk_stream import Backoff
 from bot.channels.feishu_ws import Frame, FrameError, WsClient
 from bot.deps import Deps
@@ -217,6 +218,34 @@ async def test_the_client_pings_with_the_service_id_and_takes_the_pong_config(
         await eventually(lambda: len(fake.pings) >= 2)
         assert "共5名" in await say(fake, Teacher().says("家访"))
     assert all(p.service == SERVICE_ID and p.method == 0 for p in fake.pings)
+
+
+async def test_a_silent_gateway_is_left_and_the_client_reconnects(
+    ws_settings: Settings, deps: Deps, fake: FakeFeishu
+) -> None:
+    fake.ping_interval, fake.answer_pings = 1, False  # nothing comes back for 3 s
+    async with serving(ws_settings, deps):
+        await fake.wait_connected()
+        await eventually(lambda: fake.connections >= 2)
+        fake.answer_pings = True
+        assert "共5名" in await say(fake, Teacher().says("家访"))
+    assert fake.opens >= 2
+
+
+async def test_parts_that_stay_incomplete_are_dropped_and_not_acked(
+    ws_settings: Settings, deps: Deps, fake: FakeFeishu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feishu_ws, "PARTS_TTL", 0.0)  # every part is stale by the next one
+    first, second = fake.data_frames(b'{"schema": "2.0"}', "split-1", 2)
+    async with serving(ws_settings, deps):
+        await fake.send_raw(first)
+        await asyncio.sleep(0.05)
+        await fake.send_raw(second)
+        await asyncio.sleep(0.05)
+        assert fake.acks == []
+        monkeypatch.setattr(feishu_ws, "PARTS_TTL", 5.0)
+        assert "共5名" in await say(fake, Teacher().says("家访"), parts=2)
+    assert len(fake.acks) == 1 and len(fake.messages) == 1
 
 
 async def test_a_redelivered_event_is_acked_and_answered_once(
