@@ -30,7 +30,7 @@ from handlers.states import Item, ItemKind, Listing, ListKind
 
 REMINDER_LIST_LIMIT = 15
 ESCALATION_LIST_LIMIT = 10
-CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉"}
+CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉", "feishu": "飞书"}
 OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
 
 
