@@ -27,7 +27,8 @@ from bot.channels import feishu, feishu_crypto
 from bot.channels.dingtalk_api import Http
 from bot.channels.feishu_api import FeishuSender, TenantToken, message_uuid
 from bot.core.errors import ConfigError, SendError
-from bot.core.types import MessageKind
+from bot.core.ports import Conversations
+from bot.core.types import InboundMessage, MessageKind
 from bot.deps import Deps
 from bot.jobs import REMIND
 from bot.web import DELIVERY
@@ -548,12 +549,27 @@ async def test_pictures_get_please_reply_in_text_and_strangers_the_register_repl
     assert by_user["ou_stranger"] == texts.NOT_REGISTERED.format(user_id="ou_stranger")
 
 
-async def test_a_slow_turn_is_answered_200_first_and_its_reply_follows(
+class SlowConversations:
+    """The real dispatcher behind a delay: a turn that outlasts Feishu's 3 seconds."""
+
+    def __init__(self, inner: Conversations, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    async def handle(self, message: InboundMessage) -> list[str]:
+        await asyncio.sleep(self.delay)
+        return await self.inner.handle(message)
+
+
+async def test_a_slow_turn_is_answered_200_within_three_seconds_and_its_reply_follows(
     webhook_settings: Settings, deps: Deps, fake: FakeFeishu, http: ClientSession
 ) -> None:
     async with serving(webhook_settings, deps) as server:
-        server.app[feishu.FEISHU_CHANNEL].reply_budget = 0.0  # every turn is "too slow"
+        channel = server.app[feishu.FEISHU_CHANNEL]
+        channel.dispatcher = SlowConversations(channel.dispatcher, 3.5)
+        started = asyncio.get_running_loop().time()
         assert await deliver(http, server, fake, Teacher().says("家访")) == (200, {})
+        assert asyncio.get_running_loop().time() - started < 3.0
+        assert fake.messages == []
         [reply] = await fake.wait_for(1)
     assert "共5名" in reply.text
 

@@ -16,7 +16,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from bot.app import create_app
-from bot.channels import feishu_ws
+from bot.channels import feishu, feishu_ws
 from bot.channels.dingtalk_stream import Backoff
 from bot.channels.feishu_ws import Frame, FrameError, WsClient
 from bot.deps import Deps
@@ -31,6 +31,7 @@ from tests.test_feishu import (
     ENCRYPT_KEY,
     OPEN_ID,
     VERIFICATION_TOKEN,
+    SlowConversations,
     Teacher,
     assert_whole_checkin,
     eventually,
@@ -246,6 +247,24 @@ async def test_parts_that_stay_incomplete_are_dropped_and_not_acked(
         monkeypatch.setattr(feishu_ws, "PARTS_TTL", 5.0)
         assert "共5名" in await say(fake, Teacher().says("家访"), parts=2)
     assert len(fake.acks) == 1 and len(fake.messages) == 1
+
+
+async def test_a_slow_turn_is_acked_within_three_seconds_and_the_connection_keeps_reading(
+    ws_settings: Settings, deps: Deps, fake: FakeFeishu
+) -> None:
+    async with serving(ws_settings, deps) as server:
+        channel = server.app[feishu.FEISHU_CHANNEL]
+        channel.dispatcher = SlowConversations(channel.dispatcher, 3.5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        slow = asyncio.create_task(fake.push_event(Teacher().says("家访")))
+        await asyncio.sleep(0.1)
+        other = Teacher("ou_other").says("帮助")  # read and acked while the first turn runs
+        await fake.push_event(other)
+        await slow
+        assert loop.time() - started < 3.0 and fake.messages == []
+        await fake.wait_for(2)
+    assert any("共5名" in m.text for m in fake.messages)
 
 
 async def test_a_redelivered_event_is_acked_and_answered_once(
