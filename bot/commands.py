@@ -13,12 +13,11 @@ from aiohttp import web
 from bot.app import JOBS, build_dispatcher, create_app
 from bot.channels import console
 from bot.core.errors import HomevisitError
-from bot.deps import Deps, SystemClock, build_deps
+from bot.deps import Deps, SystemClock, build_deps, open_database
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobReport
 from bot.web import DELIVERY
 from config.settings import Settings
-from storage.db import Database
 
 
 def _open(settings: Settings) -> Deps:
@@ -92,7 +91,7 @@ async def _chat(dispatcher: Dispatcher, staff_no: str) -> None:
 def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> int:
     from storage.roster import import_files
 
-    db = Database(settings.database_url)
+    db = open_database(settings)
     try:
         db.upgrade()
         report = import_files(db, files, now=SystemClock().now(), dry_run=dry_run)
@@ -155,7 +154,7 @@ def console_link(settings: Settings, staff_no: str) -> int:
     from bot.core.signin import TOKEN_TTL, login_url
     from storage.console import issue_console_token
 
-    db = Database(settings.database_url)
+    db = open_database(settings)
     try:
         db.upgrade()
         with db.begin() as conn:
@@ -169,7 +168,7 @@ def console_link(settings: Settings, staff_no: str) -> int:
 
 
 def db_upgrade(settings: Settings) -> int:
-    db = Database(settings.database_url)
+    db = open_database(settings)
     try:
         db.upgrade()
     finally:
