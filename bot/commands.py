@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -18,6 +19,8 @@ from bot.dispatcher import Dispatcher
 from bot.jobs import JobReport
 from bot.web import DELIVERY
 from config.settings import Settings
+
+log = logging.getLogger("homevisit")
 
 
 def _open(settings: Settings) -> Deps:
@@ -46,7 +49,8 @@ def serve(settings: Settings, host: str, port: int) -> int:
             host=host,
             port=port,
             access_log=None,
-            print=lambda text: print(text, file=sys.stderr),
+            # (aiohttp's "Running on ..." as a log line: JSON too under HOMEVISIT_LOG_FORMAT=json)
+            print=lambda text: log.info("%s", text.strip("= \n")),
             loop=_server_loop(),
         )
     finally:
