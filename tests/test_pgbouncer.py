@@ -36,6 +36,7 @@ from tests.pgbouncer import POOL_SIZE, PgBouncer, pgbouncer_binary
 from tests.procs import BotServer, bot_env, run_bot
 
 API_TOKEN = "pgbouncer-test-token-0123456789abcdef"
+METRICS_TOKEN = "pgbouncer-test-metrics-0123456789"
 LIST_REPLY = "最需要先访的在前"  # in every teacher's 家访 list
 
 
@@ -191,7 +192,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_serve_answers_through_the_pooler(
     url: str, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    env = bot_env(DATABASE_URL=url, HOMEVISIT_PG_POOLER="pgbouncer", API_TOKEN=API_TOKEN)
+    env = bot_env(
+        DATABASE_URL=url,
+        HOMEVISIT_PG_POOLER="pgbouncer",
+        API_TOKEN=API_TOKEN,
+        HOMEVISIT_METRICS_TOKEN=METRICS_TOKEN,
+    )
     demo = await run_bot(env, tmp_path, "demo")
     assert demo.returncode == 0, demo.stderr
     server = BotServer("serve", env, tmp_path)
@@ -210,6 +216,12 @@ async def test_serve_answers_through_the_pooler(
         assert all(LIST_REPLY in r for r in lists), lists
         started = await asyncio.gather(say("T001", "周小禾"), say("T002", "孙小川"))
         assert "开始登记 周小禾" in started[0] and "开始登记 孙小川" in started[1]
+        scrape = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        async with http.get(f"{server.url}/metrics", headers=scrape) as r:
+            assert r.status == 200
+            metrics = await r.text()
+        assert 'homevisit_messages_total{channel="api",outcome="answered"} 22.0' in metrics
+        assert "homevisit_database_up 1.0" in metrics
         assert "Traceback" not in server.log_tail(100_000)
     finally:
         server.stop()
