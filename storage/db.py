@@ -55,6 +55,9 @@ PG_KEEPALIVES = {
     "keepalives_count": 3,
     "tcp_user_timeout": 20000,
 }
+# SQLSTATEs of a prepared statement that is missing or already there: a pooler in transaction
+# mode gave the transaction another server connection than the one psycopg prepared it on.
+PREPARED_LOST = frozenset({"26000", "42P05"})
 # Guards on every transaction (set per transaction: see create_db_engine), in milliseconds.
 PG_TIMEOUTS = {"lock_timeout": "5000", "statement_timeout": "15000"}
 
@@ -158,6 +161,9 @@ class _PgTransactionSettings:
             lost = conn.dialect.is_disconnect(exc, raw, None)
             if lost:
                 conn.connection.invalidate(exc)
+            else:  # no transaction object exists yet to roll the failed one back: do it here
+                with contextlib.suppress(dbapi.Error):
+                    raw.rollback()
             raise DBAPIError.instance(
                 self.sql,
                 self.params,
@@ -445,6 +451,7 @@ class Database:
         self._opened: list[Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._hinted = False  # (see _hint_at_pooler)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -462,12 +469,28 @@ class Database:
         except OperationalError as exc:
             if not exc.connection_invalidated or job.abandoned:
                 raise _unavailable(exc) from exc
+        except DBAPIError as exc:
+            self._hint_at_pooler(exc)
+            raise
         # The thread's connection had died while idle (a restart, a failover): the turn was rolled
         # back with it, so run it once more on a fresh connection.
         try:
             return self._attempt(job)
         except (OperationalError, PoolTimeout) as exc:
             raise _unavailable(exc) from exc
+
+    def _hint_at_pooler(self, exc: DBAPIError) -> None:
+        """Say once what a lost prepared statement means: a pooler in transaction mode that
+        HOMEVISIT_PG_POOLER did not announce. (Not handled by turning prepared statements off
+        then: by that time a statement another client prepared under the same name may have
+        run in place of ours, so only the setting, given before the start, is safe.)"""
+        lost = getattr(exc.orig, "sqlstate", None) in PREPARED_LOST
+        if lost and self.prepared and not self._hinted:
+            self._hinted = True
+            log.error(
+                "a prepared statement is missing or already there: PostgreSQL is reached "
+                "through a pooler in transaction mode; set HOMEVISIT_PG_POOLER=pgbouncer"
+            )
 
     def _attempt(self, job: _Job) -> Any:
         conn: Connection | None = getattr(self._local, "conn", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from bot.app import build_dispatcher
 from bot.core.errors import ConfigError
 from bot.deps import Deps
 from config.forms import load_form
+from config.settings import load_settings
 from handlers import texts
 from storage.db import Database, url_options
 from storage.demo import load_demo
@@ -35,6 +37,7 @@ from tests.conftest import PG_URL, ChatDriver, FakeClock, make_db_url, make_sett
 from tests.pgbouncer import POOL_SIZE, PgBouncer, pgbouncer_binary
 from tests.procs import BotServer, bot_env, run_bot
 
+FORM = load_settings({}, env_file=None).form_path
 API_TOKEN = "pgbouncer-test-token-0123456789abcdef"
 METRICS_TOKEN = "pgbouncer-test-metrics-0123456789"
 LIST_REPLY = "最需要先访的在前"  # in every teacher's 家访 list
@@ -138,6 +141,32 @@ async def test_concurrent_turns_through_the_pooler_use_no_prepared_statements(
         raw = await db.run(lambda c: c.connection.driver_connection)
         assert isinstance(raw, psycopg.Connection)
         assert raw.prepare_threshold is None
+    finally:
+        db.close()
+
+
+async def test_a_pooler_nobody_announced_is_named_in_the_log(
+    url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without HOMEVISIT_PG_POOLER, psycopg's prepared statements meet other clients' on the
+    pooled server connections; the operator is told, once, what to set."""
+    db = Database(url)
+    metadata.create_all(db.engine)
+    with db.begin() as conn:
+        load_demo(conn, now=clock.now())
+    bot = ChatDriver(build_dispatcher(make_settings(url), Deps(db, load_form(FORM), clock)))
+    hint = "set HOMEVISIT_PG_POOLER=pgbouncer"
+    try:
+        with caplog.at_level(logging.ERROR):
+            for _ in range(30):
+                await asyncio.gather(
+                    *(bot.say("家访", user=u) for u in ("T001", "T002") for _ in range(10))
+                )
+                if any(hint in r.getMessage() for r in caplog.records):
+                    break
+            for _ in range(3):  # more of the same: said once
+                await asyncio.gather(*(bot.say("家访", user=u) for u in ("T001", "T002")))
+        assert [r.name for r in caplog.records if hint in r.getMessage()] == ["storage.db"]
     finally:
         db.close()
 
