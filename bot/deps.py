@@ -43,8 +43,8 @@ def build_deps(settings: Settings, clock: Clock | None = None) -> Deps:
 
 
 def open_database(settings: Settings) -> Database:
-    """The database of `settings`, with no server-side prepared statements behind a pooler."""
-    return Database(settings.database_url, prepared=settings.pg_pooler == "none")
+    """The database of `settings`, reached directly or through a pooler (HOMEVISIT_PG_POOLER)."""
+    return Database(settings.database_url, pooled=settings.pg_pooler == "pgbouncer")
 
 
 def cadence(settings: Settings, calendar: SchoolCalendar) -> Cadence:

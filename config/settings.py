@@ -112,8 +112,8 @@ class Settings:
     calendar_path: Path = DEFAULT_CALENDAR
     # The base of links the bot hands out (console sign-in); https makes console cookies Secure.
     public_url: str = "http://127.0.0.1:8080"
-    # `pgbouncer`: PostgreSQL is reached through a pooler in transaction mode (no server-side
-    # prepared statements); `none`: directly.
+    # `pgbouncer`: PostgreSQL is reached through a pooler in transaction mode (no session
+    # settings, no server-side prepared statements: see storage.db); `none`: directly.
     pg_pooler: str = "none"
     metrics_token: Secret | None = None  # GET /metrics is off without it
     log_format: str = "text"  # or `json`: one object per line

@@ -55,10 +55,7 @@ PG_KEEPALIVES = {
     "keepalives_count": 3,
     "tcp_user_timeout": 20000,
 }
-# SQLSTATEs of a prepared statement that is missing or already there: a pooler in transaction
-# mode gave the transaction another server connection than the one psycopg prepared it on.
-PREPARED_LOST = frozenset({"26000", "42P05"})
-# Guards on every transaction (set per transaction: see create_db_engine), in milliseconds.
+# Guards on every session, or every transaction behind a pooler (see create_db_engine), in ms.
 PG_TIMEOUTS = {"lock_timeout": "5000", "statement_timeout": "15000"}
 
 
@@ -77,10 +74,9 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_db_engine(url: str, *, pool_timeout: float = 5.0, prepared: bool = True) -> Engine:
-    """The engine for `url`. `prepared=False` turns psycopg's server-side prepared statements off:
-    a pooler in transaction mode (PgBouncer 1.18) hands each transaction to any server connection,
-    where a statement prepared on another one does not exist."""
+def create_db_engine(url: str, *, pool_timeout: float = 5.0, pooled: bool = False) -> Engine:
+    """The engine for `url`. `pooled`: PostgreSQL is reached through a pooler in transaction mode
+    (PgBouncer), which hands each transaction to any of its server connections (see below)."""
     sync_url = engine_url(url)
     if sync_url.startswith("sqlite"):
         database = make_url(sync_url).database
@@ -96,15 +92,22 @@ def create_db_engine(url: str, *, pool_timeout: float = 5.0, prepared: bool = Tr
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if sync_url.startswith("postgresql"):
-        # No startup `options`: a pooler refuses them (PgBouncer: "unsupported startup parameter")
-        # and would hand a session's settings to whoever gets its connection next. The URL's own
-        # `-c name=value` options (tests use `?options=-csearch_path%3D...`) and the timeouts are
-        # set at the start of every transaction instead.
         parsed = make_url(sync_url)
-        per_transaction = {**PG_TIMEOUTS, **url_options(str(parsed.query.get("options", "")))}
+        # A URL may carry its own libpq options (tests use `?options=-csearch_path%3D...`).
+        own = str(parsed.query.get("options", ""))
         connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, **PG_KEEPALIVES}
-        if not prepared:
+        if pooled:
+            # A pooler refuses startup `options` ("unsupported startup parameter") and would hand
+            # a session's settings to whoever gets its server connection next: the timeouts and
+            # the URL's `-c name=value` options are set at the start of every transaction. And
+            # no server-side prepared statements: the next transaction may run on a connection
+            # that lacks ours, or holds another client's under the same name.
+            per_transaction = {**PG_TIMEOUTS, **url_options(own)}
             connect_args["prepare_threshold"] = None
+        else:
+            # Directly, they are the session's own (no round trip per transaction).
+            timeouts = " ".join(f"-c {name}={value}" for name, value in PG_TIMEOUTS.items())
+            connect_args["options"] = " ".join(filter(None, [timeouts, own]))
         engine = create_engine(
             parsed.difference_update_query(["options"]),
             hide_parameters=True,  # never let student data into an exception message or a log
@@ -115,7 +118,8 @@ def create_db_engine(url: str, *, pool_timeout: float = 5.0, prepared: bool = Tr
             pool_pre_ping=True,
             connect_args=connect_args,
         )
-        event.listen(engine, "begin", _PgTransactionSettings(per_transaction))
+        if pooled:
+            event.listen(engine, "begin", _PgTransactionSettings(per_transaction))
         return engine
     raise ConfigError(f"DATABASE_URL: unsupported database {url.split(':', 1)[0]!r}")
 
@@ -208,6 +212,8 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
     """
     driver = getattr(exc, "orig", None) or exc
     first = (str(driver).strip().splitlines() or [""])[0][:200]
+    if "unsupported startup parameter" in first:
+        first += " (through a connection pooler? set HOMEVISIT_PG_POOLER=pgbouncer)"
     error = StorageUnavailable(f"{type(driver).__name__}: {first}" if first else type(exc).__name__)
     error.__cause__ = exc
     return error
@@ -440,10 +446,10 @@ class Database:
     fails is dropped and the next turn opens a new one.
     """
 
-    def __init__(self, url: str, *, pool_timeout: float = 5.0, prepared: bool = True) -> None:
+    def __init__(self, url: str, *, pool_timeout: float = 5.0, pooled: bool = False) -> None:
         self.url = url
-        self.prepared = prepared
-        self.engine = create_db_engine(url, pool_timeout=pool_timeout, prepared=prepared)
+        self.pooled = pooled
+        self.engine = create_db_engine(url, pool_timeout=pool_timeout, pooled=pooled)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: _SqliteWriter | None = None
         self._workers: _WorkerPool | None = None
@@ -451,7 +457,6 @@ class Database:
         self._opened: list[Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._hinted = False  # (see _hint_at_pooler)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -469,28 +474,12 @@ class Database:
         except OperationalError as exc:
             if not exc.connection_invalidated or job.abandoned:
                 raise _unavailable(exc) from exc
-        except DBAPIError as exc:
-            self._hint_at_pooler(exc)
-            raise
         # The thread's connection had died while idle (a restart, a failover): the turn was rolled
         # back with it, so run it once more on a fresh connection.
         try:
             return self._attempt(job)
         except (OperationalError, PoolTimeout) as exc:
             raise _unavailable(exc) from exc
-
-    def _hint_at_pooler(self, exc: DBAPIError) -> None:
-        """Say once what a lost prepared statement means: a pooler in transaction mode that
-        HOMEVISIT_PG_POOLER did not announce. (Not handled by turning prepared statements off
-        then: by that time a statement another client prepared under the same name may have
-        run in place of ours, so only the setting, given before the start, is safe.)"""
-        lost = getattr(exc.orig, "sqlstate", None) in PREPARED_LOST
-        if lost and self.prepared and not self._hinted:
-            self._hinted = True
-            log.error(
-                "a prepared statement is missing or already there: PostgreSQL is reached "
-                "through a pooler in transaction mode; set HOMEVISIT_PG_POOLER=pgbouncer"
-            )
 
     def _attempt(self, job: _Job) -> Any:
         conn: Connection | None = getattr(self._local, "conn", None)

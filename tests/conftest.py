@@ -112,13 +112,13 @@ def _stop_pgbouncer() -> Iterator[None]:
 
 
 def pooled(url: str) -> bool:
-    """Whether `url` goes through the test PgBouncer (no server-side prepared statements)."""
+    """Whether `url` goes through the test PgBouncer (then HOMEVISIT_PG_POOLER=pgbouncer)."""
     return url in _pooled_urls
 
 
 def open_db(url: str, **kwargs: Any) -> Database:
     """A Database on a test URL, configured as HOMEVISIT_PG_POOLER would configure it."""
-    return Database(url, prepared=not pooled(url), **kwargs)
+    return Database(url, pooled=pooled(url), **kwargs)
 
 
 def make_db_url(backend: str, tmp_path: Path, bouncer: PgBouncer | None = None) -> Iterator[str]:

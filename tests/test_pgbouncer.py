@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import psycopg
@@ -24,10 +24,9 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 
 from bot.app import build_dispatcher
-from bot.core.errors import ConfigError
+from bot.core.errors import ConfigError, StorageUnavailable
 from bot.deps import Deps
 from config.forms import load_form
-from config.settings import load_settings
 from handlers import texts
 from storage.db import Database, url_options
 from storage.demo import load_demo
@@ -37,7 +36,6 @@ from tests.conftest import PG_URL, ChatDriver, FakeClock, make_db_url, make_sett
 from tests.pgbouncer import POOL_SIZE, PgBouncer, pgbouncer_binary
 from tests.procs import BotServer, bot_env, run_bot
 
-FORM = load_settings({}, env_file=None).form_path
 API_TOKEN = "pgbouncer-test-token-0123456789abcdef"
 METRICS_TOKEN = "pgbouncer-test-metrics-0123456789"
 LIST_REPLY = "最需要先访的在前"  # in every teacher's 家访 list
@@ -62,7 +60,7 @@ def url(tmp_path: Path, bouncer: PgBouncer) -> Iterator[str]:
 
 
 def demo_db(url: str, clock: FakeClock) -> Database:
-    db = Database(url, prepared=False)
+    db = Database(url, pooled=True)
     metadata.create_all(db.engine)
     with db.begin() as conn:
         load_demo(conn, now=clock.now())
@@ -145,30 +143,25 @@ async def test_concurrent_turns_through_the_pooler_use_no_prepared_statements(
         db.close()
 
 
-async def test_a_pooler_nobody_announced_is_named_in_the_log(
-    url: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+async def test_a_pooler_nobody_announced_refuses_the_connection_naming_the_setting(
+    url: str, tmp_path: Path
 ) -> None:
-    """Without HOMEVISIT_PG_POOLER, psycopg's prepared statements meet other clients' on the
-    pooled server connections; the operator is told, once, what to set."""
+    """Without HOMEVISIT_PG_POOLER the startup options go out as for a direct connection, and
+    PgBouncer refuses them: at once, before any prepared statement could meet another client's."""
     db = Database(url)
-    metadata.create_all(db.engine)
-    with db.begin() as conn:
-        load_demo(conn, now=clock.now())
-    bot = ChatDriver(build_dispatcher(make_settings(url), Deps(db, load_form(FORM), clock)))
-    hint = "set HOMEVISIT_PG_POOLER=pgbouncer"
     try:
-        with caplog.at_level(logging.ERROR):
-            for _ in range(30):
-                await asyncio.gather(
-                    *(bot.say("家访", user=u) for u in ("T001", "T002") for _ in range(10))
-                )
-                if any(hint in r.getMessage() for r in caplog.records):
-                    break
-            for _ in range(3):  # more of the same: said once
-                await asyncio.gather(*(bot.say("家访", user=u) for u in ("T001", "T002")))
-        assert [r.name for r in caplog.records if hint in r.getMessage()] == ["storage.db"]
+        with pytest.raises(StorageUnavailable, match="set HOMEVISIT_PG_POOLER=pgbouncer"):
+            await db.run(lambda conn: conn.execute(text("SELECT 1")).scalar())
     finally:
         db.close()
+    result = await run_bot(bot_env(DATABASE_URL=url), tmp_path, "db", "upgrade")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "homevisit: the database does not answer (OperationalError: connection failed: "
+        f'connection to server at "127.0.0.1", port {urlsplit(url).port} failed: FATAL:  '
+        "unsupported startup parameter: options (through a connection pooler? set "
+        "HOMEVISIT_PG_POOLER=pgbouncer))"
+    ]
 
 
 # ---------------------------------------------------------------- migrations and the CLI
@@ -183,7 +176,7 @@ async def test_two_instances_migrate_through_the_pooler_one_after_the_other(
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "database is up to date"
         assert result.stderr == ""
-    db = Database(url, prepared=False)
+    db = Database(url, pooled=True)
     try:
         with db.begin() as conn:
             assert conn.execute(
@@ -197,13 +190,15 @@ async def test_cli_failures_through_the_pooler_are_one_line(
     url: str, bouncer: PgBouncer, tmp_path: Path
 ) -> None:
     bad_options = url.replace("options=", "options=-x%20", 1)
-    result = await run_bot(bot_env(DATABASE_URL=bad_options), tmp_path, "db", "upgrade")
+    env = bot_env(DATABASE_URL=bad_options, HOMEVISIT_PG_POOLER="pgbouncer")
+    result = await run_bot(env, tmp_path, "db", "upgrade")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "homevisit: configuration error: DATABASE_URL: options must be -c name=value settings"
     ]
     bouncer.stop()  # the pooler is down
-    result = await run_bot(bot_env(DATABASE_URL=url), tmp_path, "db", "upgrade")
+    env = bot_env(DATABASE_URL=url, HOMEVISIT_PG_POOLER="pgbouncer")
+    result = await run_bot(env, tmp_path, "db", "upgrade")
     assert result.returncode == 1
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith("homevisit: the database does not answer")
