@@ -85,6 +85,13 @@ def require_pg() -> None:
         pytest.skip(f"PostgreSQL at {PG_URL} does not answer")
 
 
+def require_pgbouncer() -> None:
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("pgbouncer is not installed (CI=true: this is a failure)")
+        pytest.skip("pgbouncer is not installed (python tests/ensure_tools.py)")
+
+
 _bouncer: dict[str, PgBouncer] = {}
 _pooled_urls: set[str] = set()
 
@@ -92,10 +99,7 @@ _pooled_urls: set[str] = set()
 def run_pgbouncer() -> PgBouncer:
     """The run's private PgBouncer (started on first use)."""
     if "it" not in _bouncer:
-        if pgbouncer_binary() is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("pgbouncer is not installed (CI=true: this is a failure)")
-            pytest.skip("pgbouncer is not installed (python tests/ensure_tools.py)")
+        require_pgbouncer()
         bouncer = PgBouncer(PG_URL, Path(tempfile.mkdtemp(prefix="homevisit-pgbouncer-")))
         bouncer.start()
         _bouncer["it"] = bouncer

@@ -1,10 +1,12 @@
 """Issue 18 item 3: homevisit on PostgreSQL through PgBouncer 1.18 in transaction pooling mode.
 
 A private pgbouncer (tests/pgbouncer.py) with five server connections in front of the test
-PostgreSQL: settings are per transaction (nothing leaks to the next client of a server
-connection), migrations of two instances take turns, a real `serve` process answers through it,
-and a pgbouncer restarted under load gives "please try again" and then works again without a
-restart of homevisit. (The store contract and the conversation also run on it: see conftest.)
+PostgreSQL: with HOMEVISIT_PG_POOLER=pgbouncer settings are per transaction (nothing leaks to
+the next client of a server connection) and no statement is prepared on the server; without it the
+connection is refused naming the setting; migrations of two instances take turns, a real `serve`
+process answers through it, and a pgbouncer restarted under load gives "please try again" and then
+works again without a restart of homevisit. (The store contract and the conversation also run on
+it: see conftest.)
 """
 
 from __future__ import annotations
@@ -32,8 +34,16 @@ from storage.db import Database, url_options
 from storage.demo import load_demo
 from storage.migrate import MIGRATIONS
 from storage.schema import metadata, visits
-from tests.conftest import PG_URL, ChatDriver, FakeClock, make_db_url, make_settings, require_pg
-from tests.pgbouncer import POOL_SIZE, PgBouncer, pgbouncer_binary
+from tests.conftest import (
+    PG_URL,
+    ChatDriver,
+    FakeClock,
+    make_db_url,
+    make_settings,
+    require_pg,
+    require_pgbouncer,
+)
+from tests.pgbouncer import POOL_SIZE, PgBouncer
 from tests.procs import BotServer, bot_env, run_bot
 
 API_TOKEN = "pgbouncer-test-token-0123456789abcdef"
@@ -45,8 +55,7 @@ LIST_REPLY = "最需要先访的在前"  # in every teacher's 家访 list
 def bouncer(tmp_path: Path) -> Iterator[PgBouncer]:
     """A pgbouncer of this test's own (the restart test restarts it)."""
     require_pg()
-    if pgbouncer_binary() is None:
-        pytest.skip("pgbouncer is not installed (python tests/ensure_tools.py)")
+    require_pgbouncer()
     own = PgBouncer(PG_URL, tmp_path)
     own.start()
     yield own
