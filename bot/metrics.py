@@ -63,8 +63,8 @@ class Metrics:
         )
         self.delivery_failures = Counter(
             "homevisit_delivery_failures",
-            "Failed delivery attempts of outbox rows, by channel and error",
-            ["channel", "error", "permanent"],
+            "Failed delivery attempts by channel and error (final: the row is given up for good)",
+            ["channel", "error", "final"],
             registry=registry,
         )
         self.database_up = Gauge(
@@ -85,9 +85,9 @@ class Metrics:
         self.messages.labels(channel, outcome).inc()
         self.turn_seconds.labels(channel).observe(perf_counter() - started)
 
-    def delivery_failed(self, channel: str, reason: str, *, permanent: bool) -> None:
+    def delivery_failed(self, channel: str, reason: str, *, final: bool) -> None:
         error = reason[:MAX_REASON]
-        self.delivery_failures.labels(channel, error, "yes" if permanent else "no").inc()
+        self.delivery_failures.labels(channel, error, "yes" if final else "no").inc()
 
     def job(self, job: str, outcome: str, started: float) -> None:
         self.job_seconds.labels(job, outcome).observe(perf_counter() - started)

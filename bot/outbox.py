@@ -86,7 +86,7 @@ class OutboxDelivery:
         now = self.clock.now()
         final = exc.permanent or now - item.created_at > GIVE_UP_AFTER
         if self.metrics is not None:
-            self.metrics.delivery_failed(item.channel, exc.reason, permanent=final)
+            self.metrics.delivery_failed(item.channel, exc.reason, final=final)
         if final:
             log.warning("outbox_id=%s kind=%s failed for good: %s", item.id, item.kind, exc.reason)
             await self.outbox.mark_failed(item.id, exc.reason)

@@ -141,7 +141,7 @@ async def test_outbox_depth_delivery_failures_and_job_durations(
     assert got[pending_ding] == 1
     assert got[("homevisit_outbox_oldest_due_seconds", ())] == 0
     error = "channel 'wecom' is not configured"
-    key = (("channel", "wecom"), ("error", error), ("permanent", "yes"))
+    key = (("channel", "wecom"), ("error", error), ("final", "yes"))
     assert got[("homevisit_delivery_failures_total", key)] == 3
     assert got[("homevisit_job_seconds_count", (("job", "remind"), ("outcome", "done")))] == 1
     assert "wecom-user" not in text and "ding-user" not in text
