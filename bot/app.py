@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot import console
+from bot import console, metrics
 from bot.channels import api, dingtalk, feishu, wecom
 from bot.channels.wecom import WECOM_API
 from bot.core.channels import DINGTALK, FEISHU, WECOM
@@ -25,6 +25,7 @@ from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence
 from bot.dispatcher import Dispatcher
 from bot.jobs import PERSON_CHANNELS, Jobs
+from bot.metrics import METRICS, Metrics, OutboxDepth
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
 from bot.web import DELIVERY, DISPATCHER, SERVING, SETTINGS, error_middleware, json_response
@@ -32,6 +33,7 @@ from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
+from storage import outbox
 from storage.console import SqlConsole
 from storage.store import SqlTurns
 
@@ -40,12 +42,19 @@ DEPS = web.AppKey("deps", Deps)
 JOBS = web.AppKey("jobs", Jobs)
 
 
-def build_dispatcher(settings: Settings, deps: Deps) -> Dispatcher:
-    return conversation_over(SqlTurns(deps.db), settings, deps.form, deps.clock, deps.calendar)
+def build_dispatcher(settings: Settings, deps: Deps, metrics: Metrics | None = None) -> Dispatcher:
+    return conversation_over(
+        SqlTurns(deps.db), settings, deps.form, deps.clock, deps.calendar, metrics
+    )
 
 
 def conversation_over(
-    turns: Turns, settings: Settings, form: Form, clock: Clock, calendar: SchoolCalendar
+    turns: Turns,
+    settings: Settings,
+    form: Form,
+    clock: Clock,
+    calendar: SchoolCalendar,
+    metrics: Metrics | None = None,
 ) -> Dispatcher:
     """The check-in conversation on any store (tests run it on the memory store too)."""
     configured = {
@@ -62,7 +71,7 @@ def conversation_over(
         form, settings.tz, cadence(settings, calendar), alerts, settings.public_url
     )
     engine = Engine(conversation, clock, settings.session_ttl)
-    return Dispatcher(turns, engine)
+    return Dispatcher(turns, engine, metrics)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -119,8 +128,20 @@ async def _deliver_outbox(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+def install_metrics(app: web.Application, settings: Settings, deps: Deps) -> None:
+    """`GET /metrics` when HOMEVISIT_METRICS_TOKEN is set (the route does not exist otherwise)."""
+    if settings.metrics_token is None:
+        return
+
+    async def read_outbox() -> OutboxDepth:
+        now = deps.clock.now()
+        return await deps.db.run(lambda conn: outbox.depth(conn, now), deadline=5)
+
+    metrics.install(app, settings.metrics_token.value, read_outbox)
+
+
 async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
-    scheduler = JobScheduler(app[JOBS], app[DEPS].clock)
+    scheduler = JobScheduler(app[JOBS], app[DEPS].clock, app[METRICS])
     scheduler.start()
     catch_up = asyncio.create_task(scheduler.catch_up(), name="missed-jobs")
     yield
@@ -143,8 +164,10 @@ def create_app(
     app[SERVING] = serving
     app[SETTINGS] = settings
     app[DEPS] = deps
-    app[DISPATCHER] = build_dispatcher(settings, deps)
+    app[METRICS] = Metrics()
+    app[DISPATCHER] = build_dispatcher(settings, deps, app[METRICS])
     app.router.add_get("/healthz", healthz)
+    install_metrics(app, settings, deps)
     senders = install_channels(app, settings, deps)
     install_console(app, settings, deps, list(senders))
     app[DELIVERY] = OutboxDelivery(
@@ -152,6 +175,7 @@ def create_app(
         senders,
         deps.clock,
         quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),
+        metrics=app[METRICS],
     )
     app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY])
     if serving:

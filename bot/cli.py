@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from bot.core.errors import ConfigError, HomevisitError, RosterError, StorageUnavailable
+from bot.logsafe import configure_logging
 from config.settings import Settings, load_settings
 
 log = logging.getLogger("homevisit")
@@ -81,13 +82,11 @@ def _parse_time(text: str) -> datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.command == "serve" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # (its plugins announce themselves)
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    configure_logging(level)  # text until the settings say otherwise
     try:
         settings = load_settings()
+        configure_logging(level, settings.log_format)
         return _run(args, settings)
     except ConfigError as exc:
         for problem in exc.problems:

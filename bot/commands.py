@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -13,12 +14,13 @@ from aiohttp import web
 from bot.app import JOBS, build_dispatcher, create_app
 from bot.channels import console
 from bot.core.errors import HomevisitError
-from bot.deps import Deps, SystemClock, build_deps
+from bot.deps import Deps, SystemClock, build_deps, open_database
 from bot.dispatcher import Dispatcher
 from bot.jobs import JobReport
 from bot.web import DELIVERY
 from config.settings import Settings
-from storage.db import Database
+
+log = logging.getLogger("homevisit")
 
 
 def _open(settings: Settings) -> Deps:
@@ -47,7 +49,8 @@ def serve(settings: Settings, host: str, port: int) -> int:
             host=host,
             port=port,
             access_log=None,
-            print=lambda text: print(text, file=sys.stderr),
+            # (aiohttp's "Running on ..." as a log line: JSON too under HOMEVISIT_LOG_FORMAT=json)
+            print=lambda text: log.info("%s", text.strip("= \n")),
             loop=_server_loop(),
         )
     finally:
@@ -92,7 +95,7 @@ async def _chat(dispatcher: Dispatcher, staff_no: str) -> None:
 def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> int:
     from storage.roster import import_files
 
-    db = Database(settings.database_url)
+    db = open_database(settings)
     try:
         db.upgrade()
         report = import_files(db, files, now=SystemClock().now(), dry_run=dry_run)
@@ -155,7 +158,7 @@ def console_link(settings: Settings, staff_no: str) -> int:
     from bot.core.signin import TOKEN_TTL, login_url
     from storage.console import issue_console_token
 
-    db = Database(settings.database_url)
+    db = open_database(settings)
     try:
         db.upgrade()
         with db.begin() as conn:
@@ -169,7 +172,7 @@ def console_link(settings: Settings, staff_no: str) -> int:
 
 
 def db_upgrade(settings: Settings) -> int:
-    db = Database(settings.database_url)
+    db = open_database(settings)
     try:
         db.upgrade()
     finally:

@@ -39,7 +39,12 @@ def build_deps(settings: Settings, clock: Clock | None = None) -> Deps:
     """Load the form and the calendar (failing fast on a broken file) and open the database."""
     form = load_form(settings.form_path)
     calendar = load_calendar(settings.calendar_path)
-    return Deps(Database(settings.database_url), form, clock or SystemClock(), calendar)
+    return Deps(open_database(settings), form, clock or SystemClock(), calendar)
+
+
+def open_database(settings: Settings) -> Database:
+    """The database of `settings`, reached directly or through a pooler (HOMEVISIT_PG_POOLER)."""
+    return Database(settings.database_url, pooled=settings.pg_pooler == "pgbouncer")
 
 
 def cadence(settings: Settings, calendar: SchoolCalendar) -> Cadence:

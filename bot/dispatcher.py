@@ -10,6 +10,7 @@ runner then runs the turn once more: see `bot.core.ports.Turns`).
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 
 from bot.core.engine import Engine
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage, StorageUnavailable
@@ -17,6 +18,7 @@ from bot.core.ports import Turns
 from bot.core.types import InboundMessage
 from bot.locks import KeyedLocks
 from bot.logsafe import log_failure
+from bot.metrics import Metrics
 from handlers import texts
 
 log = logging.getLogger(__name__)
@@ -27,29 +29,36 @@ TURN_DEADLINE = 5.0
 
 
 class Dispatcher:
-    def __init__(self, turns: Turns, engine: Engine) -> None:
+    def __init__(self, turns: Turns, engine: Engine, metrics: Metrics | None = None) -> None:
         self.turns = turns
         self.engine = engine
+        self.metrics = metrics
         self._locks = KeyedLocks()
 
     async def handle(self, message: InboundMessage) -> list[str]:
         """The replies to `message`. Never raises: failures become an apology."""
+        started = perf_counter()
         async with self._locks.hold(message.key):
-            return await self._process(message)
+            replies, outcome = await self._process(message)
+        if self.metrics is not None:
+            self.metrics.turn(message.channel, outcome, started)
+        return replies
 
-    async def _process(self, message: InboundMessage) -> list[str]:
+    async def _process(self, message: InboundMessage) -> tuple[list[str], str]:
+        """The replies, and the outcome the metrics count them under."""
         try:
-            return await self.turns.run(
+            replies = await self.turns.run(
                 lambda store: self.engine.process(store, message), deadline=TURN_DEADLINE
             )
+            return replies, "answered"
         except DuplicateMessage as dup:
-            return await self._earlier_replies(dup)
+            return await self._earlier_replies(dup), "duplicate"
         except ConcurrentUpdate:
             log.error("conversation changed concurrently twice channel=%s", message.channel)
-            return [texts.APOLOGY]
+            return [texts.APOLOGY], "conflict"
         except StorageUnavailable as exc:
             log.warning("database unavailable (%s) channel=%s", exc, message.channel)
-            return [texts.UNAVAILABLE]
+            return [texts.UNAVAILABLE], "unavailable"
         except Exception as exc:
             # Neither the message text nor the error's own message: both may hold a student's
             # details. The client's message id, escaped (%r): it may carry newlines or NUL.
@@ -60,7 +69,7 @@ class Dispatcher:
                 (message.message_id or "")[:64],
                 exc=exc,
             )
-            return [texts.APOLOGY]
+            return [texts.APOLOGY], "error"
 
     async def _earlier_replies(self, dup: DuplicateMessage) -> list[str]:
         """What the first delivery of a retried message was answered."""

@@ -17,6 +17,7 @@ from bot.core.errors import SendError, StorageUnavailable
 from bot.core.ports import Clock, KeyedSender, Outbox, Sender
 from bot.core.types import OutboxItem
 from bot.logsafe import log_failure
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,14 @@ class OutboxDelivery:
         *,
         poll_seconds: float = 5.0,
         quiet: Callable[[datetime], datetime | None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
         self.senders = senders
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.quiet = quiet  # when a moment is in quiet hours, when they end
+        self.metrics = metrics
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -85,7 +88,10 @@ class OutboxDelivery:
 
     async def _failed(self, item: OutboxItem, exc: SendError) -> None:
         now = self.clock.now()
-        if exc.permanent or now - item.created_at > GIVE_UP_AFTER:
+        final = exc.permanent or now - item.created_at > GIVE_UP_AFTER
+        if self.metrics is not None:
+            self.metrics.delivery_failed(item.channel, exc.reason, final=final)
+        if final:
             log.warning("outbox_id=%s kind=%s failed for good: %s", item.id, item.kind, exc.reason)
             await self.outbox.mark_failed(item.id, exc.reason)
             return

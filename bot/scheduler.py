@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, tzinfo
+from time import perf_counter
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -21,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from bot.core.ports import Clock
 from bot.jobs import DIGEST, REMIND, Jobs
 from bot.logsafe import log_failure
+from bot.metrics import Metrics
 from config.cron import crontab_trigger
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,10 @@ def first_fire_on(trigger: BaseTrigger, day_start: datetime) -> datetime | None:
 
 
 class JobScheduler:
-    def __init__(self, jobs: Jobs, clock: Clock) -> None:
+    def __init__(self, jobs: Jobs, clock: Clock, metrics: Metrics | None = None) -> None:
         self.jobs = jobs
         self.clock = clock
+        self.metrics = metrics
         settings = jobs.settings
         self.tz = settings.tz
         self.triggers = {
@@ -58,16 +61,28 @@ class JobScheduler:
 
     async def run_job(self, job: str) -> None:
         """Run one job now; failures are logged, never raised (the scheduler must go on)."""
+        started, outcome = perf_counter(), "failed"
         try:
-            await self.jobs.run(job, self.clock.now())
+            report = await self.jobs.run(job, self.clock.now())
+            outcome = "skipped" if report.skipped else "done"
         except Exception as exc:
             log_failure(log, "scheduled job %s failed", job, exc=exc)
+        finally:
+            self._measure(job, outcome, started)
 
     async def housekeep(self) -> None:
+        started, outcome = perf_counter(), "failed"
         try:
             await self.jobs.housekeep()
+            outcome = "done"
         except Exception as exc:
             log_failure(log, "housekeeping failed", exc=exc)
+        finally:
+            self._measure("housekeeping", outcome, started)
+
+    def _measure(self, job: str, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.job(job, outcome, started)
 
     async def catch_up(self) -> list[str]:
         """Run, once, each job whose time today has passed with no run recorded for today."""

@@ -125,6 +125,11 @@ class Settings:
     calendar_path: Path = DEFAULT_CALENDAR
     # The base of links the bot hands out (console sign-in); https makes console cookies Secure.
     public_url: str = "http://127.0.0.1:8080"
+    # `pgbouncer`: PostgreSQL is reached through a pooler in transaction mode (no session
+    # settings, no server-side prepared statements: see storage.db); `none`: directly.
+    pg_pooler: str = "none"
+    metrics_token: Secret | None = None  # GET /metrics is off without it
+    log_format: str = "text"  # or `json`: one object per line
 
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
@@ -137,6 +142,8 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 # conversation that waits up to a year for the teacher to come back.
 MAX_DAYS = 366
 MAX_SESSION_TTL_HOURS = 24 * 366
+POOLERS = ("none", "pgbouncer")
+LOG_FORMATS = ("text", "json")
 _QUIET = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
@@ -217,6 +224,16 @@ class _Parser:
             kwargs["form_path"] = path
         if "HOMEVISIT_PUBLIC_URL" in env:
             kwargs["public_url"] = self.public_url(env["HOMEVISIT_PUBLIC_URL"])
+        for var, key, allowed in (
+            ("HOMEVISIT_PG_POOLER", "pg_pooler", POOLERS),
+            ("HOMEVISIT_LOG_FORMAT", "log_format", LOG_FORMATS),
+        ):
+            if var in env:
+                kwargs[key] = self.choice(var, allowed)
+        if "HOMEVISIT_METRICS_TOKEN" in env:
+            if len(env["HOMEVISIT_METRICS_TOKEN"]) < 16:
+                self.problem("HOMEVISIT_METRICS_TOKEN", "must be at least 16 characters")
+            kwargs["metrics_token"] = Secret(env["HOMEVISIT_METRICS_TOKEN"])
         if self.problems:
             raise ConfigError(self.problems)
         return Settings(**kwargs)  # type: ignore[arg-type]
@@ -230,6 +247,12 @@ class _Parser:
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
             self.problem("HOMEVISIT_PUBLIC_URL", "must be an http:// or https:// base URL")
         return url.rstrip("/")
+
+    def choice(self, var: str, allowed: tuple[str, ...]) -> str:
+        value = self.env[var].lower()
+        if value not in allowed:
+            self.problem(var, f"must be one of {', '.join(allowed)}, got {self.env[var]!r}")
+        return value
 
     def whole_number(self, var: str, high: int = MAX_DAYS, low: int = 1) -> int | None:
         """A whole number from `low` to `high` (ASCII digits only: `²` is a digit to Python)."""

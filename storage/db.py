@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import sqlite3
 import threading
@@ -26,7 +27,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bot.core.errors import ConfigError, StorageUnavailable
@@ -54,6 +55,8 @@ PG_KEEPALIVES = {
     "keepalives_count": 3,
     "tcp_user_timeout": 20000,
 }
+# Guards on every session, or every transaction behind a pooler (see create_db_engine), in ms.
+PG_TIMEOUTS = {"lock_timeout": "5000", "statement_timeout": "15000"}
 
 
 def engine_url(url: str) -> str:
@@ -71,7 +74,9 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_db_engine(url: str, *, pool_timeout: float = 5.0) -> Engine:
+def create_db_engine(url: str, *, pool_timeout: float = 5.0, pooled: bool = False) -> Engine:
+    """The engine for `url`. `pooled`: PostgreSQL is reached through a pooler in transaction mode
+    (PgBouncer), which hands each transaction to any of its server connections (see below)."""
     sync_url = engine_url(url)
     if sync_url.startswith("sqlite"):
         database = make_url(sync_url).database
@@ -87,18 +92,23 @@ def create_db_engine(url: str, *, pool_timeout: float = 5.0) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     if sync_url.startswith("postgresql"):
-        # A URL may carry its own libpq options (tests use `?options=-csearch_path%3D...`).
         parsed = make_url(sync_url)
-        options = " ".join(
-            filter(
-                None,
-                [
-                    str(parsed.query.get("options", "")),
-                    "-c lock_timeout=5000 -c statement_timeout=15000",
-                ],
-            )
-        )
-        return create_engine(
+        # A URL may carry its own libpq options (tests use `?options=-csearch_path%3D...`).
+        own = str(parsed.query.get("options", ""))
+        connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT, **PG_KEEPALIVES}
+        if pooled:
+            # A pooler refuses startup `options` ("unsupported startup parameter") and would hand
+            # a session's settings to whoever gets its server connection next: the timeouts and
+            # the URL's `-c name=value` options are set at the start of every transaction. And
+            # no server-side prepared statements: the next transaction may run on a connection
+            # that lacks ours, or holds another client's under the same name.
+            per_transaction = {**PG_TIMEOUTS, **url_options(own)}
+            connect_args["prepare_threshold"] = None
+        else:
+            # Directly, they are the session's own (no round trip per transaction).
+            timeouts = " ".join(f"-c {name}={value}" for name, value in PG_TIMEOUTS.items())
+            connect_args["options"] = " ".join(filter(None, [timeouts, own]))
+        engine = create_engine(
             parsed.difference_update_query(["options"]),
             hide_parameters=True,  # never let student data into an exception message or a log
             json_serializer=_json_dumps,
@@ -106,9 +116,67 @@ def create_db_engine(url: str, *, pool_timeout: float = 5.0) -> Engine:
             max_overflow=0,
             pool_timeout=pool_timeout,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": CONNECT_TIMEOUT, "options": options, **PG_KEEPALIVES},
+            connect_args=connect_args,
         )
+        if pooled:
+            event.listen(engine, "begin", _PgTransactionSettings(per_transaction))
+        return engine
     raise ConfigError(f"DATABASE_URL: unsupported database {url.split(':', 1)[0]!r}")
+
+
+def url_options(options: str) -> dict[str, str]:
+    """The `-c name=value` settings of a libpq `options` string (`--name=value` too)."""
+    settings: dict[str, str] = {}
+    words = options.split()
+    while words:
+        word = words.pop(0)
+        if word == "-c" and words:
+            word = words.pop(0)
+        elif word.startswith("-c"):
+            word = word[2:]
+        elif word.startswith("--"):
+            word = word[2:].replace("-", "_")
+        else:
+            word = ""
+        name, sep, value = word.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name) or "\\" in value:
+            raise ConfigError(["DATABASE_URL: options must be -c name=value settings"])
+        settings[name] = value
+    return settings
+
+
+class _PgTransactionSettings:
+    """Sets session settings for one transaction (`set_config(..., true)`, i.e. SET LOCAL) as it
+    begins: in one statement, on the transaction's own server connection, gone at its end."""
+
+    def __init__(self, settings: dict[str, str]) -> None:
+        self.sql = "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(settings))
+        self.params = tuple(x for pair in settings.items() for x in pair)
+
+    def __call__(self, conn: Connection) -> None:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        dbapi = conn.dialect.loaded_dbapi
+        try:
+            raw.execute(self.sql, self.params)
+        except dbapi.Error as exc:
+            # (the driver's own error, which SQLAlchemy does not wrap here: wrap it as it would,
+            # so a lost connection is dropped and the turn retried like any other)
+            lost = conn.dialect.is_disconnect(exc, raw, None)
+            if lost:
+                conn.connection.invalidate(exc)
+            else:  # no transaction object exists yet to roll the failed one back: do it here
+                with contextlib.suppress(dbapi.Error):
+                    raw.rollback()
+            raise DBAPIError.instance(
+                self.sql,
+                self.params,
+                exc,
+                dbapi.Error,
+                hide_parameters=True,
+                connection_invalidated=lost,
+                dialect=conn.dialect,
+            ) from exc
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -144,6 +212,8 @@ def _unavailable(exc: BaseException) -> StorageUnavailable:
     """
     driver = getattr(exc, "orig", None) or exc
     first = (str(driver).strip().splitlines() or [""])[0][:200]
+    if "unsupported startup parameter" in first:
+        first += " (through a connection pooler? set HOMEVISIT_PG_POOLER=pgbouncer)"
     error = StorageUnavailable(f"{type(driver).__name__}: {first}" if first else type(exc).__name__)
     error.__cause__ = exc
     return error
@@ -376,9 +446,10 @@ class Database:
     fails is dropped and the next turn opens a new one.
     """
 
-    def __init__(self, url: str, *, pool_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, pool_timeout: float = 5.0, pooled: bool = False) -> None:
         self.url = url
-        self.engine = create_db_engine(url, pool_timeout=pool_timeout)
+        self.pooled = pooled
+        self.engine = create_db_engine(url, pool_timeout=pool_timeout, pooled=pooled)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._writer: _SqliteWriter | None = None
         self._workers: _WorkerPool | None = None

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Several instances may start at once on one PostgreSQL: they take turns migrating.
@@ -22,13 +22,21 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    if engine.dialect.name != "postgresql":
-        command.upgrade(alembic_config(engine), revision)  # SQLite: BEGIN IMMEDIATE serialises
+    # SQLite: BEGIN IMMEDIATE serialises; PostgreSQL: see take_migration_lock (env.py calls it).
+    command.upgrade(alembic_config(engine), revision)
+
+
+def take_migration_lock(conn: Connection) -> None:
+    """Inside the migrations' transaction, before alembic reads the current revision: wait for
+    any other instance's migration to commit (a transaction-level lock, so it holds through a
+    pooler in transaction mode too, and is released by the commit or the rollback). A migration
+    may take minutes on a province's tables: no statement timeout, and a minute to get a lock."""
+    if conn.dialect.name != "postgresql":
         return
-    with engine.connect() as lock:
-        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_MIGRATION_LOCK})
-        try:
-            command.upgrade(alembic_config(engine), revision)
-        finally:
-            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_MIGRATION_LOCK})
-            lock.commit()
+    conn.execute(
+        text(
+            "SELECT set_config('statement_timeout', '0', true),"
+            " set_config('lock_timeout', '60000', true)"
+        )
+    )
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})

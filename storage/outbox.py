@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -258,3 +258,21 @@ def withdraw(conn: Connection, key_prefix: str) -> int:
             outbox.c.attempts == 0,
         )
     ).rowcount
+
+
+def depth(conn: Connection, now: datetime) -> tuple[list[tuple[str, str, int]], float | None]:
+    """Rows waiting or given up, by status and channel, and how long (in seconds) the oldest due
+    pending row has been due: what an operator watches. Sent rows are not counted (a province
+    keeps millions of them); both queries run on the `ix_outbox_due` index."""
+    rows = conn.execute(
+        select(outbox.c.status, outbox.c.channel, func.count())
+        .where(outbox.c.status.in_([PENDING, FAILED]))
+        .group_by(outbox.c.status, outbox.c.channel)
+    ).all()
+    oldest = conn.execute(
+        select(func.min(outbox.c.next_attempt_at)).where(
+            outbox.c.status == PENDING, outbox.c.next_attempt_at <= now
+        )
+    ).scalar()
+    age = (now - oldest).total_seconds() if oldest is not None else None
+    return [(status, channel, int(count)) for status, channel, count in rows], age

@@ -3,11 +3,18 @@
 PostgreSQL is the server this machine type starts (127.0.0.1:5432, trust auth, database `test`);
 each test gets a schema of its own. Set HOMEVISIT_TEST_PG to point elsewhere. Under CI=true a
 PostgreSQL that does not answer fails the run instead of skipping.
+
+The `pgbouncer` backend is the same PostgreSQL through a private PgBouncer in transaction mode
+(tests/pgbouncer.py), started on first use and stopped at the end of the run; the store contract,
+the conversation and a `serve` test always run on it too, and HOMEVISIT_TEST_PGBOUNCER=1 adds it
+to every test parametrised over `db_url`. Under CI=true a missing pgbouncer is a failure.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -29,9 +36,13 @@ from storage.db import Database
 from storage.demo import demo_roster, load_demo
 from storage.memory import MemoryStore, MemoryTurns
 from storage.schema import metadata
+from tests.pgbouncer import PgBouncer, pgbouncer_binary
 
 PG_URL = os.environ.get("HOMEVISIT_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
-BACKENDS = ["sqlite", "postgresql"]
+PGBOUNCER_EVERYWHERE = os.environ.get("HOMEVISIT_TEST_PGBOUNCER") == "1"
+BACKENDS = ["sqlite", "postgresql", *(["pgbouncer"] if PGBOUNCER_EVERYWHERE else [])]
+# the backends of the tests that always run through the pooler too
+POOLED_BACKENDS = [*BACKENDS, *([] if PGBOUNCER_EVERYWHERE else ["pgbouncer"])]
 
 
 class FakeClock:
@@ -74,18 +85,67 @@ def require_pg() -> None:
         pytest.skip(f"PostgreSQL at {PG_URL} does not answer")
 
 
-def make_db_url(backend: str, tmp_path: Path) -> Iterator[str]:
+def require_pgbouncer() -> None:
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("pgbouncer is not installed (CI=true: this is a failure)")
+        pytest.skip("pgbouncer is not installed (python tests/ensure_tools.py)")
+
+
+_bouncer: dict[str, PgBouncer] = {}
+_pooled_urls: set[str] = set()
+
+
+def run_pgbouncer() -> PgBouncer:
+    """The run's private PgBouncer (started on first use)."""
+    if "it" not in _bouncer:
+        require_pgbouncer()
+        bouncer = PgBouncer(PG_URL, Path(tempfile.mkdtemp(prefix="homevisit-pgbouncer-")))
+        bouncer.start()
+        _bouncer["it"] = bouncer
+    return _bouncer["it"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_pgbouncer() -> Iterator[None]:
+    yield
+    if "it" in _bouncer:
+        bouncer = _bouncer.pop("it")
+        bouncer.stop()
+        shutil.rmtree(bouncer.workdir, ignore_errors=True)
+
+
+def pooled(url: str) -> bool:
+    """Whether `url` goes through the test PgBouncer (then HOMEVISIT_PG_POOLER=pgbouncer)."""
+    return url in _pooled_urls
+
+
+def open_db(url: str, **kwargs: Any) -> Database:
+    """A Database on a test URL, configured as HOMEVISIT_PG_POOLER would configure it."""
+    return Database(url, pooled=pooled(url), **kwargs)
+
+
+def make_db_url(backend: str, tmp_path: Path, bouncer: PgBouncer | None = None) -> Iterator[str]:
+    """A fresh database: a SQLite file, or a schema of its own on PostgreSQL, reached directly
+    (`postgresql`) or through `bouncer` (`pgbouncer`; default: the run's own)."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'homevisit.db'}"
         return
     require_pg()
+    if backend == "pgbouncer" and bouncer is None:
+        bouncer = run_pgbouncer()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(_pg_admin_url())
     with admin.begin() as c:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    query = f"options=-csearch_path%3D{schema}"
+    url = f"{PG_URL}?{query}" if bouncer is None else bouncer.url(query)
+    if bouncer is not None:
+        _pooled_urls.add(url)
     try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        yield url
     finally:
+        _pooled_urls.discard(url)
         with admin.begin() as c:
             c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
@@ -100,7 +160,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def db(db_url: str) -> Iterator[Database]:
     """A Database with the schema created (migrations are tested on their own)."""
-    database = Database(db_url)
+    database = open_db(db_url)
     metadata.create_all(database.engine)
     yield database
     database.close()
@@ -115,7 +175,11 @@ def clock() -> FakeClock:
 
 
 def make_settings(db_url: str, **overrides: object) -> Settings:
-    base = load_settings({"DATABASE_URL": db_url}, env_file=None)
+    env = {
+        "DATABASE_URL": db_url,
+        **({"HOMEVISIT_PG_POOLER": "pgbouncer"} if pooled(db_url) else {}),
+    }
+    base = load_settings(env, env_file=None)
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 

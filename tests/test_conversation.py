@@ -1,8 +1,8 @@
 """Behaviour scripts: a teacher says X, the bot answers Y, the database now holds Z.
 
-Every test runs on SQLite and on PostgreSQL against the real dispatcher, engine and store, with
-the demo roster loaded (T001 teaches 周小禾, 陈小树 and two students named 王小雨, and is
-the carer of 沈小云).
+Every test runs on SQLite, on PostgreSQL and on PostgreSQL through PgBouncer (transaction
+pooling) against the real dispatcher, engine and store, with the demo roster loaded (T001 teaches
+周小禾, 陈小树 and two students named 王小雨, and is the carer of 沈小云).
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import func, select, update
 
 from bot.deps import Deps
 from handlers import texts
 from storage.schema import assignments, conversations, followups, staff, students, visits
-from tests.conftest import ChatDriver, FakeClock
+from tests.conftest import POOLED_BACKENDS, ChatDriver, FakeClock
+
+pytestmark = pytest.mark.parametrize("db_url", POOLED_BACKENDS, indirect=True)
 
 # method=电话, study=好, device_ok=否, device_missing=平板或电脑, life_hard=否, emotion=稳定,
 # relation=融洽, guardian=父母, risks=没有, online=能, other=无  -> one follow-up (device)

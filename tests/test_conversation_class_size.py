@@ -17,12 +17,11 @@ from config.calendar import SchoolCalendar
 from config.forms import load_form
 from config.settings import load_settings
 from handlers import texts
-from storage.db import Database
 from storage.memory import MemoryStore, MemoryTurns
 from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
 from storage.schema import metadata
 from storage.store import SqlTurns
-from tests.conftest import ChatDriver, FakeClock, make_db_url
+from tests.conftest import ChatDriver, FakeClock, make_db_url, open_db
 from tests.test_conversation import COUNSELLING, TABLET_VISIT
 
 SCHOOL = "实验小学"
@@ -69,7 +68,7 @@ def teacher(
         yield ChatDriver(conversation_over(turns, settings, form, clock, SchoolCalendar()))
         return
     for url in make_db_url(request.param, tmp_path):
-        db = Database(url)
+        db = open_db(url)
         metadata.create_all(db.engine)
         with db.begin() as conn:
             import_roster(conn, class_of_48(), now=clock.now())

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from bot.core.errors import StorageUnavailable
 from storage.db import PG_WORKERS, Database
+from tests.conftest import open_db
 
 
 async def test_a_job_cancelled_while_queued_never_runs(db: Database) -> None:
@@ -44,7 +45,7 @@ async def test_stop_iteration_in_a_job_reaches_the_caller(db: Database) -> None:
 
 
 async def test_run_after_close_is_refused_at_once(db_url: str) -> None:
-    database = Database(db_url)
+    database = open_db(db_url)
     database.upgrade()
     assert await database.run(lambda _conn: 1) == 1
     database.close()

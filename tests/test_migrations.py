@@ -6,12 +6,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from storage.db import Database
 from storage.schema import metadata
+from tests.conftest import open_db
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
-    db = Database(db_url)
+    db = open_db(db_url)
     try:
         db.upgrade()
         db.upgrade()  # running again is a no-op

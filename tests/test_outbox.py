@@ -15,7 +15,7 @@ from bot.outbox import OutboxDelivery
 from storage import outbox
 from storage.db import Database
 from storage.schema import outbox as outbox_table
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, open_db
 
 
 class FakeSender:
@@ -133,7 +133,7 @@ async def test_two_workers_send_each_row_once(db: Database, clock: FakeClock) ->
     for i in range(40):
         put(db, clock, f"k{i}", recipient=f"u{i}")
     sender = FakeSender()
-    second_db = Database(db.url)  # another instance: its own engine and pool
+    second_db = open_db(db.url)  # another instance: its own engine and pool
     try:
         a = OutboxDelivery(outbox.SqlOutbox(db), {"fake": sender}, clock)
         b = OutboxDelivery(outbox.SqlOutbox(second_db), {"fake": sender}, clock)

@@ -1,4 +1,5 @@
-"""The `Store` and `Turns` contract, one suite over every backend: memory, SQLite, PostgreSQL.
+"""The `Store` and `Turns` contract, one suite over every backend: memory, SQLite, PostgreSQL
+(directly and through PgBouncer in transaction mode).
 
 Every test goes through `Turns.run` and the port's methods only, so what it asserts is what the
 conversation may rely on whatever the backend (aiogram runs its storage suite the same way). Each
@@ -20,12 +21,11 @@ from sqlalchemy import delete, insert, select, update
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store, Turns
 from bot.core.types import ConversationKey, NewFollowUp, Session, Staff, StaffRole
-from storage.db import Database
 from storage.demo import demo_roster, load_demo
 from storage.memory import MemoryStore, MemoryTurns
 from storage.schema import assignments, console_tokens, metadata, staff, students
 from storage.store import SqlTurns
-from tests.conftest import FakeClock, make_db_url
+from tests.conftest import POOLED_BACKENDS, FakeClock, make_db_url, open_db
 
 T = TypeVar("T")
 KEY = ConversationKey("api", "T001")
@@ -62,7 +62,7 @@ def _memory(clock: FakeClock) -> Iterator[Backend]:
 
 
 def _sql(url: str, clock: FakeClock) -> Iterator[Backend]:
-    db = Database(url)
+    db = open_db(url)
     metadata.create_all(db.engine)
     with db.begin() as conn:
         load_demo(conn, now=clock.now())
@@ -100,7 +100,7 @@ def _sql(url: str, clock: FakeClock) -> Iterator[Backend]:
         db.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+@pytest.fixture(params=["memory", *POOLED_BACKENDS])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
     if request.param == "memory":
         yield from _memory(clock)

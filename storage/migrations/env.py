@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from storage.migrate import take_migration_lock
 from storage.schema import metadata
 
 engine = context.config.attributes["engine"]
@@ -16,4 +17,5 @@ with engine.connect() as connection:
         compare_type=True,
     )
     with context.begin_transaction():
+        take_migration_lock(connection)
         context.run_migrations()
