@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     link = console_sub.add_parser("link", help="print a one-time sign-in URL (valid 15 minutes)")
     link.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 of a coordinator")
 
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_sub.add_parser("verify", help="check the hash chain; non-zero exit when broken")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply database migrations")
@@ -143,6 +147,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return commands.run_job(settings, args.command, args.at)
         case "console":
             return commands.console_link(settings, args.user)
+        case "audit":
+            return commands.audit_verify(settings)
         case "db":
             return commands.db_upgrade(settings)
     raise AssertionError(args.command)

@@ -176,3 +176,23 @@ def db_upgrade(settings: Settings) -> int:
         db.close()
     print("database is up to date")
     return 0
+
+
+def audit_verify(settings: Settings) -> int:
+    """Check the audit log's hash chain; name the first entry changed or removed."""
+    from storage.audit import verify_chain
+
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            report = verify_chain(conn)
+    finally:
+        db.close()
+    if not report.ok:
+        raise HomevisitError(
+            f"审计日志第 {report.broken_at} 条被改动或删除 / audit log broken at entry "
+            f"{report.broken_at}: {report.reason} ({report.entries} entries before it intact)"
+        )
+    print(f"audit log intact: {report.entries} entries, last hash {report.last_hash}")
+    return 0

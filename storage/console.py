@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -67,6 +66,7 @@ from bot.core.console_ports import (
 from bot.core.errors import HomevisitError, RosterError
 from bot.core.signin import TOKEN_TTL, new_secret, secret_hash
 from bot.core.types import FollowUpStatus, StaffRole, VisitStatus
+from storage.audit import record
 from storage.db import Database
 from storage.export import export_visits
 from storage.roster import Roster, import_roster, read_roster
@@ -141,15 +141,7 @@ def _audit(
     detail: Mapping[str, Any],
     school_id: int | None,
 ) -> None:
-    conn.execute(
-        insert(audit_log).values(
-            at=now,
-            actor=actor,
-            action=action,
-            detail=json.dumps(dict(detail), ensure_ascii=False),
-            school_id=school_id,
-        )
-    )
+    record(conn, at=now, actor=actor, action=action, detail=detail, school_id=school_id)
 
 
 _PRINCIPAL_COLS = (

@@ -28,13 +28,14 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 import openpyxl
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from bot.core.errors import HomevisitError
 from bot.core.text import xml_safe
 from bot.core.types import FollowUpStatus, VisitStatus
-from storage.schema import audit_log, followups, schools, staff, students, visits
+from storage.audit import record
+from storage.schema import followups, schools, staff, students, visits
 
 ExportFormat = Literal["csv", "xlsx"]
 Cell = str | int
@@ -133,14 +134,13 @@ def export_visits(
         "followups": len(followup_sheet.rows),
         "since": since.isoformat() if since else None,
     }
-    conn.execute(
-        insert(audit_log).values(
-            at=now or datetime.now(UTC),
-            actor=actor,
-            action="export",
-            detail=json.dumps(detail),
-            school_id=school_id,
-        )
+    record(
+        conn,
+        at=now or datetime.now(UTC),
+        actor=actor,
+        action="export",
+        detail=detail,
+        school_id=school_id,
     )
     if fmt == "csv":
         writers = [_csv_writer(visit_sheet), _csv_writer(followup_sheet)]

@@ -11,7 +11,6 @@ No student name ever reaches a log line or an error message: problems quote only
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from bot.core.errors import RosterError
 from bot.core.types import StaffRole
+from storage.audit import record
 from storage.db import Database
 from storage.roster_files import (
     CARER,
@@ -38,7 +38,6 @@ from storage.roster_files import (
 )
 from storage.schema import (
     assignments,
-    audit_log,
     identities,
     schools,
     staff,
@@ -174,14 +173,13 @@ def import_roster(
     )
     added, updated, deactivated = _upsert_students(conn, roster.students, school_ids, staff_ids)
     report = ImportReport(staff_added, staff_updated, added, updated, deactivated)
-    conn.execute(
-        insert(audit_log).values(
-            at=now,
-            actor=actor,
-            action="roster_import",
-            detail=json.dumps(asdict(report)),
-            school_id=audit_school_id,
-        )
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="roster_import",
+        detail=asdict(report),
+        school_id=audit_school_id,
     )
     return report
 

@@ -227,6 +227,9 @@ audit_log = Table(
     # The school the entry is about (a student's, an upload's, the actor's); None: every school.
     # A coordinator's console shows their school's entries.
     Column("school_id", Integer, nullable=True),
+    # The hash chain (`storage.audit`): the previous entry's hash, and this entry's.
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
     Index("ix_audit_log_school_at", "school_id", "at"),
 )
 
