@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply database migrations")
+    backup = db_sub.add_parser("backup", help="a consistent copy of the live SQLite database")
+    backup.add_argument("--out", required=True, type=Path, metavar="FILE")
+    restore = db_sub.add_parser("restore", help="replace a SQLite database not in use by a backup")
+    restore.add_argument("file", type=Path, metavar="FILE")
     return parser
 
 
@@ -149,6 +153,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return commands.console_link(settings, args.user)
         case "audit":
             return commands.audit_verify(settings)
+        case "db" if args.db_command == "backup":
+            return commands.db_backup(settings, args.out)
+        case "db" if args.db_command == "restore":
+            return commands.db_restore(settings, args.file)
         case "db":
             return commands.db_upgrade(settings)
     raise AssertionError(args.command)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
@@ -37,7 +39,24 @@ def _server_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+@contextlib.contextmanager
+def _in_use(settings: Settings) -> Iterator[None]:
+    """For a long-running process on a SQLite file: `db restore` refuses it meanwhile."""
+    from storage.backup import in_use, sqlite_path
+
+    if not settings.database_url.startswith("sqlite"):
+        yield
+        return
+    with in_use(sqlite_path(settings.database_url)):
+        yield
+
+
 def serve(settings: Settings, host: str, port: int) -> int:
+    with _in_use(settings):
+        return _serve(settings, host, port)
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
     deps = _open(settings)
     try:
         app = create_app(settings, deps, scheduler=True)
@@ -70,6 +89,11 @@ def demo(settings: Settings) -> int:
 
 
 def chat(settings: Settings, staff_no: str) -> int:
+    with _in_use(settings):
+        return _chat_with(settings, staff_no)
+
+
+def _chat_with(settings: Settings, staff_no: str) -> int:
     deps = _open(settings)
     try:
         dispatcher = build_dispatcher(settings, deps)
@@ -195,4 +219,22 @@ def audit_verify(settings: Settings) -> int:
             f"{report.broken_at}: {report.reason} ({report.entries} entries before it intact)"
         )
     print(f"audit log intact: {report.entries} entries, last hash {report.last_hash}")
+    return 0
+
+
+def db_backup(settings: Settings, out: Path) -> int:
+    from storage.backup import backup, sqlite_path
+
+    report = backup(sqlite_path(settings.database_url), out)
+    print(f"backup written to {report.path} ({report.size} bytes)")
+    return 0
+
+
+def db_restore(settings: Settings, file: Path) -> int:
+    from storage.backup import restore, sqlite_path
+    from storage.migrate import known_revisions
+
+    database = sqlite_path(settings.database_url)
+    revision = restore(file, database, known_revisions())
+    print(f"restored {database} from {file} (migration {revision}); homevisit serve upgrades it")
     return 0
