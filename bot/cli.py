@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, metavar="FILE")
     export.add_argument("--format", choices=("csv", "xlsx"), default=None)
     export.add_argument("--since", type=_parse_date, default=None, metavar="YYYY-MM-DD")
+    export.add_argument(
+        "--include-sensitive",
+        action="store_true",
+        help="include sensitive answers and notes (audited; needs --user and --reason)",
+    )
+    export.add_argument("--reason", default="", metavar="TEXT", help="why sensitive data is needed")
+    export.add_argument(
+        "--user",
+        default=None,
+        metavar="STAFF_NO",
+        help="工号 of the coordinator or bureau member exporting (limits it to their scope)",
+    )
 
     for name, text in (
         ("remind", "run the teacher-reminder job once"),
@@ -146,7 +158,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             fmt: Literal["csv", "xlsx"] = args.format or (
                 "xlsx" if args.out.suffix.lower() == ".xlsx" else "csv"
             )
-            return commands.export(settings, args.out, fmt, args.since)
+            return commands.export(
+                settings,
+                args.out,
+                fmt,
+                args.since,
+                include_sensitive=args.include_sensitive,
+                reason=args.reason.strip(),
+                user=args.user,
+            )
         case "remind" | "digest":
             return commands.run_job(settings, args.command, args.at)
         case "console":

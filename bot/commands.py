@@ -127,15 +127,42 @@ def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> in
     return 0
 
 
-def export(settings: Settings, out: Path, fmt: Literal["csv", "xlsx"], since: date | None) -> int:
-    from storage.export import export_visits
+def export(
+    settings: Settings,
+    out: Path,
+    fmt: Literal["csv", "xlsx"],
+    since: date | None,
+    *,
+    include_sensitive: bool = False,
+    reason: str = "",
+    user: str | None = None,
+) -> int:
+    """Sensitive answers only with `include_sensitive`, a reason and the `user` it is for (a
+    coordinator gets their school's, the bureau everyone's); recorded in the audit log."""
+    from storage.export import Sensitive, export_visits, exporter_scope
 
+    if include_sensitive and not reason:
+        raise HomevisitError("--include-sensitive needs --reason TEXT (it goes in the audit log)")
+    if include_sensitive and not user:
+        raise HomevisitError("--include-sensitive needs --user STAFF_NO (who the export is for)")
     deps = _open(settings)
-    columns = [(q.key, q.label) for q in deps.form.questions]
+    form = deps.form
+    columns = [(q.key, q.label) for q in form.questions]
+    policy = Sensitive(form.sensitive_keys, form.public_detail, include_sensitive, reason)
     try:
         with deps.db.begin() as conn:
+            school_id = exporter_scope(conn, user) if user else None
             report = export_visits(
-                conn, out, fmt, columns, deps.form.followup_kinds, settings.tz, since=since
+                conn,
+                out,
+                fmt,
+                columns,
+                form.followup_kinds,
+                settings.tz,
+                since=since,
+                actor=user or "cli",
+                school_id=school_id,
+                sensitive=policy,
             )
     finally:
         deps.db.close()

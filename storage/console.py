@@ -13,7 +13,7 @@ import base64
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ from bot.core.signin import TOKEN_TTL, new_secret, secret_hash
 from bot.core.types import FollowUpStatus, StaffRole, VisitStatus
 from storage.audit import record
 from storage.db import Database
-from storage.export import export_visits
+from storage.export import Sensitive, export_visits
 from storage.roster import Roster, import_roster, read_roster
 from storage.schema import (
     UtcDateTime,
@@ -389,11 +389,13 @@ class SqlConsole:
         columns: Sequence[tuple[str, str]],
         kind_labels: Mapping[str, str],
         tz: ZoneInfo,
+        sensitive: Sensitive | None = None,
     ) -> None:
         self.db = db
         self.columns = list(columns)
         self.kind_labels = dict(kind_labels)
         self.tz = tz
+        self.sensitive = sensitive or Sensitive()
 
     # ------------------------------------------------------------------ sessions
     async def redeem_token(
@@ -1224,7 +1226,11 @@ class SqlConsole:
         since: date | None,
         table: str,
         now: datetime,
+        sensitive_reason: str | None = None,
     ) -> ExportFile:
+        include = sensitive_reason is not None
+        policy = replace(self.sensitive, include=include, reason=sensitive_reason or "")
+
         def work(conn: Connection) -> ExportFile:
             with tempfile.TemporaryDirectory(prefix="homevisit-export-") as tmp:
                 out = Path(tmp) / f"visits.{fmt}"
@@ -1239,6 +1245,7 @@ class SqlConsole:
                     actor=principal.staff_no,
                     now=now,
                     school_id=principal.scope.school_id,
+                    sensitive=policy,
                 )
                 path = report.files[1] if fmt == "csv" and table == "followups" else report.files[0]
                 kind = (

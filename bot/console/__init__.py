@@ -84,6 +84,7 @@ def build(
     r.add_get("/roster", views.roster_form)
     r.add_post("/roster", views.roster_post)
     r.add_get("/export", views.export)
+    r.add_post("/export", views.export)
     r.add_get("/audit", views.audit)
     r.add_static("/static/", HERE / "static", append_version=False)
     return console

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -473,22 +474,34 @@ def _disposition(filename: str, fallback: str) -> str:
 
 @signed_in
 async def export(request: web.Request) -> web.StreamResponse:
+    """GET: without sensitive answers. POST (CSRF): with them, when a reason is given."""
     me, today = _me(request), _today(request)
-    fmt_text = request.query.get("format", "")
+    params: Mapping[str, str] = request.query
+    reason: str | None = None
+    if request.method == "POST":
+        form = await request.post()
+        field = form.get("csrf_token")
+        check_csrf(request, field if isinstance(field, str) else None)
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        if params.get("include_sensitive"):
+            reason = " ".join(params.get("reason", "").split())[:500]
+            if not reason:
+                return page(request, "export.html", {"error": "reason"}, status=400)
+    fmt_text = params.get("format", "")
     if not fmt_text:
         return page(request, "export.html", {"error": ""})
     if fmt_text not in ("csv", "xlsx"):
         return page(request, "export.html", {"error": "format"}, status=400)
     fmt: ExportFormat = "csv" if fmt_text == "csv" else "xlsx"
     since = None
-    if request.query.get("since"):
+    if params.get("since"):
         try:
-            since = date.fromisoformat(request.query["since"])
+            since = date.fromisoformat(params["since"])
         except ValueError:
             return page(request, "export.html", {"error": "since"}, status=400)
-    table = "followups" if request.query.get("table") == "followups" else "visits"
+    table = "followups" if params.get("table") == "followups" else "visits"
     config = request.config_dict[CONFIG]
-    result = await config.store.export(me, fmt, since, table, config.clock.now())
+    result = await config.store.export(me, fmt, since, table, config.clock.now(), reason)
     where = me.school_name if not me.scope.everything and me.school_name else "全区"
     what = "跟进事项" if fmt == "csv" and table == "followups" else "家访记录"
     span = f"{since.isoformat()}起" if since else "全部"

@@ -368,9 +368,11 @@ class ConsoleStore(Protocol):
         since: date | None,
         table: str,
         now: datetime,
+        sensitive_reason: str | None = None,
     ) -> ExportFile:
         """The CLI export's content in the user's scope (audited). CSV is one file per `table`
-        ("visits" or "followups"); xlsx holds both."""
+        ("visits" or "followups"); xlsx holds both. Sensitive answers and notes are left out
+        unless `sensitive_reason` is given (it goes in the audit entry)."""
         ...
 
     async def audit(self, scope: Scope, page: int, per_page: int) -> Page[AuditRow]: ...
