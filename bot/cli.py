@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     link = console_sub.add_parser("link", help="print a one-time sign-in URL (valid 15 minutes)")
     link.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 of a coordinator")
 
+    student = sub.add_parser("student", help="one student's data (access request, erasure)")
+    student_sub = student.add_subparsers(dest="student_command", required=True, metavar="ACTION")
+    s_export = student_sub.add_parser("export", help="write everything held about one student")
+    s_export.add_argument("student_no", metavar="STUDENT_NO", help="学籍号")
+    s_export.add_argument("--out", required=True, type=Path, metavar="FILE")
+    s_erase = student_sub.add_parser("erase", help="remove everything about one student")
+    s_erase.add_argument("student_no", metavar="STUDENT_NO", help="学籍号")
+    s_erase.add_argument("--reason", required=True, metavar="TEXT")
+
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_sub.add_parser("verify", help="check the hash chain; non-zero exit when broken")
@@ -171,6 +180,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return commands.run_job(settings, args.command, args.at)
         case "console":
             return commands.console_link(settings, args.user)
+        case "student" if args.student_command == "export":
+            return commands.student_export(settings, args.student_no, args.out)
+        case "student":
+            return commands.student_erase(settings, args.student_no, args.reason)
         case "audit":
             return commands.audit_verify(settings)
         case "db" if args.db_command == "backup":

@@ -265,3 +265,36 @@ def db_restore(settings: Settings, file: Path) -> int:
     revision = restore(file, database, known_revisions())
     print(f"restored {database} from {file} (migration {revision}); homevisit serve upgrades it")
     return 0
+
+
+def student_export(settings: Settings, student_no: str, out: Path) -> int:
+    """A guardian's access request: everything held about one student, as JSON (audited)."""
+    from storage.erasure import export_student
+
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            n = export_student(conn, student_no.strip(), out, SystemClock().now())
+    finally:
+        db.close()
+    print(f"wrote student {student_no.strip()} ({n} visits) to {out}")
+    return 0
+
+
+def student_erase(settings: Settings, student_no: str, reason: str) -> int:
+    """Erase one student on request; the audit log keeps the reason and a pseudonym."""
+    from storage.erasure import erase_student
+
+    db = Database(settings.database_url)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            erased = erase_student(conn, student_no.strip(), reason, SystemClock().now())
+    finally:
+        db.close()
+    print(
+        f"erased student {student_no.strip()}: {erased.visits} visits, {erased.followups} "
+        f"follow-ups, {erased.sessions} open conversations, {erased.messages} stored messages"
+    )
+    return 0
