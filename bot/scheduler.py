@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timedelta, tzinfo
+from functools import partial
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -26,10 +27,14 @@ from bot.core.ports import Clock
 from bot.jobs import DIGEST, REMIND, Jobs
 from bot.logsafe import log_failure
 from config.cron import crontab_trigger
+from config.forms import WITHHELD
 from storage.backup import backups_in, daily_backup, sqlite_path
+from storage.maintenance import RETENTION_BATCH, Retained, apply_retention
 
 log = logging.getLogger(__name__)
 BACKUP_AT = (2, 30)  # local time of the nightly backup
+EXPIRED = "（已过保存期限删除）"
+RETENTION_AT = (3, 15)  # and of the retention job (HOMEVISIT_RETENTION_DAYS), also at start-up
 
 
 def job_trigger(crontab: str, tz: tzinfo) -> BaseTrigger:
@@ -92,6 +97,45 @@ class JobScheduler:
         except Exception as exc:
             log_failure(log, "backup failed", exc=exc)
 
+    async def retention(self) -> Retained:
+        """Erase what HOMEVISIT_RETENTION_DAYS says is kept no longer, batch by batch."""
+        total = Retained()
+        try:
+            settings, deps = self.jobs.settings, self.jobs.deps
+            form = deps.form
+
+            def redact(kind: str, detail: str) -> str:
+                shown = form.public_detail(kind, detail)
+                return EXPIRED if shown == WITHHELD else shown
+
+            while True:
+                done = await deps.db.run(
+                    partial(
+                        apply_retention,
+                        now=self.clock.now(),
+                        days=settings.retention_days,
+                        sensitive_keys=form.sensitive_keys,
+                        redact_detail=redact,
+                    )
+                )
+                total = Retained(
+                    total.visits + done.visits,
+                    total.students + done.students,
+                    total.messages + done.messages,
+                )
+                if done.visits < RETENTION_BATCH:
+                    break
+            if total.anything:
+                log.info(
+                    "retention: %d visits, %d students, %d message bodies erased",
+                    total.visits,
+                    total.students,
+                    total.messages,
+                )
+        except Exception as exc:
+            log_failure(log, "retention failed", exc=exc)
+        return total
+
     def backup_due(self) -> bool:
         """True when backups are on and the newest is missing or more than a day old."""
         folder = self.jobs.settings.backup_dir
@@ -147,6 +191,15 @@ class JobScheduler:
             next_run_time=self.clock.now(),  # once at start-up too
             coalesce=True,
             max_instances=1,
+        )
+        scheduler.add_job(
+            self.retention,
+            CronTrigger(hour=RETENTION_AT[0], minute=RETENTION_AT[1], timezone=self.tz),
+            id="retention",
+            next_run_time=self.clock.now(),  # once at start-up too
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=3600,
         )
         if self.jobs.settings.backup_dir is not None:
             # (APScheduler reads an explicit next_run_time=None as "paused": only pass a time)

@@ -180,8 +180,8 @@ def erase_student(
     followup_ids = set(
         conn.execute(select(followups.c.id).where(followups.c.student_id == s.id)).scalars()
     )
-    sessions = _forget_sessions(conn, s.id, visit_ids, followup_ids)
-    messages = _blank_messages(conn, s.name)
+    sessions = forget_sessions(conn, s.id, visit_ids, followup_ids)
+    messages = blank_messages(conn, s.name)
     conn.execute(delete(followups).where(followups.c.student_id == s.id))
     conn.execute(delete(visits).where(visits.c.student_id == s.id))
     conn.execute(delete(student_categories).where(student_categories.c.student_id == s.id))
@@ -204,7 +204,7 @@ def erase_student(
     return erased
 
 
-def _forget_sessions(
+def forget_sessions(
     conn: Connection, student_id: int, visit_ids: set[int], followup_ids: set[int]
 ) -> int:
     """Sessions holding a draft of, or a numbered list with, the student start over idle."""
@@ -251,7 +251,7 @@ def _lists(listing: Any, student_id: int, followup_ids: set[int]) -> bool:
     return False
 
 
-def _blank_messages(conn: Connection, name: str) -> int:
+def blank_messages(conn: Connection, name: str) -> int:
     """Stored texts naming the student: sent or failed outbox messages and stored replies."""
     changed = conn.execute(
         update(outbox)
