@@ -68,6 +68,7 @@ from bot.core.signin import TOKEN_TTL, new_secret, secret_hash
 from bot.core.types import FollowUpStatus, StaffRole, VisitStatus
 from storage.audit import record
 from storage.db import Database
+from storage.erasure import access_request, erase_student, student_no_in_scope
 from storage.export import Sensitive, export_visits
 from storage.roster import Roster, import_roster, read_roster
 from storage.schema import (
@@ -1271,6 +1272,31 @@ class SqlConsole:
                 .offset((max(page, 1) - 1) * per_page)
             ).all()
             return Page([AuditRow(*r) for r in rows], int(total), page, per_page)
+
+        return await self.db.run(work)
+
+    # ------------------------------------------------------------------ access and erasure
+    async def student_data(
+        self, principal: Principal, student_id: int, now: datetime
+    ) -> ExportFile | None:
+        def work(conn: Connection) -> ExportFile | None:
+            student_no = student_no_in_scope(conn, student_id, principal.scope.school_id)
+            if student_no is None:
+                return None
+            body = access_request(conn, student_no, now, actor=principal.staff_no)
+            return ExportFile(f"{student_no}.json", "application/json; charset=utf-8", body)
+
+        return await self.db.run(work)
+
+    async def erase_student(
+        self, principal: Principal, student_id: int, confirm_no: str, reason: str, now: datetime
+    ) -> bool:
+        def work(conn: Connection) -> bool:
+            student_no = student_no_in_scope(conn, student_id, principal.scope.school_id)
+            if student_no is None or student_no != confirm_no.strip() or not reason.strip():
+                return False
+            erase_student(conn, student_no, reason, now, actor=principal.staff_no)
+            return True
 
         return await self.db.run(work)
 

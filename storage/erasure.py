@@ -131,34 +131,48 @@ def student_record(conn: Connection, student_no: str) -> dict[str, Any]:
     }
 
 
-def export_student(conn: Connection, student_no: str, out: Path, now: datetime) -> int:
-    """Write the student's record to `out` as JSON (temporary name, then renamed) and audit it;
-    the number of visits written."""
+def access_request(conn: Connection, student_no: str, now: datetime, actor: str = "cli") -> bytes:
+    """The student's record as UTF-8 JSON, its release recorded in the audit log."""
     data = student_record(conn, student_no)
     s = _student(conn, student_no)
-    if not out.parent.is_dir():
-        raise HomevisitError(f"文件夹 {out.parent} 不存在 / folder {out.parent} does not exist")
-    if out.is_dir():
-        raise HomevisitError(f"{out} 是文件夹，请给出文件名 / {out} is a folder: give a file name")
     record(
         conn,
         at=now,
-        actor="cli",
+        actor=actor,
         action="student_export",
         detail={"student_no": student_no},
         school_id=s.school_id,
     )
+    return json.dumps(data, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+def student_no_in_scope(conn: Connection, student_id: int, school_id: int | None) -> str | None:
+    """The 学籍号 of the student with this id, if they are in the school (None: any school)."""
+    query = select(students.c.student_no).where(students.c.id == student_id)
+    if school_id is not None:
+        query = query.where(students.c.school_id == school_id)
+    return conn.execute(query).scalar()
+
+
+def export_student(conn: Connection, student_no: str, out: Path, now: datetime) -> int:
+    """Write the student's record to `out` as JSON (temporary name, then renamed) and audit it;
+    the number of visits written."""
+    if not out.parent.is_dir():
+        raise HomevisitError(f"文件夹 {out.parent} 不存在 / folder {out.parent} does not exist")
+    if out.is_dir():
+        raise HomevisitError(f"{out} 是文件夹，请给出文件名 / {out} is a folder: give a file name")
+    body = access_request(conn, student_no, now)
     fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
         os.replace(name, out)
     except BaseException as exc:
         Path(name).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise HomevisitError(f"无法写入 {out} / cannot write {out}") from exc
         raise
-    return len(data["visits"])
+    return len(json.loads(body)["visits"])
 
 
 @dataclass(frozen=True, slots=True)

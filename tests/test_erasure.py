@@ -5,8 +5,10 @@ without the data. Both backends, through the real CLI. Names are fictional."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from alembic import command
 from sqlalchemy import select
 
@@ -15,8 +17,9 @@ from config.settings import Settings
 from storage.audit import verify_chain
 from storage.erasure import pseudonym
 from storage.migrate import alembic_config
-from storage.schema import audit_log, metadata
+from storage.schema import audit_log, metadata, students
 from tests.conftest import ChatDriver
+from tests.console_kit import ConsoleClient, add_school, start_console
 from tests.procs import bot_env, run_bot
 from tests.test_sensitive import NOTE, OTHER, visit_zhou
 
@@ -81,3 +84,65 @@ async def test_export_then_erase_a_student(
     assert "周小禾" not in reply and "陈小树" in reply
     again = await run_bot(env, tmp_path, "student", "export", "DEMO0003", "--out", str(out))
     assert again.returncode == 1 and "DEMO0003" in again.stderr
+
+
+# ---------------------------------------------------------------------------- the console
+@pytest.fixture
+async def web(settings: Settings, deps: Deps) -> AsyncIterator[ConsoleClient]:
+    async for client in start_console(settings, deps):
+        yield client
+
+
+async def test_coordinators_answer_access_and_erasure_requests_in_the_console(
+    web: ConsoleClient, bot: ChatDriver, deps: Deps
+) -> None:
+    await visit_zhou(bot)
+    add_school(deps.db)
+    with deps.db.begin() as conn:
+        zhou = conn.execute(select(students.c.id).where(students.c.name == "周小禾")).scalar_one()
+    page = f"/console/students/{zhou}"
+
+    web.forget_cookies()
+    await web.sign_in("C101")  # another school's coordinator: as if the student did not exist
+    token = await web.csrf()
+    for action in ("data", "erase"):
+        form = {"csrf_token": token, "confirm": "DEMO0003", "reason": "x"}
+        async with await web.post(f"{page}/{action}", data=form) as r:
+            assert r.status == 404 if action == "data" else r.headers["Location"].endswith("check")
+
+    web.forget_cookies()
+    await web.sign_in("C001")
+    assert "家长查询与删除" in await web.text(page)
+    token = await web.csrf()
+    async with await web.post(f"{page}/data", data={"csrf_token": token}) as r:
+        assert r.status == 200 and "DEMO0003.json" in r.headers["Content-Disposition"]
+        data = json.loads(await r.read())
+    assert data["student"]["name"] == "周小禾" and data["visits"][0]["answers"]["other"] == OTHER
+    async with await web.post(f"{page}/data", data={"csrf_token": "forged"}) as r:
+        assert r.status == 403
+
+    for confirm, reason in (("DEMO0001", "家长申请"), ("DEMO0003", "  ")):
+        form = {"csrf_token": token, "confirm": confirm, "reason": reason}
+        async with await web.post(f"{page}/erase", data=form) as r:
+            assert r.status == 303 and r.headers["Location"] == f"{page}?erase=check"
+    assert "请重新输入该生的学籍号" in await web.text(f"{page}?erase=check")
+    assert "周小禾" in everything(deps)
+
+    form = {"csrf_token": token, "confirm": "DEMO0003", "reason": "家长书面申请"}
+    async with await web.post(f"{page}/erase", data=form) as r:
+        assert r.status == 303 and r.headers["Location"] == "/console/students"
+    assert "周小禾" not in everything(deps) and NOTE not in everything(deps)
+    await web.text(page, status=404)
+    with deps.db.begin() as conn:
+        entries = conn.execute(
+            select(audit_log.c.actor, audit_log.c.action, audit_log.c.detail).where(
+                audit_log.c.action.in_(["student_export", "student_erase"])
+            )
+        ).all()
+        assert verify_chain(conn).ok
+    assert [(a, b) for a, b, _ in entries] == [
+        ("C001", "student_export"),
+        ("C001", "student_erase"),
+    ]
+    assert "DEMO0003" not in entries[1][2] and "家长书面申请" in entries[1][2]
+    assert "删除学生数据" in await web.text("/console/audit")

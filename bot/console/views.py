@@ -404,8 +404,54 @@ async def student_page(request: web.Request) -> web.StreamResponse:
             "tz": w.tz,
             "today": today,
             "link": _link,
+            "erase_failed": request.query.get("erase") == "check",
         },
     )
+
+
+async def _form_fields(request: web.Request) -> dict[str, str]:
+    """A POST's fields, after its CSRF token is checked."""
+    form = await request.post()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    check_csrf(request, fields.get("csrf_token"))
+    return fields
+
+
+@signed_in
+async def student_data(request: web.Request) -> web.StreamResponse:
+    """A guardian's access request: everything about the student, as JSON (audited)."""
+    me, config = _me(request), request.config_dict[CONFIG]
+    await _form_fields(request)
+    student_id = _int(request.match_info["id"])
+    found = None
+    if student_id is not None:
+        found = await config.store.student_data(me, student_id, config.clock.now())
+    if found is None:
+        raise web.HTTPNotFound()
+    return web.Response(
+        body=found.data,
+        headers={
+            "Content-Type": found.content_type,
+            "Content-Disposition": _disposition(found.filename, found.filename),
+        },
+    )
+
+
+@signed_in
+async def student_erase(request: web.Request) -> web.StreamResponse:
+    """Erase a student on request: the 学籍号 typed again to confirm, and a reason."""
+    me, config = _me(request), request.config_dict[CONFIG]
+    fields = await _form_fields(request)
+    student_id = _int(request.match_info["id"])
+    if student_id is None:
+        raise web.HTTPNotFound()
+    reason = " ".join(fields.get("reason", "").split())[:500]
+    done = await config.store.erase_student(
+        me, student_id, fields.get("confirm", "")[:64], reason, config.clock.now()
+    )
+    if not done:
+        raise web.HTTPSeeOther(f"/console/students/{student_id}?erase=check")
+    raise web.HTTPSeeOther("/console/students")
 
 
 # ---------------------------------------------------------------------------- roster upload

@@ -376,3 +376,17 @@ class ConsoleStore(Protocol):
         ...
 
     async def audit(self, scope: Scope, page: int, per_page: int) -> Page[AuditRow]: ...
+
+    async def student_data(
+        self, principal: Principal, student_id: int, now: datetime
+    ) -> ExportFile | None:
+        """Everything held about one student in scope, as JSON (a guardian's access request),
+        audited; None when missing or out of scope."""
+        ...
+
+    async def erase_student(
+        self, principal: Principal, student_id: int, confirm_no: str, reason: str, now: datetime
+    ) -> bool:
+        """Erase one student in scope whose 学籍号 is `confirm_no` (typed to confirm), audited
+        with `reason`; False when missing, out of scope or not confirmed."""
+        ...
