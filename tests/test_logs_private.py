@@ -12,6 +12,7 @@ member's name, an answer, a note, a platform user id or a token. Names are ficti
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
@@ -29,8 +30,10 @@ from config.settings import Settings
 from handlers import texts
 from storage.migrate import alembic_config
 from storage.schema import visits
-from tests.conftest import ChatDriver
+from tests import test_dingtalk as dt
+from tests.conftest import ChatDriver, FakeClock
 from tests.console_kit import ConsoleClient, issue_link
+from tests.fake_dingtalk import FakeDingTalk
 from tests.fake_wecom import SECRET
 from tests.test_schedule import World, local, world  # noqa: F401  (fixtures)
 from tests.test_sensitive import CHECKIN, NOTE, OTHER
@@ -181,3 +184,72 @@ async def test_no_personal_data_in_any_log_record(
     ]
     assert leaks == []
     assert not logging.getLogger("sqlalchemy.engine").isEnabledFor(logging.INFO)
+
+
+# ---------------------------------------------------------------------------- DingTalk
+@pytest.fixture
+async def dingtalk_fake(clock: FakeClock) -> AsyncIterator[FakeDingTalk]:
+    peer = FakeDingTalk(
+        app_key=dt.APP_KEY,
+        app_secret=dt.APP_SECRET,
+        robot_code=dt.ROBOT_CODE,
+        now=lambda: clock.now().timestamp(),
+    )
+    await peer.start()
+    yield peer
+    await peer.close()
+
+
+async def test_no_personal_data_in_dingtalk_logs(
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    dingtalk_fake: FakeDingTalk,
+    clock: FakeClock,
+) -> None:
+    """The same over DingTalk's HTTP callbacks: a check-in with a note, refused callbacks, a
+    malformed body and a crash inside a turn."""
+    caplog.set_level(logging.DEBUG)
+    debug_everything()
+    teacher = dt.Teacher(dingtalk_fake, clock)
+    ids = iter(range(1000))
+
+    def say(text: str) -> dict[str, object]:  # (opaque ids, as DingTalk's own: the helper's
+        return teacher.message(text, msgId=f"msgid{next(ids):04d}")  # name the sender)
+
+    secrets = [*STUDENTS, *STAFF, NOTE, OTHER, CRASH_NOTE, dt.USER, dt.APP_SECRET, "张老师"]
+    quoted = f"周小禾 {CRASH_NOTE}"
+
+    def crash(self: Form, answers: object, today: date) -> list[object]:
+        raise RuntimeError(quoted)
+
+    async with (
+        ClientSession() as web_client,
+        dt.serving(dt.with_dingtalk(settings, dingtalk_fake, "http"), deps) as dt_server,
+    ):
+        for text in ["家访", "周小禾", "99", *CHECKIN, "提交"]:
+            status, _ = await dt.callback(web_client, dt_server, say(text), dt.headers_for(clock))
+            assert status == 200
+        status, _ = await dt.callback(
+            web_client, dt_server, say(NOTE), dt.headers_for(clock, secret="wrong")
+        )
+        assert status == 403
+        status, _ = await dt.callback(
+            web_client, dt_server, f'{{"text": "{NOTE}"'.encode(), dt.headers_for(clock)
+        )
+        assert status == 400
+        monkeypatch.setattr(Form, "followups", crash)
+        for text in ["家访", "陈小树", *CHECKIN, "提交"]:
+            await dt.callback(web_client, dt_server, say(text), dt.headers_for(clock))
+        await dt.eventually(lambda: any("turn failed" in r.getMessage() for r in caplog.records))
+    with deps.db.begin() as conn:
+        submitted = select(func.count()).where(visits.c.status == "submitted")
+        assert conn.execute(submitted).scalar_one() == 1  # the crashed one stays a draft
+    leaks = [
+        (secret, formatted(r)[:300])
+        for r in caplog.records
+        for secret in secrets
+        if secret in formatted(r)
+    ]
+    assert leaks == []
