@@ -12,7 +12,7 @@ member's name, an answer, a note, a platform user id or a token. Names are ficti
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -61,15 +61,20 @@ ANSWERS = ("需要心理疏导", "食品和生活物资", "父母无法返岗收
 OURS = ("bot", "handlers", "storage", "config", "homevisit", "aiohttp", "asyncio", "apscheduler")
 
 
-def debug_everything() -> None:
-    """Every logger at DEBUG, but for two that serve configures itself: the access log (off in
-    `homevisit serve`: its lines would carry sign-in links) and SQLAlchemy's engine, which
-    `storage.db` pins at WARNING (at DEBUG it logs result rows)."""
-    for name in [*logging.root.manager.loggerDict, *OURS]:
-        if name.startswith(("aiohttp.access", "sqlalchemy")):
-            continue
+@pytest.fixture
+def debug_everything(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every logger at DEBUG (their levels restored afterwards), but for two that serve sets
+    itself: the access log (off in `homevisit serve`: its lines would carry sign-in links) and
+    SQLAlchemy's engine, which `storage.db` pins at WARNING (at DEBUG it logs result rows)."""
+    caplog.set_level(logging.DEBUG)
+    names = [n for n in [*logging.root.manager.loggerDict, *OURS] if not n.startswith("sqlalchemy")]
+    before = {name: logging.getLogger(name).level for name in names}
+    for name in names:
         logging.getLogger(name).setLevel(logging.DEBUG)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    yield
+    for name, level in before.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def formatted(record: logging.LogRecord) -> str:
@@ -78,6 +83,7 @@ def formatted(record: logging.LogRecord) -> str:
 
 
 async def test_no_personal_data_in_any_log_record(
+    debug_everything: None,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -89,8 +95,6 @@ async def test_no_personal_data_in_any_log_record(
     settings: Settings,
     deps: Deps,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
-    debug_everything()
     secrets: list[str] = [*STUDENTS, *STAFF, *ANSWERS, NOTE, OTHER, API_NOTE, DONE_NOTE]
     secrets += [CRASH_NOTE, USER, "dt_zhang", "t" * 32, TOKEN, AES_KEY, SECRET]
 
@@ -201,6 +205,7 @@ async def dingtalk_fake(clock: FakeClock) -> AsyncIterator[FakeDingTalk]:
 
 
 async def test_no_personal_data_in_dingtalk_logs(
+    debug_everything: None,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
@@ -210,8 +215,6 @@ async def test_no_personal_data_in_dingtalk_logs(
 ) -> None:
     """The same over DingTalk's HTTP callbacks: a check-in with a note, refused callbacks, a
     malformed body and a crash inside a turn."""
-    caplog.set_level(logging.DEBUG)
-    debug_everything()
     teacher = dt.Teacher(dingtalk_fake, clock)
     ids = iter(range(1000))
 
