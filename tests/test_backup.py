@@ -304,3 +304,41 @@ def test_postgresql_backup_with_pg_dump_and_pg_restore(tmp_path: Path) -> None:
         with admin.begin() as c:
             c.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+def test_backup_settings_are_checked(tmp_path: Path) -> None:
+    from bot.core.errors import ConfigError
+    from config.settings import load_settings
+
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    good = load_settings(
+        {"HOMEVISIT_BACKUP_DIR": str(tmp_path / "b"), "HOMEVISIT_BACKUP_KEEP": "3"}, env_file=None
+    )
+    assert (good.backup_dir, good.backup_keep) == (tmp_path / "b", 3)
+    assert load_settings({}, env_file=None).backup_dir is None
+    for env, words in (
+        ({"HOMEVISIT_BACKUP_DIR": str(tmp_path / "file")}, "is not a folder"),
+        ({"HOMEVISIT_BACKUP_KEEP": "0"}, "HOMEVISIT_BACKUP_KEEP"),
+        ({"HOMEVISIT_RETENTION_DAYS": "7"}, "HOMEVISIT_RETENTION_DAYS"),
+        (
+            {"HOMEVISIT_BACKUP_DIR": str(tmp_path), "DATABASE_URL": "postgresql://x@h/db"},
+            "pg_dump",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            load_settings(env, env_file=None)
+    assert load_settings({"HOMEVISIT_RETENTION_DAYS": "365"}, env_file=None).retention_days == 365
+
+
+def test_db_backup_on_postgresql_points_to_pg_dump(tmp_path: Path) -> None:
+    env = bot_env(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "db", "backup", "--out", "x.db"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "pg_dump" in result.stderr
+    assert result.stderr.count("\n") == 1
