@@ -141,7 +141,10 @@ def verify_chain(conn: Connection) -> ChainReport:
 def rechain(conn: Connection) -> int:
     """Compute the chain over the existing entries in id order, renumbering them 1..n (the
     migration that introduced the chain); the number of entries."""
-    rows = conn.execute(select(audit_log).order_by(audit_log.c.id)).all()
+    c = audit_log.c  # (the columns of 0001/0005 only: later migrations may add others)
+    rows = conn.execute(
+        select(c.id, c.at, c.actor, c.action, c.detail, c.school_id).order_by(c.id)
+    ).all()
     conn.execute(audit_log.delete())
     for row in rows:
         _append(conn, row.at, row.actor, row.action, row.detail, row.school_id)
