@@ -35,6 +35,7 @@ from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
 from storage import outbox
 from storage.console import SqlConsole
+from storage.export import Sensitive
 from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024
@@ -89,6 +90,7 @@ def install_console(
         [(q.key, q.label) for q in deps.form.questions],
         deps.form.followup_kinds,
         settings.tz,
+        Sensitive(deps.form.sensitive_keys, deps.form.public_detail),
     )
     wecom_user = app[WECOM_API].user_for_code if WECOM_API in app else None
     reachable = [c for c in channels if c != dingtalk.GROUP_CHANNEL]

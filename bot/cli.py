@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, metavar="FILE")
     export.add_argument("--format", choices=("csv", "xlsx"), default=None)
     export.add_argument("--since", type=_parse_date, default=None, metavar="YYYY-MM-DD")
+    export.add_argument(
+        "--include-sensitive",
+        action="store_true",
+        help="include sensitive answers and notes (audited; needs --user and --reason)",
+    )
+    export.add_argument("--reason", default="", metavar="TEXT", help="why sensitive data is needed")
+    export.add_argument(
+        "--user",
+        default=None,
+        metavar="STAFF_NO",
+        help="工号 of the coordinator or bureau member exporting (limits it to their scope)",
+    )
 
     for name, text in (
         ("remind", "run the teacher-reminder job once"),
@@ -59,9 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     link = console_sub.add_parser("link", help="print a one-time sign-in URL (valid 15 minutes)")
     link.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 of a coordinator")
 
+    student = sub.add_parser("student", help="one student's data (access request, erasure)")
+    student_sub = student.add_subparsers(dest="student_command", required=True, metavar="ACTION")
+    s_export = student_sub.add_parser("export", help="write everything held about one student")
+    s_export.add_argument("student_no", metavar="STUDENT_NO", help="学籍号")
+    s_export.add_argument("--out", required=True, type=Path, metavar="FILE")
+    s_erase = student_sub.add_parser("erase", help="remove everything about one student")
+    s_erase.add_argument("student_no", metavar="STUDENT_NO", help="学籍号")
+    s_erase.add_argument("--reason", required=True, metavar="TEXT")
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_sub.add_parser("verify", help="check the hash chain; non-zero exit when broken")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply database migrations")
+    backup = db_sub.add_parser("backup", help="a consistent copy of the live SQLite database")
+    backup.add_argument("--out", required=True, type=Path, metavar="FILE")
+    restore = db_sub.add_parser("restore", help="replace a SQLite database not in use by a backup")
+    restore.add_argument("file", type=Path, metavar="FILE")
     return parser
 
 
@@ -137,11 +166,29 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             fmt: Literal["csv", "xlsx"] = args.format or (
                 "xlsx" if args.out.suffix.lower() == ".xlsx" else "csv"
             )
-            return commands.export(settings, args.out, fmt, args.since)
+            return commands.export(
+                settings,
+                args.out,
+                fmt,
+                args.since,
+                include_sensitive=args.include_sensitive,
+                reason=args.reason.strip(),
+                user=args.user,
+            )
         case "remind" | "digest":
             return commands.run_job(settings, args.command, args.at)
         case "console":
             return commands.console_link(settings, args.user)
+        case "student" if args.student_command == "export":
+            return commands.student_export(settings, args.student_no, args.out)
+        case "student":
+            return commands.student_erase(settings, args.student_no, args.reason)
+        case "audit":
+            return commands.audit_verify(settings)
+        case "db" if args.db_command == "backup":
+            return commands.db_backup(settings, args.out)
+        case "db" if args.db_command == "restore":
+            return commands.db_restore(settings, args.file)
         case "db":
             return commands.db_upgrade(settings)
     raise AssertionError(args.command)

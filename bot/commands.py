@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
@@ -39,7 +41,24 @@ def _server_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+@contextlib.contextmanager
+def _in_use(settings: Settings) -> Iterator[None]:
+    """For a long-running process on a SQLite file: `db restore` refuses it meanwhile."""
+    from storage.backup import in_use, sqlite_path
+
+    if not settings.database_url.startswith("sqlite"):
+        yield
+        return
+    with in_use(sqlite_path(settings.database_url)):
+        yield
+
+
 def serve(settings: Settings, host: str, port: int) -> int:
+    with _in_use(settings):
+        return _serve(settings, host, port)
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
     deps = _open(settings)
     try:
         app = create_app(settings, deps, scheduler=True)
@@ -73,6 +92,11 @@ def demo(settings: Settings) -> int:
 
 
 def chat(settings: Settings, staff_no: str) -> int:
+    with _in_use(settings):
+        return _chat_with(settings, staff_no)
+
+
+def _chat_with(settings: Settings, staff_no: str) -> int:
     deps = _open(settings)
     try:
         dispatcher = build_dispatcher(settings, deps)
@@ -106,15 +130,42 @@ def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> in
     return 0
 
 
-def export(settings: Settings, out: Path, fmt: Literal["csv", "xlsx"], since: date | None) -> int:
-    from storage.export import export_visits
+def export(
+    settings: Settings,
+    out: Path,
+    fmt: Literal["csv", "xlsx"],
+    since: date | None,
+    *,
+    include_sensitive: bool = False,
+    reason: str = "",
+    user: str | None = None,
+) -> int:
+    """Sensitive answers only with `include_sensitive`, a reason and the `user` it is for (a
+    coordinator gets their school's, the bureau everyone's); recorded in the audit log."""
+    from storage.export import Sensitive, export_visits, exporter_scope
 
+    if include_sensitive and not reason:
+        raise HomevisitError("--include-sensitive needs --reason TEXT (it goes in the audit log)")
+    if include_sensitive and not user:
+        raise HomevisitError("--include-sensitive needs --user STAFF_NO (who the export is for)")
     deps = _open(settings)
-    columns = [(q.key, q.label) for q in deps.form.questions]
+    form = deps.form
+    columns = [(q.key, q.label) for q in form.questions]
+    policy = Sensitive(form.sensitive_keys, form.public_detail, include_sensitive, reason)
     try:
         with deps.db.begin() as conn:
+            school_id = exporter_scope(conn, user) if user else None
             report = export_visits(
-                conn, out, fmt, columns, deps.form.followup_kinds, settings.tz, since=since
+                conn,
+                out,
+                fmt,
+                columns,
+                form.followup_kinds,
+                settings.tz,
+                since=since,
+                actor=user or "cli",
+                school_id=school_id,
+                sensitive=policy,
             )
     finally:
         deps.db.close()
@@ -178,4 +229,75 @@ def db_upgrade(settings: Settings) -> int:
     finally:
         db.close()
     print("database is up to date")
+    return 0
+
+
+def audit_verify(settings: Settings) -> int:
+    """Check the audit log's hash chain; name the first entry changed or removed."""
+    from storage.audit import verify_chain
+
+    db = open_database(settings)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            report = verify_chain(conn)
+    finally:
+        db.close()
+    if not report.ok:
+        raise HomevisitError(
+            f"审计日志第 {report.broken_at} 条被改动或删除 / audit log broken at entry "
+            f"{report.broken_at}: {report.reason} ({report.entries} entries before it intact)"
+        )
+    print(f"audit log intact: {report.entries} entries, last hash {report.last_hash}")
+    return 0
+
+
+def db_backup(settings: Settings, out: Path) -> int:
+    from storage.backup import backup, sqlite_path
+
+    report = backup(sqlite_path(settings.database_url), out)
+    print(f"backup written to {report.path} ({report.size} bytes)")
+    return 0
+
+
+def db_restore(settings: Settings, file: Path) -> int:
+    from storage.backup import restore, sqlite_path
+    from storage.migrate import known_revisions
+
+    database = sqlite_path(settings.database_url)
+    revision = restore(file, database, known_revisions())
+    print(f"restored {database} from {file} (migration {revision}); homevisit serve upgrades it")
+    return 0
+
+
+def student_export(settings: Settings, student_no: str, out: Path) -> int:
+    """A guardian's access request: everything held about one student, as JSON (audited)."""
+    from storage.erasure import export_student
+
+    db = open_database(settings)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            n = export_student(conn, student_no.strip(), out, SystemClock().now())
+    finally:
+        db.close()
+    print(f"wrote student {student_no.strip()} ({n} visits) to {out}")
+    return 0
+
+
+def student_erase(settings: Settings, student_no: str, reason: str) -> int:
+    """Erase one student on request; the audit log keeps the reason and a pseudonym."""
+    from storage.erasure import erase_student
+
+    db = open_database(settings)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            erased = erase_student(conn, student_no.strip(), reason, SystemClock().now())
+    finally:
+        db.close()
+    print(
+        f"erased student {student_no.strip()}: {erased.visits} visits, {erased.followups} "
+        f"follow-ups, {erased.sessions} open conversations, {erased.messages} stored messages"
+    )
     return 0

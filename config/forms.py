@@ -33,6 +33,7 @@ class QType(StrEnum):
 
 
 YES, NO = "是", "否"
+WITHHELD = "（敏感信息，未导出）"
 DETAIL_LIMIT = 80  # characters of a follow-up's description (the whole answer stays in the visit)
 CHOICE_TYPES = (QType.SINGLE, QType.MULTI, QType.YESNO)
 Answers = dict[str, Any]
@@ -103,6 +104,9 @@ class Question:
     min: int | None = None
     max: int | None = None
     max_length: int = 500
+    # Shown only to the student's own staff and coordinators; left out of exports unless asked
+    # for (audited), erased after the retention period. Every free-text question is.
+    sensitive: bool = False
 
     def visible(self, answers: Mapping[str, Any]) -> bool:
         if not self.when:  # most questions: no generator to build, once per question per turn
@@ -124,6 +128,27 @@ class Form:
     method_key: str | None = None
     # Follow-up kinds a coordinator hears of the same day (safety, counselling, medical).
     urgent_kinds: frozenset[str] = frozenset()
+    # Follow-up kinds whose description is sensitive (counselling, safety): exported only when
+    # sensitive answers are asked for.
+    sensitive_kinds: frozenset[str] = frozenset()
+
+    @property
+    def sensitive_keys(self) -> frozenset[str]:
+        return frozenset(q.key for q in self.questions if q.sensitive)
+
+    def public_detail(self, kind: str, detail: str) -> str:
+        """A follow-up's description without what is sensitive: none for a sensitive kind, and
+        without the appended note (`（…）`) when the note comes from a sensitive question."""
+        if kind in self.sensitive_kinds:
+            return WITHHELD
+        noted = any(
+            rule.kind == kind and rule.note_key in self.sensitive_keys
+            for q in self.questions
+            for rule in q.followups
+        )
+        if noted and "（" in detail:
+            return detail.split("（", 1)[0]
+        return detail
 
     def question(self, key: str) -> Question:
         for q in self.questions:
@@ -278,6 +303,9 @@ def _parse_form(raw: Any) -> Form:
     urgent = raw.get("urgent_kinds") or []
     if not isinstance(urgent, list) or any(str(k) not in kinds for k in urgent):
         raise _FormError(raw.line, "`urgent_kinds` must list kinds of `followup_kinds`")
+    sensitive_kinds = raw.get("sensitive_kinds") or []
+    if not isinstance(sensitive_kinds, list) or any(str(k) not in kinds for k in sensitive_kinds):
+        raise _FormError(raw.line, "`sensitive_kinds` must list kinds of `followup_kinds`")
     form = Form(
         id=_str(raw, "id"),
         version=_str(raw, "version"),
@@ -286,6 +314,7 @@ def _parse_form(raw: Any) -> Form:
         followup_kinds={str(k): str(v) for k, v in kinds.items()},
         method_key=method_key,
         urgent_kinds=frozenset(str(k) for k in urgent),
+        sensitive_kinds=frozenset(str(k) for k in sensitive_kinds),
     )
     keys = {q.key for q in questions}
     for item, q in zip(items, questions, strict=True):
@@ -316,6 +345,9 @@ def _parse_question(
     required = item.get("required", True)
     if not isinstance(required, bool):
         raise _FormError(item.line, f"question {key!r}: `required` must be true or false")
+    sensitive = item.get("sensitive", qtype is QType.TEXT)
+    if not isinstance(sensitive, bool):
+        raise _FormError(item.line, f"question {key!r}: `sensitive` must be true or false")
     return Question(
         key=key,
         label=_str(item, "label", required=False) or key,
@@ -328,6 +360,7 @@ def _parse_question(
         min=_opt_int(item, "min"),
         max=_opt_int(item, "max"),
         max_length=_opt_int(item, "max_length") or 500,
+        sensitive=sensitive,
     )
 
 

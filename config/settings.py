@@ -130,6 +130,10 @@ class Settings:
     pg_pooler: str = "none"
     metrics_token: Secret | None = None  # GET /metrics is off without it
     log_format: str = "text"  # or `json`: one object per line
+    # Notes and sensitive answers of older visits, and students deactivated that long, are erased.
+    retention_days: int = 730
+    backup_dir: Path | None = None  # daily backups of a SQLite database (serve); None: off
+    backup_keep: int = 14
 
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
@@ -234,6 +238,13 @@ class _Parser:
             if len(env["HOMEVISIT_METRICS_TOKEN"]) < 16:
                 self.problem("HOMEVISIT_METRICS_TOKEN", "must be at least 16 characters")
             kwargs["metrics_token"] = Secret(env["HOMEVISIT_METRICS_TOKEN"])
+        if "HOMEVISIT_RETENTION_DAYS" in env:
+            days = self.whole_number("HOMEVISIT_RETENTION_DAYS", 36600, low=30)
+            kwargs["retention_days"] = days or 730
+        if "HOMEVISIT_BACKUP_DIR" in env:
+            kwargs["backup_dir"] = self.backup_dir(env["HOMEVISIT_BACKUP_DIR"])
+        if "HOMEVISIT_BACKUP_KEEP" in env:
+            kwargs["backup_keep"] = self.whole_number("HOMEVISIT_BACKUP_KEEP", 1000) or 14
         if self.problems:
             raise ConfigError(self.problems)
         return Settings(**kwargs)  # type: ignore[arg-type]
@@ -242,6 +253,16 @@ class _Parser:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", url):
             self.problem("DATABASE_URL", "must start with sqlite:/// or postgresql://")
         return url
+
+    def backup_dir(self, text: str) -> Path:
+        path = Path(text)
+        if path.exists() and not path.is_dir():
+            self.problem("HOMEVISIT_BACKUP_DIR", f"{path} is not a folder")
+        elif not self.env.get("DATABASE_URL", "sqlite").startswith("sqlite"):
+            self.problem(
+                "HOMEVISIT_BACKUP_DIR", "backups are for SQLite; use pg_dump for PostgreSQL"
+            )
+        return path
 
     def public_url(self, url: str) -> str:
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,8 +66,10 @@ from bot.core.console_ports import (
 from bot.core.errors import HomevisitError, RosterError
 from bot.core.signin import TOKEN_TTL, new_secret, secret_hash
 from bot.core.types import FollowUpStatus, StaffRole, VisitStatus
+from storage.audit import record
 from storage.db import Database
-from storage.export import export_visits
+from storage.erasure import access_request, erase_student, student_no_in_scope
+from storage.export import Sensitive, export_visits
 from storage.roster import Roster, import_roster, read_roster
 from storage.schema import (
     UtcDateTime,
@@ -141,15 +142,7 @@ def _audit(
     detail: Mapping[str, Any],
     school_id: int | None,
 ) -> None:
-    conn.execute(
-        insert(audit_log).values(
-            at=now,
-            actor=actor,
-            action=action,
-            detail=json.dumps(dict(detail), ensure_ascii=False),
-            school_id=school_id,
-        )
-    )
+    record(conn, at=now, actor=actor, action=action, detail=detail, school_id=school_id)
 
 
 _PRINCIPAL_COLS = (
@@ -397,11 +390,13 @@ class SqlConsole:
         columns: Sequence[tuple[str, str]],
         kind_labels: Mapping[str, str],
         tz: ZoneInfo,
+        sensitive: Sensitive | None = None,
     ) -> None:
         self.db = db
         self.columns = list(columns)
         self.kind_labels = dict(kind_labels)
         self.tz = tz
+        self.sensitive = sensitive or Sensitive()
 
     # ------------------------------------------------------------------ sessions
     async def redeem_token(
@@ -1232,7 +1227,11 @@ class SqlConsole:
         since: date | None,
         table: str,
         now: datetime,
+        sensitive_reason: str | None = None,
     ) -> ExportFile:
+        include = sensitive_reason is not None
+        policy = replace(self.sensitive, include=include, reason=sensitive_reason or "")
+
         def work(conn: Connection) -> ExportFile:
             with tempfile.TemporaryDirectory(prefix="homevisit-export-") as tmp:
                 out = Path(tmp) / f"visits.{fmt}"
@@ -1247,6 +1246,7 @@ class SqlConsole:
                     actor=principal.staff_no,
                     now=now,
                     school_id=principal.scope.school_id,
+                    sensitive=policy,
                 )
                 path = report.files[1] if fmt == "csv" and table == "followups" else report.files[0]
                 kind = (
@@ -1272,6 +1272,31 @@ class SqlConsole:
                 .offset((max(page, 1) - 1) * per_page)
             ).all()
             return Page([AuditRow(*r) for r in rows], int(total), page, per_page)
+
+        return await self.db.run(work)
+
+    # ------------------------------------------------------------------ access and erasure
+    async def student_data(
+        self, principal: Principal, student_id: int, now: datetime
+    ) -> ExportFile | None:
+        def work(conn: Connection) -> ExportFile | None:
+            student_no = student_no_in_scope(conn, student_id, principal.scope.school_id)
+            if student_no is None:
+                return None
+            body = access_request(conn, student_no, now, actor=principal.staff_no)
+            return ExportFile(f"{student_no}.json", "application/json; charset=utf-8", body)
+
+        return await self.db.run(work)
+
+    async def erase_student(
+        self, principal: Principal, student_id: int, confirm_no: str, reason: str, now: datetime
+    ) -> bool:
+        def work(conn: Connection) -> bool:
+            student_no = student_no_in_scope(conn, student_id, principal.scope.school_id)
+            if student_no is None or student_no != confirm_no.strip() or not reason.strip():
+                return False
+            erase_student(conn, student_no, reason, now, actor=principal.staff_no)
+            return True
 
         return await self.db.run(work)
 

@@ -77,6 +77,9 @@ def _json_dumps(value: Any) -> str:
 def create_db_engine(url: str, *, pool_timeout: float = 5.0, pooled: bool = False) -> Engine:
     """The engine for `url`. `pooled`: PostgreSQL is reached through a pooler in transaction mode
     (PgBouncer), which hands each transaction to any of its server connections (see below)."""
+    # SQLAlchemy's engine logs result rows at DEBUG (students' names, answers) and statements
+    # at INFO: a log level set for the whole process must not switch that on.
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
     sync_url = engine_url(url)
     if sync_url.startswith("sqlite"):
         database = make_url(sync_url).database

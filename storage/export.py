@@ -28,13 +28,14 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 import openpyxl
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from bot.core.errors import HomevisitError
 from bot.core.text import xml_safe
-from bot.core.types import FollowUpStatus, VisitStatus
-from storage.schema import audit_log, followups, schools, staff, students, visits
+from bot.core.types import FollowUpStatus, StaffRole, VisitStatus
+from storage.audit import record
+from storage.schema import followups, schools, staff, students, visits
 
 ExportFormat = Literal["csv", "xlsx"]
 Cell = str | int
@@ -93,6 +94,18 @@ class ExportReport:
 
 
 @dataclass(frozen=True, slots=True)
+class Sensitive:
+    """What an export leaves out unless sensitive answers are asked for: the answer columns of
+    `keys`, the follow-ups' closing notes, and what `detail` removes from a follow-up's
+    description (kind, description -> what may be shown). `include` with the `reason` asked."""
+
+    keys: frozenset[str] = frozenset()
+    detail: Callable[[str, str], str] = lambda kind, detail: detail
+    include: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class _Sheet:
     title: str
     header: tuple[str, ...]
@@ -111,6 +124,7 @@ def export_visits(
     *,
     now: datetime | None = None,
     school_id: int | None = None,
+    sensitive: Sensitive | None = None,
 ) -> ExportReport:
     """Write the submitted visits and the follow-ups to `out`; record the export in the audit log.
 
@@ -120,27 +134,34 @@ def export_visits(
     failed write rolls it back with the transaction. `school_id` limits both sheets to that
     school's students (the console's scope). Raises `ValueError` for an unknown `fmt` and
     `ExportError` when a file cannot be written there (checked before the database is read).
+    `sensitive` says what is sensitive; without `sensitive.include` it is left out, with it the
+    audit entry records that and the reason given. (None: nothing is marked sensitive.)
     """
     if fmt not in ("csv", "xlsx"):
         raise ValueError(f"unknown export format {fmt!r}")
+    policy = sensitive or Sensitive(include=True)
+    if not policy.include:
+        columns = [(key, header) for key, header in columns if key not in policy.keys]
     files = _files(out, fmt)
     start = _start_of(since, tz)
     visit_sheet = _visit_sheet(conn, columns, tz, start, school_id)
-    followup_sheet = _followup_sheet(conn, kind_labels, tz, start, school_id)
-    detail = {
+    followup_sheet = _followup_sheet(conn, kind_labels, tz, start, school_id, policy)
+    detail: dict[str, object] = {
         "format": fmt,
         "visits": len(visit_sheet.rows),
         "followups": len(followup_sheet.rows),
         "since": since.isoformat() if since else None,
+        "sensitive": bool(sensitive and sensitive.include),
     }
-    conn.execute(
-        insert(audit_log).values(
-            at=now or datetime.now(UTC),
-            actor=actor,
-            action="export",
-            detail=json.dumps(detail),
-            school_id=school_id,
-        )
+    if sensitive and sensitive.include:
+        detail["reason"] = sensitive.reason
+    record(
+        conn,
+        at=now or datetime.now(UTC),
+        actor=actor,
+        action="export",
+        detail=detail,
+        school_id=school_id,
     )
     if fmt == "csv":
         writers = [_csv_writer(visit_sheet), _csv_writer(followup_sheet)]
@@ -148,6 +169,28 @@ def export_visits(
         writers = [_xlsx_writer([visit_sheet, followup_sheet])]
     _write_atomically(list(zip(files, writers, strict=True)))
     return ExportReport(len(visit_sheet.rows), len(followup_sheet.rows), files)
+
+
+def exporter_scope(conn: Connection, staff_no: str) -> int | None:
+    """The school an exporter may export (None: every school, the bureau). HomevisitError for
+    anyone else: a teacher, or a staff number unknown or deactivated."""
+    row = conn.execute(
+        select(staff.c.role, staff.c.school_id).where(
+            staff.c.staff_no == staff_no, staff.c.active.is_(True)
+        )
+    ).first()
+    if row is None:
+        raise HomevisitError(
+            f"工号 {staff_no} 不存在或已停用 / staff number {staff_no!r} not found"
+        )
+    if row.role == StaffRole.BUREAU.value:
+        return None
+    if row.role == StaffRole.COORDINATOR.value and row.school_id is not None:
+        return int(row.school_id)
+    raise HomevisitError(
+        f"工号 {staff_no} 无权导出敏感信息（仅协调员和教育局）/ staff {staff_no!r} may not export: "
+        "only coordinators (their school) and bureau staff"
+    )
 
 
 def _files(out: Path, fmt: ExportFormat) -> tuple[Path, ...]:
@@ -237,6 +280,7 @@ def _followup_sheet(
     tz: ZoneInfo,
     start: datetime | None,
     school_id: int | None,
+    policy: Sensitive,
 ) -> _Sheet:
     query = (
         select(
@@ -267,16 +311,17 @@ def _followup_sheet(
             r.student_name,
             r.class_name,
             kind_labels.get(r.kind, r.kind),
-            r.detail,
+            r.detail if policy.include else policy.detail(r.kind, r.detail),
             r.staff_no,
             r.due_date.isoformat(),
             STATUS_LABELS.get(r.status, r.status),
             _local(r.closed_at, tz),
-            r.note or "",
+            *([r.note or ""] if policy.include else []),
         ]
         for r in conn.execute(query)
     ]
-    return _Sheet(FOLLOWUPS_SHEET, FOLLOWUP_HEADER, rows)
+    header = FOLLOWUP_HEADER if policy.include else FOLLOWUP_HEADER[:-1]  # no 备注 (notes)
+    return _Sheet(FOLLOWUPS_SHEET, header, rows)
 
 
 def _local(moment: datetime | None, tz: ZoneInfo) -> str:

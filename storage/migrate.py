@@ -21,6 +21,14 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+def known_revisions() -> set[str]:
+    """Every migration revision this version of homevisit knows."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    return {rev.revision for rev in script.walk_revisions()}
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     # SQLite: BEGIN IMMEDIATE serialises; PostgreSQL: see take_migration_lock (env.py calls it).
     command.upgrade(alembic_config(engine), revision)

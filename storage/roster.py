@@ -11,7 +11,6 @@ No student name ever reaches a log line or an error message: problems quote only
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -23,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from bot.core.errors import RosterError
 from bot.core.types import StaffRole
+from storage.audit import record
 from storage.db import Database
 from storage.roster_files import (
     CARER,
@@ -38,7 +38,6 @@ from storage.roster_files import (
 )
 from storage.schema import (
     assignments,
-    audit_log,
     identities,
     schools,
     staff,
@@ -134,10 +133,14 @@ _UPDATE_STUDENT = (
         school_id=bindparam("b_school_id"),
         class_name=bindparam("b_class_name"),
         active=True,
+        deactivated_at=None,
     )
 )
+# (deactivated_at starts the retention clock: `storage.maintenance.apply_retention`)
 _DEACTIVATE_STUDENT = (
-    update(students).where(students.c.id == bindparam("b_id")).values(active=False)
+    update(students)
+    .where(students.c.id == bindparam("b_id"))
+    .values(active=False, deactivated_at=bindparam("b_now"))
 )
 _DELETE_IDENTITY = delete(identities).where(
     identities.c.staff_id == bindparam("b_staff_id"), identities.c.channel == bindparam("b_channel")
@@ -172,16 +175,17 @@ def import_roster(
     staff_added, staff_updated, staff_ids = _upsert_staff(
         conn, roster.staff, staff_rows, school_ids
     )
-    added, updated, deactivated = _upsert_students(conn, roster.students, school_ids, staff_ids)
+    added, updated, deactivated = _upsert_students(
+        conn, roster.students, school_ids, staff_ids, now
+    )
     report = ImportReport(staff_added, staff_updated, added, updated, deactivated)
-    conn.execute(
-        insert(audit_log).values(
-            at=now,
-            actor=actor,
-            action="roster_import",
-            detail=json.dumps(asdict(report)),
-            school_id=audit_school_id,
-        )
+    record(
+        conn,
+        at=now,
+        actor=actor,
+        action="roster_import",
+        detail=asdict(report),
+        school_id=audit_school_id,
     )
     return report
 
@@ -379,6 +383,7 @@ def _upsert_students(
     entries: Sequence[StudentEntry],
     school_ids: Mapping[str, int],
     staff_ids: Mapping[str, int],
+    now: datetime,
 ) -> tuple[int, int, int]:
     """Insert, update and deactivate students; return (added, updated, deactivated)."""
     existing = {
@@ -424,7 +429,7 @@ def _upsert_students(
         conn.execute(_UPDATE_STUDENT, list(changed.values()))
     ids = dict(conn.execute(select(students.c.student_no, students.c.id)).all())
     relinked = _replace_links(conn, entries, ids, staff_ids)
-    deactivated = _deactivate_missing(conn, entries, existing, school_ids)
+    deactivated = _deactivate_missing(conn, entries, existing, school_ids, now)
     return len(new), len(changed.keys() | (relinked & existing.keys())), deactivated
 
 
@@ -495,12 +500,13 @@ def _deactivate_missing(
     entries: Sequence[StudentEntry],
     existing: Mapping[str, _StudentRow],
     school_ids: Mapping[str, int],
+    now: datetime,
 ) -> int:
     """Deactivate active students of the listed schools that the roster no longer lists."""
     listed_schools = {school_ids[e.school] for e in entries}
     listed = {e.student_no for e in entries}
     gone = [
-        {"b_id": row.id}
+        {"b_id": row.id, "b_now": now}
         for no, row in existing.items()
         if row.active and row.school_id in listed_schools and no not in listed
     ]

@@ -95,6 +95,8 @@ students = Table(
     Column("school_id", ForeignKey("schools.id"), nullable=False, index=True),
     Column("class_name", String(100), nullable=False),
     Column("active", Boolean, nullable=False, default=True),
+    # When a roster import deactivated the student: after the retention period, anonymised.
+    Column("deactivated_at", UtcDateTime, nullable=True),
     # The latest submitted visit that reached the family, and that did not: kept by triggers on
     # `visits` (see `VISIT_TRIGGERS`), so that coverage of a whole city is a scan of this table.
     Column("last_reached_at", UtcDateTime, nullable=True),
@@ -144,6 +146,8 @@ visits = Table(
     Column("started_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("submitted_at", UtcDateTime, nullable=True),
+    # When the retention job erased its sensitive answers and notes (None: not yet).
+    Column("redacted_at", UtcDateTime, nullable=True),
     Index("ix_visits_student_status", "student_id", "status", "submitted_at"),
     Index("ix_visits_staff_status", "staff_id", "status"),
 )
@@ -227,6 +231,9 @@ audit_log = Table(
     # The school the entry is about (a student's, an upload's, the actor's); None: every school.
     # A coordinator's console shows their school's entries.
     Column("school_id", Integer, nullable=True),
+    # The hash chain (`storage.audit`): the previous entry's hash, and this entry's.
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
     Index("ix_audit_log_school_at", "school_id", "at"),
 )
 

@@ -217,7 +217,18 @@ def test_a_note_xml_cannot_carry_still_exports_a_readable_workbook(
     assert homevisit(env, tmp_path, "chat", "--user", "T001", stdin=script).returncode == 0
     out = tmp_path / "x.xlsx"
 
-    exported = homevisit(env, tmp_path, "export", "--out", str(out))
+    exported = homevisit(
+        env,
+        tmp_path,
+        "export",
+        "--out",
+        str(out),
+        "--include-sensitive",
+        "--user",
+        "C001",
+        "--reason",
+        "case review",
+    )  # fmt: skip (a free-text note is sensitive: only exported on request)
 
     assert exported.returncode == 0, exported.stderr
     book = openpyxl.load_workbook(out)

@@ -182,7 +182,13 @@ def test_export_is_audited_without_names(visited: Database, out_dir: Path) -> No
     with visited.begin() as conn:
         row = conn.execute(select(audit_log).where(audit_log.c.action == "export")).one()
     assert row.actor == "cli"
-    assert json.loads(row.detail) == {"format": "xlsx", "visits": 2, "followups": 2, "since": None}
+    assert json.loads(row.detail) == {
+        "format": "xlsx",
+        "visits": 2,
+        "followups": 2,
+        "since": None,
+        "sensitive": False,
+    }
     assert "王小雨" not in row.detail
 
 

@@ -189,7 +189,8 @@ def test_driver_errors_on_the_fast_path_hide_their_parameters(db: Database) -> N
         conn.execute(insert(schools).values(id=1, name="一小"))
     add = Prepared(insert(students))
     row = {"student_no": "S1", "school_id": 1, "class_name": "一班", "active": True}
-    row |= {"last_reached_at": None, "last_unreached_at": None}  # (a prepared insert names all)
+    # (a prepared insert names all)
+    row |= {"last_reached_at": None, "last_unreached_at": None, "deactivated_at": None}
     with db.begin() as conn:
         add.execute(conn, {**row, "id": 1, "name": "王小雨"})
     with pytest.raises(IntegrityError) as info, db.begin() as conn:

@@ -80,10 +80,13 @@ def build(
     r.add_post("/logout", views.logout)
     r.add_get("/students", views.student_list)
     r.add_get("/students/{id}", views.student_page)
+    r.add_post("/students/{id}/data", views.student_data)
+    r.add_post("/students/{id}/erase", views.student_erase)
     r.add_get("/followups", views.followup_list)
     r.add_get("/roster", views.roster_form)
     r.add_post("/roster", views.roster_post)
     r.add_get("/export", views.export)
+    r.add_post("/export", views.export)
     r.add_get("/audit", views.audit)
     r.add_static("/static/", HERE / "static", append_version=False)
     return console

@@ -44,6 +44,9 @@ AUDIT_ACTIONS = {
     "export": "导出数据",
     "roster_import": "导入名单",
     "roster_preview": "预览名单",
+    "student_export": "导出学生数据",
+    "student_erase": "删除学生数据",
+    "retention": "到期删除",
 }
 ROSTER_COUNTS = {
     "staff_added": "教师新增",

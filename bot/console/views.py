@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -403,8 +404,54 @@ async def student_page(request: web.Request) -> web.StreamResponse:
             "tz": w.tz,
             "today": today,
             "link": _link,
+            "erase_failed": request.query.get("erase") == "check",
         },
     )
+
+
+async def _form_fields(request: web.Request) -> dict[str, str]:
+    """A POST's fields, after its CSRF token is checked."""
+    form = await request.post()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    check_csrf(request, fields.get("csrf_token"))
+    return fields
+
+
+@signed_in
+async def student_data(request: web.Request) -> web.StreamResponse:
+    """A guardian's access request: everything about the student, as JSON (audited)."""
+    me, config = _me(request), request.config_dict[CONFIG]
+    await _form_fields(request)
+    student_id = _int(request.match_info["id"])
+    found = None
+    if student_id is not None:
+        found = await config.store.student_data(me, student_id, config.clock.now())
+    if found is None:
+        raise web.HTTPNotFound()
+    return web.Response(
+        body=found.data,
+        headers={
+            "Content-Type": found.content_type,
+            "Content-Disposition": _disposition(found.filename, found.filename),
+        },
+    )
+
+
+@signed_in
+async def student_erase(request: web.Request) -> web.StreamResponse:
+    """Erase a student on request: the 学籍号 typed again to confirm, and a reason."""
+    me, config = _me(request), request.config_dict[CONFIG]
+    fields = await _form_fields(request)
+    student_id = _int(request.match_info["id"])
+    if student_id is None:
+        raise web.HTTPNotFound()
+    reason = " ".join(fields.get("reason", "").split())[:500]
+    done = await config.store.erase_student(
+        me, student_id, fields.get("confirm", "")[:64], reason, config.clock.now()
+    )
+    if not done:
+        raise web.HTTPSeeOther(f"/console/students/{student_id}?erase=check")
+    raise web.HTTPSeeOther("/console/students")
 
 
 # ---------------------------------------------------------------------------- roster upload
@@ -473,22 +520,34 @@ def _disposition(filename: str, fallback: str) -> str:
 
 @signed_in
 async def export(request: web.Request) -> web.StreamResponse:
+    """GET: without sensitive answers. POST (CSRF): with them, when a reason is given."""
     me, today = _me(request), _today(request)
-    fmt_text = request.query.get("format", "")
+    params: Mapping[str, str] = request.query
+    reason: str | None = None
+    if request.method == "POST":
+        form = await request.post()
+        field = form.get("csrf_token")
+        check_csrf(request, field if isinstance(field, str) else None)
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        if params.get("include_sensitive"):
+            reason = " ".join(params.get("reason", "").split())[:500]
+            if not reason:
+                return page(request, "export.html", {"error": "reason"}, status=400)
+    fmt_text = params.get("format", "")
     if not fmt_text:
         return page(request, "export.html", {"error": ""})
     if fmt_text not in ("csv", "xlsx"):
         return page(request, "export.html", {"error": "format"}, status=400)
     fmt: ExportFormat = "csv" if fmt_text == "csv" else "xlsx"
     since = None
-    if request.query.get("since"):
+    if params.get("since"):
         try:
-            since = date.fromisoformat(request.query["since"])
+            since = date.fromisoformat(params["since"])
         except ValueError:
             return page(request, "export.html", {"error": "since"}, status=400)
-    table = "followups" if request.query.get("table") == "followups" else "visits"
+    table = "followups" if params.get("table") == "followups" else "visits"
     config = request.config_dict[CONFIG]
-    result = await config.store.export(me, fmt, since, table, config.clock.now())
+    result = await config.store.export(me, fmt, since, table, config.clock.now(), reason)
     where = me.school_name if not me.scope.everything and me.school_name else "全区"
     what = "跟进事项" if fmt == "csv" and table == "followups" else "家访记录"
     span = f"{since.isoformat()}起" if since else "全部"

@@ -368,9 +368,25 @@ class ConsoleStore(Protocol):
         since: date | None,
         table: str,
         now: datetime,
+        sensitive_reason: str | None = None,
     ) -> ExportFile:
         """The CLI export's content in the user's scope (audited). CSV is one file per `table`
-        ("visits" or "followups"); xlsx holds both."""
+        ("visits" or "followups"); xlsx holds both. Sensitive answers and notes are left out
+        unless `sensitive_reason` is given (it goes in the audit entry)."""
         ...
 
     async def audit(self, scope: Scope, page: int, per_page: int) -> Page[AuditRow]: ...
+
+    async def student_data(
+        self, principal: Principal, student_id: int, now: datetime
+    ) -> ExportFile | None:
+        """Everything held about one student in scope, as JSON (a guardian's access request),
+        audited; None when missing or out of scope."""
+        ...
+
+    async def erase_student(
+        self, principal: Principal, student_id: int, confirm_no: str, reason: str, now: datetime
+    ) -> bool:
+        """Erase one student in scope whose 学籍号 is `confirm_no` (typed to confirm), audited
+        with `reason`; False when missing, out of scope or not confirmed."""
+        ...

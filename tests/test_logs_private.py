@@ -1,0 +1,258 @@
+"""Logs carry no personal data, proven (issue 16 item 4).
+
+One scenario on both databases, with every logger at DEBUG: check-ins with names, notes and needs
+over WeCom (encrypted callbacks), the generic JSON channel and the console chat; wrong answers,
+bad signatures, malformed and oversized bodies, a wrong bearer token; a crash inside a turn whose
+exception message quotes a child's name and note; reminders and digests; the coordinator console
+(sign-in, student page, export); the CLI's exports, student export and erasure and their error
+paths. No log record (message, arguments, exception text) may hold a student's or a staff
+member's name, an answer, a note, a platform user id or a token. Names are fictional.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession, CookieJar
+from aiohttp.test_utils import TestServer
+from alembic import command
+from sqlalchemy import func, select
+
+from bot.cli import main as homevisit
+from bot.deps import Deps
+from bot.jobs import DIGEST, REMIND
+from config.forms import Form
+from config.settings import Settings
+from handlers import texts
+from storage.migrate import alembic_config
+from storage.schema import visits
+from tests import test_dingtalk as dt
+from tests.conftest import ChatDriver, FakeClock
+from tests.console_kit import ConsoleClient, issue_link
+from tests.fake_dingtalk import FakeDingTalk
+from tests.fake_wecom import SECRET
+from tests.test_schedule import World, local, world  # noqa: F401  (fixtures)
+from tests.test_sensitive import CHECKIN, NOTE, OTHER
+from tests.test_wecom import (  # noqa: F401  (fixtures)
+    AES_KEY,
+    TOKEN,
+    USER,
+    Peer,
+    app,
+    fake,
+    http,
+    server,
+    wecom_settings,
+    wx,
+)
+
+API_NOTE = "爸爸住院欠了医药费"
+DONE_NOTE = "平板已送到奶奶手里"
+CRASH_NOTE = "孩子身上有伤说是摔的"
+STUDENTS = ("王小雨", "陈小树", "周小禾", "孙小川", "吴小岚", "郑小石", "冯小苗", "卫小溪")
+STAFF = ("张示例", "李示例", "赵示例", "甲协调", "示例局员")
+ANSWERS = ("需要心理疏导", "食品和生活物资", "父母无法返岗收入减少")
+
+
+OURS = ("bot", "handlers", "storage", "config", "homevisit", "aiohttp", "asyncio", "apscheduler")
+
+
+@pytest.fixture
+def debug_everything(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every logger at DEBUG (their levels restored afterwards), but for two that serve sets
+    itself: the access log (off in `homevisit serve`: its lines would carry sign-in links) and
+    SQLAlchemy's engine, which `storage.db` pins at WARNING (at DEBUG it logs result rows)."""
+    caplog.set_level(logging.DEBUG)
+    names = [n for n in [*logging.root.manager.loggerDict, *OURS] if not n.startswith("sqlalchemy")]
+    before = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    yield
+    for name, level in before.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def formatted(record: logging.LogRecord) -> str:
+    text = logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
+    return f"{text} {record.args!r} {record.stack_info or ''}"
+
+
+async def test_no_personal_data_in_any_log_record(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    wx: Peer,  # noqa: F811
+    server: TestServer,  # noqa: F811
+    http: ClientSession,  # noqa: F811
+    bot: ChatDriver,
+    world: World,  # noqa: F811
+    settings: Settings,
+    deps: Deps,
+) -> None:
+    secrets: list[str] = [*STUDENTS, *STAFF, *ANSWERS, NOTE, OTHER, API_NOTE, DONE_NOTE]
+    secrets += [CRASH_NOTE, USER, "dt_zhang", "t" * 32, TOKEN, AES_KEY, SECRET]
+
+    # WeCom: T001 visits 周小禾 by name, with wrong answers on the way, then closes a follow-up
+    await wx.say("家访")
+    await wx.say("周小禾")
+    await wx.say("99")
+    for answer in CHECKIN:
+        await wx.say(answer)
+    await wx.say("提交")
+    await wx.say("待跟进")
+    await wx.say(f"完成 1 {DONE_NOTE}")
+    assert (await wx.post_raw({"msg_signature": "x", "timestamp": "1", "nonce": "2"}, b"<x/>"))[
+        0
+    ] in (400, 401, 403)
+
+    # the generic JSON channel: T002 visits 孙小川; bad token, malformed and oversized bodies
+    api = server.make_url("/api/messages")
+    auth = {"Authorization": "Bearer " + "t" * 32}
+    lines = ["家访", "孙小川", "3", "1", "1", "1", "3", API_NOTE, "1", "1", "1", "1", "1"]
+    for n, line in enumerate([*lines, "无", "提交"]):
+        async with http.post(api, json={"user": "T002", "text": line, "message_id": f"a{n}"},
+                             headers=auth) as r:  # fmt: skip
+            assert r.status == 200
+    async with http.post(api, json={"user": "T002", "text": NOTE}, headers={
+        "Authorization": "Bearer wrong-token-孙小川"}) as r:  # fmt: skip
+        assert r.status == 401
+    async with http.post(api, data=f'{{"user": "T002", "text": "{NOTE}"', headers=auth) as r:
+        assert r.status == 400
+    async with http.post(api, data=("周小禾" * 30000).encode(), headers=auth) as r:
+        assert r.status == 413
+
+    # a crash inside a turn, its exception quoting a child's name and a note
+    quoted = f"周小禾 {CRASH_NOTE} T003"  # (in a variable, as real data is: not in the source)
+
+    def crash(self: Form, answers: object, today: date) -> list[object]:
+        raise RuntimeError(quoted)
+
+    monkeypatch.setattr(Form, "followups", crash)
+    await bot.say("家访", user="T003")
+    await bot.say("郑小石", user="T003")
+    for answer in ["3", "1", "1", "2", "1", "1", "1", "1", "1", CRASH_NOTE]:
+        await bot.say(answer, user="T003")
+    assert await bot.replies("提交", user="T003") == [texts.APOLOGY]
+    monkeypatch.undo()
+
+    # reminders and digests
+    await world.at(local(date(2026, 3, 2), 9, 5), REMIND)
+    await world.at(local(date(2026, 3, 2), 17, 5), DIGEST)
+    assert world.wecom.got or world.dingtalk.got
+
+    # the console: sign-in, the student page, an export with and without sensitive answers
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as browser_http:
+        web = ConsoleClient(server, browser_http, deps)
+        token = issue_link(deps.db, "C001", deps)
+        secrets.append(token)
+        async with await web.get(f"/console/login?token={token}") as r:
+            assert r.status == 303
+        await web.text("/console/students")
+        await web.text("/console/followups")
+        async with await web.get("/console/export?format=xlsx") as r:
+            assert r.status == 200
+        async with await web.get("/console/login?token=wrong-token") as r:
+            assert r.status != 303
+        async with await web.get(f"/console/login?token={token}") as r:  # used already
+            assert r.status != 303
+
+    # the CLI, in this process: exports, a student's data, erasure, and their errors
+    command.stamp(alembic_config(deps.db.engine), "head")
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.chdir(tmp_path)
+    assert homevisit(["export", "--out", str(tmp_path / "a.xlsx")]) == 0
+    assert homevisit(["export", "--out", str(tmp_path / "b.csv"), "--include-sensitive",
+                         "--user", "C001", "--reason", "个案会商 周小禾"]) == 0  # fmt: skip
+    assert homevisit(["export", "--out", str(tmp_path / "no" / "c.csv")]) == 1
+    assert homevisit(["student", "export", "DEMO0003", "--out", str(tmp_path / "s.json")]) == 0
+    assert homevisit(["student", "erase", "DEMO0005", "--reason", "家长申请 孙小川"]) == 0
+    assert homevisit(["student", "erase", "NOPE", "--reason", "x"]) == 1
+    assert homevisit(["audit", "verify"]) == 0
+
+    with deps.db.begin() as conn:  # the scenario did happen
+        assert conn.execute(select(func.count()).select_from(visits)).scalar_one() >= 1
+    records = caplog.records
+    assert len(records) > 5  # the scenario did log (crash, refused requests, jobs)
+    assert any("turn failed" in r.getMessage() for r in records)
+    leaks = [
+        (secret, formatted(r)[:300])
+        for r in records
+        for secret in secrets
+        if secret in formatted(r)
+    ]
+    assert leaks == []
+    assert not logging.getLogger("sqlalchemy.engine").isEnabledFor(logging.INFO)
+
+
+# ---------------------------------------------------------------------------- DingTalk
+@pytest.fixture
+async def dingtalk_fake(clock: FakeClock) -> AsyncIterator[FakeDingTalk]:
+    peer = FakeDingTalk(
+        app_key=dt.APP_KEY,
+        app_secret=dt.APP_SECRET,
+        robot_code=dt.ROBOT_CODE,
+        now=lambda: clock.now().timestamp(),
+    )
+    await peer.start()
+    yield peer
+    await peer.close()
+
+
+async def test_no_personal_data_in_dingtalk_logs(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    dingtalk_fake: FakeDingTalk,
+    clock: FakeClock,
+) -> None:
+    """The same over DingTalk's HTTP callbacks: a check-in with a note, refused callbacks, a
+    malformed body and a crash inside a turn."""
+    teacher = dt.Teacher(dingtalk_fake, clock)
+    ids = iter(range(1000))
+
+    def say(text: str) -> dict[str, object]:  # (opaque ids, as DingTalk's own: the helper's
+        return teacher.message(text, msgId=f"msgid{next(ids):04d}")  # name the sender)
+
+    secrets = [*STUDENTS, *STAFF, NOTE, OTHER, CRASH_NOTE, dt.USER, dt.APP_SECRET, "张老师"]
+    quoted = f"周小禾 {CRASH_NOTE}"
+
+    def crash(self: Form, answers: object, today: date) -> list[object]:
+        raise RuntimeError(quoted)
+
+    async with (
+        ClientSession() as web_client,
+        dt.serving(dt.with_dingtalk(settings, dingtalk_fake, "http"), deps) as dt_server,
+    ):
+        for text in ["家访", "周小禾", "99", *CHECKIN, "提交"]:
+            status, _ = await dt.callback(web_client, dt_server, say(text), dt.headers_for(clock))
+            assert status == 200
+        status, _ = await dt.callback(
+            web_client, dt_server, say(NOTE), dt.headers_for(clock, secret="wrong")
+        )
+        assert status == 403
+        status, _ = await dt.callback(
+            web_client, dt_server, f'{{"text": "{NOTE}"'.encode(), dt.headers_for(clock)
+        )
+        assert status == 400
+        monkeypatch.setattr(Form, "followups", crash)
+        for text in ["家访", "陈小树", *CHECKIN, "提交"]:
+            await dt.callback(web_client, dt_server, say(text), dt.headers_for(clock))
+        await dt.eventually(lambda: any("turn failed" in r.getMessage() for r in caplog.records))
+    with deps.db.begin() as conn:
+        submitted = select(func.count()).where(visits.c.status == "submitted")
+        assert conn.execute(submitted).scalar_one() == 1  # the crashed one stays a draft
+    leaks = [
+        (secret, formatted(r)[:300])
+        for r in caplog.records
+        for secret in secrets
+        if secret in formatted(r)
+    ]
+    assert leaks == []
