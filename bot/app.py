@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from bot import console
-from bot.channels import api, dingtalk, wecom
+from bot.channels import api, dingtalk, wechat, wecom
 from bot.channels.wecom import WECOM_API
-from bot.core.channels import DINGTALK, WECOM
+from bot.core.channels import DINGTALK, WECHAT, WECOM
 from bot.core.engine import Engine
 from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence
@@ -48,7 +48,11 @@ def conversation_over(
     turns: Turns, settings: Settings, form: Form, clock: Clock, calendar: SchoolCalendar
 ) -> Dispatcher:
     """The check-in conversation on any store (tests run it on the memory store too)."""
-    configured = {WECOM: settings.wecom is not None, DINGTALK: settings.dingtalk is not None}
+    configured = {
+        WECOM: settings.wecom is not None,
+        DINGTALK: settings.dingtalk is not None,
+        WECHAT: settings.wechat is not None,
+    }
     alerts = Alerts(
         channels=tuple(c for c in PERSON_CHANNELS if configured.get(c)),
         quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),
@@ -100,6 +104,8 @@ def install_channels(app: web.Application, settings: Settings, deps: Deps) -> di
         senders["wecom"] = wecom.install(app, settings, deps)
     if settings.dingtalk is not None:
         senders[dingtalk.CHANNEL] = dingtalk.install(app, settings, deps)
+    if settings.wechat is not None:
+        senders[WECHAT] = wechat.install(app, settings, deps)
     if settings.dingtalk_digest_webhook is not None:
         senders[dingtalk.GROUP_CHANNEL] = dingtalk.install_digest(app, settings, deps)
     return senders

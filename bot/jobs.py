@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 REMIND, DIGEST = "remind", "digest"
 JOBS = (REMIND, DIGEST)
 # Channels in order of preference for reaching a person; the group robot is addressed separately.
-PERSON_CHANNELS = ("wecom", "dingtalk")
+PERSON_CHANNELS = ("wecom", "dingtalk", "wechat")
 
 
 @dataclass(frozen=True, slots=True)

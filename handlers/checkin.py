@@ -139,7 +139,10 @@ class CheckIn:
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
         if t.staff is None:
-            return [texts.NOT_REGISTERED.format(user_id=t.message.user_id)]
+            unknown = texts.NOT_REGISTERED.format(user_id=t.message.user_id)
+            if t.message.kind is MessageKind.EVENT:  # following the account, not yet bound
+                return [texts.WELCOME + "\n\n" + unknown]
+            return [unknown]
         session = t.session
         c = _Ctx(t, t.staff, states.load(session.state, session.data, session.listing))
         replies = self._reply(c)

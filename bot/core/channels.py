@@ -6,6 +6,7 @@ CONSOLE = "console"  # `homevisit chat`: the user id is the staff number
 API = "api"  # the generic JSON channel: the user id is the staff number
 WECOM = "wecom"
 DINGTALK = "dingtalk"
+WECHAT = "wechat"  # the WeChat Official Account: the user id is the follower's OpenID
 DINGTALK_GROUP = "dingtalk_group"  # the coordinators' DingTalk group robot (digests only)
 
 # Channels whose user id is the staff number itself (no identity row needed).
