@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     link = console_sub.add_parser("link", help="print a one-time sign-in URL (valid 15 minutes)")
     link.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 of a coordinator")
 
+    bind = sub.add_parser("bind", help="binding chat identities to staff members")
+    bind_sub = bind.add_subparsers(dest="bind_command", required=True, metavar="ACTION")
+    bind_code = bind_sub.add_parser("code", help="print a one-time binding code (valid 72 hours)")
+    bind_code.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 of the teacher")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply database migrations")
@@ -143,6 +148,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return commands.run_job(settings, args.command, args.at)
         case "console":
             return commands.console_link(settings, args.user)
+        case "bind":
+            return commands.bind_code(settings, args.user)
         case "db":
             return commands.db_upgrade(settings)
     raise AssertionError(args.command)

@@ -34,7 +34,7 @@ from bot.core.types import (
     StudentRef,
 )
 from config.forms import Form, QType
-from handlers import render, states, texts
+from handlers import binding, render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
 from handlers.cadence import Cadence, last_attempt_unreached
 from handlers.commands import Cmd, Command, as_number, done_note, is_no, is_yes, parse_command
@@ -138,6 +138,12 @@ class CheckIn:
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
+        if t.message.kind is MessageKind.TEXT:
+            text = normalize(t.message.text[:MAX_MESSAGE])
+            if binding.is_bind(text):
+                return binding.bind(t, text)
+            if t.staff is not None and binding.is_issue(text):
+                return binding.issue(t, t.staff, text)
         if t.staff is None:
             unknown = texts.NOT_REGISTERED.format(user_id=t.message.user_id)
             if t.message.kind is MessageKind.EVENT:  # following the account, not yet bound

@@ -162,3 +162,22 @@ CONSOLE_LINK = (
 CONSOLE_NOT_FOR_TEACHERS = (
     "家访后台是给学校资助协调员和教育局用的；老师请直接在这里回复“家访”“进度”等指令。"
 )
+
+# -- binding a chat identity with a code (handlers/binding.py)
+BIND_USAGE = (
+    "绑定的格式是：绑定 工号 绑定码（例如：绑定 T001 K7M2P9QX）。绑定码请向学校的资助协调员要。"
+)
+BIND_NOT_NEEDED = "这里直接按工号使用，不需要绑定。"
+BIND_LOCKED = "绑定码错误次数太多，请{minutes}分钟后再试，或请协调员重新生成绑定码。"
+BIND_WRONG = "工号或绑定码不对，或绑定码已过期、已用过。请核对后再发一次，或请协调员重新生成。"
+BIND_TAKEN = "这个账号已经绑定了另一位老师，不能再绑定。如有疑问请联系学校的资助协调员。"
+BIND_ALREADY = "这个账号已经绑定在{name}老师名下，不需要再绑定。"
+BIND_DONE = "绑定成功！{name}老师，以后在这里就可以使用家访助手，提醒也会发到这里。"
+BIND_CODE_NOT_FOR_TEACHERS = "绑定码由学校的资助协调员生成。"
+BIND_CODE_USAGE = "生成绑定码的格式是：绑定码 工号（例如：绑定码 T001）。"
+BIND_CODE_UNKNOWN = "本校没有在职的工号 {staff_no}，请核对后再发。"
+BIND_CODE = (
+    "{name}（{staff_no}）的绑定码：{code}\n"
+    "{hours}小时内有效，只能用一次；再生成一次，这一个就作废。\n"
+    "请老师在要使用的聊天工具（企业微信、钉钉、微信公众号、飞书）里发送：绑定 {staff_no} {code}"
+)

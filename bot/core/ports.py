@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from bot.core.binding import BindOutcome
 from bot.core.types import (
     ConversationKey,
     Coverage,
@@ -182,6 +183,39 @@ class Store(Protocol):
         self, staff_id: int, token_hash: str, expires_at: datetime, now: datetime
     ) -> None:
         """Store a one-time console sign-in token (its hash only) for this staff member."""
+        ...
+
+    # -- binding chat identities with one-time codes (`bot.core.binding`)
+    def issue_binding_code(
+        self,
+        staff_no: str,
+        school_id: int | None,
+        code_hash: str,
+        expires_at: datetime,
+        now: datetime,
+        actor: str,
+    ) -> Staff | None:
+        """Store a code (its hash) for the active staff member with this 工号 in `school_id`
+        (None: any school), withdrawing their unused codes; audited. None, and nothing
+        written, when there is no such staff member."""
+        ...
+
+    def bind_failures(self, subjects: Sequence[str], since: datetime) -> dict[str, int]:
+        """How many wrong codes each subject (`bot.core.binding`) sent since `since`."""
+        ...
+
+    def record_bind_failure(
+        self, subjects: Sequence[str], now: datetime, forget_before: datetime
+    ) -> None:
+        """Count one wrong code for each subject; forget those before `forget_before`."""
+        ...
+
+    def redeem_binding_code(
+        self, channel: str, user_id: str, staff_no: str, code_hash: str, now: datetime
+    ) -> tuple[BindOutcome, Staff | None]:
+        """Bind this chat identity to the staff member if the code is theirs, unused and not
+        expired: their earlier identity on the channel is replaced, the code used up, the
+        binding audited. An identity bound to someone else is left alone (TAKEN)."""
         ...
 
 
