@@ -152,6 +152,7 @@ def create_app(
         senders,
         deps.clock,
         quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),
+        fallback_after=settings.fallback_after,
     )
     app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY])
     if serving:

@@ -125,6 +125,8 @@ class Settings:
     calendar_path: Path = DEFAULT_CALENDAR
     # The base of links the bot hands out (console sign-in); https makes console cookies Secure.
     public_url: str = "http://127.0.0.1:8080"
+    # a proactive message still failing on one channel after this goes out on the next
+    fallback_after: timedelta = timedelta(minutes=60)
 
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
@@ -215,6 +217,9 @@ class _Parser:
             if not path.is_file():
                 self.problem("HOMEVISIT_FORM", f"no such file {path}")
             kwargs["form_path"] = path
+        if "HOMEVISIT_FALLBACK_AFTER_MINUTES" in env:
+            minutes = self.whole_number("HOMEVISIT_FALLBACK_AFTER_MINUTES", 24 * 60)
+            kwargs["fallback_after"] = timedelta(minutes=minutes or 60)
         if "HOMEVISIT_PUBLIC_URL" in env:
             kwargs["public_url"] = self.public_url(env["HOMEVISIT_PUBLIC_URL"])
         if self.problems:

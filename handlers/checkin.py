@@ -38,7 +38,7 @@ from handlers import binding, render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
 from handlers.cadence import Cadence, last_attempt_unreached
 from handlers.commands import Cmd, Command, as_number, done_note, is_no, is_yes, parse_command
-from handlers.reminders import pick_channel
+from handlers.reminders import reach_order
 from handlers.states import (
     Answering,
     ConfirmCut,
@@ -662,14 +662,17 @@ class CheckIn:
         not_before = self.alerts.quiet(c.t.now) or c.t.now
         told = False
         for person in store.school_coordinators(student.id):
-            target = pick_channel(person, self.alerts.channels)
-            if target is None:
+            order = reach_order(person, self.alerts.channels)
+            if not order:
                 continue
+            (channel, recipient), *rest = order
             for kind, body in bodies:
                 # (the visit and its revision in the key: 撤销 withdraws it, a corrected
                 # submission is a message of its own)
                 key = f"alert:{draft.visit_id}:{draft.revision}:{kind}:{person.staff_no}"
-                message = OutboxMessage(key, target[0], target[1], "alert", body)
+                message = OutboxMessage(
+                    key, channel, recipient, "alert", body, fallbacks=tuple(rest)
+                )
                 told = store.queue_message(message, not_before, c.t.now) or told
         return texts.SCHOOL_TOLD if told else texts.SCHOOL_NOT_REACHABLE
 

@@ -58,6 +58,7 @@ from storage.schema import (
     students,
     visits,
 )
+from storage.snapshot import last_seen
 
 T = TypeVar("T")
 
@@ -733,8 +734,17 @@ class SqlStore:
                 )
             ):
                 ids[staff_id][channel] = external
+        seen = last_seen(self.conn, list(ids)) if ids else {}
         return [
-            RosterStaff(p.id, p.staff_no, p.name, StaffRole.COORDINATOR, p.school_id, ids[p.id])
+            RosterStaff(
+                p.id,
+                p.staff_no,
+                p.name,
+                StaffRole.COORDINATOR,
+                p.school_id,
+                ids[p.id],
+                seen.get(p.id, {}),
+            )
             for p in people
         ]
 
@@ -748,6 +758,7 @@ class SqlStore:
             body=message.body,
             not_before=not_before,
             now=now,
+            fallbacks=message.fallbacks,
         )
 
     def withdraw_messages(self, key_prefix: str) -> int:

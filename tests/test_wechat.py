@@ -271,7 +271,8 @@ async def test_the_next_reminder_reaches_the_teacher_by_customer_service_message
     await wx.say("帮助")
     report = await app[JOBS].run("remind", clock.now())
     assert report.queued == 1
-    await app[DELIVERY].run_once()
+    await app[DELIVERY].run_once()  # (or the running delivery loop does)
+    await eventually(lambda: len(fake.texts(OPENID)) == 1)
     [reminder] = fake.texts(OPENID)
     assert "周小禾" in reminder
 
@@ -459,7 +460,8 @@ async def test_outside_the_window_a_reminder_goes_as_the_template_message(
 ) -> None:
     fake.in_window.discard(OPENID)
     await queue_reminder(deps, clock)
-    await app[DELIVERY].run_once()
+    await app[DELIVERY].run_once()  # (or the running delivery loop does)
+    await eventually(lambda: [r.status for r in outbox_rows(deps)] == ["sent"])
     [notice] = fake.delivered
     assert notice.kind == "template" and notice.body["template_id"] == TEMPLATE
     assert (
@@ -473,7 +475,8 @@ async def test_outside_the_window_without_a_template_fails_for_good(
     settings: Settings, deps: Deps, fake: FakeWeChat, clock: FakeClock, bound: None
 ) -> None:
     fake.in_window.discard(OPENID)
-    app = create_app(replace(settings, wechat=wechat_config(fake, template=False)), deps)
+    configured = replace(settings, wechat=wechat_config(fake, template=False))
+    app = create_app(configured, deps, serving=False)
     async with TestServer(app, host="127.0.0.1"):
         await queue_reminder(deps, clock)
         await app[DELIVERY].run_once()

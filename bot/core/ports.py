@@ -284,6 +284,19 @@ class Outbox(Protocol):
         """Failed for good: never sent again."""
         ...
 
+    async def reroute(
+        self,
+        item_id: int,
+        channel: str,
+        recipient: str,
+        fallbacks: Sequence[tuple[str, str]],
+        error: str,
+        now: datetime,
+    ) -> None:
+        """Move the row to another channel and recipient (fallback), due at `now`; `error`
+        says why the last one gave up."""
+        ...
+
     async def settle(self, keys: Sequence[str], *, sent: bool, error: str, now: datetime) -> None:
         """A channel's own send of these rows (by key; unknown keys are skipped): `sent`, or
         failed with `error` and due for the delivery loop at `now`."""
