@@ -18,9 +18,10 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
-from bot.app import build_dispatcher, conversation_over, create_app
+from bot.app import JOBS, build_dispatcher, conversation_over, create_app
 from bot.core.binding import ALPHABET, CODE_LENGTH
 from bot.deps import Deps
+from bot.web import DELIVERY
 from config.calendar import SchoolCalendar
 from config.forms import load_form
 from config.settings import Settings, load_settings
@@ -32,7 +33,8 @@ from storage.schema import audit_log, bind_failures, binding_codes, identities, 
 from tests.conftest import ChatDriver, FakeClock, make_db_url, make_settings
 from tests.fake_wechat import FakeWeChat
 from tests.test_cli import env, homevisit  # noqa: F401 (the fixture)
-from tests.test_wechat import STRANGER, Peer, wechat_config
+from tests.test_conversation import TABLET_VISIT
+from tests.test_wechat import STRANGER, Peer, message_xml, wechat_config
 from tests.test_wechat import fake as fake  # the fixture
 
 CODE = re.compile(rf"[{ALPHABET}]{{{CODE_LENGTH}}}")
@@ -180,13 +182,29 @@ async def test_a_wechat_follower_binds_and_checks_in_over_the_channel(
     clock: FakeClock,
     bot: ChatDriver,
 ) -> None:
+    """The issue's "done when": a teacher with only WeChat follows the account, binds with the
+    coordinator's code, completes a check-in and gets the next reminder (by template, as the
+    48-hour window has closed by then)."""
     code = await code_for(bot, "T002")
-    app = create_app(replace(settings, wechat=wechat_config(fake)), deps)
+    app = create_app(replace(settings, wechat=wechat_config(fake)), deps, serving=False)
     async with TestServer(app, host="127.0.0.1") as server, ClientSession() as http:
         wx = Peer(http, server, clock)
-        assert "绑定 工号 绑定码" in await wx.say("你好", user=STRANGER)
+        _, body = await wx.post(
+            message_xml(user=STRANGER, msg_type="event", event="subscribe"), user=STRANGER
+        )
+        assert "绑定 工号 绑定码" in wx.open(body, STRANGER)
         assert (await wx.say(f"绑定 T002 {code}", user=STRANGER)).startswith("绑定成功")
         assert "王小雨" in await wx.say("家访", user=STRANGER)
+        assert "开始登记 王小雨（四年级2班）" in await wx.say("1", user=STRANGER)
+        for answer in TABLET_VISIT:
+            await wx.say(answer, user=STRANGER)
+        assert "已提交 王小雨（四年级2班）" in await wx.say("提交", user=STRANGER)
+        clock.advance(days=3)
+        fake.in_window.discard(STRANGER)
+        assert (await app[JOBS].run("remind", clock.now())).queued >= 1
+        await app[DELIVERY].run_once()
+    [notice] = [d for d in fake.delivered if d.touser == STRANGER]
+    assert notice.kind == "template" and notice.content
 
 
 def test_bind_code_prints_the_code_last(env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
