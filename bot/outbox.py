@@ -130,8 +130,11 @@ class OutboxDelivery:
             exc.reason,
             channel,
         )
+        due = now  # a reminder moved inside quiet hours still waits for them to end
+        if self.quiet is not None and item.kind not in PROMPT_KINDS:
+            due = self.quiet(now) or now
         await self.outbox.reroute(
-            item.id, channel, recipient, later, f"{item.channel}: {exc.reason}", now
+            item.id, channel, recipient, later, f"{item.channel}: {exc.reason}", due
         )
         self.poke()
         return True

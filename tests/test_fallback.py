@@ -194,3 +194,21 @@ def test_fallback_after_minutes_is_a_setting() -> None:
     assert loaded.fallback_after.total_seconds() == 900
     with pytest.raises(Exception, match="HOMEVISIT_FALLBACK_AFTER_MINUTES"):
         load_settings({"HOMEVISIT_FALLBACK_AFTER_MINUTES": "soon"}, env_file=None)
+
+
+async def test_a_fallback_inside_quiet_hours_waits_for_the_morning(
+    app: web.Application,
+    wecom: FakeWeCom,
+    dingtalk: FakeDingTalk,
+    clock: FakeClock,
+) -> None:
+    clock.advance(hours=11)  # 20:00 in Shanghai; quiet hours start at 21:00
+    wecom.failures = ["http 502"] * 50
+    await remind(app, clock)
+    for _ in range(12):  # WeCom still failing at 21:12: the move is due at 07:00
+        clock.advance(minutes=6)
+        await app[DELIVERY].run_once()
+    assert dingtalk.batch_sends == []
+    clock.advance(hours=10)  # 07:12
+    await app[DELIVERY].run_once()
+    assert len(dingtalk.batch_sends) == 1 and wecom.sent == []

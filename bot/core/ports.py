@@ -293,8 +293,8 @@ class Outbox(Protocol):
         error: str,
         now: datetime,
     ) -> None:
-        """Move the row to another channel and recipient (fallback), due at `now`; `error`
-        says why the last one gave up."""
+        """Move the row to another channel and recipient (fallback), due at `now` (attempts
+        counted afresh from then); `error` says why the last one gave up."""
         ...
 
     async def settle(self, keys: Sequence[str], *, sent: bool, error: str, now: datetime) -> None:
