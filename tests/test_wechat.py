@@ -633,3 +633,18 @@ def test_inbound_ids_never_carry_the_openid() -> None:
     inbound = wechat.to_inbound(msg, b"k")
     assert isinstance(inbound, InboundMessage) and inbound.message_id is not None
     assert OPENID not in inbound.message_id and inbound.message_id.startswith("h:")
+
+
+async def test_compatible_mode_reads_the_ciphertext_not_the_clear_fields(
+    wx: Peer, deps: Deps
+) -> None:
+    ts = wx.timestamp()
+    inner = message_xml("家访", msg_id=wx.next_id())
+    envelope = ElementTree.fromstring(wx.crypto.encrypt_message(inner, NONCE, ts))
+    encrypted, msg_signature = envelope.findtext("Encrypt"), envelope.findtext("MsgSignature")
+    assert encrypted and msg_signature
+    clear = message_xml("放弃", msg_id="1")  # what a forger could change: it is ignored
+    body = clear.replace("</xml>", f"<Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>")
+    params = wx.query(ts) | {"encrypt_type": "aes", "msg_signature": msg_signature}
+    status, reply = await wx.post_raw(params, body.encode())
+    assert status == 200 and "共5名" in wx.open(reply)
