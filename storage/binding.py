@@ -129,7 +129,9 @@ def redeem(
         )
     ).rowcount
     conn.execute(
-        insert(identities).values(channel=channel, external_id=user_id, staff_id=target.id)
+        insert(identities).values(
+            channel=channel, external_id=user_id, staff_id=target.id, bound_at=now
+        )
     )
     conn.execute(
         update(binding_codes).where(binding_codes.c.code_hash == code_hash).values(used_at=now)

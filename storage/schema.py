@@ -84,6 +84,9 @@ identities = Table(
     Column("channel", String(20), primary_key=True),
     Column("external_id", String(128), primary_key=True),
     Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+    # Set when the identity was bound with a code (`绑定`), not listed by the roster: a roster
+    # whose cell for it is empty does not know it, and keeps it.
+    Column("bound_at", UtcDateTime, nullable=True),
 )
 
 students = Table(

@@ -215,3 +215,16 @@ def test_bind_code_prints_the_code_last(env: dict[str, str], tmp_path: Path) -> 
     stranger = homevisit(env, tmp_path, "bind", "code", "--user", "NOBODY")
     assert stranger.returncode == 1 and "NOBODY" in stranger.stderr
     assert len(stranger.stderr.strip().splitlines()) == 1 and "Traceback" not in stranger.stderr
+
+
+async def test_a_roster_import_keeps_an_identity_bound_by_code(
+    bot: ChatDriver, deps: Deps, clock: FakeClock
+) -> None:
+    code = await code_for(bot, "T002")
+    dingtalk = ChatDriver(bot.dispatcher, "dingtalk")
+    assert (await dingtalk.say(f"绑定 T002 {code}", user="dt_li")).startswith("绑定成功")
+    with deps.db.begin() as conn:
+        load_demo(conn, now=clock.now())  # the roster again: T002's 钉钉ID cell is empty
+    turns = bot.dispatcher.turns
+    found = await turns.run(lambda store: store.find_staff("dingtalk", "dt_li"))
+    assert found is not None and found.staff_no == "T002"

@@ -1,4 +1,4 @@
-"""binding codes and wrong-code counts; outbox fallback across channels
+"""binding codes, wrong-code counts, identities bound by code; outbox fallback across channels
 
 Revision ID: 0008
 Revises: 0005
@@ -36,6 +36,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_bind_failures_subject_at", "bind_failures", ["subject", "at"], unique=False)
+    with op.batch_alter_table("identities", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("bound_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("fallbacks", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("channel_since", sa.DateTime(timezone=True), nullable=True))
@@ -47,6 +49,8 @@ def downgrade() -> None:
         batch_op.drop_column("fallback_from")
         batch_op.drop_column("channel_since")
         batch_op.drop_column("fallbacks")
+    with op.batch_alter_table("identities", schema=None) as batch_op:
+        batch_op.drop_column("bound_at")
     op.drop_index("ix_bind_failures_subject_at", table_name="bind_failures")
     op.drop_table("bind_failures")
     op.drop_index("ix_binding_codes_staff_id", table_name="binding_codes")
