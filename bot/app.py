@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from bot import console, metrics
-from bot.channels import api, dingtalk, feishu, wecom
+from bot.channels import api, dingtalk, feishu, wechat, wecom
 from bot.channels.wecom import WECOM_API
-from bot.core.channels import DINGTALK, FEISHU, WECOM
+from bot.core.channels import DINGTALK, FEISHU, WECHAT, WECOM
 from bot.core.engine import Engine
 from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence
@@ -62,6 +62,7 @@ def conversation_over(
         WECOM: settings.wecom is not None,
         DINGTALK: settings.dingtalk is not None,
         FEISHU: settings.feishu is not None,
+        WECHAT: settings.wechat is not None,
     }
     alerts = Alerts(
         channels=tuple(c for c in PERSON_CHANNELS if configured.get(c)),
@@ -117,6 +118,8 @@ def install_channels(app: web.Application, settings: Settings, deps: Deps) -> di
         senders[dingtalk.CHANNEL] = dingtalk.install(app, settings, deps)
     if settings.feishu is not None:
         senders[feishu.CHANNEL] = feishu.install(app, settings, deps)
+    if settings.wechat is not None:
+        senders[WECHAT] = wechat.install(app, settings, deps)
     if settings.dingtalk_digest_webhook is not None:
         senders[dingtalk.GROUP_CHANNEL] = dingtalk.install_digest(app, settings, deps)
     return senders
@@ -178,6 +181,7 @@ def create_app(
         deps.clock,
         quiet=lambda moment: settings.quiet_hours.release(moment, settings.tz),
         metrics=app[METRICS],
+        fallback_after=settings.fallback_after,
     )
     app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY])
     if serving:

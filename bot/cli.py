@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_sub.add_parser("verify", help="check the hash chain; non-zero exit when broken")
 
+    bind = sub.add_parser("bind", help="binding chat identities to staff members")
+    bind_sub = bind.add_subparsers(dest="bind_command", required=True, metavar="ACTION")
+    bind_code = bind_sub.add_parser("code", help="print a one-time binding code (valid 72 hours)")
+    bind_code.add_argument("--user", required=True, metavar="STAFF_NO", help="工号 of the teacher")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply database migrations")
@@ -189,6 +194,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return commands.db_backup(settings, args.out)
         case "db" if args.db_command == "restore":
             return commands.db_restore(settings, args.file)
+        case "bind":
+            return commands.bind_code(settings, args.user)
         case "db":
             return commands.db_upgrade(settings)
     raise AssertionError(args.command)

@@ -222,6 +222,34 @@ def console_link(settings: Settings, staff_no: str) -> int:
     return 0
 
 
+def bind_code(settings: Settings, staff_no: str) -> int:
+    """Print a one-time binding code for a staff member (the code alone on the last line)."""
+    from bot.core.binding import CODE_TTL, code_hash, new_code
+    from bot.core.errors import HomevisitError
+    from storage.binding import issue_code
+
+    code = new_code()
+    now = SystemClock().now()
+    db = open_database(settings)
+    try:
+        db.upgrade()
+        with db.begin() as conn:
+            target = issue_code(conn, staff_no, None, code_hash(code), now + CODE_TTL, now, "cli")
+    finally:
+        db.close()
+    if target is None:
+        raise HomevisitError(
+            f"工号 {staff_no} 不存在或已停用 / staff number {staff_no!r} not found"
+        )
+    hours = int(CODE_TTL.total_seconds() // 3600)
+    print(
+        f"{target.name}（{target.staff_no}）的绑定码，{hours}小时内有效、只能用一次；"
+        f"老师发送“绑定 {target.staff_no} 绑定码” / binding code, valid {hours} hours, once:"
+    )
+    print(code)
+    return 0
+
+
 def db_upgrade(settings: Settings) -> int:
     db = open_database(settings)
     try:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 REMIND, DIGEST = "remind", "digest"
 JOBS = (REMIND, DIGEST)
 # Channels in order of preference for reaching a person; the group robot is addressed separately.
-PERSON_CHANNELS = ("wecom", "dingtalk", "feishu")
+PERSON_CHANNELS = ("wecom", "dingtalk", "wechat", "feishu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ class Jobs:
         send_from = max(at, self.deps.clock.now())
         not_before = self.quiet_until(send_from)
         messages = [
-            OutboxMessage(m.key, m.channel, m.recipient, m.kind, m.body, m.listing)
+            OutboxMessage(m.key, m.channel, m.recipient, m.kind, m.body, m.listing, m.fallbacks)
             for m in plan.messages
         ]
         # Queued now, whatever `at` says: the outbox gives up a day after a row was queued.

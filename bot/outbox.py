@@ -3,6 +3,13 @@
 Transient failures are retried with exponential backoff (30 s doubling, at most 10 minutes apart)
 for up to a day, so a platform outage of an hour delays messages but loses none; a permanent
 failure is recorded at once and never retried. Job bodies never let an exception escape.
+
+Fallback across channels: a proactive message carries the other channels its recipient can be
+reached on (`OutboxItem.fallbacks`, the one they wrote from last first). When its channel
+rejects it for good, or it has kept failing there for `fallback_after`, the same row moves to the
+next configured channel (`Outbox.reroute`): one row, so the message is never out on two
+channels at once, and a platform that comes back later never gets it. A send whose outcome was
+unknown (a timeout after the platform took it) may still have arrived before the move.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class OutboxDelivery:
         poll_seconds: float = 5.0,
         quiet: Callable[[datetime], datetime | None] | None = None,
         metrics: Metrics | None = None,
+        fallback_after: timedelta = timedelta(minutes=60),
     ) -> None:
         self.outbox = outbox
         self.senders = senders
@@ -49,6 +57,7 @@ class OutboxDelivery:
         self.poll_seconds = poll_seconds
         self.quiet = quiet  # when a moment is in quiet hours, when they end
         self.metrics = metrics
+        self.fallback_after = fallback_after
         self._wake = asyncio.Event()
 
     def poke(self) -> None:
@@ -88,6 +97,10 @@ class OutboxDelivery:
 
     async def _failed(self, item: OutboxItem, exc: SendError) -> None:
         now = self.clock.now()
+        if await self._fell_back(item, exc, now):
+            if self.metrics is not None:
+                self.metrics.delivery_failed(item.channel, exc.reason, final=False)
+            return
         final = exc.permanent or now - item.created_at > GIVE_UP_AFTER
         if self.metrics is not None:
             self.metrics.delivery_failed(item.channel, exc.reason, final=final)
@@ -111,6 +124,32 @@ class OutboxDelivery:
             delay,
         )
         await self.outbox.mark_retry(item.id, exc.reason, retry_at)
+
+    async def _fell_back(self, item: OutboxItem, exc: SendError, now: datetime) -> bool:
+        """Move the item to its next configured channel if it is time to; whether it moved."""
+        since = item.channel_since or item.created_at
+        if not exc.permanent and now - since < self.fallback_after:
+            return False
+        rest = [f for f in item.fallbacks if f[0] in self.senders and f[0] != item.channel]
+        if not rest:
+            return False
+        (channel, recipient), *later = rest
+        log.warning(
+            "outbox_id=%s kind=%s gave up on %s (%s); falling back to %s",
+            item.id,
+            item.kind,
+            item.channel,
+            exc.reason,
+            channel,
+        )
+        due = now  # a reminder moved inside quiet hours still waits for them to end
+        if self.quiet is not None and item.kind not in PROMPT_KINDS:
+            due = self.quiet(now) or now
+        await self.outbox.reroute(
+            item.id, channel, recipient, later, f"{item.channel}: {exc.reason}", due
+        )
+        self.poke()
+        return True
 
     async def run_forever(self) -> None:
         """Background task: deliver, then sleep until poked or the next poll."""

@@ -80,6 +80,18 @@ class WeComSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WeChatSettings:
+    """A WeChat Official Account (verified 服务号); `aes_key` set means safe/compatible mode."""
+
+    app_id: str
+    app_secret: Secret
+    token: Secret
+    aes_key: Secret | None
+    template_reminder: str | None
+    api_base: str
+
+
+@dataclass(frozen=True, slots=True)
 class DingTalkSettings:
     app_key: str
     app_secret: Secret
@@ -109,6 +121,7 @@ class Settings:
     wecom: WeComSettings | None = None
     dingtalk: DingTalkSettings | None = None
     feishu: FeishuSettings | None = None
+    wechat: WeChatSettings | None = None
     dingtalk_digest_webhook: Secret | None = None
     dingtalk_digest_secret: Secret | None = None
     reminder_cron: str = "0 9 * * 1-5"
@@ -134,9 +147,13 @@ class Settings:
     retention_days: int = 730
     backup_dir: Path | None = None  # daily backups of a SQLite database (serve); None: off
     backup_keep: int = 14
+    # a proactive message still failing on one channel after this goes out on the next
+    fallback_after: timedelta = timedelta(minutes=60)
 
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
+_WECHAT_VARS = ("WECHAT_APP_ID", "WECHAT_APP_SECRET", "WECHAT_TOKEN")
+_WECHAT_OPTIONAL = ("WECHAT_AES_KEY", "WECHAT_TEMPLATE_REMINDER")
 _DINGTALK_VARS = ("DINGTALK_APP_KEY", "DINGTALK_APP_SECRET")
 _FEISHU_VARS = ("FEISHU_APP_ID", "FEISHU_APP_SECRET")
 _FEISHU_WEBHOOK_VARS = ("FEISHU_VERIFICATION_TOKEN", "FEISHU_ENCRYPT_KEY")
@@ -191,6 +208,7 @@ class _Parser:
         kwargs["wecom"] = self.wecom()
         kwargs["dingtalk"] = self.dingtalk()
         kwargs["feishu"] = self.feishu()
+        kwargs["wechat"] = self.wechat()
         for var, key in (
             ("DINGTALK_DIGEST_WEBHOOK", "dingtalk_digest_webhook"),
             ("DINGTALK_DIGEST_SECRET", "dingtalk_digest_secret"),
@@ -226,6 +244,9 @@ class _Parser:
             if not path.is_file():
                 self.problem("HOMEVISIT_FORM", f"no such file {path}")
             kwargs["form_path"] = path
+        if "HOMEVISIT_FALLBACK_AFTER_MINUTES" in env:
+            minutes = self.whole_number("HOMEVISIT_FALLBACK_AFTER_MINUTES", 24 * 60)
+            kwargs["fallback_after"] = timedelta(minutes=minutes or 60)
         if "HOMEVISIT_PUBLIC_URL" in env:
             kwargs["public_url"] = self.public_url(env["HOMEVISIT_PUBLIC_URL"])
         for var, key, allowed in (
@@ -351,6 +372,29 @@ class _Parser:
             token=Secret(env["WECOM_TOKEN"]),
             aes_key=Secret(aes_key),
             api_base=env.get("WECOM_API_BASE", "https://qyapi.weixin.qq.com").rstrip("/"),
+        )
+
+    def wechat(self) -> WeChatSettings | None:
+        env = self.env
+        optional = [n for n in _WECHAT_OPTIONAL if n in env]
+        if not self.require_all(_WECHAT_VARS, "WeChat Official Account"):
+            for name in optional:
+                self.problem(name, f"set without {', '.join(_WECHAT_VARS)}")
+            return None
+        if not re.fullmatch(r"wx[0-9a-f]{16}", env["WECHAT_APP_ID"]):
+            self.problem("WECHAT_APP_ID", "must be the account's AppID (wx and 16 hex digits)")
+        if not re.fullmatch(r"[A-Za-z0-9]{3,32}", env["WECHAT_TOKEN"]):
+            self.problem("WECHAT_TOKEN", "must be 3 to 32 letters and digits (the server Token)")
+        aes_key = env.get("WECHAT_AES_KEY")
+        if aes_key is not None and not re.fullmatch(r"[A-Za-z0-9]{43}", aes_key):
+            self.problem("WECHAT_AES_KEY", "must be 43 letters and digits (the EncodingAESKey)")
+        return WeChatSettings(
+            app_id=env["WECHAT_APP_ID"],
+            app_secret=Secret(env["WECHAT_APP_SECRET"]),
+            token=Secret(env["WECHAT_TOKEN"]),
+            aes_key=None if aes_key is None else Secret(aes_key),
+            template_reminder=env.get("WECHAT_TEMPLATE_REMINDER"),
+            api_base=env.get("WECHAT_API_BASE", "https://api.weixin.qq.com").rstrip("/"),
         )
 
     def dingtalk(self) -> DingTalkSettings | None:

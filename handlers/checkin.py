@@ -34,11 +34,11 @@ from bot.core.types import (
     StudentRef,
 )
 from config.forms import Form, QType
-from handlers import render, states, texts
+from handlers import binding, render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer
 from handlers.cadence import Cadence, last_attempt_unreached
 from handlers.commands import Cmd, Command, as_number, done_note, is_no, is_yes, parse_command
-from handlers.reminders import pick_channel
+from handlers.reminders import reach_order
 from handlers.states import (
     Answering,
     ConfirmCut,
@@ -138,8 +138,17 @@ class CheckIn:
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
+        if t.message.kind is MessageKind.TEXT:
+            text = normalize(t.message.text[:MAX_MESSAGE])
+            if binding.is_bind(text):
+                return binding.bind(t, text)
+            if t.staff is not None and binding.is_issue(text):
+                return binding.issue(t, t.staff, text)
         if t.staff is None:
-            return [texts.NOT_REGISTERED.format(user_id=t.message.user_id)]
+            unknown = texts.NOT_REGISTERED.format(user_id=t.message.user_id)
+            if t.message.kind is MessageKind.EVENT:  # following the account, not yet bound
+                return [texts.WELCOME + "\n\n" + unknown]
+            return [unknown]
         session = t.session
         c = _Ctx(t, t.staff, states.load(session.state, session.data, session.listing))
         replies = self._reply(c)
@@ -653,14 +662,17 @@ class CheckIn:
         not_before = self.alerts.quiet(c.t.now) or c.t.now
         told = False
         for person in store.school_coordinators(student.id):
-            target = pick_channel(person, self.alerts.channels)
-            if target is None:
+            order = reach_order(person, self.alerts.channels)
+            if not order:
                 continue
+            (channel, recipient), *rest = order
             for kind, body in bodies:
                 # (the visit and its revision in the key: 撤销 withdraws it, a corrected
                 # submission is a message of its own)
                 key = f"alert:{draft.visit_id}:{draft.revision}:{kind}:{person.staff_no}"
-                message = OutboxMessage(key, target[0], target[1], "alert", body)
+                message = OutboxMessage(
+                    key, channel, recipient, "alert", body, fallbacks=tuple(rest)
+                )
                 told = store.queue_message(message, not_before, c.t.now) or told
         return texts.SCHOOL_TOLD if told else texts.SCHOOL_NOT_REACHABLE
 

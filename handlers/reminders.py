@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,7 +30,7 @@ from handlers.states import Item, ItemKind, Listing, ListKind
 
 REMINDER_LIST_LIMIT = 15
 ESCALATION_LIST_LIMIT = 10
-CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉", "feishu": "飞书"}
+CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉", "wechat": "微信公众号", "feishu": "飞书"}
 OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
 
 
@@ -42,6 +42,7 @@ class Outgoing:
     kind: str
     body: str
     listing: dict[str, Any] | None = None  # the numbered list it shows (handlers.states)
+    fallbacks: tuple[tuple[str, str], ...] = ()  # where to try next (bot.outbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +51,19 @@ class Plan:
     unreachable: list[RosterStaff]  # had something to receive, but no usable channel identity
 
 
+def reach_order(person: RosterStaff, channels: Sequence[str]) -> list[tuple[str, str]]:
+    """Every configured channel the person has an identity on, as (channel, user id): the one
+    they wrote from last first, then those they never wrote from, in `channels` order."""
+    mine = [c for c in channels if c in person.identities]
+    never = datetime.min.replace(tzinfo=UTC)
+    mine.sort(key=lambda c: person.last_seen.get(c, never), reverse=True)  # stable for ties
+    return [(c, person.identities[c]) for c in mine]
+
+
 def pick_channel(person: RosterStaff, channels: Sequence[str]) -> tuple[str, str] | None:
-    """The first configured channel the person has an identity on (channels in preference order)."""
-    for channel in channels:
-        if channel in person.identities:
-            return channel, person.identities[channel]
-    return None
+    """The channel to reach the person on first (see `reach_order`)."""
+    order = reach_order(person, channels)
+    return order[0] if order else None
 
 
 class View:
@@ -118,16 +126,25 @@ def plan_reminders(
         person = snap.staff.get(staff_id)
         if person is None:
             continue
-        target = pick_channel(person, channels)
-        if target is None:
+        order = reach_order(person, channels)
+        if not order:
             unreachable.append(person)
             continue
         body, listing = reminder_text(
             person, due_by_staff[staff_id], fu_by_staff[staff_id], view, kind_labels
         )
         key = f"reminder:{person.staff_no}:{view.today.isoformat()}"
+        (channel, recipient), *rest = order
         messages.append(
-            Outgoing(key, target[0], target[1], "reminder", body, states.dump_listing(listing))
+            Outgoing(
+                key,
+                channel,
+                recipient,
+                "reminder",
+                body,
+                states.dump_listing(listing),
+                tuple(rest),
+            )
         )
     return Plan(messages, unreachable)
 
@@ -377,11 +394,13 @@ def plan_digests(
             body, kind = bureau_text, "bureau_digest"
         else:
             continue
-        target = pick_channel(person, channels)
-        if target is None:
+        order = reach_order(person, channels)
+        if not order:
             unreachable.append(person)
             continue
-        messages.append(Outgoing(f"{kind}:{person.staff_no}:{day}", *target, kind, body))
+        (channel, recipient), *rest = order
+        key = f"{kind}:{person.staff_no}:{day}"
+        messages.append(Outgoing(key, channel, recipient, kind, body, fallbacks=tuple(rest)))
     if GROUP_CHANNEL in channels:
         group_text = (
             "\n\n".join([bureau_text, *school_texts.values()])

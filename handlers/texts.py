@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 NOT_REGISTERED = (
-    "你好！你还没有在家访助手中登记，暂时不能使用。\n"
-    "请把你的ID【{user_id}】发给学校的资助协调员，登记后就可以开始了。"
+    "你好！你还没有在家访助手中登记或绑定，暂时不能使用。\n"
+    "请向学校的资助协调员要一个绑定码，然后发送：绑定 工号 绑定码（例如：绑定 T001 K7M2P9QX）。\n"
+    "也可以把你的ID【{user_id}】发给协调员登记。"
 )
+WELCOME = "欢迎关注！我是家访助手，帮老师们逐一登记学生的网上家访情况。"
 APOLOGY = "抱歉，系统刚才出了点问题，这条消息没有处理成功。你填过的内容都已保存，请稍后再发一次。"
 UNAVAILABLE = "抱歉，系统暂时繁忙（数据库连接不上），这条消息没有处理。请过几分钟再发一次。"
 ALREADY_HANDLED = "这条消息之前已经收到并处理过了。"
@@ -159,4 +161,23 @@ CONSOLE_LINK = (
 )
 CONSOLE_NOT_FOR_TEACHERS = (
     "家访后台是给学校资助协调员和教育局用的；老师请直接在这里回复“家访”“进度”等指令。"
+)
+
+# -- binding a chat identity with a code (handlers/binding.py)
+BIND_USAGE = (
+    "绑定的格式是：绑定 工号 绑定码（例如：绑定 T001 K7M2P9QX）。绑定码请向学校的资助协调员要。"
+)
+BIND_NOT_NEEDED = "这里直接按工号使用，不需要绑定。"
+BIND_LOCKED = "绑定码错误次数太多，请{minutes}分钟后再试，或请协调员重新生成绑定码。"
+BIND_WRONG = "工号或绑定码不对，或绑定码已过期、已用过。请核对后再发一次，或请协调员重新生成。"
+BIND_TAKEN = "这个账号已经绑定了另一位老师，不能再绑定。如有疑问请联系学校的资助协调员。"
+BIND_ALREADY = "这个账号已经绑定在{name}老师名下，不需要再绑定。"
+BIND_DONE = "绑定成功！{name}老师，以后在这里就可以使用家访助手，提醒也会发到这里。"
+BIND_CODE_NOT_FOR_TEACHERS = "绑定码由学校的资助协调员生成。"
+BIND_CODE_USAGE = "生成绑定码的格式是：绑定码 工号（例如：绑定码 T001）。"
+BIND_CODE_UNKNOWN = "本校没有在职的工号 {staff_no}，请核对后再发。"
+BIND_CODE = (
+    "{name}（{staff_no}）的绑定码：{code}\n"
+    "{hours}小时内有效，只能用一次；再生成一次，这一个就作废。\n"
+    "请老师在要使用的聊天工具（企业微信、钉钉、微信公众号、飞书）里发送：绑定 {staff_no} {code}"
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
+from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store
@@ -101,6 +102,11 @@ class _Data:
     console_tokens: dict[str, tuple[int, datetime, datetime]] = field(
         default_factory=dict
     )  # hash -> (staff id, created, expires)
+    binding_codes: dict[str, tuple[int, datetime, bool]] = field(
+        default_factory=dict
+    )  # hash -> (staff id, expires, used)
+    bind_failures: list[tuple[str, datetime]] = field(default_factory=list)
+    audit: list[tuple[datetime, str, str, dict[str, object]]] = field(default_factory=list)
     next_id: int = 1
 
 
@@ -455,6 +461,68 @@ class MemoryStore:
         if token_hash in self.data.console_tokens:
             raise ValueError("token hash already stored")
         self.data.console_tokens[token_hash] = (staff_id, now, expires_at)
+
+    def _active_by_no(self, staff_no: str) -> Staff | None:
+        d = self.data
+        found = next((s for s in d.staff.values() if s.staff_no == staff_no), None)
+        return found if found is not None and found.id in d.active_staff else None
+
+    def issue_binding_code(
+        self,
+        staff_no: str,
+        school_id: int | None,
+        code_hash: str,
+        expires_at: datetime,
+        now: datetime,
+        actor: str,
+    ) -> Staff | None:
+        d = self.data
+        target = self._active_by_no(staff_no)
+        if target is None or (school_id is not None and target.school_id != school_id):
+            return None
+        d.binding_codes = {h: c for h, c in d.binding_codes.items() if c[0] != target.id or c[2]}
+        d.binding_codes[code_hash] = (target.id, expires_at, False)
+        d.audit.append((now, actor, "binding_code", {"staff_no": staff_no}))
+        return target
+
+    def bind_failures(self, subjects: Sequence[str], since: datetime) -> dict[str, int]:
+        return {
+            s: sum(1 for subject, at in self.data.bind_failures if subject == s and at >= since)
+            for s in subjects
+        }
+
+    def record_bind_failure(
+        self, subjects: Sequence[str], now: datetime, forget_before: datetime
+    ) -> None:
+        d = self.data
+        d.bind_failures = [f for f in d.bind_failures if f[1] >= forget_before]
+        d.bind_failures.extend((s, now) for s in subjects)
+
+    def redeem_binding_code(
+        self, channel: str, user_id: str, staff_no: str, code_hash: str, now: datetime
+    ) -> tuple[BindOutcome, Staff | None]:
+        d = self.data
+        target = self._active_by_no(staff_no)
+        owner = d.identities.get((channel, user_id))
+        if target is not None and owner == target.id:
+            return BindOutcome.ALREADY, target
+        code = d.binding_codes.get(code_hash)
+        if target is None or code is None or code[0] != target.id or code[2] or code[1] <= now:
+            return BindOutcome.WRONG, None
+        if owner is not None:
+            return BindOutcome.TAKEN, None
+        old = [k for k, sid in d.identities.items() if sid == target.id and k[0] == channel]
+        for k in old:
+            del d.identities[k]
+        d.identities[(channel, user_id)] = target.id
+        d.binding_codes[code_hash] = (target.id, code[1], True)
+        detail: dict[str, object] = {
+            "staff_no": staff_no,
+            "channel": channel,
+            "replaced": bool(old),
+        }
+        d.audit.append((now, staff_no, "binding", detail))
+        return (BindOutcome.REPLACED if old else BindOutcome.BOUND), target
 
 
 class MemoryTurns:

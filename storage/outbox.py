@@ -38,6 +38,7 @@ def enqueue(
     body: str,
     not_before: datetime,
     now: datetime,
+    fallbacks: Sequence[tuple[str, str]] = (),
 ) -> bool:
     """Store a message unless one with `key` exists. True when this call stored it."""
     values = {
@@ -50,6 +51,8 @@ def enqueue(
         "attempts": 0,
         "next_attempt_at": not_before,
         "created_at": now,
+        "fallbacks": [list(f) for f in fallbacks] or None,
+        "channel_since": not_before,
     }
     dialect = conn.dialect.name
     if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - the two supported databases
@@ -99,6 +102,8 @@ def enqueue_many(
                     "attempts": 0,
                     "next_attempt_at": not_before,
                     "created_at": now,
+                    "fallbacks": [list(f) for f in m.fallbacks] or None,
+                    "channel_since": not_before,
                 }
                 for m in fresh
             ],
@@ -132,6 +137,8 @@ def claim(conn: Connection, now: datetime, lease: timedelta, limit: int) -> list
             r.body,
             r.attempts + 1,
             r.created_at,
+            tuple((str(c), str(u)) for c, u in r.fallbacks or ()),
+            r.channel_since,
         )
         for r in rows
     ]
@@ -195,6 +202,48 @@ def mark_failed(conn: Connection, item_id: int, error: str) -> None:
     )
 
 
+def reroute(
+    conn: Connection,
+    item_id: int,
+    channel: str,
+    recipient: str,
+    fallbacks: Sequence[tuple[str, str]],
+    error: str,
+    now: datetime,
+) -> None:
+    """Move a row to the next channel (the same row, so it can never go out on both): due now,
+    attempts from zero, the first channel kept in `fallback_from`."""
+    conn.execute(
+        update(outbox)
+        .where(outbox.c.id == item_id)
+        .values(
+            fallback_from=func.coalesce(outbox.c.fallback_from, outbox.c.channel),
+            channel=channel,
+            recipient=recipient,
+            fallbacks=[list(f) for f in fallbacks] or None,
+            channel_since=now,
+            next_attempt_at=now,
+            attempts=0,
+            last_error=error[:500],
+        )
+    )
+
+
+def reached_by_fallback(conn: Connection, since: datetime) -> dict[str, int]:
+    """The count hook for the digest: messages sent since `since` only by a fallback channel,
+    by kind (a reminder, a digest ...)."""
+    rows = conn.execute(
+        select(outbox.c.kind, func.count())
+        .where(
+            outbox.c.status == SENT,
+            outbox.c.fallback_from.is_not(None),
+            outbox.c.sent_at >= since,
+        )
+        .group_by(outbox.c.kind)
+    ).all()
+    return {kind: int(n) for kind, n in rows}
+
+
 def ids_of(conn: Connection, keys: Sequence[str]) -> list[int]:
     """The ids of the rows with these keys."""
     return list(
@@ -216,7 +265,8 @@ class SqlOutbox:
                 m.key
                 for m in messages
                 if enqueue(conn, key=m.key, channel=m.channel, recipient=m.recipient,
-                           kind=m.kind, body=m.body, not_before=not_before, now=now)
+                           kind=m.kind, body=m.body, not_before=not_before, now=now,
+                           fallbacks=m.fallbacks)
             ]  # fmt: skip
 
         return await self.db.run(put)
@@ -235,6 +285,19 @@ class SqlOutbox:
 
     async def mark_failed(self, item_id: int, error: str) -> None:
         await self.db.run(lambda conn: mark_failed(conn, item_id, error))
+
+    async def reroute(
+        self,
+        item_id: int,
+        channel: str,
+        recipient: str,
+        fallbacks: Sequence[tuple[str, str]],
+        error: str,
+        now: datetime,
+    ) -> None:
+        await self.db.run(
+            lambda conn: reroute(conn, item_id, channel, recipient, fallbacks, error, now)
+        )
 
     async def settle(self, keys: Sequence[str], *, sent: bool, error: str, now: datetime) -> None:
         def update(conn: Connection) -> None:

@@ -349,14 +349,22 @@ def _upsert_staff(
 def _replace_identities(
     conn: Connection, entries: Sequence[StaffEntry], staff_ids: Mapping[str, int]
 ) -> set[str]:
-    """Give each entry exactly the ids its roster columns list; return the staff numbers changed."""
+    """Give each entry exactly the ids its roster columns list; return the staff numbers changed.
+
+    An empty cell keeps an id bound with a code (`绑定`): the roster does not know it."""
     current: dict[tuple[int, str], set[str]] = {}
-    for channel, external_id, staff_id in conn.execute(
-        select(identities.c.channel, identities.c.external_id, identities.c.staff_id).where(
-            identities.c.channel.in_(IDENTITY_COLUMNS)
-        )
+    bound: set[tuple[int, str]] = set()
+    for channel, external_id, staff_id, bound_at in conn.execute(
+        select(
+            identities.c.channel,
+            identities.c.external_id,
+            identities.c.staff_id,
+            identities.c.bound_at,
+        ).where(identities.c.channel.in_(IDENTITY_COLUMNS))
     ):
         current.setdefault((staff_id, channel), set()).add(external_id)
+        if bound_at is not None:
+            bound.add((staff_id, channel))
     deletes: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
     changed: set[str] = set()
@@ -365,6 +373,8 @@ def _replace_identities(
         for channel in IDENTITY_COLUMNS:
             wanted = entry.identity(channel)
             if wanted is None or current.get((staff_id, channel), set()) == ({wanted} - {""}):
+                continue
+            if wanted == "" and (staff_id, channel) in bound:
                 continue
             changed.add(entry.staff_no)
             deletes.append({"b_staff_id": staff_id, "b_channel": channel})

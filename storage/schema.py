@@ -84,6 +84,9 @@ identities = Table(
     Column("channel", String(20), primary_key=True),
     Column("external_id", String(128), primary_key=True),
     Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+    # Set when the identity was bound with a code (`绑定`), not listed by the roster: a roster
+    # whose cell for it is empty does not know it, and keeps it.
+    Column("bound_at", UtcDateTime, nullable=True),
 )
 
 students = Table(
@@ -216,6 +219,12 @@ outbox = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("sent_at", UtcDateTime, nullable=True),
+    # Fallback across channels: the [channel, recipient] pairs still to try when this channel
+    # rejects the message for good or keeps failing; since when it has been on this channel; the
+    # channel it was first meant for (set once it moved: the recipient was reached by fallback).
+    Column("fallbacks", JSON, nullable=True),
+    Column("channel_since", UtcDateTime, nullable=True),
+    Column("fallback_from", String(20), nullable=True),
     UniqueConstraint("idempotency_key"),
     Index("ix_outbox_due", "status", "next_attempt_at"),
 )
@@ -246,6 +255,27 @@ console_tokens = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
     Column("used_at", UtcDateTime, nullable=True),
+)
+
+# One-time binding codes (`homevisit bind code`, chat 绑定码): only the code's SHA-256 is kept.
+binding_codes = Table(
+    "binding_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("staff_id", ForeignKey("staff.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime, nullable=True),
+)
+
+# Wrong binding codes, for the rate limits: `subject` is "staff:<工号>" or "sender:<hash>".
+bind_failures = Table(
+    "bind_failures",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject", String(100), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_bind_failures_subject_at", "subject", "at"),
 )
 
 # Console sessions, revocable: the cookie's SHA-256, and the role and school at sign-in (a change

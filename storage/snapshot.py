@@ -24,6 +24,7 @@ from storage.schema import (
     assignments,
     followups,
     identities,
+    inbound_messages,
     job_runs,
     outbox,
     schools,
@@ -95,14 +96,42 @@ def _last_visits(conn: Connection) -> dict[int, tuple[datetime | None, datetime 
     return {sid: (reached, unreached) for sid, reached, unreached in rows.all()}
 
 
+def last_seen(
+    conn: Connection, staff_ids: list[int] | None = None
+) -> dict[int, dict[str, datetime]]:
+    """When each staff member last wrote from each of their identities (the inbound table keeps
+    a message id for a month): the channel they used last is where they are reached first."""
+    stmt = (
+        select(
+            identities.c.staff_id, identities.c.channel, func.max(inbound_messages.c.received_at)
+        )
+        .join(
+            inbound_messages,
+            (inbound_messages.c.channel == identities.c.channel)
+            & (inbound_messages.c.user_id == identities.c.external_id),
+        )
+        .group_by(identities.c.staff_id, identities.c.channel)
+    )
+    if staff_ids is not None:
+        stmt = stmt.where(identities.c.staff_id.in_(staff_ids))
+    seen: dict[int, dict[str, datetime]] = defaultdict(dict)
+    for staff_id, channel, at in conn.execute(stmt):
+        if at is not None:
+            seen[staff_id][channel] = at
+    return seen
+
+
 def _staff(conn: Connection) -> dict[int, RosterStaff]:
     ids: dict[int, dict[str, str]] = defaultdict(dict)
     for staff_id, channel, external in conn.execute(
         select(identities.c.staff_id, identities.c.channel, identities.c.external_id)
     ):
         ids[staff_id][channel] = external
+    seen = last_seen(conn)
     return {
-        r.id: RosterStaff(r.id, r.staff_no, r.name, StaffRole(r.role), r.school_id, ids[r.id])
+        r.id: RosterStaff(
+            r.id, r.staff_no, r.name, StaffRole(r.role), r.school_id, ids[r.id], seen[r.id]
+        )
         for r in conn.execute(
             select(
                 staff.c.id, staff.c.staff_no, staff.c.name, staff.c.role, staff.c.school_id

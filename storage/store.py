@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store
@@ -42,7 +43,7 @@ from bot.core.types import (
     StudentRef,
     VisitStatus,
 )
-from storage import outbox
+from storage import binding, outbox
 from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
@@ -57,6 +58,7 @@ from storage.schema import (
     students,
     visits,
 )
+from storage.snapshot import last_seen
 
 T = TypeVar("T")
 
@@ -732,8 +734,17 @@ class SqlStore:
                 )
             ):
                 ids[staff_id][channel] = external
+        seen = last_seen(self.conn, list(ids)) if ids else {}
         return [
-            RosterStaff(p.id, p.staff_no, p.name, StaffRole.COORDINATOR, p.school_id, ids[p.id])
+            RosterStaff(
+                p.id,
+                p.staff_no,
+                p.name,
+                StaffRole.COORDINATOR,
+                p.school_id,
+                ids[p.id],
+                seen.get(p.id, {}),
+            )
             for p in people
         ]
 
@@ -747,6 +758,7 @@ class SqlStore:
             body=message.body,
             not_before=not_before,
             now=now,
+            fallbacks=message.fallbacks,
         )
 
     def withdraw_messages(self, key_prefix: str) -> int:
@@ -782,6 +794,30 @@ class SqlStore:
                 token_hash=token_hash, staff_id=staff_id, created_at=now, expires_at=expires_at
             )
         )
+
+    def issue_binding_code(
+        self,
+        staff_no: str,
+        school_id: int | None,
+        code_hash: str,
+        expires_at: datetime,
+        now: datetime,
+        actor: str,
+    ) -> Staff | None:
+        return binding.issue_code(self.conn, staff_no, school_id, code_hash, expires_at, now, actor)
+
+    def bind_failures(self, subjects: Sequence[str], since: datetime) -> dict[str, int]:
+        return binding.failures(self.conn, subjects, since)
+
+    def record_bind_failure(
+        self, subjects: Sequence[str], now: datetime, forget_before: datetime
+    ) -> None:
+        binding.record_failure(self.conn, subjects, now, forget_before)
+
+    def redeem_binding_code(
+        self, channel: str, user_id: str, staff_no: str, code_hash: str, now: datetime
+    ) -> tuple[BindOutcome, Staff | None]:
+        return binding.redeem(self.conn, channel, user_id, staff_no, code_hash, now)
 
 
 class SqlTurns:

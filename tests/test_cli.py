@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("WECOM_", "DINGTALK_"))}
+    platform = ("WECOM_", "DINGTALK_", "WECHAT_")
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(platform)}
     return {**keep, "DATABASE_URL": f"sqlite:///{tmp_path / 'hv.db'}", "PYTHONPATH": str(ROOT)}
 
 

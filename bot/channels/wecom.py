@@ -121,13 +121,22 @@ class _Flight:
 
 
 class WeComChannel:
-    """The callback routes of one WeCom app. ``reply_budget`` may be lowered by tests."""
+    """The callback routes of one WeCom app. ``reply_budget`` may be lowered by tests.
+
+    The reply machinery (`_answer` and what it calls) is shared with the WeChat Official
+    Account channel (`bot.channels.wechat`), which subclasses this with its own `channel`.
+    """
+
+    channel = CHANNEL
 
     def __init__(self, settings: Settings, deps: ChannelDeps) -> None:
         wecom = settings.wecom
         assert wecom is not None  # installed only when configured
         self.crypto = WeComCrypto(wecom.token.value, wecom.aes_key.value, wecom.corp_id)
         self._key_secret = wecom.aes_key.value.encode()
+        self._init_replies(deps)
+
+    def _init_replies(self, deps: ChannelDeps) -> None:
         self.deps = deps
         self.reply_budget = REPLY_BUDGET
         self._flights: dict[str, _Flight] = {}
@@ -188,7 +197,9 @@ class WeComChannel:
             return _text(400, "timestamp must be a number of seconds")
         skew = abs(self.deps.clock.now().timestamp() - int(timestamp))
         if skew > REPLAY_WINDOW.total_seconds():
-            log.warning("wecom callback refused: timestamp %.0f s away from our clock", skew)
+            log.warning(
+                "%s callback refused: timestamp %.0f s away from our clock", self.channel, skew
+            )
             return _text(403, "stale timestamp")
         return None
 
@@ -236,7 +247,7 @@ class WeComChannel:
             return flight.task.result()
         flight.deferred = True
         log.info(
-            "wecom message_id=%r: turn over budget, reply goes by message/send", message.message_id
+            "%s message_id=%r: turn over budget, reply is pushed", self.channel, message.message_id
         )
         return None
 
@@ -249,7 +260,9 @@ class WeComChannel:
                 del self._flights[message_id]
             exc = None if task.cancelled() else task.exception()
             if exc is not None:  # its message may quote a student: type and place only
-                log_failure(log, "wecom reply task failed message_id=%r", message_id, exc=exc)
+                log_failure(
+                    log, "%s reply task failed message_id=%r", self.channel, message_id, exc=exc
+                )
 
         return done
 
@@ -279,12 +292,18 @@ class WeComChannel:
 
     async def _already_queued(self, message_id: str) -> bool:
         try:
-            return await self.deps.outbox.contains(reply_key(message_id, 0))
+            return await self.deps.outbox.contains(self._reply_key(message_id, 0))
         except Exception as exc:  # the turn itself will meet the database trouble and say so
             log.warning(
-                "wecom outbox look-up failed message_id=%r: %s", message_id, type(exc).__name__
+                "%s outbox look-up failed message_id=%r: %s",
+                self.channel,
+                message_id,
+                type(exc).__name__,
             )
             return False
+
+    def _reply_key(self, message_id: str, index: int) -> str:
+        return f"{self.channel}-reply:{message_id}:{index}"
 
     async def _queue(self, message: InboundMessage, replies: list[str]) -> None:
         assert message.message_id is not None
@@ -292,7 +311,7 @@ class WeComChannel:
         now = self.deps.clock.now()
         message_id, recipient = message.message_id, message.user_id
         rows = [
-            OutboxMessage(reply_key(message_id, i), CHANNEL, recipient, "reply", piece)
+            OutboxMessage(self._reply_key(message_id, i), self.channel, recipient, "reply", piece)
             for i, piece in enumerate(pieces)
         ]
         try:
@@ -300,7 +319,9 @@ class WeComChannel:
         except Exception as exc:
             # The turn is saved; only its answer is lost. A retry of this message gets it
             # passively (no outbox rows), and "继续" repeats the current question.
-            log_failure(log, "wecom could not queue the reply message_id=%r", message_id, exc=exc)
+            log_failure(
+                log, "%s could not queue the reply message_id=%r", self.channel, message_id, exc=exc
+            )
 
     async def drain(self, grace: float = SHUTDOWN_GRACE) -> None:
         """On shutdown: let running turns finish (queuing their replies), then cancel the rest."""
@@ -313,7 +334,7 @@ class WeComChannel:
         for task in pending:
             task.cancel()
         if pending:
-            log.warning("wecom: %d reply task(s) cancelled at shutdown", len(pending))
+            log.warning("%s: %d reply task(s) cancelled at shutdown", self.channel, len(pending))
             await asyncio.gather(*pending, return_exceptions=True)
 
 

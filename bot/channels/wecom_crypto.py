@@ -48,7 +48,9 @@ __all__ = [
     "WeComCrypto",
     "WeComCryptoError",
     "WeComMessage",
+    "parse_message",
     "sha1_signature",
+    "text_reply_xml",
     "xml_text",
 ]
 
@@ -207,8 +209,12 @@ class WeComCrypto:
         nonce: str,
         create_time: int,
         random16: bytes | None = None,
+        from_user: str | None = None,
     ) -> str:
         """Return the encrypted passive-reply XML carrying a text message to ``to_user``.
+
+        ``from_user`` is the sender the reply names: the receive id by default (WeCom's CorpID);
+        a WeChat Official Account names its original id (``gh_…``) instead.
 
         Characters XML cannot carry in ``content`` or ``to_user`` (U+FFFF, U+FFFE, control
         characters other than tab and line breaks, lone surrogates) become U+FFFD (`xml_text`),
@@ -219,7 +225,7 @@ class WeComCrypto:
         """
         if not _DIGITS.fullmatch(timestamp):
             raise ValueError("timestamp must be decimal digits")
-        inner = _text_reply_xml(self._receive_id, xml_text(to_user), xml_text(content), create_time)
+        inner = text_reply_xml(from_user or self._receive_id, to_user, content, create_time)
         encrypted = self.encrypt(inner, random16=random16)
         return (
             f"<xml><Encrypt>{_cdata(encrypted)}</Encrypt>"
@@ -297,6 +303,12 @@ def _split_envelope(plain: bytes) -> tuple[str, str]:
 # -- XML in
 
 
+def parse_message(body: bytes) -> WeComMessage:
+    """Parse a clear (unencrypted) message XML, as a WeChat Official Account in plain mode
+    sends it; raises MalformedMessage."""
+    return _message_from_xml(_parse_xml(body), fallback_agent_id=None)
+
+
 def _parse_xml(data: bytes) -> Element:
     """Parse untrusted XML rooted at ``<xml>``; any DTD, entity or syntax error is malformed."""
     try:
@@ -355,10 +367,12 @@ def _cdata(text: str) -> str:
     return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
-def _text_reply_xml(corp_id: str, to_user: str, content: str, create_time: int) -> str:
+def text_reply_xml(from_user: str, to_user: str, content: str, create_time: int) -> str:
+    """The clear passive-reply XML of a text message (what XML cannot carry becomes U+FFFD)."""
+    to_user, content = xml_text(to_user), xml_text(content)
     return (
         f"<xml><ToUserName>{_cdata(to_user)}</ToUserName>"
-        f"<FromUserName>{_cdata(corp_id)}</FromUserName>"
+        f"<FromUserName>{_cdata(xml_text(from_user))}</FromUserName>"
         f"<CreateTime>{int(create_time)}</CreateTime>"
         f"<MsgType><![CDATA[text]]></MsgType>"
         f"<Content>{_cdata(content)}</Content></xml>"

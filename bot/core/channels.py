@@ -7,6 +7,7 @@ API = "api"  # the generic JSON channel: the user id is the staff number
 WECOM = "wecom"
 DINGTALK = "dingtalk"
 FEISHU = "feishu"  # the user id is the open_id the event carries (per app)
+WECHAT = "wechat"  # the WeChat Official Account: the user id is the follower's OpenID
 DINGTALK_GROUP = "dingtalk_group"  # the coordinators' DingTalk group robot (digests only)
 
 # Channels whose user id is the staff number itself (no identity row needed).

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from bot.core.binding import BindOutcome
 from bot.core.types import (
     ConversationKey,
     Coverage,
@@ -184,6 +185,39 @@ class Store(Protocol):
         """Store a one-time console sign-in token (its hash only) for this staff member."""
         ...
 
+    # -- binding chat identities with one-time codes (`bot.core.binding`)
+    def issue_binding_code(
+        self,
+        staff_no: str,
+        school_id: int | None,
+        code_hash: str,
+        expires_at: datetime,
+        now: datetime,
+        actor: str,
+    ) -> Staff | None:
+        """Store a code (its hash) for the active staff member with this 工号 in `school_id`
+        (None: any school), withdrawing their unused codes; audited. None, and nothing
+        written, when there is no such staff member."""
+        ...
+
+    def bind_failures(self, subjects: Sequence[str], since: datetime) -> dict[str, int]:
+        """How many wrong codes each subject (`bot.core.binding`) sent since `since`."""
+        ...
+
+    def record_bind_failure(
+        self, subjects: Sequence[str], now: datetime, forget_before: datetime
+    ) -> None:
+        """Count one wrong code for each subject; forget those before `forget_before`."""
+        ...
+
+    def redeem_binding_code(
+        self, channel: str, user_id: str, staff_no: str, code_hash: str, now: datetime
+    ) -> tuple[BindOutcome, Staff | None]:
+        """Bind this chat identity to the staff member if the code is theirs, unused and not
+        expired: their earlier identity on the channel is replaced, the code used up, the
+        binding audited. An identity bound to someone else is left alone (TAKEN)."""
+        ...
+
 
 class Turns(Protocol):
     """Runs conversation turns, each in one transaction of the store.
@@ -258,6 +292,19 @@ class Outbox(Protocol):
 
     async def mark_failed(self, item_id: int, error: str) -> None:
         """Failed for good: never sent again."""
+        ...
+
+    async def reroute(
+        self,
+        item_id: int,
+        channel: str,
+        recipient: str,
+        fallbacks: Sequence[tuple[str, str]],
+        error: str,
+        now: datetime,
+    ) -> None:
+        """Move the row to another channel and recipient (fallback), due at `now` (attempts
+        counted afresh from then); `error` says why the last one gave up."""
         ...
 
     async def settle(self, keys: Sequence[str], *, sent: bool, error: str, now: datetime) -> None:

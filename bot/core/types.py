@@ -196,6 +196,8 @@ class RosterStaff:
     role: StaffRole
     school_id: int | None
     identities: dict[str, str]  # channel -> platform user id
+    # channel -> when the person last wrote from that identity (what the database still knows)
+    last_seen: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,8 @@ class OutboxMessage:
     # A numbered list the message shows (a reminder's): once it is delivered, it becomes the
     # recipient's current list (see `bot.core.types.Session.listing`).
     listing: dict[str, Any] | None = None
+    # (channel, recipient) pairs to try in turn if this channel cannot deliver (fallback)
+    fallbacks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,3 +262,5 @@ class OutboxItem:
     body: str
     attempts: int
     created_at: datetime
+    fallbacks: tuple[tuple[str, str], ...] = ()
+    channel_since: datetime | None = None  # since when it has been tried on this channel
