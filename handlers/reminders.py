@@ -383,11 +383,9 @@ def plan_digests(
             continue
         messages.append(Outgoing(f"{kind}:{person.staff_no}:{day}", *target, kind, body))
     if GROUP_CHANNEL in channels:
-        group_text = (
-            "\n\n".join([bureau_text, *school_texts.values()])
-            if len(school_texts) > 1
-            else next(iter(school_texts.values()), bureau_text)
-        )
+        # A group chat is read by everyone in it: counts per school only, never a child's
+        # name, a need's detail or a teacher's name (those go to each coordinator privately).
+        group_text = bureau_digest(figures.values(), view)
         messages.append(
             Outgoing(f"digest:group:{day}", GROUP_CHANNEL, "default", "digest", group_text)
         )
