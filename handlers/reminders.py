@@ -290,7 +290,7 @@ def school_digest(
         who = f"{person.name}（{person.staff_no}）" if person else f"#{staff_id}"
         lines.append(f"· {who}：待跟进 {n_open}，逾期 {n_late}")
     if fig.escalated:
-        lines.append(f"已上报（逾期超过{escalate_after_days}天）{len(fig.escalated)} 项：")
+        lines.append(f"已上报（逾期超过{escalate_after_days}个上学日）{len(fig.escalated)} 项：")
         for f in fig.escalated[:ESCALATION_LIST_LIMIT]:
             owner = snap.staff.get(f.owner_staff_id)
             late = (view.today - f.due_date).days

@@ -113,6 +113,7 @@ class ListKind(StrEnum):
     FOLLOWUPS = "followups"
     REMINDER = "reminder"
     DRAFTS = "drafts"
+    ESCALATIONS = "escalations"  # a coordinator's 上报 / 逾期 list, or an escalation message
 
 
 class ItemKind(StrEnum):

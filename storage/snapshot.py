@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -132,6 +132,8 @@ def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
             FollowUpStatus(r.status),
             r.created_at,
             r.escalated_at,
+            r.acknowledged_by,
+            r.climbed_at,
         )
         for r in rows
     ]
@@ -154,19 +156,6 @@ def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
     for r in rows:
         seen[(r.staff_id, r.channel)] = DeliveryFailure(r.staff_id, r.channel, r.last_error or "")
     return list(seen.values())
-
-
-def escalate_overdue(conn: Connection, today: date, after_days: int, now: datetime) -> int:
-    """Mark open follow-ups overdue by more than `after_days` as escalated; returns how many."""
-    result = conn.execute(
-        update(followups)
-        .where(
-            followups.c.status == FollowUpStatus.OPEN.value,
-            followups.c.due_date < today - timedelta(days=after_days),
-        )
-        .values(status=FollowUpStatus.ESCALATED.value, escalated_at=now)
-    )
-    return result.rowcount
 
 
 def last_run(conn: Connection, job: str, before: date) -> datetime | None:

@@ -209,6 +209,24 @@ class TrackedFollowUp:
     status: FollowUpStatus
     created_at: datetime
     escalated_at: datetime | None
+    acknowledged_by: int | None = None  # the coordinator or bureau member who holds it
+    climbed_at: datetime | None = None  # unacknowledged, it went on to the bureau
+
+    @property
+    def holder(self) -> int:
+        """Who answers for it now: whoever acknowledged the escalation, else its owner."""
+        return self.acknowledged_by if self.acknowledged_by is not None else self.owner_staff_id
+
+
+class FollowUpEvent(StrEnum):
+    """The steps of a follow-up's life, each stored with its time and person."""
+
+    ESCALATED = "escalated"
+    NOTIFIED = "notified"
+    ACKNOWLEDGED = "acknowledged"
+    CLIMBED = "climbed"
+    REASSIGNED = "reassigned"
+    DONE = "done"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,100 @@
+"""The escalation ladder's set-based steps (#14): one statement per step, never one per row.
+
+Overdue follow-ups are escalated to the school; escalations nobody acknowledged climb to the
+bureau. Each step writes its events (`followup_events`) with INSERT ... SELECT over the rows the
+step just changed (they carry this run's time). Who was told of what is an event too, so a run
+after a restart tells only those not told yet (and the outbox key stops a second copy anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+
+from sqlalchemy import insert, literal, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from bot.core.types import FollowUpEvent, FollowUpStatus
+from storage.schema import followup_events, followups
+
+ESCALATED = FollowUpStatus.ESCALATED.value
+
+
+def escalate(conn: Connection, due_before: date, now: datetime) -> int:
+    """Open follow-ups due before `due_before` become escalated; how many."""
+    changed = conn.execute(
+        update(followups)
+        .where(followups.c.status == FollowUpStatus.OPEN.value, followups.c.due_date < due_before)
+        .values(status=ESCALATED, escalated_at=now)
+    ).rowcount
+    if changed:
+        _events_for(conn, FollowUpEvent.ESCALATED, followups.c.escalated_at, now)
+    return changed
+
+
+def climb(conn: Connection, escalated_before: datetime, now: datetime) -> int:
+    """Escalations before `escalated_before` that nobody acknowledged go to the bureau."""
+    changed = conn.execute(
+        update(followups)
+        .where(
+            followups.c.status == ESCALATED,
+            followups.c.acknowledged_by.is_(None),
+            followups.c.climbed_at.is_(None),
+            followups.c.escalated_at < escalated_before,
+        )
+        .values(climbed_at=now)
+    ).rowcount
+    if changed:
+        _events_for(conn, FollowUpEvent.CLIMBED, followups.c.climbed_at, now)
+    return changed
+
+
+def _events_for(
+    conn: Connection, event: FollowUpEvent, stamp: ColumnElement[datetime], now: datetime
+) -> None:
+    """`event` for every follow-up whose `stamp` this step just set to `now`."""
+    conn.execute(
+        insert(followup_events).from_select(
+            ["followup_id", "event", "at"],
+            select(followups.c.id, literal(event.value), stamp).where(stamp == now),
+        )
+    )
+
+
+def notified(conn: Connection) -> set[tuple[int, int]]:
+    """(follow-up, person) pairs already told of an escalation still open."""
+    rows = conn.execute(
+        select(followup_events.c.followup_id, followup_events.c.staff_id)
+        .join(followups, followups.c.id == followup_events.c.followup_id)
+        .where(
+            followup_events.c.event == FollowUpEvent.NOTIFIED.value,
+            followups.c.status == ESCALATED,
+        )
+    )
+    return {(r.followup_id, r.staff_id) for r in rows}
+
+
+def record(
+    conn: Connection,
+    event: FollowUpEvent,
+    rows: Iterable[tuple[int, int | None]],
+    now: datetime,
+    *,
+    actor_id: int | None = None,
+    note: str | None = None,
+) -> None:
+    """Store `event` for each (follow-up, person) in one statement."""
+    values = [
+        {
+            "followup_id": fid,
+            "event": event.value,
+            "at": now,
+            "staff_id": sid,
+            "actor_id": actor_id,
+            "note": note,
+        }
+        for fid, sid in rows
+    ]
+    if values:
+        conn.execute(insert(followup_events), values)
