@@ -21,11 +21,13 @@ from bot.core.types import (
     ConversationKey,
     Coverage,
     Draft,
+    FollowUpEvent,
     FollowUpListing,
     FollowUpStatus,
     NewFollowUp,
     OutboxMessage,
     RosterStaff,
+    ScopedFollowUp,
     Session,
     Staff,
     StaffRole,
@@ -81,6 +83,8 @@ class _FollowUp:
     closed_at: datetime | None = None
     closed_by: int | None = None
     note: str | None = None
+    acknowledged_by: int | None = None
+    climbed_at: datetime | None = None
 
 
 @dataclass
@@ -101,6 +105,10 @@ class _Data:
     console_tokens: dict[str, tuple[int, datetime, datetime]] = field(
         default_factory=dict
     )  # hash -> (staff id, created, expires)
+    # (follow-up, event, time, person, actor, note), as `followup_events`
+    events: list[tuple[int, str, datetime, int | None, int | None, str | None]] = field(
+        default_factory=list
+    )
     next_id: int = 1
 
 
@@ -364,6 +372,8 @@ class MemoryStore:
         if f is None or f.closed_by != staff_id or f.status is not FollowUpStatus.DONE:
             return None
         f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.OPEN, None, None, None
+        done = FollowUpEvent.DONE.value
+        self.data.events = [e for e in self.data.events if not (e[0] == f.id and e[1] == done)]
         return self._listing(f)
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
@@ -381,6 +391,7 @@ class MemoryStore:
         if f is None or f.owner_staff_id != staff_id or f.status not in OPEN:
             return None
         f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.DONE, now, staff_id, note
+        self._event(f.id, FollowUpEvent.DONE, staff_id, now, note=note or None)
         return self._listing(f)
 
     def unreached_attempts(self, student_id: int) -> list[datetime]:
@@ -448,6 +459,110 @@ class MemoryStore:
             if f.owner_staff_id == staff_id and f.status in OPEN
         ]
         return Coverage(visited, len(mine), len(due), sum(1 for d in due if d < today))
+
+    # ---------------------------------------------------------------- coordinators in chat
+    def _event(
+        self,
+        followup_id: int,
+        event: FollowUpEvent,
+        person: int | None,
+        now: datetime,
+        actor: int | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.data.events.append((followup_id, event.value, now, person, actor, note))
+
+    def _school_of(self, student_id: int) -> int:
+        return self.data.schools[self.data.students[student_id].school]
+
+    def _visible(self, viewer: Staff, f: _FollowUp) -> bool:
+        student = self.data.students[f.student_id]
+        if not student.active:
+            return False
+        if viewer.role is StaffRole.BUREAU:
+            return True
+        return viewer.role is StaffRole.COORDINATOR and viewer.school_id == self._school_of(
+            f.student_id
+        )
+
+    def _scoped(self, f: _FollowUp) -> ScopedFollowUp:
+        s, d = self.data.students[f.student_id], self.data
+        holder = d.staff[f.acknowledged_by].name if f.acknowledged_by is not None else None
+        return ScopedFollowUp(
+            f.id, s.name, s.class_name, self._school_of(f.student_id), f.kind, f.detail,
+            f.due_date, f.status, f.owner_staff_id, d.staff[f.owner_staff_id].name, holder,
+            f.climbed_at is not None,
+        )  # fmt: skip
+
+    def scoped_followups(
+        self, viewer: Staff, escalated_only: bool, today: date
+    ) -> list[ScopedFollowUp]:
+        found = [
+            f
+            for f in self.data.followups.values()
+            if self._visible(viewer, f)
+            and (
+                f.status is FollowUpStatus.ESCALATED
+                if escalated_only
+                else f.status in OPEN and f.due_date < today
+            )
+        ]
+        return [self._scoped(f) for f in sorted(found, key=lambda f: (f.due_date, f.id))]
+
+    def scoped_followup(self, viewer: Staff, followup_id: int) -> ScopedFollowUp | None:
+        f = self.data.followups.get(followup_id)
+        return self._scoped(f) if f is not None and self._visible(viewer, f) else None
+
+    def acknowledge_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> bool:
+        f = self.data.followups.get(followup_id)
+        if (
+            f is None
+            or f.status is not FollowUpStatus.ESCALATED
+            or f.acknowledged_by is not None
+            or not self._visible(viewer, f)
+        ):
+            return False
+        f.acknowledged_by = viewer.id
+        self._event(f.id, FollowUpEvent.ACKNOWLEDGED, viewer.id, now, note=note or None)
+        return True
+
+    def close_scoped_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None:
+        f = self.data.followups.get(followup_id)
+        if f is None or f.status not in OPEN or not self._visible(viewer, f):
+            return None
+        f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.DONE, now, viewer.id, note
+        self._event(f.id, FollowUpEvent.DONE, viewer.id, now, note=note or None)
+        return self._listing(f)
+
+    def reassign_followup(
+        self, viewer: Staff, followup_id: int, to_staff_id: int, now: datetime
+    ) -> bool:
+        f = self.data.followups.get(followup_id)
+        to = self.data.staff.get(to_staff_id)
+        if (
+            f is None
+            or to is None
+            or to_staff_id not in self.data.active_staff
+            or f.status not in OPEN
+            or not self._visible(viewer, f)
+            or to.school_id != self._school_of(f.student_id)
+        ):
+            return False
+        f.owner_staff_id = to_staff_id
+        self._event(f.id, FollowUpEvent.REASSIGNED, to_staff_id, now, actor=viewer.id)
+        return True
+
+    def staff_member(self, staff_no: str) -> RosterStaff | None:
+        d = self.data
+        for s in d.staff.values():
+            if s.staff_no == staff_no and s.id in d.active_staff:
+                ids = {c: e for (c, e), sid in d.identities.items() if sid == s.id}
+                return RosterStaff(s.id, s.staff_no, s.name, s.role, s.school_id, ids)
+        return None
 
     def add_console_token(
         self, staff_id: int, token_hash: str, expires_at: datetime, now: datetime

@@ -21,6 +21,7 @@ from bot.core.types import (
     OutboxItem,
     OutboxMessage,
     RosterStaff,
+    ScopedFollowUp,
     Session,
     Staff,
     StudentListing,
@@ -175,6 +176,43 @@ class Store(Protocol):
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
         """The teacher's active students reached on a visit since `since`, and their open and
         overdue (due before `today`) follow-ups."""
+        ...
+
+    # -- coordinators and bureau in chat: follow-ups of their scope (a coordinator's school,
+    #    every school for the bureau; a teacher's scope is empty)
+    def scoped_followups(
+        self, viewer: Staff, escalated_only: bool, today: date
+    ) -> list[ScopedFollowUp]:
+        """Open and escalated follow-ups of active students in scope: the escalated ones, or
+        those due before `today`; earliest due first."""
+        ...
+
+    def scoped_followup(self, viewer: Staff, followup_id: int) -> ScopedFollowUp | None:
+        """This follow-up, whatever its status, if it is in scope."""
+        ...
+
+    def acknowledge_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> bool:
+        """Take on an escalated follow-up in scope nobody has acknowledged (one conditional
+        write: of two at once, one wins); records the event. False, nothing changed, else."""
+        ...
+
+    def close_scoped_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None:
+        """Mark an open or escalated follow-up in scope done, as `close_followup`."""
+        ...
+
+    def reassign_followup(
+        self, viewer: Staff, followup_id: int, to_staff_id: int, now: datetime
+    ) -> bool:
+        """Give an open or escalated follow-up in scope to an active staff member of the
+        student's school (records the event); False, nothing changed, when not allowed."""
+        ...
+
+    def staff_member(self, staff_no: str) -> RosterStaff | None:
+        """The active staff member with this 工号, with their channel identities."""
         ...
 
     # -- the coordinators' console

@@ -153,6 +153,24 @@ class FollowUpListing:
 
 
 @dataclass(frozen=True, slots=True)
+class ScopedFollowUp:
+    """A follow-up as a coordinator or bureau member sees it (their school, or every school)."""
+
+    id: int
+    student_name: str
+    class_name: str
+    school_id: int
+    kind: str
+    detail: str
+    due_date: date
+    status: FollowUpStatus
+    owner_id: int
+    owner_name: str
+    holder_name: str | None = None  # who acknowledged the escalation, if anyone
+    climbed: bool = False  # unacknowledged, it went on to the bureau
+
+
+@dataclass(frozen=True, slots=True)
 class Coverage:
     visited: int
     total: int
