@@ -34,10 +34,20 @@ from bot.core.types import (
     StudentRef,
 )
 from config.forms import Form, QType
-from handlers import render, states, texts
-from handlers.answers import clean_free_text, normalize, parse_answer
+from handlers import coordinate, render, states, texts
+from handlers.answers import clean_free_text, normalize, parse_answer, strip_edges
 from handlers.cadence import Cadence, last_attempt_unreached
-from handlers.commands import Cmd, Command, as_number, done_note, is_no, is_yes, parse_command
+from handlers.commands import (
+    Cmd,
+    Command,
+    ack_note,
+    as_number,
+    done_note,
+    is_no,
+    is_yes,
+    parse_command,
+)
+from handlers.coordinate import Coordination
 from handlers.reminders import pick_channel
 from handlers.states import (
     Answering,
@@ -134,7 +144,21 @@ class CheckIn:
             Cmd.PROGRESS: self._progress,
             Cmd.CONSOLE: self._console,
             Cmd.SUBMIT: self._submit,
+            Cmd.OVERVIEW: self._coordinating,
+            Cmd.UNVISITED: self._unvisited,
+            Cmd.OVERDUE: self._coordinating,
+            Cmd.ESCALATED: self._coordinating,
+            Cmd.ACK: self._coordinating,
+            Cmd.REASSIGN: self._coordinating,
+            Cmd.NUDGE: self._coordinating,
         }
+        self.coordination = Coordination(
+            form.followup_kinds,
+            tz,
+            self.alerts.channels,
+            self.alerts.quiet,
+            self.cadence.default_days,
+        )
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
@@ -708,7 +732,38 @@ class CheckIn:
         return self._start(c, draft.student, draft)
 
     def _help(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        if c.staff.role in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            return [self._with_prompt(c, coordinate.HELP)]
         return [self._with_prompt(c, texts.HELP)]
+
+    # ------------------------------------------------------------------ coordinators (#14)
+    def _coordinating(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
+        """逾期, 上报, 确认 N, 转交 N 工号, 催办 工号: coordinators and bureau only."""
+        if isinstance(c.state, InVisit) and command.cmd is not Cmd.ACK:
+            return None  # inside a visit these are answers (a free-text note may say 逾期)
+        if c.staff.role not in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            word = strip_edges(normalize(raw)).split(" ")[0]
+            return [self._with_prompt(c, coordinate.FOR_COORDINATORS.format(word=word[:10]))]
+        co = self.coordination
+        match command.cmd:
+            case Cmd.OVERDUE:
+                return co.overdue(c)
+            case Cmd.ESCALATED:
+                return co.escalated(c)
+            case Cmd.ACK:
+                assert command.number is not None
+                return co.acknowledge(c, command.number, ack_note(clean_free_text(raw)))
+            case Cmd.REASSIGN:
+                return co.reassign(c, command.number, command.argument)
+            case Cmd.NUDGE:
+                return co.nudge(c, command.argument)
+        return [texts.NOT_NOW.format(word=strip_edges(normalize(raw))[:10])]  # (概况: not yet)
+
+    def _unvisited(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
+        """未访: for a teacher, their students due (as 家访 未访)."""
+        if c.staff.role is StaffRole.TEACHER:
+            return self._list(c, Command(Cmd.START, argument=NOT_VISITED[0]), raw)
+        return self._coordinating(c, command, raw)
 
     # ------------------------------------------------------------------ follow-ups, progress
     def _todo(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
@@ -722,6 +777,8 @@ class CheckIn:
     def _done(self, c: _Ctx, command: Command, raw: str) -> list[str]:
         assert command.number is not None
         n = command.number
+        if c.staff.role in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            return self.coordination.close(c, n, done_note(clean_free_text(raw)))
         listing = c.conv.listing
         if listing is None:  # no list on screen: show it, rather than guess which N is meant
             return [texts.DONE_WHICH, *self._todo(c, command, raw)]

@@ -490,7 +490,8 @@ class MemoryStore:
         holder = d.staff[f.acknowledged_by].name if f.acknowledged_by is not None else None
         return ScopedFollowUp(
             f.id, s.name, s.class_name, self._school_of(f.student_id), f.kind, f.detail,
-            f.due_date, f.status, f.owner_staff_id, d.staff[f.owner_staff_id].name, holder,
+            f.due_date, f.status, f.owner_staff_id, d.staff[f.owner_staff_id].name,
+            d.staff[f.owner_staff_id].staff_no, holder,
             f.climbed_at is not None,
         )  # fmt: skip
 

@@ -807,6 +807,7 @@ class SqlStore:
                 followups.c.status,
                 followups.c.owner_staff_id,
                 owner.c.name.label("owner_name"),
+                owner.c.staff_no.label("owner_no"),
                 holder.c.name.label("holder_name"),
                 followups.c.climbed_at,
             )
@@ -831,6 +832,7 @@ class SqlStore:
             FollowUpStatus(row.status),
             row.owner_staff_id,
             row.owner_name,
+            row.owner_no,
             row.holder_name,
             row.climbed_at is not None,
         )

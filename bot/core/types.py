@@ -166,6 +166,7 @@ class ScopedFollowUp:
     status: FollowUpStatus
     owner_id: int
     owner_name: str
+    owner_no: str
     holder_name: str | None = None  # who acknowledged the escalation, if anyone
     climbed: bool = False  # unacknowledged, it went on to the bureau
 
