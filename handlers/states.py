@@ -24,7 +24,7 @@ student), so a teacher in the middle of a visit during an upgrade goes on where 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
@@ -224,7 +224,10 @@ def load(
     try:
         if data.get("v") == FORMAT:
             return Conversation(_load_state(StateName(state), data), current, _load_last(data))
-        return _load_before_v2(StateName(state), data)
+        old = _load_before_v2(StateName(state), data)
+        # (a session the outbox created to hold a delivered list has no data yet: its list is
+        # the `listing` column's)
+        return old if old.listing is not None else replace(old, listing=current)
     except (KeyError, TypeError, ValueError):
         return Conversation(Idle(), current)
 

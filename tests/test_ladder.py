@@ -6,18 +6,21 @@ clock) over SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
+from bot.app import build_dispatcher
 from bot.core.errors import ConfigError
 from bot.core.types import StaffRole
 from config.calendar import SchoolCalendar
-from config.settings import load_settings
+from config.settings import Secret, Settings, WeComSettings, load_settings
 from storage import ladder
-from storage.schema import followup_events, followups, staff, students
+from storage.schema import followup_events, followups, identities, schools, staff, students
 from tests.conftest import ChatDriver
 from tests.test_conversation import COUNSELLING, TABLET_VISIT
 from tests.test_schedule import World, local, visit, world
@@ -135,3 +138,142 @@ def test_the_bureau_setting_is_read_and_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="HOMEVISIT_ESCALATE_BUREAU_AFTER_DAYS"):
         load_settings({**env, "HOMEVISIT_ESCALATE_BUREAU_AFTER_DAYS": "two"}, env_file=None)
+
+
+# ---------------------------------------------------------------------------- coordinators in chat
+WECOM = WeComSettings("corp", 1, Secret("s"), Secret("t"), Secret("k" * 43), "http://127.0.0.1:9")
+
+
+@pytest.fixture
+def chat(world: World, settings: Settings) -> ChatDriver:
+    """The conversation over WeCom identities (coord, li, zhanglaoshi), as the world's jobs."""
+    return ChatDriver(build_dispatcher(replace(settings, wecom=WECOM), world.deps), "wecom")
+
+
+def add_staff(world: World, staff_no: str, name: str, role: str, school: str, user: str) -> None:
+    with world.deps.db.begin() as conn:
+        school_id = conn.execute(select(schools.c.id).where(schools.c.name == school)).scalar()
+        if school_id is None:
+            school_id = conn.execute(
+                insert(schools).values(name=school).returning(schools.c.id)
+            ).scalar_one()
+        sid = conn.execute(
+            insert(staff)
+            .values(staff_no=staff_no, name=name, role=role, school_id=school_id, active=True)
+            .returning(staff.c.id)
+        ).scalar_one()
+        conn.execute(insert(identities).values(channel="wecom", external_id=user, staff_id=sid))
+
+
+async def escalated_twice(world: World, bot: ChatDriver) -> None:
+    """Two needs of T001's, escalated on Wednesday of week two (the coordinator is told)."""
+    world.clock.current = local(MON, 10)
+    await visit(bot, "周小禾", TABLET_VISIT)
+    await visit(bot, "陈小树", COUNSELLING)
+    await world.at(local(date(2026, 3, 11), 9), "remind")
+
+
+async def test_a_coordinator_acknowledges_reassigns_and_the_teacher_is_told(
+    world: World, bot: ChatDriver, chat: ChatDriver
+) -> None:
+    await escalated_twice(world, bot)
+    [told] = world.wecom.to("coord")
+    assert "1. 陈小树" in told and "2. 周小禾" in told  # earliest due first
+    world.clock.current = local(date(2026, 3, 11), 10)
+    # The numbers of the escalation message: 确认 2 is 周小禾's tablet.
+    acked = await chat.say("确认 2 已联系家长，周五送到", user="coord")
+    assert acked.startswith("已确认由你负责第2项：周小禾（三年级1班） · 平板/电脑")
+    assert "已告知负责老师张示例" in acked
+    await world.at(world.clock.current)
+    teacher = world.wecom.to("zhanglaoshi")[-1]
+    assert teacher.startswith("甲协调已确认负责你的跟进：周小禾（三年级1班） · 平板/电脑")
+    assert "备注：已联系家长，周五送到" in teacher
+    listed = await chat.say("上报", user="coord")
+    assert "本校已上报的跟进2项" in listed and "未确认" in listed and "已确认（甲协调）" in listed
+    # 转交 1 T002: 陈小树's counselling goes to 李示例, who is told and now sees it.
+    moved = await chat.say("转交 1 T002", user="coord")
+    assert moved == "已把第1项转交给李示例（T002）：陈小树（三年级1班） · 心理疏导。已通知对方。"
+    await world.at(world.clock.current)
+    assert world.wecom.to("li")[-1].startswith("甲协调把一项跟进转交给你：陈小树（三年级1班）")
+    todo = await chat.say("待跟进", user="li")
+    assert "陈小树" in todo
+    done = await chat.say("完成 1 已约好心理老师", user="li")
+    assert "已完成第1项：陈小树" in done
+    # The coordinator closes the other one, with a note.
+    assert "上报的跟进1项" in await chat.say("上报", user="coord")
+    closed = await chat.say("完成 1 平板已送到", user="coord")
+    assert closed == "已完成第1项：周小禾（三年级1班） · 平板/电脑：平板或电脑。备注：平板已送到"
+    with world.deps.db.begin() as conn:
+        statuses = dict(conn.execute(select(followups.c.kind, followups.c.status)).all())
+    assert statuses == {"device": "done", "psych": "done"}
+    events = [(e, who) for e, who in history(world) if e not in ("escalated", "notified")]
+    assert events == [
+        ("acknowledged", "C001"),
+        ("reassigned", "T002"),
+        ("done", "T002"),
+        ("done", "C001"),
+    ]
+
+
+async def test_bad_coordinator_inputs_change_nothing(
+    world: World, bot: ChatDriver, chat: ChatDriver
+) -> None:
+    await escalated_twice(world, bot)
+    add_staff(world, "C900", "乙协调", "coordinator", "另一所学校", "other_coord")
+    add_staff(world, "T900", "丙老师", "teacher", "另一所学校", "other_teacher")
+    world.clock.current = local(date(2026, 3, 11), 10)
+    before = history(world)
+    no_item = await chat.say("确认 999", user="coord")
+    assert no_item.startswith("当前列表里没有第999项。列表已更新：\n本校已上报的跟进2项")
+    assert await chat.say("转交 1", user="coord") == "请写上序号和工号，例如：转交 1 T002。"
+    assert await chat.say("转交 1 T404", user="coord") == "没有工号为T404的在职老师，请核对工号。"
+    assert await chat.say("转交 1 t900", user="coord") == (
+        "丙老师（T900）不是这名学生学校的老师；只能转交给同校老师。"
+    )
+    # Another school's coordinator: their own lists are empty, and numbers of ours mean nothing.
+    assert await chat.say("上报", user="other_coord") == "本校目前没有已上报的跟进。"
+    refused = await chat.say("确认 1", user="other_coord")
+    assert refused.startswith("请先看列表，再用序号：")
+    assert await chat.say("催办 T001", user="other_coord") == "张示例（T001）不是本校老师。"
+    # A teacher sending a coordinator's word.
+    assert (await chat.say("催办 T002", user="zhanglaoshi")).startswith(
+        "“催办”是学校资助协调员和教育局用的指令。"
+    )
+    assert (await chat.say("确认 1 好", user="zhanglaoshi")).startswith("“确认”是学校资助协调员")
+    assert history(world) == before
+    # 催办 twice in a day: once.
+    assert (await chat.say("催办 T002", user="coord")).startswith("已催办李示例（T002）：已访 0/4")
+    assert await chat.say("催办 T002", user="coord") == (
+        "今天已经催办过李示例（T002）了，每位老师每天一次。"
+    )
+    assert await chat.say("催办 T003", user="coord") == (
+        "赵示例（T003）没有绑定企业微信/钉钉账号，无法催办。"
+    )
+    await world.at(world.clock.current)
+    [nudge] = [t for t in world.wecom.to("li") if t.startswith("【催办】")]
+    assert "甲协调提醒你" in nudge
+    # A stale number: T001 closes the tablet; the coordinator's 确认 2 is refused, list again.
+    await bot.say("待跟进")
+    await bot.say("完成 2 送到了")
+    stale = await chat.say("确认 2", user="coord")
+    assert stale.startswith("第2项已经完成了。列表已更新：\n本校已上报的跟进1项")
+    help_text = await chat.say("帮助", user="coord")
+    assert "确认 N 备注" in help_text and "催办 工号" in help_text
+    assert "确认 N" not in await chat.say("帮助", user="zhanglaoshi")
+
+
+async def test_two_coordinators_acknowledging_at_once_one_wins(
+    world: World, bot: ChatDriver, chat: ChatDriver
+) -> None:
+    add_staff(world, "C002", "丁协调", "coordinator", "示例区实验小学", "coord2")
+    await escalated_twice(world, bot)
+    world.clock.current = local(date(2026, 3, 11), 10)
+    first, second = await asyncio.gather(
+        chat.say("确认 1", user="coord"), chat.say("确认 1", user="coord2")
+    )
+    won = [r for r in (first, second) if r.startswith("已确认由你负责第1项")]
+    lost = [r for r in (first, second) if r.startswith("第1项已由")]
+    assert len(won) == 1 and len(lost) == 1
+    holder = "甲协调" if won[0] is first else "丁协调"
+    assert lost[0] == f"第1项已由{holder}确认负责，不用再确认。"
+    assert [e for e, _ in history(world)].count("acknowledged") == 1
