@@ -757,7 +757,9 @@ class CheckIn:
                 return co.reassign(c, command.number, command.argument)
             case Cmd.NUDGE:
                 return co.nudge(c, command.argument)
-        return [texts.NOT_NOW.format(word=strip_edges(normalize(raw))[:10])]  # (概况: not yet)
+            case Cmd.OVERVIEW:
+                return co.overview(c)
+        return co.unvisited(c)
 
     def _unvisited(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
         """未访: for a teacher, their students due (as 家访 未访)."""

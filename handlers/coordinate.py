@@ -35,6 +35,8 @@ MAX_NOTE = 500
 FOR_COORDINATORS = "“{word}”是学校资助协调员和教育局用的指令。老师可以回复“待跟进”“进度”。"
 HELP = (
     "协调员和教育局可以随时发送这些指令：\n"
+    "概况 — 近一个周期的家访覆盖、需求和跟进（协调员按班级，教育局按学校）\n"
+    "未访 — 近一个周期未访的学生，按班主任列出\n"
     "逾期 — 逾期未办的跟进（带序号）\n"
     "上报 — 已上报的跟进，谁已确认负责\n"
     "确认 N 备注 — 确认由你负责第 N 项上报，例如：确认 1 已联系家长（会告知负责老师）\n"
@@ -86,6 +88,20 @@ NUDGE_MESSAGE = (
     "【催办】{who}提醒你：你名下的学生已访 {visited}/{total}，待跟进 {open} 项"
     "（逾期 {overdue} 项）。回复“家访”开始家访，回复“待跟进”查看跟进。"
 )
+
+
+OVERVIEW_HEAD = "{scope}家访概况（近{days}天）："
+OVERVIEW_COVERAGE = "已访 {visited}/{total}（{pct}）"
+OVERVIEW_GROUPS = "按{by}：{groups}"
+OVERVIEW_NEEDS = "需求（近{days}天新发现 / 仍未办结）：{needs}"
+OVERVIEW_FOLLOWUPS = "逾期跟进 {overdue} 项；已上报 {escalated} 项，其中未确认 {unacked} 项。"
+OVERVIEW_FOOT = "回复“未访”“逾期”“上报”查看明细。"
+UNVISITED_HEAD = "{scope}近{days}天未访的学生{count}名（按班主任，从未家访和最久未访在前）："
+UNVISITED_NONE = "{scope}近{days}天的学生都已家访。"
+UNVISITED_LINE = "{teacher}（{no}）{count}名：{students}"
+UNVISITED_NEVER = "从未家访"
+UNVISITED_MAX = 500
+NAMES_PER_TEACHER = 8
 
 
 class Ctx(Protocol):
@@ -170,6 +186,65 @@ class Coordination:
         if f.status is FollowUpStatus.DONE:
             return None, self._again(c, ALREADY_DONE.format(n=n))
         return f, []
+
+    def overview(self, c: Ctx) -> list[str]:
+        since = c.t.now - timedelta(days=self.cycle_days)
+        store, scope = c.t.store, SCOPE.get(c.staff.role, "")
+        groups = store.scoped_coverage(c.staff, since)
+        visited, total = sum(g.visited for g in groups), sum(g.total for g in groups)
+        escalated = store.scoped_followups(c.staff, True, self.today(c))
+        overdue = store.scoped_followups(c.staff, False, self.today(c))
+        needs = store.scoped_needs(c.staff, since)
+        pct = f"{visited * 100 // total}%" if total else "-"
+        lines = [
+            OVERVIEW_HEAD.format(scope=scope, days=self.cycle_days),
+            OVERVIEW_COVERAGE.format(visited=visited, total=total, pct=pct),
+        ]
+        if groups:
+            by = "学校" if c.staff.role is StaffRole.BUREAU else "班级"
+            text = " · ".join(f"{g.label} {g.visited}/{g.total}" for g in groups)
+            lines.append(OVERVIEW_GROUPS.format(by=by, groups=text))
+        need_text = "，".join(
+            f"{self.kinds.get(n.kind, n.kind)} {n.found}/{n.still_open}" for n in needs
+        )
+        lines.append(OVERVIEW_NEEDS.format(days=self.cycle_days, needs=need_text or "无"))
+        lines.append(
+            OVERVIEW_FOLLOWUPS.format(
+                overdue=len(overdue),
+                escalated=len(escalated),
+                unacked=sum(1 for f in escalated if not f.holder_name),
+            )
+        )
+        lines.append(OVERVIEW_FOOT)
+        return ["\n".join(lines)]
+
+    def unvisited(self, c: Ctx) -> list[str]:
+        since = c.t.now - timedelta(days=self.cycle_days)
+        scope = SCOPE.get(c.staff.role, "")
+        found = c.t.store.scoped_unvisited(c.staff, since, UNVISITED_MAX)
+        if not found:
+            return [UNVISITED_NONE.format(scope=scope, days=self.cycle_days)]
+        by_teacher: dict[tuple[str, str], list[str]] = {}
+        for u in found:
+            when = md(u.last_reached.astimezone(self.tz).date()) if u.last_reached else None
+            label = f"{u.student_name}（{u.class_name}，{when or UNVISITED_NEVER}）"
+            by_teacher.setdefault((u.teacher_name, u.teacher_no), []).append(label)
+        count = len(found)
+        lines = [
+            UNVISITED_HEAD.format(
+                scope=scope,
+                days=self.cycle_days,
+                count=f"{count}+" if count == UNVISITED_MAX else count,
+            )
+        ]
+        for (name, no), students in by_teacher.items():
+            shown = "、".join(students[:NAMES_PER_TEACHER])
+            if len(students) > NAMES_PER_TEACHER:
+                shown += f"等{len(students)}名"
+            lines.append(
+                UNVISITED_LINE.format(teacher=name, no=no, count=len(students), students=shown)
+            )
+        return ["\n".join(lines)]
 
     # ------------------------------------------------------------------ acting on one
     def acknowledge(self, c: Ctx, n: int, note: str) -> list[str]:

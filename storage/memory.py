@@ -24,6 +24,8 @@ from bot.core.types import (
     FollowUpEvent,
     FollowUpListing,
     FollowUpStatus,
+    GroupCoverage,
+    NeedCount,
     NewFollowUp,
     OutboxMessage,
     RosterStaff,
@@ -33,6 +35,7 @@ from bot.core.types import (
     StaffRole,
     StudentListing,
     StudentRef,
+    Unvisited,
     VisitStatus,
 )
 from storage.roster_files import Roster
@@ -556,6 +559,58 @@ class MemoryStore:
         f.owner_staff_id = to_staff_id
         self._event(f.id, FollowUpEvent.REASSIGNED, to_staff_id, now, actor=viewer.id)
         return True
+
+    def _students_in(self, viewer: Staff) -> list[_Student]:
+        d = self.data
+        if viewer.role is StaffRole.BUREAU:
+            return [s for s in d.students.values() if s.active]
+        if viewer.role is not StaffRole.COORDINATOR:
+            return []
+        return [
+            s for s in d.students.values() if s.active and d.schools[s.school] == viewer.school_id
+        ]
+
+    def _last_reached(self, student_id: int) -> datetime | None:
+        times = [
+            v.submitted_at
+            for v in self.data.visits.values()
+            if v.student_id == student_id and v.status is VisitStatus.SUBMITTED and v.reached
+        ]
+        return max((t for t in times if t is not None), default=None)
+
+    def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
+        groups: dict[str, list[int]] = {}
+        for s in self._students_in(viewer):
+            label = s.school if viewer.role is StaffRole.BUREAU else s.class_name
+            counts = groups.setdefault(label, [0, 0])
+            last = self._last_reached(s.id)
+            counts[0] += last is not None and last >= since
+            counts[1] += 1
+        return [GroupCoverage(k, v, t) for k, (v, t) in sorted(groups.items())]
+
+    def scoped_needs(self, viewer: Staff, since: datetime) -> list[NeedCount]:
+        ids = {s.id for s in self._students_in(viewer)}
+        kinds: dict[str, list[int]] = {}
+        for f in self.data.followups.values():
+            if f.student_id in ids and (f.created_at >= since or f.status in OPEN):
+                counts = kinds.setdefault(f.kind, [0, 0])
+                counts[0] += f.created_at >= since
+                counts[1] += f.status in OPEN
+        return [NeedCount(k, found, still) for k, (found, still) in sorted(kinds.items())]
+
+    def scoped_unvisited(self, viewer: Staff, since: datetime, limit: int) -> list[Unvisited]:
+        d, found = self.data, []
+        for s in self._students_in(viewer):
+            last = self._last_reached(s.id)
+            teacher_id = d.assignments.get((s.id, "head_teacher"))
+            if (last is None or last < since) and teacher_id is not None:
+                t = d.staff[teacher_id]
+                found.append(Unvisited(t.name, t.staff_no, s.name, s.class_name, last))
+        found.sort(
+            key=lambda u: (u.teacher_no, u.last_reached is not None, u.last_reached or since,
+                           u.student_name)
+        )  # fmt: skip
+        return found[:limit]
 
     def staff_member(self, staff_no: str) -> RosterStaff | None:
         d = self.data

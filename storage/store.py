@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -33,6 +34,8 @@ from bot.core.types import (
     FollowUpEvent,
     FollowUpListing,
     FollowUpStatus,
+    GroupCoverage,
+    NeedCount,
     NewFollowUp,
     OutboxMessage,
     RosterStaff,
@@ -42,6 +45,7 @@ from bot.core.types import (
     StaffRole,
     StudentListing,
     StudentRef,
+    Unvisited,
     VisitStatus,
 )
 from storage import outbox
@@ -55,6 +59,7 @@ from storage.schema import (
     followups,
     identities,
     inbound_messages,
+    schools,
     staff,
     student_categories,
     students,
@@ -938,6 +943,64 @@ class SqlStore:
             return False
         self._event(followup_id, FollowUpEvent.REASSIGNED, to_staff_id, now, actor=viewer.id)
         return True
+
+    def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
+        label = schools.c.name if viewer.role is StaffRole.BUREAU else students.c.class_name
+        reached = func.sum(case((students.c.last_reached_at >= since, 1), else_=0))
+        rows = self.conn.execute(
+            select(label.label("label"), reached.label("visited"), func.count().label("total"))
+            .select_from(students.join(schools, schools.c.id == students.c.school_id))
+            .where(self._scope(viewer))
+            .group_by(label)
+            .order_by(label)
+        )
+        return [GroupCoverage(r.label, int(r.visited or 0), r.total) for r in rows]
+
+    def scoped_needs(self, viewer: Staff, since: datetime) -> list[NeedCount]:
+        found = func.sum(case((followups.c.created_at >= since, 1), else_=0))
+        still_open = func.sum(case((followups.c.status.in_(OPEN_STATES), 1), else_=0))
+        rows = self.conn.execute(
+            select(followups.c.kind, found.label("found"), still_open.label("open"))
+            .join(students, students.c.id == followups.c.student_id)
+            .where(
+                self._scope(viewer),
+                or_(followups.c.created_at >= since, followups.c.status.in_(OPEN_STATES)),
+            )
+            .group_by(followups.c.kind)
+            .order_by(followups.c.kind)
+        )
+        return [NeedCount(r.kind, int(r.found or 0), int(r.open or 0)) for r in rows]
+
+    def scoped_unvisited(self, viewer: Staff, since: datetime, limit: int) -> list[Unvisited]:
+        never_first = case((students.c.last_reached_at.is_(None), 0), else_=1)
+        rows = self.conn.execute(
+            select(
+                staff.c.name.label("teacher_name"),
+                staff.c.staff_no,
+                students.c.name,
+                students.c.class_name,
+                students.c.last_reached_at,
+            )
+            .select_from(
+                students.join(
+                    assignments,
+                    and_(
+                        assignments.c.student_id == students.c.id,
+                        assignments.c.role == "head_teacher",
+                    ),
+                ).join(staff, staff.c.id == assignments.c.staff_id)
+            )
+            .where(
+                self._scope(viewer),
+                or_(students.c.last_reached_at.is_(None), students.c.last_reached_at < since),
+            )
+            .order_by(staff.c.staff_no, never_first, students.c.last_reached_at, students.c.name)
+            .limit(limit)
+        )
+        return [
+            Unvisited(r.teacher_name, r.staff_no, r.name, r.class_name, r.last_reached_at)
+            for r in rows
+        ]
 
     def staff_member(self, staff_no: str) -> RosterStaff | None:
         row = self.conn.execute(

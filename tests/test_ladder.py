@@ -277,3 +277,27 @@ async def test_two_coordinators_acknowledging_at_once_one_wins(
     holder = "甲协调" if won[0] is first else "丁协调"
     assert lost[0] == f"第1项已由{holder}确认负责，不用再确认。"
     assert [e for e, _ in history(world)].count("acknowledged") == 1
+
+
+async def test_overview_and_unvisited_per_role(
+    world: World, bot: ChatDriver, chat: ChatDriver
+) -> None:
+    await escalated_twice(world, bot)
+    world.clock.current = local(date(2026, 3, 11), 10)
+    await chat.say("确认 1", user="coord")
+    overview = await chat.say("概况", user="coord")
+    assert overview.startswith("本校家访概况（近14天）：\n已访 2/12（16%）\n按班级：")
+    assert "三年级1班 2/" in overview
+    assert "需求（近14天新发现 / 仍未办结）：平板/电脑 1/1，心理疏导 1/1" in overview
+    assert "逾期跟进 2 项；已上报 2 项，其中未确认 1 项。" in overview
+    bureau = ChatDriver(chat.dispatcher, "console")
+    whole = await bureau.say("概况", user="B001")
+    assert whole.startswith("全区家访概况（近14天）：\n已访 2/12（16%）")
+    assert "\n按学校：示例区实验小学 2/12\n" in whole
+    unvisited = await chat.say("未访", user="coord")
+    assert unvisited.startswith("本校近14天未访的学生10名（按班主任，从未家访和最久未访在前）：")
+    assert "张示例（T001）" in unvisited and "周小禾" not in unvisited
+    assert "（三年级1班，从未家访）" in unvisited
+    # A teacher: 未访 lists their own students due; 概况 is for coordinators.
+    assert "周小禾" not in await chat.say("未访", user="zhanglaoshi")
+    assert (await chat.say("概况", user="zhanglaoshi")).startswith("“概况”是学校资助协调员")

@@ -491,6 +491,37 @@ async def test_a_coordinator_sees_and_acts_on_their_schools_followups_only(
     assert await backend.run(lambda s: s.staff_member("T404")) is None
 
 
+async def test_coverage_needs_and_the_unvisited_in_scope(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, _ = await _two_needs(backend, clock)  # 周小禾 visited (reached) now
+    since = clock.now() - timedelta(days=14)
+    coord, bureau, teacher = [await _who(backend, n) for n in ("C001", "B001", "T001")]
+    elsewhere = Staff(coord.id, "C001", coord.name, StaffRole.COORDINATOR, 999)
+    by_class = await backend.run(lambda s: s.scoped_coverage(coord, since))
+    assert sum(g.total for g in by_class) == 12 and sum(g.visited for g in by_class) == 1
+    assert [g.visited for g in by_class if g.label == "三年级1班"] == [1]
+    [school] = await backend.run(lambda s: s.scoped_coverage(bureau, since))
+    assert (school.label, school.visited, school.total) == ("示例区实验小学", 1, 12)
+    assert await backend.run(lambda s: s.scoped_coverage(teacher, since)) == []
+    assert await backend.run(lambda s: s.scoped_coverage(elsewhere, since)) == []
+    later = clock.now() + timedelta(days=1)
+    assert sum(g.visited for g in await backend.run(lambda s: s.scoped_coverage(coord, later))) == 0
+
+    needs = await backend.run(lambda s: s.scoped_needs(coord, since))
+    assert [(n.kind, n.found, n.still_open) for n in needs] == [("data", 1, 1), ("device", 1, 1)]
+    await backend.run(lambda s: s.close_followup(backend.staff_ids["T001"], late, "x", clock.now()))
+    assert [(n.kind, n.found, n.still_open) for n in await backend.run(
+        lambda s: s.scoped_needs(coord, later)
+    )] == [("data", 0, 1)]  # fmt: skip
+
+    unvisited = await backend.run(lambda s: s.scoped_unvisited(coord, since, 100))
+    assert len(unvisited) == 11 and "周小禾" not in [u.student_name for u in unvisited]
+    assert [u.teacher_no for u in unvisited] == sorted(u.teacher_no for u in unvisited)
+    assert len(await backend.run(lambda s: s.scoped_unvisited(bureau, since, 3))) == 3
+    assert await backend.run(lambda s: s.scoped_unvisited(elsewhere, since, 100)) == []
+
+
 async def test_a_teachers_done_is_history_and_undo_takes_it_back(
     backend: Backend, clock: FakeClock
 ) -> None:

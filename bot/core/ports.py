@@ -16,7 +16,9 @@ from bot.core.types import (
     Coverage,
     Draft,
     FollowUpListing,
+    GroupCoverage,
     InboundMessage,
+    NeedCount,
     NewFollowUp,
     OutboxItem,
     OutboxMessage,
@@ -26,6 +28,7 @@ from bot.core.types import (
     Staff,
     StudentListing,
     StudentRef,
+    Unvisited,
 )
 
 T = TypeVar("T")
@@ -209,6 +212,20 @@ class Store(Protocol):
     ) -> bool:
         """Give an open or escalated follow-up in scope to an active staff member of the
         student's school (records the event); False, nothing changed, when not allowed."""
+        ...
+
+    def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
+        """Per class (a coordinator) or per school (bureau): active students reached on a
+        visit since `since`, of all; by label."""
+        ...
+
+    def scoped_needs(self, viewer: Staff, since: datetime) -> list[NeedCount]:
+        """Per follow-up kind in scope: found since `since`, and still open; by kind."""
+        ...
+
+    def scoped_unvisited(self, viewer: Staff, since: datetime, limit: int) -> list[Unvisited]:
+        """Active students in scope not reached since `since`, by head teacher (工号), never
+        reached first, then the longest ago; at most `limit`."""
         ...
 
     def staff_member(self, staff_no: str) -> RosterStaff | None:

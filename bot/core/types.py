@@ -172,6 +172,34 @@ class ScopedFollowUp:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupCoverage:
+    """Students of one class (a coordinator's view) or one school (the bureau's) reached on a
+    visit since the cycle began, of all active ones."""
+
+    label: str
+    visited: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeedCount:
+    kind: str
+    found: int  # since the cycle began
+    still_open: int  # open or escalated, whenever found
+
+
+@dataclass(frozen=True, slots=True)
+class Unvisited:
+    """A student in scope not reached since the cycle began, with their head teacher."""
+
+    teacher_name: str
+    teacher_no: str
+    student_name: str
+    class_name: str
+    last_reached: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Coverage:
     visited: int
     total: int
