@@ -114,6 +114,14 @@ class Question:
         return tuple(o.text for o in self.options)
 
 
+# The answers of a visit's questions about earlier follow-ups: {follow-up id: CHECK_RESOLVED or
+# CHECK_STILL}, stored with the visit's other answers.
+CHECKS_KEY = "followup_checks"
+CHECK_RESOLVED, CHECK_STILL = "已解决", "仍需帮助"
+CHECK_PROMPT = "上次登记的需求：{need}（{status}）。现在情况如何？"
+CHECK_DUE_DAYS = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Form:
     id: str
@@ -124,6 +132,11 @@ class Form:
     method_key: str | None = None
     # Follow-up kinds a coordinator hears of the same day (safety, counselling, medical).
     urgent_kinds: frozenset[str] = frozenset()
+    # The next visit first asks about follow-ups of these kinds that are open or were done since
+    # the last visit (`followup_checks`), with this wording ({need}, {status}).
+    check_kinds: frozenset[str] = frozenset()
+    check_prompt: str = CHECK_PROMPT
+    check_due_days: int = CHECK_DUE_DAYS  # "仍需帮助": the new follow-up is due in this many days
 
     def question(self, key: str) -> Question:
         for q in self.questions:
@@ -147,8 +160,11 @@ class Form:
         return None
 
     def prune(self, answers: Mapping[str, Any]) -> Answers:
-        """Drop answers to questions that earlier answers have made irrelevant."""
+        """Drop answers to questions that earlier answers have made irrelevant (the answers
+        about earlier follow-ups, `CHECKS_KEY`, stay)."""
         kept: Answers = {}
+        if CHECKS_KEY in answers:
+            kept[CHECKS_KEY] = answers[CHECKS_KEY]
         for q in self.questions:  # in order, so conditions see only kept earlier answers
             if q.key in answers and q.visible(kept):
                 kept[q.key] = answers[q.key]
@@ -278,6 +294,25 @@ def _parse_form(raw: Any) -> Form:
     urgent = raw.get("urgent_kinds") or []
     if not isinstance(urgent, list) or any(str(k) not in kinds for k in urgent):
         raise _FormError(raw.line, "`urgent_kinds` must list kinds of `followup_kinds`")
+    checks = raw.get("followup_checks") or _Map()
+    if not isinstance(checks, _Map):
+        raise _FormError(_line(checks, raw.line), "`followup_checks` must be a mapping")
+    check_kinds = checks.get("kinds") or []
+    if not isinstance(check_kinds, list) or any(str(k) not in kinds for k in check_kinds):
+        raise _FormError(
+            _line(checks, raw.line), "`followup_checks.kinds` must list kinds of `followup_kinds`"
+        )
+    check_prompt = str(checks.get("prompt") or CHECK_PROMPT)
+    try:
+        check_prompt.format(need="", status="")
+    except (KeyError, IndexError, ValueError):
+        raise _FormError(
+            _line(checks, raw.line),
+            "`followup_checks.prompt` may only use {need} and {status}",
+        ) from None
+    due_days = checks.get("due_days", CHECK_DUE_DAYS)
+    if not isinstance(due_days, int) or isinstance(due_days, bool) or not 0 <= due_days <= 366:
+        raise _FormError(_line(checks, raw.line), "`followup_checks.due_days` must be 0 to 366")
     form = Form(
         id=_str(raw, "id"),
         version=_str(raw, "version"),
@@ -286,6 +321,9 @@ def _parse_form(raw: Any) -> Form:
         followup_kinds={str(k): str(v) for k, v in kinds.items()},
         method_key=method_key,
         urgent_kinds=frozenset(str(k) for k in urgent),
+        check_kinds=frozenset(str(k) for k in check_kinds),
+        check_prompt=check_prompt,
+        check_due_days=due_days,
     )
     keys = {q.key for q in questions}
     for item, q in zip(items, questions, strict=True):

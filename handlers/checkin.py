@@ -33,7 +33,7 @@ from bot.core.types import (
     StudentListing,
     StudentRef,
 )
-from config.forms import Form, QType
+from config.forms import CHECK_RESOLVED, CHECK_STILL, CHECKS_KEY, Form, QType
 from handlers import coordinate, render, states, texts
 from handlers.answers import clean_free_text, normalize, parse_answer, strip_edges
 from handlers.cadence import Cadence, last_attempt_unreached
@@ -51,6 +51,8 @@ from handlers.coordinate import Coordination
 from handlers.reminders import pick_channel
 from handlers.states import (
     Answering,
+    Check,
+    Checking,
     ConfirmCut,
     ConfirmDiscard,
     ConfirmStudent,
@@ -242,6 +244,8 @@ class CheckIn:
                 return self._answer(c, answering, raw)
             case Reviewing():
                 return [texts.SUMMARY_EXPECT]
+            case Checking() as checking:
+                return self._check_answer(c, checking, raw)
         number = as_number(text)
         if number is not None:
             return self._pick(c, number)
@@ -287,6 +291,8 @@ class CheckIn:
                 return render.question(self.form, q, d.answers, _label(d.student))
             case Reviewing(draft=d):
                 return render.summary(self.form, d.answers, _label(d.student))
+            case Checking(checks=checks):
+                return self._check_prompt(checks[0])
         return None
 
     def _with_prompt(self, c: _Ctx, text: str) -> str:
@@ -435,7 +441,7 @@ class CheckIn:
 
     def _park(self, c: _Ctx) -> list[str]:
         """Leave a visit in progress as a draft (it is already saved) and say so."""
-        if not isinstance(c.state, InVisit | ConfirmDiscard):
+        if not isinstance(c.state, InVisit | ConfirmDiscard | Checking):
             return []
         draft = c.state.draft
         c.go(Idle())
@@ -518,7 +524,79 @@ class CheckIn:
             )
             opened = OpenDraft(visit_id, student, states.freeze({}))
             head = texts.VISIT_STARTED.format(student=_label(student))
+        checks = self._checks(c, student, opened)
+        if checks:
+            c.go(Checking(opened, checks))
+            return [f"{head}\n\n{self._prompt(c)}"]
         return self._advance(c, opened, head)
+
+    # ------------------------------------------------------------------ earlier follow-ups (#14)
+    def _checks(self, c: _Ctx, student: StudentRef, draft: OpenDraft) -> tuple[Check, ...]:
+        """The student's earlier follow-ups this visit asks about first (kinds the form names;
+        those already answered in this draft are not asked again)."""
+        if not self.form.check_kinds:
+            return ()
+        answered = draft.answers.get(CHECKS_KEY) or {}
+        return tuple(
+            Check(
+                f.id,
+                f.kind,
+                f.detail,
+                f.closed_at.astimezone(self.tz).date() if f.closed_at else None,
+                f.note or "",
+            )
+            for f in c.t.store.followups_to_check(student.id)
+            if f.kind in self.form.check_kinds and str(f.id) not in answered
+        )
+
+    def _check_prompt(self, check: Check) -> str:
+        need = self.form.followup_kinds.get(check.kind, check.kind)
+        if check.done_on is None:
+            status = texts.CHECK_OPEN.format(detail=check.detail.rstrip("。"))
+        else:
+            note = f"：{check.note}" if check.note else ""
+            status = texts.CHECK_DONE.format(date=render.md(check.done_on), note=note)
+        return self.form.check_prompt.format(need=need, status=status) + texts.CHECK_OPTIONS
+
+    def _check_answer(self, c: _Ctx, checking: Checking, raw: str) -> list[str]:
+        word = strip_edges(normalize(raw))
+        if word in texts.CHECK_RESOLVED_WORDS:
+            answer = CHECK_RESOLVED
+        elif word in texts.CHECK_STILL_WORDS:
+            answer = CHECK_STILL
+        else:
+            return [self._with_prompt(c, texts.CHECK_AGAIN)]
+        check, rest = checking.checks[0], checking.checks[1:]
+        done = dict(checking.draft.answers.get(CHECKS_KEY) or {})
+        done[str(check.followup)] = {
+            "answer": answer,
+            "kind": check.kind,
+            "detail": check.detail,
+            "was_done": check.done_on is not None,
+        }
+        saved = self._save(c, checking.draft, {CHECKS_KEY: done})
+        if saved is None:
+            return self._draft_gone(c, checking.draft)
+        if rest:
+            c.go(Checking(saved, rest))
+            return [self._prompt(c) or ""]
+        return self._advance(c, saved)
+
+    def _settle_checks(
+        self, answers: Mapping[str, Any], today: date
+    ) -> tuple[list[NewFollowUp], list[int]]:
+        """What the answers about earlier follow-ups call for at submission: a need done before
+        but "仍需帮助" is a new follow-up linked to the old one; an open one "已解决" is to be
+        closed (the follow-ups to close)."""
+        again: list[NewFollowUp] = []
+        resolved: list[int] = []
+        for fid, entry in (answers.get(CHECKS_KEY) or {}).items():
+            if entry.get("answer") == CHECK_STILL and entry.get("was_done"):
+                due = self.cadence.school_day_from(today + timedelta(self.form.check_due_days))
+                again.append(NewFollowUp(entry["kind"], entry["detail"], due, int(fid)))
+            elif entry.get("answer") == CHECK_RESOLVED and not entry.get("was_done"):
+                resolved.append(int(fid))
+        return again, resolved
 
     # ------------------------------------------------------------------ answering
     def _answer(self, c: _Ctx, answering: Answering, raw: str) -> list[str]:
@@ -623,6 +701,9 @@ class CheckIn:
             replace(f, due_date=self.cadence.school_day_from(f.due_date))
             for f in self.form.followups(answers, today)
         ]
+        again, resolved = self._settle_checks(answers, today)
+        asked = {(n.kind, n.detail) for n in found}
+        found += [f for f in again if (f.kind, f.detail) not in asked]
         reached = self.form.reached(answers)
         method = self.form.method(answers)
         store = c.t.store
@@ -634,6 +715,8 @@ class CheckIn:
                 return self._draft_gone(c, draft)
             # Changed on another channel since this summary was shown: show it again.
             return self._advance(c, fresh, texts.DRAFT_CHANGED)
+        for fid in resolved:  # (only if still the teacher's; a colleague's stays theirs)
+            store.close_followup(c.staff.id, fid, texts.CHECK_CLOSED_NOTE, c.t.now)
         c.go(Idle())
         c.conv = replace(c.conv, last=LastAction(ItemKind.STUDENT, draft.visit_id, c.t.now))
         student = _label(draft.student)

@@ -160,3 +160,12 @@ CONSOLE_LINK = (
 CONSOLE_NOT_FOR_TEACHERS = (
     "家访后台是给学校资助协调员和教育局用的；老师请直接在这里回复“家访”“进度”等指令。"
 )
+
+# ---------------------------------------------------------------- the next visit asks (#14)
+CHECK_OPEN = "还未办结：{detail}"
+CHECK_DONE = "{date}已完成{note}"
+CHECK_OPTIONS = "\n1. 已解决\n2. 仍需帮助"
+CHECK_RESOLVED_WORDS = frozenset({"1", "已解决", "解决", "解决了", "已经解决", "好了", "不需要了"})
+CHECK_STILL_WORDS = frozenset({"2", "仍需帮助", "还需要", "需要", "还需帮助", "没解决", "未解决"})
+CHECK_AGAIN = "请回复 1（已解决）或 2（仍需帮助）。"
+CHECK_CLOSED_NOTE = "下次家访确认已解决"

@@ -21,6 +21,7 @@ from bot.core.types import (
     ConversationKey,
     Coverage,
     Draft,
+    FollowUpCheck,
     FollowUpEvent,
     FollowUpListing,
     FollowUpStatus,
@@ -88,6 +89,7 @@ class _FollowUp:
     note: str | None = None
     acknowledged_by: int | None = None
     climbed_at: datetime | None = None
+    reopens: int | None = None
 
 
 @dataclass
@@ -339,7 +341,7 @@ class MemoryStore:
             fid = self._new_id()
             self.data.followups[fid] = _FollowUp(
                 fid, v.id, v.student_id, v.staff_id, f.kind, f.detail, f.due_date,
-                FollowUpStatus.OPEN, now,
+                FollowUpStatus.OPEN, now, reopens=f.reopens,
             )  # fmt: skip
         return True
 
@@ -378,6 +380,26 @@ class MemoryStore:
         done = FollowUpEvent.DONE.value
         self.data.events = [e for e in self.data.events if not (e[0] == f.id and e[1] == done)]
         return self._listing(f)
+
+    def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
+        last = self._last_reached(student_id)
+        found = [
+            f
+            for f in self.data.followups.values()
+            if f.student_id == student_id
+            and (
+                f.status in OPEN
+                or (
+                    f.status is FollowUpStatus.DONE
+                    and f.closed_at is not None
+                    and (last is None or f.closed_at > last)
+                )
+            )
+        ]
+        return [
+            FollowUpCheck(f.id, f.kind, f.detail, f.status, f.closed_at, f.note)
+            for f in sorted(found, key=lambda f: (f.created_at, f.id))
+        ]
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         mine = [

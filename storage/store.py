@@ -31,6 +31,7 @@ from bot.core.types import (
     ConversationKey,
     Coverage,
     Draft,
+    FollowUpCheck,
     FollowUpEvent,
     FollowUpListing,
     FollowUpStatus,
@@ -584,6 +585,7 @@ class SqlStore:
                         "due_date": f.due_date,
                         "status": FollowUpStatus.OPEN.value,
                         "created_at": now,
+                        "reopens": f.reopens,
                     }
                     for f in followups_
                 ],
@@ -660,6 +662,37 @@ class SqlStore:
             row.due_date,
             FollowUpStatus(row.status),
         )
+
+    def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
+        last = select(students.c.last_reached_at).where(students.c.id == student_id)
+        rows = self.conn.execute(
+            select(
+                followups.c.id,
+                followups.c.kind,
+                followups.c.detail,
+                followups.c.status,
+                followups.c.closed_at,
+                followups.c.note,
+            )
+            .where(
+                followups.c.student_id == student_id,
+                or_(
+                    followups.c.status.in_(OPEN_STATES),
+                    and_(
+                        followups.c.status == FollowUpStatus.DONE.value,
+                        or_(
+                            last.scalar_subquery().is_(None),
+                            followups.c.closed_at > last.scalar_subquery(),
+                        ),
+                    ),
+                ),
+            )
+            .order_by(followups.c.created_at, followups.c.id)
+        )
+        return [
+            FollowUpCheck(r.id, r.kind, r.detail, FollowUpStatus(r.status), r.closed_at, r.note)
+            for r in rows
+        ]
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         rows = self.conn.execute(

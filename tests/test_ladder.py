@@ -16,11 +16,13 @@ from sqlalchemy import insert, select
 
 from bot.app import build_dispatcher
 from bot.core.errors import ConfigError
-from bot.core.types import StaffRole
+from bot.core.types import StaffRole, StudentRef
 from config.calendar import SchoolCalendar
 from config.settings import Secret, Settings, WeComSettings, load_settings
+from handlers import states
+from handlers.states import Check, Checking, OpenDraft
 from storage import ladder
-from storage.schema import followup_events, followups, identities, schools, staff, students
+from storage.schema import followup_events, followups, identities, schools, staff, students, visits
 from tests.conftest import ChatDriver
 from tests.test_conversation import COUNSELLING, TABLET_VISIT
 from tests.test_schedule import World, local, visit, world
@@ -301,3 +303,63 @@ async def test_overview_and_unvisited_per_role(
     # A teacher: 未访 lists their own students due; 概况 is for coordinators.
     assert "周小禾" not in await chat.say("未访", user="zhanglaoshi")
     assert (await chat.say("概况", user="zhanglaoshi")).startswith("“概况”是学校资助协调员")
+
+
+# ---------------------------------------------------------------------------- the next visit asks
+FINE_VISIT = ["3", "1", "1", "2", "1", "1", "1", "1", "1", "无"]  # no need this time
+
+
+async def test_the_next_visit_asks_about_earlier_needs(world: World, bot: ChatDriver) -> None:
+    world.clock.current = local(MON, 10)
+    await visit(bot, "周小禾", TABLET_VISIT)  # device
+    await visit(bot, "陈小树", COUNSELLING)  # psych
+    world.clock.current = local(date(2026, 3, 3), 10)
+    await bot.say("待跟进")
+    assert "已完成" in await bot.say("完成 2 平板已送到")  # (earliest due first: psych is 1)
+    world.clock.current = local(date(2026, 3, 16), 10)
+    await bot.say("家访")
+    started = await bot.say("周小禾")
+    asked = "上次登记的需求：平板/电脑（3月3日已完成：平板已送到）。现在情况如何？"
+    assert started.endswith(f"{asked}\n1. 已解决\n2. 仍需帮助")
+    assert (await bot.say("3")).startswith("请回复 1（已解决）或 2（仍需帮助）。")
+    first_question = await bot.say("仍需帮助")
+    assert "怎么联系上" in first_question
+    for answer in FINE_VISIT:
+        await bot.say(answer)
+    assert "已" in await bot.say("提交")
+    # 陈小树's counselling is still open: asked too; "已解决" closes it.
+    await bot.say("家访")
+    assert "心理疏导（还未办结" in await bot.say("陈小树")
+    await bot.say("1")
+    for answer in FINE_VISIT:
+        await bot.say(answer)
+    await bot.say("提交")
+    with world.deps.db.begin() as conn:
+        rows = conn.execute(
+            select(
+                followups.c.id, followups.c.kind, followups.c.status, followups.c.reopens,
+                followups.c.note,
+            ).order_by(followups.c.id)
+        ).all()  # fmt: skip
+        answers = conn.execute(
+            select(visits.c.answers).where(visits.c.status == "submitted").order_by(visits.c.id)
+        ).all()
+    device, psych, again = rows
+    assert (device.status, psych.status, psych.note) == ("done", "done", "下次家访确认已解决")
+    assert (again.kind, again.status, again.reopens) == ("device", "open", device.id)
+    assert answers[2].answers["followup_checks"] == {
+        str(device.id): {"answer": "仍需帮助", "kind": "device", "detail": "平板或电脑",
+                         "was_done": True}
+    }  # fmt: skip
+    # A third visit to 周小禾 asks about the new, open one only.
+    await bot.say("家访")
+    assert "平板/电脑（还未办结" in await bot.say("周小禾")
+
+
+def test_the_checking_state_survives_the_store_boundary() -> None:
+    draft = OpenDraft(7, StudentRef(3, "周小禾", "三年级1班"), states.freeze({}), 2)
+    checks = (Check(5, "device", "平板", date(2026, 3, 3), "已送到"), Check(6, "psych", "谈心"))
+    conv = states.Conversation(Checking(draft, checks))
+    assert states.load(*states.dump(conv)) == conv
+    name, data, listing = states.dump(conv)
+    assert states.load(name, {**data, "checks": []}, listing).state == states.Idle()

@@ -522,6 +522,27 @@ async def test_coverage_needs_and_the_unvisited_in_scope(
     assert await backend.run(lambda s: s.scoped_unvisited(elsewhere, since, 100)) == []
 
 
+async def test_followups_to_check_are_open_or_done_since_the_last_visit(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, fresh = await _two_needs(backend, clock)
+    t001, zhou = backend.staff_ids["T001"], backend.student_ids["DEMO0003"]
+    clock.advance(days=1)
+    await backend.run(lambda s: s.close_followup(t001, late, "送到", clock.now()))
+    checks = await backend.run(lambda s: s.followups_to_check(zhou))
+    assert [(f.id, f.status.value, f.note) for f in checks] == [
+        (late, "done", "送到"),
+        (fresh, "open", None),
+    ]
+    clock.advance(days=1)  # the next visit: what was done before it is no longer asked
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", clock.now()))
+    again = [NewFollowUp("device", "平板", clock.now().date(), reopens=late)]
+    await backend.run(lambda s: s.submit_visit(visit, 0, {}, "电话", True, again, clock.now()))
+    checks = await backend.run(lambda s: s.followups_to_check(zhou))
+    assert checks[0].id == fresh and len(checks) == 2
+    assert await backend.run(lambda s: s.followups_to_check(backend.student_ids["DEMO0001"])) == []
+
+
 async def test_a_teachers_done_is_history_and_undo_takes_it_back(
     backend: Backend, clock: FakeClock
 ) -> None:

@@ -15,6 +15,7 @@ from bot.core.types import (
     ConversationKey,
     Coverage,
     Draft,
+    FollowUpCheck,
     FollowUpListing,
     GroupCoverage,
     InboundMessage,
@@ -141,6 +142,11 @@ class Store(Protocol):
         ...
 
     # -- follow-ups
+    def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
+        """The student's follow-ups still open, and those done since the last submitted visit
+        that reached the family; oldest first."""
+        ...
+
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         """The open and escalated follow-ups the teacher owns, earliest due first."""
         ...

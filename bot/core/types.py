@@ -139,6 +139,20 @@ class NewFollowUp:
     kind: str
     detail: str
     due_date: date
+    reopens: int | None = None  # the earlier follow-up a next visit found still unmet
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpCheck:
+    """An earlier follow-up the next visit asks about: still open, or done since the last
+    visit that reached the family."""
+
+    id: int
+    kind: str
+    detail: str
+    status: FollowUpStatus
+    closed_at: datetime | None
+    note: str | None
 
 
 @dataclass(frozen=True, slots=True)
