@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from bot.core.types import (
     DeliveryFailure,
+    FollowUpEvent,
     FollowUpStatus,
     RosterStaff,
     RosterStudent,
@@ -22,6 +23,7 @@ from bot.core.types import (
 )
 from storage.schema import (
     assignments,
+    followup_events,
     followups,
     identities,
     job_runs,
@@ -112,6 +114,19 @@ def _staff(conn: Connection) -> dict[int, RosterStaff]:
 
 
 def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
+    handed: dict[int, tuple[int, int | None]] = {}  # follow-up -> (new owner, by whom), latest
+    for fid, owner, actor in conn.execute(
+        select(
+            followup_events.c.followup_id, followup_events.c.staff_id, followup_events.c.actor_id
+        )
+        .join(followups, followups.c.id == followup_events.c.followup_id)
+        .where(
+            followup_events.c.event == FollowUpEvent.REASSIGNED.value,
+            followups.c.status.in_(OPEN),
+        )
+        .order_by(followup_events.c.id)
+    ):
+        handed[fid] = (owner, actor)
     rows = conn.execute(
         select(followups)
         .join(students, students.c.id == followups.c.student_id)
@@ -134,6 +149,7 @@ def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
             r.escalated_at,
             r.acknowledged_by,
             r.climbed_at,
+            handed[r.id][1] if handed.get(r.id, (None,))[0] == r.owner_staff_id else None,
         )
         for r in rows
     ]

@@ -363,3 +363,25 @@ def test_the_checking_state_survives_the_store_boundary() -> None:
     assert states.load(*states.dump(conv)) == conv
     name, data, listing = states.dump(conv)
     assert states.load(name, {**data, "checks": []}, listing).state == states.Idle()
+
+
+async def test_reminders_and_digests_show_who_holds_what(
+    world: World, bot: ChatDriver, chat: ChatDriver
+) -> None:
+    await escalated_twice(world, bot)
+    world.clock.current = local(date(2026, 3, 11), 10)
+    await chat.say("转交 1 T002", user="coord")  # 陈小树's counselling to 李示例
+    await chat.say("上报", user="coord")
+    await chat.say("确认 2 我来跟进", user="coord")  # 周小禾's tablet
+    thu2 = date(2026, 3, 12)
+    await world.at(local(thu2, 9), "remind")
+    li = world.wecom.to("li")[-1]
+    assert "陈小树（三年级1班） · 心理疏导：需要心理疏导 · 已逾期8天（已上报）（甲协调转交）" in li
+    await world.at(local(thu2, 17), "digest")
+    [digest] = [t for t in world.wecom.to("coord") if t.startswith("【家访日报】")]
+    assert (
+        "已上报（逾期超过3个上学日）2 项：\n未确认 1 项：\n· 陈小树（三年级1班） · 心理疏导"
+        in digest
+    )
+    assert "负责：李示例" in digest
+    assert "已确认 1 项：\n· 周小禾（三年级1班） · 平板/电脑 · 逾期7天 · 负责：甲协调" in digest

@@ -272,6 +272,7 @@ class TrackedFollowUp:
     escalated_at: datetime | None
     acknowledged_by: int | None = None  # the coordinator or bureau member who holds it
     climbed_at: datetime | None = None  # unacknowledged, it went on to the bureau
+    reassigned_by: int | None = None  # who handed it to its owner (转交), if anyone
 
     @property
     def holder(self) -> int:
