@@ -385,3 +385,126 @@ async def test_reminders_and_digests_show_who_holds_what(
     )
     assert "负责：李示例" in digest
     assert "已确认 1 项：\n· 周小禾（三年级1班） · 平板/电脑 · 逾期7天 · 负责：甲协调" in digest
+
+
+# ---------------------------------------------------------------------------- three weeks
+def numbered(message: str, name: str) -> int:
+    """The number of the line naming `name` in a numbered message."""
+    [n] = [int(line.split(".", 1)[0]) for line in message.splitlines() if f". {name}" in line]
+    return n
+
+
+def follow_up_history(world: World) -> dict[str, list[tuple[str, str | None]]]:
+    """Each follow-up's steps, keyed by "student:kind" (a second need of one kind: "…:2")."""
+    with world.deps.db.begin() as conn:
+        fus = conn.execute(
+            select(followups.c.id, students.c.name, followups.c.kind)
+            .join(students, students.c.id == followups.c.student_id)
+            .order_by(followups.c.id)
+        ).all()
+        rows = conn.execute(
+            select(followup_events.c.followup_id, followup_events.c.event, staff.c.staff_no)
+            .outerjoin(staff, staff.c.id == followup_events.c.staff_id)
+            .order_by(followup_events.c.id)
+        ).all()
+    names: dict[int, str] = {}
+    for fid, student, kind in fus:
+        key = f"{student}:{kind}"
+        names[fid] = key if key not in names.values() else f"{key}:2"
+    found: dict[str, list[tuple[str, str | None]]] = {k: [] for k in names.values()}
+    for fid, event, who in rows:
+        found[names[fid]].append((event, who))
+    return found
+
+
+async def test_three_weeks_of_needs_that_close(
+    world: World, bot: ChatDriver, chat: ChatDriver
+) -> None:
+    # ---- Week one: T001 finds three needs; one is met the next day.
+    world.clock.current = local(MON, 10)
+    await visit(bot, "周小禾", TABLET_VISIT)
+    await visit(bot, "陈小树", COUNSELLING)
+    await visit(bot, "沈小云", TABLET_VISIT)
+    world.clock.current = local(date(2026, 3, 3), 10)
+    todo = await bot.say("待跟进")
+    assert "已完成" in await bot.say(f"完成 {numbered(todo, '沈小云')} 平板已送到")
+
+    # ---- Week two, Wednesday: the other two are overdue by more than 3 school days.
+    wed2, thu2, fri2 = date(2026, 3, 11), date(2026, 3, 12), date(2026, 3, 13)
+    await world.at(local(wed2, 9), "remind")
+    [told] = world.wecom.to("coord")
+    world.clock.current = local(wed2, 10)
+    ack = await chat.say(f"确认 {numbered(told, '周小禾')} 已联系家长", user="coord")
+    assert ack.startswith("已确认由你负责") and "已告知负责老师张示例" in ack
+    listed = await chat.say("上报", user="coord")
+    moved = await chat.say(f"转交 {numbered(listed, '周小禾')} T002", user="coord")
+    assert moved.endswith("已通知对方。")
+    await world.at(local(wed2, 10, 5))
+    todo = await chat.say("待跟进", user="li")
+    assert "已完成" in await chat.say(f"完成 {numbered(todo, '周小禾')} 平板已借到", user="li")
+    # ---- Thursday: 陈小树's is still unacknowledged; Friday it climbs to the bureau.
+    await world.at(local(thu2, 9), "remind")
+    assert world.dingtalk.to("bureau") == []
+    await world.at(local(fri2, 9), "remind")
+    [climbed] = world.dingtalk.to("bureau")
+    assert (
+        climbed.startswith("【跟进上报·教育局】")
+        and "陈小树（三年级1班） · 示例区实验小学" in climbed
+    )
+    await world.at(local(fri2, 17), "digest")
+
+    # ---- Week three: each next visit asks about the earlier needs.
+    world.clock.current = local(date(2026, 3, 16), 10)
+    await bot.say("家访")
+    assert "平板/电脑（3月11日已完成：平板已借到）" in await bot.say("周小禾")
+    await bot.say("1")
+    for answer in FINE_VISIT:
+        await bot.say(answer)
+    await bot.say("提交")
+    await bot.say("家访")
+    assert "平板/电脑（3月3日已完成：平板已送到）" in await bot.say("沈小云")
+    await bot.say("2")
+    for answer in FINE_VISIT:
+        await bot.say(answer)
+    assert "平板/电脑" in await bot.say("提交")  # the need again, as a new follow-up
+    await bot.say("家访")
+    assert "心理疏导（还未办结" in await bot.say("陈小树")
+
+    # ---- Exactly who received what.
+    def kinds(messages: list[str]) -> list[str]:
+        return [m.split("\n", 1)[0][:8] for m in messages]
+
+    reminder = "张示例老师，你好！"[:8]
+    assert kinds(world.wecom.to("zhanglaoshi")) == [
+        reminder,  # Wed
+        "甲协调已确认负责",
+        reminder,  # Thu
+        reminder,  # Fri
+    ]
+    li_reminder = "李示例老师，你好！"[:8]
+    assert kinds(world.wecom.to("li")) == [
+        li_reminder,
+        "甲协调把一项跟进",
+        li_reminder,
+        li_reminder,
+    ]
+    assert kinds(world.wecom.to("coord")) == ["【跟进上报】以下", "【家访日报】示例"]
+    assert kinds(world.dingtalk.to("bureau")) == ["【跟进上报·教育", "【家访日报】全区"]
+    assert [r for r, _ in world.group.got] == ["default"]
+    assert follow_up_history(world) == {
+        "周小禾:device": [
+            ("escalated", None),
+            ("notified", "C001"),
+            ("acknowledged", "C001"),
+            ("reassigned", "T002"),
+            ("done", "T002"),
+        ],
+        "陈小树:psych": [
+            ("escalated", None),
+            ("notified", "C001"),
+            ("climbed", None),
+            ("notified", "B001"),
+        ],
+        "沈小云:device": [("done", "T001")],
+        "沈小云:device:2": [],
+    }
