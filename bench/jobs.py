@@ -6,8 +6,10 @@
 Generates schools, teachers (each with a WeCom id), students with aid categories, head teachers
 and carers, a visit history (about half the students visited in the last weeks, some families
 unreachable) and open follow-ups, straight into a fresh database with set-based inserts. Then runs
-the reminder job and the digest job once each, as the scheduler would, and reports wall time and
-the process's peak RSS. Nothing is sent: messages are only written to the outbox.
+the reminder job and the digest job once each, as the scheduler would (each runs the escalation
+ladder's steps first: about 13,000 open follow-ups, most of them overdue), then the reminder job
+on the Friday when unacknowledged escalations climb to the bureau, and reports wall time and the
+process's peak RSS. Nothing is sent: messages are only written to the outbox.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ def generate(db: Database, n_students: int, n_teachers: int) -> None:
             }
             for s in range(n_schools)
         ]
+        rows.append(  # one bureau member: escalations nobody acknowledges climb to them
+            {
+                "id": n_teachers + n_schools + 1,
+                "staff_no": "B00001",
+                "name": "教育局1",
+                "school_id": None,
+                "role": "bureau",
+                "active": True,
+            }
+        )
         conn.execute(insert(staff), rows)
         conn.execute(
             insert(identities),
@@ -175,14 +187,26 @@ async def run_jobs(url: str, n_students: int, n_teachers: int) -> None:
         report = await jobs.run(job, at)
         print(
             f"  {job:6}: {time.perf_counter() - start:5.2f} s  ({report.planned:,} messages "
-            f"planned, {report.queued:,} queued, {report.escalated:,} escalated)  "
+            f"planned, {report.queued:,} queued, {report.escalated:,} escalated, "
+            f"{report.climbed:,} climbed)  "
             f"peak RSS so far {rss_mib():.0f} MiB"
         )
     start = time.perf_counter()
     report = await jobs.run("remind", NOW + timedelta(minutes=5))
     print(f"  remind again: {time.perf_counter() - start:5.2f} s, {report.queued} new messages")
+    # Friday: the escalations nobody acknowledged climb to the bureau (the ladder's second step).
+    start = time.perf_counter()
+    report = await jobs.run("remind", NOW + timedelta(days=3))
+    print(
+        f"  remind Friday: {time.perf_counter() - start:5.2f} s  ({report.escalated:,} escalated, "
+        f"{report.climbed:,} climbed to the bureau)"
+    )
     with db.begin() as conn:
+        open_fus = conn.execute(
+            select(func.count()).select_from(followups).where(followups.c.status != "done")
+        ).scalar_one()
         n = conn.execute(select(func.count()).select_from(outbox)).scalar_one()
+    print(f"  open or escalated follow-ups: {open_fus:,}")
     print(f"  outbox rows: {n:,}")
     db.close()
 

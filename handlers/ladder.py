@@ -23,7 +23,8 @@ SCHOOL_HEAD = "【跟进上报】以下跟进已逾期超过{days}个上学日�
 BUREAU_HEAD = "【跟进上报·教育局】以下跟进逾期后{days}个上学日无人确认，已上报教育局："
 LINE = "{n}. {student}{school} · {kind}：{detail} · 逾期{late}天 · 负责老师：{owner}"
 FOOT = "回复“确认 序号 备注”表示由你负责，例如：确认 1 已联系家长；“转交 序号 工号”转给同校老师。"
-ACK_TOLD = "{holder}已确认负责你的跟进：{student} · {kind}：{detail}{note}。"
+MORE = "……等共{count}项，回复“上报”查看全部。"
+LIST_LIMIT = 20  # lines in one message; the rest are counted (and all are in 上报)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,8 @@ def plan_escalations(
             days=bureau_after_days if climbed else after_days
         )
         lines = [head]
-        for n, f in enumerate(fus, 1):
+        shown = fus[:LIST_LIMIT]
+        for n, f in enumerate(shown, 1):
             owner = snap.staff.get(f.owner_staff_id)
             school = snap.schools.get(view.students[f.student_id].school_id, "")
             school = f" · {school}" if climbed else ""  # (a coordinator knows their school)
@@ -90,11 +92,13 @@ def plan_escalations(
                     owner=f"{owner.name}（{owner.staff_no}）" if owner else "-",
                 )
             )
+        if len(fus) > LIST_LIMIT:
+            lines.append(MORE.format(count=len(fus)))
         lines.append(FOOT)
         ids = ",".join(str(f.id) for f in fus)
         digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
         key = f"escalation:{person.staff_no}:{digest}"
-        items = tuple(Item(ItemKind.FOLLOWUP, f.id) for f in fus)
+        items = tuple(Item(ItemKind.FOLLOWUP, f.id) for f in shown)
         listing = Listing(ListKind.ESCALATIONS, items, len(items))
         messages.append(
             Outgoing(key, *target, "escalation", "\n".join(lines), states.dump_listing(listing))
