@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 from bot.core.errors import HomevisitError
 from bot.core.text import xml_safe
 from bot.core.types import FollowUpStatus, VisitStatus
+from storage.ladder import histories
 from storage.schema import audit_log, followups, schools, staff, students, visits
 
 ExportFormat = Literal["csv", "xlsx"]
@@ -63,6 +64,7 @@ FOLLOWUP_HEADER = (
     "状态",
     "完成时间",
     "备注",
+    "经过",  # every step: escalated, told, acknowledged, climbed, handed over, done (#14)
 )
 STATUS_LABELS = {
     FollowUpStatus.OPEN.value: "待跟进",
@@ -260,6 +262,7 @@ def _followup_sheet(
         query = query.where(followups.c.created_at >= start)
     if school_id is not None:
         query = query.where(students.c.school_id == school_id)
+    steps = histories(conn, query.with_only_columns(followups.c.id).order_by(None), tz)
     rows: list[list[Cell]] = [
         [
             r.id,
@@ -273,6 +276,7 @@ def _followup_sheet(
             STATUS_LABELS.get(r.status, r.status),
             _local(r.closed_at, tz),
             r.note or "",
+            steps.get(r.id, ""),
         ]
         for r in conn.execute(query)
     ]

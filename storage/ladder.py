@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, literal, select, update
+from sqlalchemy import Select, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.core.types import FollowUpEvent, FollowUpStatus
-from storage.schema import followup_events, followups
+from storage.schema import followup_events, followups, staff
 
 ESCALATED = FollowUpStatus.ESCALATED.value
 
@@ -98,3 +100,39 @@ def record(
     ]
     if values:
         conn.execute(insert(followup_events), values)
+
+
+EVENT_LABELS = {
+    FollowUpEvent.ESCALATED.value: "上报学校",
+    FollowUpEvent.NOTIFIED.value: "已通知",
+    FollowUpEvent.ACKNOWLEDGED.value: "确认负责",
+    FollowUpEvent.CLIMBED.value: "上报教育局",
+    FollowUpEvent.REASSIGNED.value: "转交给",
+    FollowUpEvent.DONE.value: "完成",
+}
+
+
+def histories(conn: Connection, followup_ids: Select[Any], tz: ZoneInfo) -> dict[int, str]:
+    """Each follow-up's steps as one line ("3月11日 上报学校；3月11日 确认负责 甲协调（备注）…"),
+    for the follow-ups `followup_ids` selects; one query."""
+    person = staff.alias("person")
+    rows = conn.execute(
+        select(
+            followup_events.c.followup_id,
+            followup_events.c.event,
+            followup_events.c.at,
+            followup_events.c.note,
+            person.c.name,
+        )
+        .outerjoin(person, person.c.id == followup_events.c.staff_id)
+        .where(followup_events.c.followup_id.in_(followup_ids.scalar_subquery()))
+        .order_by(followup_events.c.followup_id, followup_events.c.id)
+    )
+    lines: dict[int, list[str]] = {}
+    for fid, event, at, note, name in rows:
+        day = at.astimezone(tz).date()
+        text = f"{day.month}月{day.day}日 {EVENT_LABELS.get(event, event)}"
+        text += f" {name}" if name else ""
+        text += f"（{note}）" if note else ""
+        lines.setdefault(fid, []).append(text)
+    return {fid: "；".join(steps) for fid, steps in lines.items()}

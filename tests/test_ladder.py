@@ -7,6 +7,7 @@ clock) over SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import csv
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -22,10 +23,11 @@ from config.settings import Secret, Settings, WeComSettings, load_settings
 from handlers import states
 from handlers.states import Check, Checking, OpenDraft
 from storage import ladder
+from storage.export import export_visits
 from storage.schema import followup_events, followups, identities, schools, staff, students, visits
 from tests.conftest import ChatDriver
 from tests.test_conversation import COUNSELLING, TABLET_VISIT
-from tests.test_schedule import World, local, visit, world
+from tests.test_schedule import TZ, World, local, visit, world
 
 __all__ = ["world"]  # the fixture, used by name
 
@@ -418,7 +420,7 @@ def follow_up_history(world: World) -> dict[str, list[tuple[str, str | None]]]:
 
 
 async def test_three_weeks_of_needs_that_close(
-    world: World, bot: ChatDriver, chat: ChatDriver
+    world: World, bot: ChatDriver, chat: ChatDriver, tmp_path: Path
 ) -> None:
     # ---- Week one: T001 finds three needs; one is met the next day.
     world.clock.current = local(MON, 10)
@@ -508,3 +510,15 @@ async def test_three_weeks_of_needs_that_close(
         "沈小云:device": [("done", "T001")],
         "沈小云:device:2": [],
     }
+    # ... and the export's 经过 column says the same, with dates, names and notes.
+    out = tmp_path / "visits.csv"
+    with world.deps.db.begin() as conn:
+        export_visits(conn, out, "csv", [], world.deps.form.followup_kinds, TZ)
+    with (tmp_path / "visits_followups.csv").open(encoding="utf-8-sig", newline="") as f:
+        sheet = list(csv.reader(f))
+    steps = {row[2]: row[-1] for row in sheet[1:] if row[4] == "平板/电脑" and row[8] == "已完成"}
+    assert steps["周小禾"] == (
+        "3月11日 上报学校；3月11日 已通知 甲协调；3月11日 确认负责 甲协调（已联系家长）；"
+        "3月11日 转交给 李示例；3月11日 完成 李示例（平板已借到）"
+    )
+    assert steps["沈小云"] == "3月3日 完成 张示例（平板已送到）"
