@@ -69,6 +69,7 @@ from bot.core.signin import TOKEN_TTL, new_secret, secret_hash
 from bot.core.types import FollowUpStatus, StaffRole, VisitStatus
 from storage.db import Database
 from storage.export import export_visits
+from storage.ladder import histories
 from storage.roster import Roster, import_roster, read_roster
 from storage.schema import (
     UtcDateTime,
@@ -1013,6 +1014,12 @@ class SqlConsole:
             .limit(query.per_page)
             .offset((max(query.page, 1) - 1) * query.per_page)
         ).all()
+        shown = [r.id for r in rows]
+        steps = (
+            histories(conn, select(followups.c.id).where(followups.c.id.in_(shown)), self.tz)
+            if shown
+            else {}
+        )
         return Page(
             [
                 FollowUpRow(
@@ -1030,6 +1037,7 @@ class SqlConsole:
                     r.created_at,
                     r.closed_at,
                     r.note,
+                    steps.get(r.id, ""),
                 )
                 for r in rows
             ],
