@@ -192,8 +192,7 @@ class Coordination:
         store, scope = c.t.store, SCOPE.get(c.staff.role, "")
         groups = store.scoped_coverage(c.staff, since)
         visited, total = sum(g.visited for g in groups), sum(g.total for g in groups)
-        escalated = store.scoped_followups(c.staff, True, self.today(c))
-        overdue = store.scoped_followups(c.staff, False, self.today(c))
+        overdue, escalated, unacked = store.scoped_counts(c.staff, self.today(c))
         needs = store.scoped_needs(c.staff, since)
         pct = f"{visited * 100 // total}%" if total else "-"
         lines = [
@@ -209,11 +208,7 @@ class Coordination:
         )
         lines.append(OVERVIEW_NEEDS.format(days=self.cycle_days, needs=need_text or "无"))
         lines.append(
-            OVERVIEW_FOLLOWUPS.format(
-                overdue=len(overdue),
-                escalated=len(escalated),
-                unacked=sum(1 for f in escalated if not f.holder_name),
-            )
+            OVERVIEW_FOLLOWUPS.format(overdue=overdue, escalated=escalated, unacked=unacked)
         )
         lines.append(OVERVIEW_FOOT)
         return ["\n".join(lines)]

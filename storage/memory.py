@@ -600,6 +600,17 @@ class MemoryStore:
         ]
         return max((t for t in times if t is not None), default=None)
 
+    def scoped_counts(self, viewer: Staff, today: date) -> tuple[int, int, int]:
+        mine = [
+            f for f in self.data.followups.values() if f.status in OPEN and self._visible(viewer, f)
+        ]
+        escalated = [f for f in mine if f.status is FollowUpStatus.ESCALATED]
+        return (
+            sum(1 for f in mine if f.due_date < today),
+            len(escalated),
+            sum(1 for f in escalated if f.acknowledged_by is None),
+        )
+
     def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
         groups: dict[str, list[int]] = {}
         for s in self._students_in(viewer):

@@ -977,6 +977,21 @@ class SqlStore:
         self._event(followup_id, FollowUpEvent.REASSIGNED, to_staff_id, now, actor=viewer.id)
         return True
 
+    def scoped_counts(self, viewer: Staff, today: date) -> tuple[int, int, int]:
+        escalated = followups.c.status == FollowUpStatus.ESCALATED.value
+        row = self.conn.execute(
+            select(
+                func.sum(case((followups.c.due_date < today, 1), else_=0)),
+                func.sum(case((escalated, 1), else_=0)),
+                func.sum(
+                    case((and_(escalated, followups.c.acknowledged_by.is_(None)), 1), else_=0)
+                ),
+            )
+            .select_from(followups.join(students, students.c.id == followups.c.student_id))
+            .where(self._scope(viewer), followups.c.status.in_(OPEN_STATES))
+        ).one()
+        return (int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
+
     def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
         label = schools.c.name if viewer.role is StaffRole.BUREAU else students.c.class_name
         reached = func.sum(case((students.c.last_reached_at >= since, 1), else_=0))

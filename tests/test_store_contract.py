@@ -461,12 +461,16 @@ async def test_a_coordinator_sees_and_acts_on_their_schools_followups_only(
     ] == [late]
     # Not escalated: nothing to acknowledge.
     assert not await backend.run(lambda s: s.acknowledge_followup(coord, late, "", now))
+    assert await backend.run(lambda s: s.scoped_counts(coord, today)) == (1, 0, 0)
     backend.escalate(late)
+    assert await backend.run(lambda s: s.scoped_counts(bureau, today)) == (1, 1, 1)
+    assert await backend.run(lambda s: s.scoped_counts(elsewhere, today)) == (0, 0, 0)
     [escalated] = await backend.run(lambda s: s.scoped_followups(coord, True, today))
     assert (escalated.id, escalated.holder_name) == (late, None)
     assert not await backend.run(lambda s: s.acknowledge_followup(elsewhere, late, "", now))
     assert await backend.run(lambda s: s.acknowledge_followup(coord, late, "已联系", now))
     assert not await backend.run(lambda s: s.acknowledge_followup(bureau, late, "", now))
+    assert await backend.run(lambda s: s.scoped_counts(coord, today)) == (1, 1, 0)
     seen = await backend.run(lambda s: s.scoped_followup(bureau, late))
     assert seen is not None and seen.holder_name == coord.name
 

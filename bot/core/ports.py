@@ -220,6 +220,11 @@ class Store(Protocol):
         student's school (records the event); False, nothing changed, when not allowed."""
         ...
 
+    def scoped_counts(self, viewer: Staff, today: date) -> tuple[int, int, int]:
+        """In scope: follow-ups overdue (open or escalated, due before `today`), escalated, and
+        escalated that nobody acknowledged; one aggregate."""
+        ...
+
     def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
         """Per class (a coordinator) or per school (bureau): active students reached on a
         visit since `since`, of all; by label."""
