@@ -134,19 +134,23 @@ class Coordination:
 
     def _list(self, c: Ctx, escalated_only: bool, head: str = "") -> str:
         today = self.today(c)
-        found = c.t.store.scoped_followups(c.staff, escalated_only, today)
+        store = c.t.store
+        found = store.scoped_followups(c.staff, escalated_only, today, LIST_LIMIT)
         scope = SCOPE.get(c.staff.role, "")
         if not found:
             c.show(None)
             empty = NONE_ESCALATED if escalated_only else NONE_OVERDUE
             return (head + "\n" if head else "") + empty.format(scope=scope)
-        shown = found[:LIST_LIMIT]
+        shown, total = found, len(found)
+        if total == LIST_LIMIT:  # (maybe more: count them)
+            overdue, escalated, _ = store.scoped_counts(c.staff, today)
+            total = escalated if escalated_only else overdue
         title = ESCALATED_HEAD if escalated_only else OVERDUE_HEAD
         lines = [head] if head else []
-        lines.append(title.format(scope=scope, count=len(found)))
+        lines.append(title.format(scope=scope, count=total))
         lines += [self._line(n, f, today) for n, f in enumerate(shown, 1)]
-        if len(found) > LIST_LIMIT:
-            lines.append(MORE.format(count=len(found), limit=LIST_LIMIT))
+        if total > LIST_LIMIT:
+            lines.append(MORE.format(count=total, limit=LIST_LIMIT))
         lines.append(FOOT)
         items = tuple(Item(ItemKind.FOLLOWUP, f.id) for f in shown)
         c.show(Listing(ListKind.ESCALATIONS, items, len(items)))

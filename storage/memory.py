@@ -521,7 +521,7 @@ class MemoryStore:
         )  # fmt: skip
 
     def scoped_followups(
-        self, viewer: Staff, escalated_only: bool, today: date
+        self, viewer: Staff, escalated_only: bool, today: date, limit: int | None = None
     ) -> list[ScopedFollowUp]:
         found = [
             f
@@ -533,7 +533,8 @@ class MemoryStore:
                 else f.status in OPEN and f.due_date < today
             )
         ]
-        return [self._scoped(f) for f in sorted(found, key=lambda f: (f.due_date, f.id))]
+        found.sort(key=lambda f: (f.due_date, f.id))
+        return [self._scoped(f) for f in found[:limit]]
 
     def scoped_followup(self, viewer: Staff, followup_id: int) -> ScopedFollowUp | None:
         f = self.data.followups.get(followup_id)

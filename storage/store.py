@@ -876,7 +876,7 @@ class SqlStore:
         )
 
     def scoped_followups(
-        self, viewer: Staff, escalated_only: bool, today: date
+        self, viewer: Staff, escalated_only: bool, today: date, limit: int | None = None
     ) -> list[ScopedFollowUp]:
         which = (
             followups.c.status == FollowUpStatus.ESCALATED.value
@@ -884,7 +884,10 @@ class SqlStore:
             else and_(followups.c.status.in_(OPEN_STATES), followups.c.due_date < today)
         )
         rows = self.conn.execute(
-            self._scoped_query(viewer).where(which).order_by(followups.c.due_date, followups.c.id)
+            self._scoped_query(viewer)
+            .where(which)
+            .order_by(followups.c.due_date, followups.c.id)
+            .limit(limit)
         )
         return [self._scoped(r) for r in rows]
 

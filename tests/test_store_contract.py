@@ -454,6 +454,7 @@ async def test_a_coordinator_sees_and_acts_on_their_schools_followups_only(
     overdue = await backend.run(lambda s: s.scoped_followups(coord, False, today))
     assert [(f.id, f.student_name, f.owner_name) for f in overdue] == [(late, "周小禾", "张示例")]
     assert await backend.run(lambda s: s.scoped_followups(coord, True, today)) == []
+    assert await backend.run(lambda s: s.scoped_followups(coord, False, today, 0)) == []
     assert await backend.run(lambda s: s.scoped_followups(elsewhere, False, today)) == []
     assert await backend.run(lambda s: s.scoped_followups(teacher, False, today)) == []
     assert [

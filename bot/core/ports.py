@@ -190,10 +190,10 @@ class Store(Protocol):
     # -- coordinators and bureau in chat: follow-ups of their scope (a coordinator's school,
     #    every school for the bureau; a teacher's scope is empty)
     def scoped_followups(
-        self, viewer: Staff, escalated_only: bool, today: date
+        self, viewer: Staff, escalated_only: bool, today: date, limit: int | None = None
     ) -> list[ScopedFollowUp]:
         """Open and escalated follow-ups of active students in scope: the escalated ones, or
-        those due before `today`; earliest due first."""
+        those due before `today`; earliest due first; the first `limit` of them."""
         ...
 
     def scoped_followup(self, viewer: Staff, followup_id: int) -> ScopedFollowUp | None:
