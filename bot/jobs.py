@@ -10,19 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import partial
 
 from sqlalchemy.engine import Connection
 
-from bot.core.types import OutboxMessage
+from bot.core.types import FollowUpEvent, OutboxMessage
 from bot.deps import Deps, cadence
 from bot.outbox import OutboxDelivery
 from config.settings import Settings
+from handlers.ladder import plan_escalations
 from handlers.reminders import Plan, View, plan_digests, plan_reminders
-from storage import outbox
+from storage import ladder, outbox
 from storage.maintenance import Pruned, prune_inbound
-from storage.snapshot import escalate_overdue, has_run, last_run, load_snapshot, record_run
+from storage.snapshot import has_run, last_run, load_snapshot, record_run
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class JobReport:
     escalated: int = 0
     unreachable: int = 0
     not_before: datetime | None = None
+    climbed: int = 0
 
     def summary(self) -> str:
         if self.skipped:
@@ -49,7 +51,8 @@ class JobReport:
         wait = f", held until {self.not_before:%H:%M} UTC (quiet hours)" if self.not_before else ""
         return (
             f"{self.job} {self.day}: {self.planned} messages planned, {self.queued} newly queued"
-            f"{wait}; {self.escalated} follow-ups escalated; {self.unreachable} recipients "
+            f"{wait}; {self.escalated} follow-ups escalated, {self.climbed} climbed to the "
+            f"bureau; {self.unreachable} recipients "
             "without a usable channel"
         )
 
@@ -104,8 +107,17 @@ class Jobs:
             )
         return pruned
 
+    def _climb_before(self, today: date) -> datetime:
+        """Escalated before this moment (the start of the local day after the school day
+        `HOMEVISIT_ESCALATE_BUREAU_AFTER_DAYS` school days back) and unacknowledged: it climbs."""
+        day = self.deps.calendar.school_days_before(today, self.settings.escalate_bureau_after_days)
+        return datetime.combine(day + timedelta(days=1), time(), tzinfo=self.settings.tz)
+
     def _run(self, conn: Connection, job: str, at: datetime, today: date) -> JobReport:
-        escalated = escalate_overdue(conn, today, self.settings.escalate_after_days, at)
+        calendar = self.deps.calendar
+        due_before = calendar.school_days_before(today, self.settings.escalate_after_days)
+        escalated = ladder.escalate(conn, due_before, at)
+        climbed = ladder.climb(conn, self._climb_before(today), at)
         # "Needs found since the last digest"; before the first digest, those of the past week.
         since = last_run(conn, DIGEST, before=today) or at - timedelta(days=7)
         snap = load_snapshot(conn, since, at)
@@ -124,13 +136,23 @@ class Jobs:
                 kinds,
                 self.settings.escalate_after_days,
             )
+        notices = plan_escalations(
+            snap,
+            view,
+            ladder.notified(conn),
+            self.person_channels,
+            kinds,
+            self.settings.escalate_after_days,
+            self.settings.escalate_bureau_after_days,
+        )
+        ladder.record(conn, FollowUpEvent.NOTIFIED, notices.told, at)
         # Messages go out from now on (a job run "as if" at an earlier time sends now), never
         # inside quiet hours.
         send_from = max(at, self.deps.clock.now())
         not_before = self.quiet_until(send_from)
         messages = [
             OutboxMessage(m.key, m.channel, m.recipient, m.kind, m.body, m.listing, m.fallbacks)
-            for m in plan.messages
+            for m in [*notices.messages, *plan.messages]
         ]
         # Queued now, whatever `at` says: the outbox gives up a day after a row was queued.
         queued = outbox.enqueue_many(
@@ -141,9 +163,10 @@ class Jobs:
             job,
             today,
             None,
-            len(plan.messages),
+            len(plan.messages) + len(notices.messages),
             queued,
             escalated,
             len(plan.unreachable),
             not_before,
+            climbed,
         )

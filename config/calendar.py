@@ -25,6 +25,19 @@ class SchoolCalendar:
             return True
         return day.weekday() < 5 and day not in self.holidays
 
+    def school_days_before(self, day: date, count: int) -> date:
+        """The school day `count` school days before `day` (`day` itself when `count` is 0):
+        something due before it is overdue by more than `count` school days on `day`."""
+        for _ in range(count):
+            day -= timedelta(days=1)
+            for _ in range(400):
+                if self.is_school_day(day):
+                    break
+                day -= timedelta(days=1)
+            else:
+                raise ConfigError("calendar: no school day within a year")
+        return day
+
     def next_school_day(self, after: date) -> date:
         """The first school day strictly after `after`."""
         day = after + timedelta(days=1)

@@ -118,6 +118,14 @@ class Question:
         return tuple(o.text for o in self.options)
 
 
+# The answers of a visit's questions about earlier follow-ups: {follow-up id: CHECK_RESOLVED or
+# CHECK_STILL}, stored with the visit's other answers.
+CHECKS_KEY = "followup_checks"
+CHECK_RESOLVED, CHECK_STILL = "已解决", "仍需帮助"
+CHECK_PROMPT = "上次登记的需求：{need}（{status}）。现在情况如何？"
+CHECK_DUE_DAYS = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Form:
     id: str
@@ -131,6 +139,11 @@ class Form:
     # Follow-up kinds whose description is sensitive (counselling, safety): exported only when
     # sensitive answers are asked for.
     sensitive_kinds: frozenset[str] = frozenset()
+    # The next visit first asks about follow-ups of these kinds that are open or were done since
+    # the last visit (`followup_checks`), with this wording ({need}, {status}).
+    check_kinds: frozenset[str] = frozenset()
+    check_prompt: str = CHECK_PROMPT
+    check_due_days: int = CHECK_DUE_DAYS  # "仍需帮助": the new follow-up is due in this many days
 
     @property
     def sensitive_keys(self) -> frozenset[str]:
@@ -172,8 +185,11 @@ class Form:
         return None
 
     def prune(self, answers: Mapping[str, Any]) -> Answers:
-        """Drop answers to questions that earlier answers have made irrelevant."""
+        """Drop answers to questions that earlier answers have made irrelevant (the answers
+        about earlier follow-ups, `CHECKS_KEY`, stay)."""
         kept: Answers = {}
+        if CHECKS_KEY in answers:
+            kept[CHECKS_KEY] = answers[CHECKS_KEY]
         for q in self.questions:  # in order, so conditions see only kept earlier answers
             if q.key in answers and q.visible(kept):
                 kept[q.key] = answers[q.key]
@@ -306,6 +322,25 @@ def _parse_form(raw: Any) -> Form:
     sensitive_kinds = raw.get("sensitive_kinds") or []
     if not isinstance(sensitive_kinds, list) or any(str(k) not in kinds for k in sensitive_kinds):
         raise _FormError(raw.line, "`sensitive_kinds` must list kinds of `followup_kinds`")
+    checks = raw.get("followup_checks") or _Map()
+    if not isinstance(checks, _Map):
+        raise _FormError(_line(checks, raw.line), "`followup_checks` must be a mapping")
+    check_kinds = checks.get("kinds") or []
+    if not isinstance(check_kinds, list) or any(str(k) not in kinds for k in check_kinds):
+        raise _FormError(
+            _line(checks, raw.line), "`followup_checks.kinds` must list kinds of `followup_kinds`"
+        )
+    check_prompt = str(checks.get("prompt") or CHECK_PROMPT)
+    try:
+        check_prompt.format(need="", status="")
+    except (KeyError, IndexError, ValueError):
+        raise _FormError(
+            _line(checks, raw.line),
+            "`followup_checks.prompt` may only use {need} and {status}",
+        ) from None
+    due_days = checks.get("due_days", CHECK_DUE_DAYS)
+    if not isinstance(due_days, int) or isinstance(due_days, bool) or not 0 <= due_days <= 366:
+        raise _FormError(_line(checks, raw.line), "`followup_checks.due_days` must be 0 to 366")
     form = Form(
         id=_str(raw, "id"),
         version=_str(raw, "version"),
@@ -315,6 +350,9 @@ def _parse_form(raw: Any) -> Form:
         method_key=method_key,
         urgent_kinds=frozenset(str(k) for k in urgent),
         sensitive_kinds=frozenset(str(k) for k in sensitive_kinds),
+        check_kinds=frozenset(str(k) for k in check_kinds),
+        check_prompt=check_prompt,
+        check_due_days=due_days,
     )
     keys = {q.key for q in questions}
     for item, q in zip(items, questions, strict=True):

@@ -132,7 +132,8 @@ class Settings:
     category_cycle_days: Mapping[str, int] = field(
         default_factory=lambda: dict(DEFAULT_CATEGORY_CYCLES)
     )
-    escalate_after_days: int = 3
+    escalate_after_days: int = 3  # school days overdue before the school's coordinators are told
+    escalate_bureau_after_days: int = 2  # school days unacknowledged before it climbs to the bureau
     unreached_alert_after: int = 2  # family unreachable this many times in a row: tell the school
     form_path: Path = DEFAULT_FORM
     calendar_path: Path = DEFAULT_CALENDAR
@@ -231,6 +232,9 @@ class _Parser:
             )
         if "HOMEVISIT_ESCALATE_AFTER_DAYS" in env:
             kwargs["escalate_after_days"] = self.whole_number("HOMEVISIT_ESCALATE_AFTER_DAYS") or 3
+        if "HOMEVISIT_ESCALATE_BUREAU_AFTER_DAYS" in env:
+            after = self.whole_number("HOMEVISIT_ESCALATE_BUREAU_AFTER_DAYS", 366)
+            kwargs["escalate_bureau_after_days"] = after or 2
         if "HOMEVISIT_UNREACHED_ALERT_AFTER" in env:
             after = self.whole_number("HOMEVISIT_UNREACHED_ALERT_AFTER", 20)
             kwargs["unreached_alert_after"] = after or 2

@@ -33,14 +33,26 @@ from bot.core.types import (
     StudentListing,
     StudentRef,
 )
-from config.forms import Form, QType
-from handlers import binding, render, states, texts
-from handlers.answers import clean_free_text, normalize, parse_answer
+from config.forms import CHECK_RESOLVED, CHECK_STILL, CHECKS_KEY, Form, QType
+from handlers import binding, coordinate, render, states, texts
+from handlers.answers import clean_free_text, normalize, parse_answer, strip_edges
 from handlers.cadence import Cadence, last_attempt_unreached
-from handlers.commands import Cmd, Command, as_number, done_note, is_no, is_yes, parse_command
+from handlers.commands import (
+    Cmd,
+    Command,
+    ack_note,
+    as_number,
+    done_note,
+    is_no,
+    is_yes,
+    parse_command,
+)
+from handlers.coordinate import Coordination
 from handlers.reminders import reach_order
 from handlers.states import (
     Answering,
+    Check,
+    Checking,
     ConfirmCut,
     ConfirmDiscard,
     ConfirmStudent,
@@ -134,7 +146,21 @@ class CheckIn:
             Cmd.PROGRESS: self._progress,
             Cmd.CONSOLE: self._console,
             Cmd.SUBMIT: self._submit,
+            Cmd.OVERVIEW: self._coordinating,
+            Cmd.UNVISITED: self._unvisited,
+            Cmd.OVERDUE: self._coordinating,
+            Cmd.ESCALATED: self._coordinating,
+            Cmd.ACK: self._coordinating,
+            Cmd.REASSIGN: self._coordinating,
+            Cmd.NUDGE: self._coordinating,
         }
+        self.coordination = Coordination(
+            form.followup_kinds,
+            tz,
+            self.alerts.channels,
+            self.alerts.quiet,
+            self.cadence.default_days,
+        )
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
@@ -227,6 +253,8 @@ class CheckIn:
                 return self._answer(c, answering, raw)
             case Reviewing():
                 return [texts.SUMMARY_EXPECT]
+            case Checking() as checking:
+                return self._check_answer(c, checking, raw)
         number = as_number(text)
         if number is not None:
             return self._pick(c, number)
@@ -272,6 +300,8 @@ class CheckIn:
                 return render.question(self.form, q, d.answers, _label(d.student))
             case Reviewing(draft=d):
                 return render.summary(self.form, d.answers, _label(d.student))
+            case Checking(checks=checks):
+                return self._check_prompt(checks[0])
         return None
 
     def _with_prompt(self, c: _Ctx, text: str) -> str:
@@ -420,7 +450,7 @@ class CheckIn:
 
     def _park(self, c: _Ctx) -> list[str]:
         """Leave a visit in progress as a draft (it is already saved) and say so."""
-        if not isinstance(c.state, InVisit | ConfirmDiscard):
+        if not isinstance(c.state, InVisit | ConfirmDiscard | Checking):
             return []
         draft = c.state.draft
         c.go(Idle())
@@ -503,7 +533,79 @@ class CheckIn:
             )
             opened = OpenDraft(visit_id, student, states.freeze({}))
             head = texts.VISIT_STARTED.format(student=_label(student))
+        checks = self._checks(c, student, opened)
+        if checks:
+            c.go(Checking(opened, checks))
+            return [f"{head}\n\n{self._prompt(c)}"]
         return self._advance(c, opened, head)
+
+    # ------------------------------------------------------------------ earlier follow-ups (#14)
+    def _checks(self, c: _Ctx, student: StudentRef, draft: OpenDraft) -> tuple[Check, ...]:
+        """The student's earlier follow-ups this visit asks about first (kinds the form names;
+        those already answered in this draft are not asked again)."""
+        if not self.form.check_kinds:
+            return ()
+        answered = draft.answers.get(CHECKS_KEY) or {}
+        return tuple(
+            Check(
+                f.id,
+                f.kind,
+                f.detail,
+                f.closed_at.astimezone(self.tz).date() if f.closed_at else None,
+                f.note or "",
+            )
+            for f in c.t.store.followups_to_check(student.id)
+            if f.kind in self.form.check_kinds and str(f.id) not in answered
+        )
+
+    def _check_prompt(self, check: Check) -> str:
+        need = self.form.followup_kinds.get(check.kind, check.kind)
+        if check.done_on is None:
+            status = texts.CHECK_OPEN.format(detail=check.detail.rstrip("。"))
+        else:
+            note = f"：{check.note}" if check.note else ""
+            status = texts.CHECK_DONE.format(date=render.md(check.done_on), note=note)
+        return self.form.check_prompt.format(need=need, status=status) + texts.CHECK_OPTIONS
+
+    def _check_answer(self, c: _Ctx, checking: Checking, raw: str) -> list[str]:
+        word = strip_edges(normalize(raw))
+        if word in texts.CHECK_RESOLVED_WORDS:
+            answer = CHECK_RESOLVED
+        elif word in texts.CHECK_STILL_WORDS:
+            answer = CHECK_STILL
+        else:
+            return [self._with_prompt(c, texts.CHECK_AGAIN)]
+        check, rest = checking.checks[0], checking.checks[1:]
+        done = dict(checking.draft.answers.get(CHECKS_KEY) or {})
+        done[str(check.followup)] = {
+            "answer": answer,
+            "kind": check.kind,
+            "detail": check.detail,
+            "was_done": check.done_on is not None,
+        }
+        saved = self._save(c, checking.draft, {CHECKS_KEY: done})
+        if saved is None:
+            return self._draft_gone(c, checking.draft)
+        if rest:
+            c.go(Checking(saved, rest))
+            return [self._prompt(c) or ""]
+        return self._advance(c, saved)
+
+    def _settle_checks(
+        self, answers: Mapping[str, Any], today: date
+    ) -> tuple[list[NewFollowUp], list[int]]:
+        """What the answers about earlier follow-ups call for at submission: a need done before
+        but "仍需帮助" is a new follow-up linked to the old one; an open one "已解决" is to be
+        closed (the follow-ups to close)."""
+        again: list[NewFollowUp] = []
+        resolved: list[int] = []
+        for fid, entry in (answers.get(CHECKS_KEY) or {}).items():
+            if entry.get("answer") == CHECK_STILL and entry.get("was_done"):
+                due = self.cadence.school_day_from(today + timedelta(self.form.check_due_days))
+                again.append(NewFollowUp(entry["kind"], entry["detail"], due, int(fid)))
+            elif entry.get("answer") == CHECK_RESOLVED and not entry.get("was_done"):
+                resolved.append(int(fid))
+        return again, resolved
 
     # ------------------------------------------------------------------ answering
     def _answer(self, c: _Ctx, answering: Answering, raw: str) -> list[str]:
@@ -608,6 +710,9 @@ class CheckIn:
             replace(f, due_date=self.cadence.school_day_from(f.due_date))
             for f in self.form.followups(answers, today)
         ]
+        again, resolved = self._settle_checks(answers, today)
+        asked = {(n.kind, n.detail) for n in found}
+        found += [f for f in again if (f.kind, f.detail) not in asked]
         reached = self.form.reached(answers)
         method = self.form.method(answers)
         store = c.t.store
@@ -619,6 +724,8 @@ class CheckIn:
                 return self._draft_gone(c, draft)
             # Changed on another channel since this summary was shown: show it again.
             return self._advance(c, fresh, texts.DRAFT_CHANGED)
+        for fid in resolved:  # (only if still the teacher's; a colleague's stays theirs)
+            store.close_followup(c.staff.id, fid, texts.CHECK_CLOSED_NOTE, c.t.now)
         c.go(Idle())
         c.conv = replace(c.conv, last=LastAction(ItemKind.STUDENT, draft.visit_id, c.t.now))
         student = _label(draft.student)
@@ -720,7 +827,40 @@ class CheckIn:
         return self._start(c, draft.student, draft)
 
     def _help(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
+        if c.staff.role in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            return [self._with_prompt(c, coordinate.HELP)]
         return [self._with_prompt(c, texts.HELP)]
+
+    # ------------------------------------------------------------------ coordinators (#14)
+    def _coordinating(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
+        """逾期, 上报, 确认 N, 转交 N 工号, 催办 工号: coordinators and bureau only."""
+        if isinstance(c.state, InVisit) and command.cmd is not Cmd.ACK:
+            return None  # inside a visit these are answers (a free-text note may say 逾期)
+        if c.staff.role not in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            word = strip_edges(normalize(raw)).split(" ")[0]
+            return [self._with_prompt(c, coordinate.FOR_COORDINATORS.format(word=word[:10]))]
+        co = self.coordination
+        match command.cmd:
+            case Cmd.OVERDUE:
+                return co.overdue(c)
+            case Cmd.ESCALATED:
+                return co.escalated(c)
+            case Cmd.ACK:
+                assert command.number is not None
+                return co.acknowledge(c, command.number, ack_note(clean_free_text(raw)))
+            case Cmd.REASSIGN:
+                return co.reassign(c, command.number, command.argument)
+            case Cmd.NUDGE:
+                return co.nudge(c, command.argument)
+            case Cmd.OVERVIEW:
+                return co.overview(c)
+        return co.unvisited(c)
+
+    def _unvisited(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
+        """未访: for a teacher, their students due (as 家访 未访)."""
+        if c.staff.role is StaffRole.TEACHER:
+            return self._list(c, Command(Cmd.START, argument=NOT_VISITED[0]), raw)
+        return self._coordinating(c, command, raw)
 
     # ------------------------------------------------------------------ follow-ups, progress
     def _todo(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
@@ -734,6 +874,8 @@ class CheckIn:
     def _done(self, c: _Ctx, command: Command, raw: str) -> list[str]:
         assert command.number is not None
         n = command.number
+        if c.staff.role in (StaffRole.COORDINATOR, StaffRole.BUREAU):
+            return self.coordination.close(c, n, done_note(clean_free_text(raw)))
         listing = c.conv.listing
         if listing is None:  # no list on screen: show it, rather than guess which N is meant
             return [texts.DONE_WHICH, *self._todo(c, command, raw)]

@@ -32,6 +32,19 @@ class Cmd(StrEnum):
     PROGRESS = "progress"
     CONSOLE = "console"  # coordinators and bureau: a sign-in link to the web console
     SUBMIT = "submit"  # only meaningful on the summary
+    # coordinators and bureau (#14); a teacher is told they are not theirs
+    OVERVIEW = "overview"
+    UNVISITED = "unvisited"
+    OVERDUE = "overdue"
+    ESCALATED = "escalated"
+    ACK = "ack"  # 确认 N [备注]
+    REASSIGN = "reassign"  # 转交 N 工号
+    NUDGE = "nudge"  # 催办 工号
+
+
+COORDINATOR_CMDS = frozenset(
+    {Cmd.OVERVIEW, Cmd.OVERDUE, Cmd.ESCALATED, Cmd.ACK, Cmd.REASSIGN, Cmd.NUDGE}
+)
 
 
 WORDS: dict[Cmd, tuple[str, ...]] = {
@@ -51,6 +64,12 @@ WORDS: dict[Cmd, tuple[str, ...]] = {
     Cmd.PROGRESS: ("进度", "progress"),
     Cmd.CONSOLE: ("后台", "console"),
     Cmd.SUBMIT: ("提交", "submit"),
+    Cmd.OVERVIEW: ("概况", "overview"),
+    Cmd.UNVISITED: ("未访", "unvisited"),
+    Cmd.OVERDUE: ("逾期", "overdue"),
+    Cmd.ESCALATED: ("上报", "escalated"),
+    Cmd.REASSIGN: ("转交", "reassign"),
+    Cmd.NUDGE: ("催办", "nudge"),
 }
 YES = frozenset({"是", "是的", "对", "对的", "确定", "确认", "好", "好的", "嗯", "y", "yes", "ok"})
 NO = frozenset({"不是", "不对", "不", "否", "错了", "n", "no"})
@@ -61,6 +80,14 @@ _EDIT = re.compile(r"^(?:修改|改|edit|change)\s*([0-9]+)$", re.IGNORECASE)
 _DONE = re.compile(
     r"^(?:完成|done)\s*([0-9]+)\s*[。.、，,:：;；]?\s*(.*)$", re.IGNORECASE | re.DOTALL
 )
+
+
+# `确认 3 已联系家长`, `转交 3 T002`, `催办 T002` (a bare 确认 stays a yes)
+_ACK = re.compile(
+    r"^(?:确认|ack)\s*([0-9]+)\s*[。.、，,:：;；]?\s*(.*)$", re.IGNORECASE | re.DOTALL
+)
+_REASSIGN = re.compile(r"^(?:转交|reassign)\s*([0-9]+)\s*(\S*)\s*$", re.IGNORECASE)
+_NUDGE = re.compile(r"^(?:催办|nudge)\s+(\S+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +109,12 @@ def parse_command(text: str) -> Command | None:
         return Command(Cmd.EDIT, int(m.group(1)))
     if m := _DONE.match(text.strip()):
         return Command(Cmd.DONE, int(m.group(1)))
+    if m := _ACK.match(text.strip()):
+        return Command(Cmd.ACK, int(m.group(1)))
+    if m := _REASSIGN.match(word):
+        return Command(Cmd.REASSIGN, int(m.group(1)), m.group(2).upper())
+    if m := _NUDGE.match(word):
+        return Command(Cmd.NUDGE, argument=m.group(1).upper())
     return None
 
 
@@ -102,4 +135,10 @@ def as_number(text: str) -> int | None:
 def done_note(raw: str) -> str:
     """The note of `完成 N 备注` exactly as typed (normalising would change its punctuation)."""
     m = _DONE.match(raw.strip())
+    return (m.group(2) or "").strip() if m else ""
+
+
+def ack_note(raw: str) -> str:
+    """The note of `确认 N 备注`, as typed."""
+    m = _ACK.match(raw.strip())
     return (m.group(2) or "").strip() if m else ""

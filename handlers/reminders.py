@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +30,7 @@ from handlers.states import Item, ItemKind, Listing, ListKind
 
 REMINDER_LIST_LIMIT = 15
 ESCALATION_LIST_LIMIT = 10
+NAMES_LIMIT = 10  # children named per need kind in a coordinator's digest
 CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉", "wechat": "微信公众号", "feishu": "飞书"}
 OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
 
@@ -119,7 +120,8 @@ def plan_reminders(
                 due_by_staff[staff_id].append(s)
     fu_by_staff: dict[int, list[TrackedFollowUp]] = defaultdict(list)
     for f in snap.followups:
-        if f.status in OPEN and f.due_date <= view.today and f.student_id in view.students:
+        due = f.due_date <= view.today or f.reassigned_by is not None  # (handed over: at once)
+        if f.status in OPEN and due and f.student_id in view.students:
             fu_by_staff[f.owner_staff_id].append(f)
     messages, unreachable = [], []
     for staff_id in sorted(set(due_by_staff) | set(fu_by_staff)):
@@ -177,7 +179,7 @@ def reminder_text(
         lines.append(f"待办跟进{len(fus)}项：")
         lines += [
             f"{i}. {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)}：{f.detail} · "
-            f"{view.followup_status(f)}"
+            f"{view.followup_status(f)}{_handed(f, view)}"
             for i, f in enumerate(shown_fus, len(items) + 1)
         ]
         items += [Item(ItemKind.FOLLOWUP, f.id) for f in shown_fus]
@@ -192,6 +194,12 @@ def reminder_text(
     return "\n".join(lines), Listing(ListKind.REMINDER, tuple(items), len(items))
 
 
+def _handed(f: TrackedFollowUp, view: View) -> str:
+    """ "（甲协调转交）" for a follow-up handed to the teacher by a colleague."""
+    who = view.snap.staff.get(f.reassigned_by) if f.reassigned_by is not None else None
+    return f"（{who.name}转交）" if who else ""
+
+
 # ------------------------------------------------------------------------------------ digests
 @dataclass(frozen=True, slots=True)
 class SchoolFigures:
@@ -204,6 +212,11 @@ class SchoolFigures:
     open_by_teacher: dict[int, tuple[int, int]]  # staff id -> (open, overdue)
     escalated: list[TrackedFollowUp]
     unreachable: list[RosterStaff]
+    # for the coordinator's private digest (#14): who is behind each new need, each teacher's
+    # coverage (staff id -> (visited, total)), families whose last attempt did not reach them
+    need_students: dict[str, list[int]] = field(default_factory=dict)
+    covered_by_teacher: dict[int, tuple[int, int]] = field(default_factory=dict)
+    unreached_families: list[int] = field(default_factory=list)
 
     @property
     def open(self) -> int:
@@ -225,14 +238,22 @@ def school_figures(
     visited: Counter[int] = Counter()
     total: Counter[int] = Counter()
     by_cat: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    by_teacher: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    unreached: dict[int, list[int]] = defaultdict(list)
     for s in snap.students:
         ok = view.covered(s)
         total[s.school_id] += 1
         visited[s.school_id] += ok
+        for staff_id in s.staff_ids:
+            by_teacher[s.school_id][staff_id][0] += ok
+            by_teacher[s.school_id][staff_id][1] += 1
+        if last_attempt_unreached(s.last_reached, s.last_unreached):
+            unreached[s.school_id].append(s.id)
         for c in s.categories:
             by_cat[s.school_id][c][0] += ok
             by_cat[s.school_id][c][1] += 1
     needs: dict[int, Counter[str]] = defaultdict(Counter)
+    need_students: dict[int, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     open_by: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     escalated: dict[int, list[TrackedFollowUp]] = defaultdict(list)
     for f in snap.followups:
@@ -242,6 +263,8 @@ def school_figures(
         school = student.school_id
         if f.created_at >= since:
             needs[school][f.kind] += 1
+            if f.student_id not in need_students[school][f.kind]:
+                need_students[school][f.kind].append(f.student_id)
         if f.status in OPEN:
             counts = open_by[school][f.owner_staff_id]
             counts[0] += 1
@@ -263,6 +286,9 @@ def school_figures(
             {k: (v[0], v[1]) for k, v in open_by[sid].items()},
             escalated[sid],
             lost[sid],
+            dict(need_students[sid]),
+            {k: (v[0], v[1]) for k, v in by_teacher[sid].items()},
+            unreached[sid],
         )
         for sid, name in sorted(snap.schools.items())
         if total[sid] or needs[sid] or open_by[sid]
@@ -299,22 +325,47 @@ def school_digest(
         f"新发现需求（{md(since.astimezone(view.tz).date())}以来）："
         + _needs_text(fig.new_needs, kind_labels)
     )
-    lines.append(f"待跟进 {fig.open} 项，其中逾期 {fig.overdue} 项：" if fig.open else "待跟进：无")
-    for staff_id, (n_open, n_late) in sorted(
-        fig.open_by_teacher.items(), key=lambda kv: (-kv[1][1], -kv[1][0], kv[0])
+    for kind, ids in fig.need_students.items():  # the children behind each count
+        names = "、".join(view.label(i) for i in ids[:NAMES_LIMIT])
+        more = f"等{len(ids)}名" if len(ids) > NAMES_LIMIT else ""
+        lines.append(f"· {kind_labels.get(kind, kind)}：{names}{more}")
+    lines.append(f"待跟进 {fig.open} 项，其中逾期 {fig.overdue} 项。" if fig.open else "待跟进：无")
+    lines.append("各位老师：")
+    teachers = set(fig.covered_by_teacher) | set(fig.open_by_teacher)
+    for staff_id in sorted(
+        teachers,
+        key=lambda k: (
+            -fig.open_by_teacher.get(k, (0, 0))[1],
+            -fig.open_by_teacher.get(k, (0, 0))[0],
+            k,
+        ),
     ):
         person = snap.staff.get(staff_id)
         who = f"{person.name}（{person.staff_no}）" if person else f"#{staff_id}"
-        lines.append(f"· {who}：待跟进 {n_open}，逾期 {n_late}")
+        v, t = fig.covered_by_teacher.get(staff_id, (0, 0))
+        n_open, n_late = fig.open_by_teacher.get(staff_id, (0, 0))
+        lines.append(f"· {who}：已访 {v}/{t}，待跟进 {n_open}，逾期 {n_late}")
+    if fig.unreached_families:
+        ids = fig.unreached_families
+        names = "、".join(view.label(i) for i in ids[:NAMES_LIMIT])
+        more = f"等{len(ids)}户" if len(ids) > NAMES_LIMIT else ""
+        lines.append(f"上次没联系上的家庭：{names}{more}")
     if fig.escalated:
-        lines.append(f"已上报（逾期超过{escalate_after_days}天）{len(fig.escalated)} 项：")
-        for f in fig.escalated[:ESCALATION_LIST_LIMIT]:
-            owner = snap.staff.get(f.owner_staff_id)
-            late = (view.today - f.due_date).days
-            lines.append(
-                f"· {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)} · "
-                f"逾期{late}天 · 负责：{owner.name if owner else '-'}"
-            )
+        lines.append(f"已上报（逾期超过{escalate_after_days}个上学日）{len(fig.escalated)} 项：")
+        waiting = [f for f in fig.escalated if f.acknowledged_by is None]
+        taken = [f for f in fig.escalated if f.acknowledged_by is not None]
+        for title, group in (("未确认", waiting), ("已确认", taken)):
+            if not group:
+                continue
+            lines.append(f"{title} {len(group)} 项：")
+            for f in group[:ESCALATION_LIST_LIMIT]:
+                holder = snap.staff.get(f.holder)
+                late = (view.today - f.due_date).days
+                climbed = "（已报教育局）" if f.climbed_at and f.acknowledged_by is None else ""
+                lines.append(
+                    f"· {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)} · "
+                    f"逾期{late}天 · 负责：{holder.name if holder else '-'}{climbed}"
+                )
     if fig.unreachable:
         lines.append(
             "收不到提醒的老师（未绑定企业微信/钉钉账号）："
@@ -326,12 +377,12 @@ def school_digest(
         if (p := snap.staff.get(f.staff_id)) and p.school_id == fig.school_id
     ]
     if failed:
-        names = (
+        refused = (
             f"{snap.staff[f.staff_id].name}（{CHANNEL_LABELS.get(f.channel, f.channel)}："
             f"{f.error}）"
             for f in failed
         )
-        lines.append("消息发送失败（平台拒收）：" + "、".join(names))
+        lines.append("消息发送失败（平台拒收）：" + "、".join(refused))
     return "\n".join(lines)
 
 
@@ -402,11 +453,9 @@ def plan_digests(
         key = f"{kind}:{person.staff_no}:{day}"
         messages.append(Outgoing(key, channel, recipient, kind, body, fallbacks=tuple(rest)))
     if GROUP_CHANNEL in channels:
-        group_text = (
-            "\n\n".join([bureau_text, *school_texts.values()])
-            if len(school_texts) > 1
-            else next(iter(school_texts.values()), bureau_text)
-        )
+        # A group chat is read by everyone in it: counts per school only, never a child's
+        # name, a need's detail or a teacher's name (those go to each coordinator privately).
+        group_text = bureau_digest(figures.values(), view)
         messages.append(
             Outgoing(f"digest:group:{day}", GROUP_CHANNEL, "default", "digest", group_text)
         )

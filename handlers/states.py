@@ -24,8 +24,8 @@ student), so a teacher in the middle of a visit during an upgrade goes on where 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -43,6 +43,7 @@ class StateName(StrEnum):
     CONFIRM_STUDENT = "confirm_student"  # "你是说 李浩然（五年级3班）吗？"
     CONFIRM_DISCARD = "confirm_discard"  # "确定删除已填的4题吗？"
     CONFIRM_CUT = "confirm_cut"  # a text over its limit: keep the first N characters?
+    CHECKING = "checking"  # a new visit first asks about the student's earlier follow-ups
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,28 @@ class ConfirmCut:
     name = StateName.CONFIRM_CUT
 
 
-State = Idle | Answering | Reviewing | ConfirmStudent | ConfirmDiscard | ConfirmCut
+@dataclass(frozen=True, slots=True)
+class Check:
+    """An earlier follow-up to ask about: its kind, detail, and the local date it was done on
+    (None: still open) with the note."""
+
+    followup: int
+    kind: str
+    detail: str
+    done_on: date | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Checking:
+    """Before the form's first question: `checks[0]` waits for 已解决 or 仍需帮助."""
+
+    draft: OpenDraft
+    checks: tuple[Check, ...]
+    name = StateName.CHECKING
+
+
+State = Idle | Answering | Reviewing | ConfirmStudent | ConfirmDiscard | ConfirmCut | Checking
 InVisit = Answering | Reviewing
 
 
@@ -113,6 +135,7 @@ class ListKind(StrEnum):
     FOLLOWUPS = "followups"
     REMINDER = "reminder"
     DRAFTS = "drafts"
+    ESCALATIONS = "escalations"  # a coordinator's 上报 / 逾期 list, or an escalation message
 
 
 class ItemKind(StrEnum):
@@ -180,6 +203,12 @@ def dump(conversation: Conversation) -> tuple[str, dict[str, Any], dict[str, Any
         case ConfirmDiscard(draft=draft, question=question):
             data["draft"] = _dump_draft(draft)
             data["question"] = question
+        case Checking(draft=draft, checks=checks):
+            data["draft"] = _dump_draft(draft)
+            data["checks"] = [
+                [k.followup, k.kind, k.detail, k.done_on.isoformat() if k.done_on else None, k.note]
+                for k in checks
+            ]
         case ConfirmCut():
             data["cut"] = {
                 "text": state.text,
@@ -223,7 +252,10 @@ def load(
     try:
         if data.get("v") == FORMAT:
             return Conversation(_load_state(StateName(state), data), current, _load_last(data))
-        return _load_before_v2(StateName(state), data)
+        old = _load_before_v2(StateName(state), data)
+        # (a session the outbox created to hold a delivered list has no data yet: its list is
+        # the `listing` column's)
+        return old if old.listing is not None else replace(old, listing=current)
     except (KeyError, TypeError, ValueError):
         return Conversation(Idle(), current)
 
@@ -251,6 +283,12 @@ def _load_state(name: StateName, data: Mapping[str, Any]) -> State:
         case StateName.CONFIRM_DISCARD:
             question = data.get("question")
             return ConfirmDiscard(_load_draft(data["draft"]), str(question) if question else None)
+        case StateName.CHECKING:
+            checks = tuple(
+                Check(int(i), str(k), str(d), date.fromisoformat(on) if on else None, str(n))
+                for i, k, d, on, n in data["checks"]
+            )
+            return Checking(_load_draft(data["draft"]), checks) if checks else Idle()
         case StateName.CONFIRM_CUT:
             cut = data["cut"]
             draft = _load_draft(data["draft"]) if "draft" in data else None

@@ -181,3 +181,12 @@ BIND_CODE = (
     "{hours}小时内有效，只能用一次；再生成一次，这一个就作废。\n"
     "请老师在要使用的聊天工具（企业微信、钉钉、微信公众号、飞书）里发送：绑定 {staff_no} {code}"
 )
+
+# ---------------------------------------------------------------- the next visit asks (#14)
+CHECK_OPEN = "还未办结：{detail}"
+CHECK_DONE = "{date}已完成{note}"
+CHECK_OPTIONS = "\n1. 已解决\n2. 仍需帮助"
+CHECK_RESOLVED_WORDS = frozenset({"1", "已解决", "解决", "解决了", "已经解决", "好了", "不需要了"})
+CHECK_STILL_WORDS = frozenset({"2", "仍需帮助", "还需要", "需要", "还需帮助", "没解决", "未解决"})
+CHECK_AGAIN = "请回复 1（已解决）或 2（仍需帮助）。"
+CHECK_CLOSED_NOTE = "下次家访确认已解决"

@@ -70,6 +70,7 @@ from storage.audit import record
 from storage.db import Database
 from storage.erasure import access_request, erase_student, student_no_in_scope
 from storage.export import Sensitive, export_visits
+from storage.ladder import histories
 from storage.roster import Roster, import_roster, read_roster
 from storage.schema import (
     UtcDateTime,
@@ -1008,6 +1009,12 @@ class SqlConsole:
             .limit(query.per_page)
             .offset((max(query.page, 1) - 1) * query.per_page)
         ).all()
+        shown = [r.id for r in rows]
+        steps = (
+            histories(conn, select(followups.c.id).where(followups.c.id.in_(shown)), self.tz)
+            if shown
+            else {}
+        )
         return Page(
             [
                 FollowUpRow(
@@ -1025,6 +1032,7 @@ class SqlConsole:
                     r.created_at,
                     r.closed_at,
                     r.note,
+                    steps.get(r.id, ""),
                 )
                 for r in rows
             ],

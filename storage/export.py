@@ -35,6 +35,7 @@ from bot.core.errors import HomevisitError
 from bot.core.text import xml_safe
 from bot.core.types import FollowUpStatus, StaffRole, VisitStatus
 from storage.audit import record
+from storage.ladder import histories
 from storage.schema import followups, schools, staff, students, visits
 
 ExportFormat = Literal["csv", "xlsx"]
@@ -64,6 +65,7 @@ FOLLOWUP_HEADER = (
     "状态",
     "完成时间",
     "备注",
+    "经过",  # every step: escalated, told, acknowledged, climbed, handed over, done (#14)
 )
 STATUS_LABELS = {
     FollowUpStatus.OPEN.value: "待跟进",
@@ -304,6 +306,8 @@ def _followup_sheet(
         query = query.where(followups.c.created_at >= start)
     if school_id is not None:
         query = query.where(students.c.school_id == school_id)
+    ids = query.with_only_columns(followups.c.id).order_by(None)
+    steps = histories(conn, ids, tz, notes=policy.include)
     rows: list[list[Cell]] = [
         [
             r.id,
@@ -317,10 +321,12 @@ def _followup_sheet(
             STATUS_LABELS.get(r.status, r.status),
             _local(r.closed_at, tz),
             *([r.note or ""] if policy.include else []),
+            steps.get(r.id, ""),
         ]
         for r in conn.execute(query)
     ]
-    header = FOLLOWUP_HEADER if policy.include else FOLLOWUP_HEADER[:-1]  # no 备注 (notes)
+    # without sensitive data: no 备注 (notes) column, and the history without its notes
+    header = FOLLOWUP_HEADER if policy.include else tuple(h for h in FOLLOWUP_HEADER if h != "备注")
     return _Sheet(FOLLOWUPS_SHEET, header, rows)
 
 

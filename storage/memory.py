@@ -22,16 +22,22 @@ from bot.core.types import (
     ConversationKey,
     Coverage,
     Draft,
+    FollowUpCheck,
+    FollowUpEvent,
     FollowUpListing,
     FollowUpStatus,
+    GroupCoverage,
+    NeedCount,
     NewFollowUp,
     OutboxMessage,
     RosterStaff,
+    ScopedFollowUp,
     Session,
     Staff,
     StaffRole,
     StudentListing,
     StudentRef,
+    Unvisited,
     VisitStatus,
 )
 from storage.roster_files import Roster
@@ -82,6 +88,9 @@ class _FollowUp:
     closed_at: datetime | None = None
     closed_by: int | None = None
     note: str | None = None
+    acknowledged_by: int | None = None
+    climbed_at: datetime | None = None
+    reopens: int | None = None
 
 
 @dataclass
@@ -107,6 +116,10 @@ class _Data:
     )  # hash -> (staff id, expires, used)
     bind_failures: list[tuple[str, datetime]] = field(default_factory=list)
     audit: list[tuple[datetime, str, str, dict[str, object]]] = field(default_factory=list)
+    # (follow-up, event, time, person, actor, note), as `followup_events`
+    events: list[tuple[int, str, datetime, int | None, int | None, str | None]] = field(
+        default_factory=list
+    )
     next_id: int = 1
 
 
@@ -334,7 +347,7 @@ class MemoryStore:
             fid = self._new_id()
             self.data.followups[fid] = _FollowUp(
                 fid, v.id, v.student_id, v.staff_id, f.kind, f.detail, f.due_date,
-                FollowUpStatus.OPEN, now,
+                FollowUpStatus.OPEN, now, reopens=f.reopens,
             )  # fmt: skip
         return True
 
@@ -370,7 +383,29 @@ class MemoryStore:
         if f is None or f.closed_by != staff_id or f.status is not FollowUpStatus.DONE:
             return None
         f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.OPEN, None, None, None
+        done = FollowUpEvent.DONE.value
+        self.data.events = [e for e in self.data.events if not (e[0] == f.id and e[1] == done)]
         return self._listing(f)
+
+    def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
+        last = self._last_reached(student_id)
+        found = [
+            f
+            for f in self.data.followups.values()
+            if f.student_id == student_id
+            and (
+                f.status in OPEN
+                or (
+                    f.status is FollowUpStatus.DONE
+                    and f.closed_at is not None
+                    and (last is None or f.closed_at > last)
+                )
+            )
+        ]
+        return [
+            FollowUpCheck(f.id, f.kind, f.detail, f.status, f.closed_at, f.note)
+            for f in sorted(found, key=lambda f: (f.created_at, f.id))
+        ]
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         mine = [
@@ -387,6 +422,7 @@ class MemoryStore:
         if f is None or f.owner_staff_id != staff_id or f.status not in OPEN:
             return None
         f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.DONE, now, staff_id, note
+        self._event(f.id, FollowUpEvent.DONE, staff_id, now, note=note or None)
         return self._listing(f)
 
     def unreached_attempts(self, student_id: int) -> list[datetime]:
@@ -454,6 +490,175 @@ class MemoryStore:
             if f.owner_staff_id == staff_id and f.status in OPEN
         ]
         return Coverage(visited, len(mine), len(due), sum(1 for d in due if d < today))
+
+    # ---------------------------------------------------------------- coordinators in chat
+    def _event(
+        self,
+        followup_id: int,
+        event: FollowUpEvent,
+        person: int | None,
+        now: datetime,
+        actor: int | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.data.events.append((followup_id, event.value, now, person, actor, note))
+
+    def _school_of(self, student_id: int) -> int:
+        return self.data.schools[self.data.students[student_id].school]
+
+    def _visible(self, viewer: Staff, f: _FollowUp) -> bool:
+        student = self.data.students[f.student_id]
+        if not student.active:
+            return False
+        if viewer.role is StaffRole.BUREAU:
+            return True
+        return viewer.role is StaffRole.COORDINATOR and viewer.school_id == self._school_of(
+            f.student_id
+        )
+
+    def _scoped(self, f: _FollowUp) -> ScopedFollowUp:
+        s, d = self.data.students[f.student_id], self.data
+        holder = d.staff[f.acknowledged_by].name if f.acknowledged_by is not None else None
+        return ScopedFollowUp(
+            f.id, s.name, s.class_name, self._school_of(f.student_id), f.kind, f.detail,
+            f.due_date, f.status, f.owner_staff_id, d.staff[f.owner_staff_id].name,
+            d.staff[f.owner_staff_id].staff_no, holder,
+            f.climbed_at is not None,
+        )  # fmt: skip
+
+    def scoped_followups(
+        self, viewer: Staff, escalated_only: bool, today: date, limit: int | None = None
+    ) -> list[ScopedFollowUp]:
+        found = [
+            f
+            for f in self.data.followups.values()
+            if self._visible(viewer, f)
+            and (
+                f.status is FollowUpStatus.ESCALATED
+                if escalated_only
+                else f.status in OPEN and f.due_date < today
+            )
+        ]
+        found.sort(key=lambda f: (f.due_date, f.id))
+        return [self._scoped(f) for f in found[:limit]]
+
+    def scoped_followup(self, viewer: Staff, followup_id: int) -> ScopedFollowUp | None:
+        f = self.data.followups.get(followup_id)
+        return self._scoped(f) if f is not None and self._visible(viewer, f) else None
+
+    def acknowledge_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> bool:
+        f = self.data.followups.get(followup_id)
+        if (
+            f is None
+            or f.status is not FollowUpStatus.ESCALATED
+            or f.acknowledged_by is not None
+            or not self._visible(viewer, f)
+        ):
+            return False
+        f.acknowledged_by = viewer.id
+        self._event(f.id, FollowUpEvent.ACKNOWLEDGED, viewer.id, now, note=note or None)
+        return True
+
+    def close_scoped_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None:
+        f = self.data.followups.get(followup_id)
+        if f is None or f.status not in OPEN or not self._visible(viewer, f):
+            return None
+        f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.DONE, now, viewer.id, note
+        self._event(f.id, FollowUpEvent.DONE, viewer.id, now, note=note or None)
+        return self._listing(f)
+
+    def reassign_followup(
+        self, viewer: Staff, followup_id: int, to_staff_id: int, now: datetime
+    ) -> bool:
+        f = self.data.followups.get(followup_id)
+        to = self.data.staff.get(to_staff_id)
+        if (
+            f is None
+            or to is None
+            or to_staff_id not in self.data.active_staff
+            or f.status not in OPEN
+            or not self._visible(viewer, f)
+            or to.school_id != self._school_of(f.student_id)
+        ):
+            return False
+        f.owner_staff_id = to_staff_id
+        self._event(f.id, FollowUpEvent.REASSIGNED, to_staff_id, now, actor=viewer.id)
+        return True
+
+    def _students_in(self, viewer: Staff) -> list[_Student]:
+        d = self.data
+        if viewer.role is StaffRole.BUREAU:
+            return [s for s in d.students.values() if s.active]
+        if viewer.role is not StaffRole.COORDINATOR:
+            return []
+        return [
+            s for s in d.students.values() if s.active and d.schools[s.school] == viewer.school_id
+        ]
+
+    def _last_reached(self, student_id: int) -> datetime | None:
+        times = [
+            v.submitted_at
+            for v in self.data.visits.values()
+            if v.student_id == student_id and v.status is VisitStatus.SUBMITTED and v.reached
+        ]
+        return max((t for t in times if t is not None), default=None)
+
+    def scoped_counts(self, viewer: Staff, today: date) -> tuple[int, int, int]:
+        mine = [
+            f for f in self.data.followups.values() if f.status in OPEN and self._visible(viewer, f)
+        ]
+        escalated = [f for f in mine if f.status is FollowUpStatus.ESCALATED]
+        return (
+            sum(1 for f in mine if f.due_date < today),
+            len(escalated),
+            sum(1 for f in escalated if f.acknowledged_by is None),
+        )
+
+    def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
+        groups: dict[str, list[int]] = {}
+        for s in self._students_in(viewer):
+            label = s.school if viewer.role is StaffRole.BUREAU else s.class_name
+            counts = groups.setdefault(label, [0, 0])
+            last = self._last_reached(s.id)
+            counts[0] += last is not None and last >= since
+            counts[1] += 1
+        return [GroupCoverage(k, v, t) for k, (v, t) in sorted(groups.items())]
+
+    def scoped_needs(self, viewer: Staff, since: datetime) -> list[NeedCount]:
+        ids = {s.id for s in self._students_in(viewer)}
+        kinds: dict[str, list[int]] = {}
+        for f in self.data.followups.values():
+            if f.student_id in ids and (f.created_at >= since or f.status in OPEN):
+                counts = kinds.setdefault(f.kind, [0, 0])
+                counts[0] += f.created_at >= since
+                counts[1] += f.status in OPEN
+        return [NeedCount(k, found, still) for k, (found, still) in sorted(kinds.items())]
+
+    def scoped_unvisited(self, viewer: Staff, since: datetime, limit: int) -> list[Unvisited]:
+        d, found = self.data, []
+        for s in self._students_in(viewer):
+            last = self._last_reached(s.id)
+            teacher_id = d.assignments.get((s.id, "head_teacher"))
+            if (last is None or last < since) and teacher_id is not None:
+                t = d.staff[teacher_id]
+                found.append(Unvisited(t.name, t.staff_no, s.name, s.class_name, last))
+        found.sort(
+            key=lambda u: (u.teacher_no, u.last_reached is not None, u.last_reached or since,
+                           u.student_name)
+        )  # fmt: skip
+        return found[:limit]
+
+    def staff_member(self, staff_no: str) -> RosterStaff | None:
+        d = self.data
+        for s in d.staff.values():
+            if s.staff_no == staff_no and s.id in d.active_staff:
+                ids = {c: e for (c, e), sid in d.identities.items() if sid == s.id}
+                return RosterStaff(s.id, s.staff_no, s.name, s.role, s.school_id, ids)
+        return None
 
     def add_console_token(
         self, staff_id: int, token_hash: str, expires_at: datetime, now: datetime

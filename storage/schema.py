@@ -171,8 +171,30 @@ followups = Table(
     Column("closed_by", ForeignKey("staff.id"), nullable=True),
     Column("note", Text, nullable=True),
     Column("escalated_at", UtcDateTime, nullable=True),
+    # The escalation ladder (#14): a coordinator (or bureau member) who acknowledged it holds it;
+    # unacknowledged, it climbs to the bureau. `reopens`: the follow-up a next visit found unmet.
+    Column("acknowledged_at", UtcDateTime, nullable=True),
+    Column("acknowledged_by", ForeignKey("staff.id"), nullable=True),
+    Column("climbed_at", UtcDateTime, nullable=True),
+    Column("reopens", ForeignKey("followups.id"), nullable=True),
     Index("ix_followups_owner_status", "owner_staff_id", "status"),
+    Index("ix_followups_status_due", "status", "due_date"),  # the ladder's steps
     Index("ix_followups_due", "due_date", "id"),  # the console's list, earliest due first
+)
+
+# Every step of a follow-up's life with its time and person: escalated (person: none), notified
+# (the person told), acknowledged, climbed, reassigned (the new owner), done (who closed it).
+followup_events = Table(
+    "followup_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("followup_id", ForeignKey("followups.id", ondelete="CASCADE"), nullable=False),
+    Column("event", String(20), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("staff_id", ForeignKey("staff.id"), nullable=True),
+    Column("actor_id", ForeignKey("staff.id"), nullable=True),  # who did it, when not the job
+    Column("note", Text, nullable=True),
+    Index("ix_followup_events_followup", "followup_id", "event", "staff_id"),
 )
 
 conversations = Table(

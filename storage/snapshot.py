@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from bot.core.types import (
     DeliveryFailure,
+    FollowUpEvent,
     FollowUpStatus,
     RosterStaff,
     RosterStudent,
@@ -22,6 +23,7 @@ from bot.core.types import (
 )
 from storage.schema import (
     assignments,
+    followup_events,
     followups,
     identities,
     inbound_messages,
@@ -141,6 +143,19 @@ def _staff(conn: Connection) -> dict[int, RosterStaff]:
 
 
 def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
+    handed: dict[int, tuple[int, int | None]] = {}  # follow-up -> (new owner, by whom), latest
+    for fid, owner, actor in conn.execute(
+        select(
+            followup_events.c.followup_id, followup_events.c.staff_id, followup_events.c.actor_id
+        )
+        .join(followups, followups.c.id == followup_events.c.followup_id)
+        .where(
+            followup_events.c.event == FollowUpEvent.REASSIGNED.value,
+            followups.c.status.in_(OPEN),
+        )
+        .order_by(followup_events.c.id)
+    ):
+        handed[fid] = (owner, actor)
     rows = conn.execute(
         select(followups)
         .join(students, students.c.id == followups.c.student_id)
@@ -161,6 +176,9 @@ def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
             FollowUpStatus(r.status),
             r.created_at,
             r.escalated_at,
+            r.acknowledged_by,
+            r.climbed_at,
+            handed[r.id][1] if handed.get(r.id, (None,))[0] == r.owner_staff_id else None,
         )
         for r in rows
     ]
@@ -183,19 +201,6 @@ def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
     for r in rows:
         seen[(r.staff_id, r.channel)] = DeliveryFailure(r.staff_id, r.channel, r.last_error or "")
     return list(seen.values())
-
-
-def escalate_overdue(conn: Connection, today: date, after_days: int, now: datetime) -> int:
-    """Mark open follow-ups overdue by more than `after_days` as escalated; returns how many."""
-    result = conn.execute(
-        update(followups)
-        .where(
-            followups.c.status == FollowUpStatus.OPEN.value,
-            followups.c.due_date < today - timedelta(days=after_days),
-        )
-        .values(status=FollowUpStatus.ESCALATED.value, escalated_at=now)
-    )
-    return result.rowcount
 
 
 def last_run(conn: Connection, job: str, before: date) -> datetime | None:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -31,16 +32,22 @@ from bot.core.types import (
     ConversationKey,
     Coverage,
     Draft,
+    FollowUpCheck,
+    FollowUpEvent,
     FollowUpListing,
     FollowUpStatus,
+    GroupCoverage,
+    NeedCount,
     NewFollowUp,
     OutboxMessage,
     RosterStaff,
+    ScopedFollowUp,
     Session,
     Staff,
     StaffRole,
     StudentListing,
     StudentRef,
+    Unvisited,
     VisitStatus,
 )
 from storage import binding, outbox
@@ -50,9 +57,11 @@ from storage.schema import (
     assignments,
     console_tokens,
     conversations,
+    followup_events,
     followups,
     identities,
     inbound_messages,
+    schools,
     staff,
     student_categories,
     students,
@@ -578,6 +587,7 @@ class SqlStore:
                         "due_date": f.due_date,
                         "status": FollowUpStatus.OPEN.value,
                         "created_at": now,
+                        "reopens": f.reopens,
                     }
                     for f in followups_
                 ],
@@ -655,6 +665,37 @@ class SqlStore:
             FollowUpStatus(row.status),
         )
 
+    def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
+        last = select(students.c.last_reached_at).where(students.c.id == student_id)
+        rows = self.conn.execute(
+            select(
+                followups.c.id,
+                followups.c.kind,
+                followups.c.detail,
+                followups.c.status,
+                followups.c.closed_at,
+                followups.c.note,
+            )
+            .where(
+                followups.c.student_id == student_id,
+                or_(
+                    followups.c.status.in_(OPEN_STATES),
+                    and_(
+                        followups.c.status == FollowUpStatus.DONE.value,
+                        or_(
+                            last.scalar_subquery().is_(None),
+                            followups.c.closed_at > last.scalar_subquery(),
+                        ),
+                    ),
+                ),
+            )
+            .order_by(followups.c.created_at, followups.c.id)
+        )
+        return [
+            FollowUpCheck(r.id, r.kind, r.detail, FollowUpStatus(r.status), r.closed_at, r.note)
+            for r in rows
+        ]
+
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         rows = self.conn.execute(
             self._followup_query()
@@ -677,6 +718,7 @@ class SqlStore:
         )
         if result.rowcount != 1:
             return None
+        self._event(followup_id, FollowUpEvent.DONE, staff_id, now, note=note or None)
         row = self.conn.execute(self._followup_query().where(followups.c.id == followup_id)).one()
         return self._listing(row)
 
@@ -692,6 +734,12 @@ class SqlStore:
         )
         if result.rowcount != 1:
             return None
+        self.conn.execute(  # (its 完成 taken back: no longer part of its history)
+            delete(followup_events).where(
+                followup_events.c.followup_id == followup_id,
+                followup_events.c.event == FollowUpEvent.DONE.value,
+            )
+        )
         row = self.conn.execute(self._followup_query().where(followups.c.id == followup_id)).one()
         return self._listing(row)
 
@@ -784,6 +832,253 @@ class SqlStore:
         ).all()
         overdue = sum(1 for r in open_rows if r.due_date < today)
         return Coverage(visited, total, len(open_rows), overdue)
+
+    # ---------------------------------------------------------------- coordinators in chat
+    @staticmethod
+    def _scope(viewer: Staff) -> Any:
+        """The students a viewer may act on: their school's, or every school's (bureau)."""
+        if viewer.role is StaffRole.BUREAU:
+            return students.c.active.is_(True)
+        if viewer.role is StaffRole.COORDINATOR and viewer.school_id is not None:
+            return and_(students.c.active.is_(True), students.c.school_id == viewer.school_id)
+        return literal_column("1") == literal_column("0")
+
+    def _scoped_query(self, viewer: Staff) -> Any:
+        owner, holder = staff.alias("owner"), staff.alias("holder")
+        return (
+            select(
+                followups.c.id,
+                students.c.name.label("student_name"),
+                students.c.class_name,
+                students.c.school_id,
+                followups.c.kind,
+                followups.c.detail,
+                followups.c.due_date,
+                followups.c.status,
+                followups.c.owner_staff_id,
+                owner.c.name.label("owner_name"),
+                owner.c.staff_no.label("owner_no"),
+                holder.c.name.label("holder_name"),
+                followups.c.climbed_at,
+            )
+            .select_from(
+                followups.join(students, students.c.id == followups.c.student_id)
+                .join(owner, owner.c.id == followups.c.owner_staff_id)
+                .outerjoin(holder, holder.c.id == followups.c.acknowledged_by)
+            )
+            .where(self._scope(viewer))
+        )
+
+    @staticmethod
+    def _scoped(row: Any) -> ScopedFollowUp:
+        return ScopedFollowUp(
+            row.id,
+            row.student_name,
+            row.class_name,
+            row.school_id,
+            row.kind,
+            row.detail,
+            row.due_date,
+            FollowUpStatus(row.status),
+            row.owner_staff_id,
+            row.owner_name,
+            row.owner_no,
+            row.holder_name,
+            row.climbed_at is not None,
+        )
+
+    def scoped_followups(
+        self, viewer: Staff, escalated_only: bool, today: date, limit: int | None = None
+    ) -> list[ScopedFollowUp]:
+        which = (
+            followups.c.status == FollowUpStatus.ESCALATED.value
+            if escalated_only
+            else and_(followups.c.status.in_(OPEN_STATES), followups.c.due_date < today)
+        )
+        rows = self.conn.execute(
+            self._scoped_query(viewer)
+            .where(which)
+            .order_by(followups.c.due_date, followups.c.id)
+            .limit(limit)
+        )
+        return [self._scoped(r) for r in rows]
+
+    def scoped_followup(self, viewer: Staff, followup_id: int) -> ScopedFollowUp | None:
+        row = self.conn.execute(
+            self._scoped_query(viewer).where(followups.c.id == followup_id)
+        ).first()
+        return self._scoped(row) if row else None
+
+    def _in_scope(self, viewer: Staff) -> Any:
+        return exists().where(students.c.id == followups.c.student_id, self._scope(viewer))
+
+    def _event(
+        self,
+        followup_id: int,
+        event: FollowUpEvent,
+        person: int | None,
+        now: datetime,
+        actor: int | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.conn.execute(
+            insert(followup_events).values(
+                followup_id=followup_id,
+                event=event.value,
+                at=now,
+                staff_id=person,
+                actor_id=actor,
+                note=note,
+            )
+        )
+
+    def acknowledge_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> bool:
+        result = self.conn.execute(
+            update(followups)
+            .where(
+                followups.c.id == followup_id,
+                followups.c.status == FollowUpStatus.ESCALATED.value,
+                followups.c.acknowledged_by.is_(None),
+                self._in_scope(viewer),
+            )
+            .values(acknowledged_by=viewer.id, acknowledged_at=now)
+        )
+        if result.rowcount != 1:
+            return False
+        self._event(followup_id, FollowUpEvent.ACKNOWLEDGED, viewer.id, now, note=note or None)
+        return True
+
+    def close_scoped_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None:
+        result = self.conn.execute(
+            update(followups)
+            .where(
+                followups.c.id == followup_id,
+                followups.c.status.in_(OPEN_STATES),
+                self._in_scope(viewer),
+            )
+            .values(status=FollowUpStatus.DONE.value, closed_at=now, closed_by=viewer.id, note=note)
+        )
+        if result.rowcount != 1:
+            return None
+        self._event(followup_id, FollowUpEvent.DONE, viewer.id, now, note=note or None)
+        row = self.conn.execute(self._followup_query().where(followups.c.id == followup_id)).one()
+        return self._listing(row)
+
+    def reassign_followup(
+        self, viewer: Staff, followup_id: int, to_staff_id: int, now: datetime
+    ) -> bool:
+        same_school = exists().where(
+            students.c.id == followups.c.student_id,
+            staff.c.id == to_staff_id,
+            staff.c.active.is_(True),
+            staff.c.school_id == students.c.school_id,
+        )
+        result = self.conn.execute(
+            update(followups)
+            .where(
+                followups.c.id == followup_id,
+                followups.c.status.in_(OPEN_STATES),
+                self._in_scope(viewer),
+                same_school,
+            )
+            .values(owner_staff_id=to_staff_id)
+        )
+        if result.rowcount != 1:
+            return False
+        self._event(followup_id, FollowUpEvent.REASSIGNED, to_staff_id, now, actor=viewer.id)
+        return True
+
+    def scoped_counts(self, viewer: Staff, today: date) -> tuple[int, int, int]:
+        escalated = followups.c.status == FollowUpStatus.ESCALATED.value
+        row = self.conn.execute(
+            select(
+                func.sum(case((followups.c.due_date < today, 1), else_=0)),
+                func.sum(case((escalated, 1), else_=0)),
+                func.sum(
+                    case((and_(escalated, followups.c.acknowledged_by.is_(None)), 1), else_=0)
+                ),
+            )
+            .select_from(followups.join(students, students.c.id == followups.c.student_id))
+            .where(self._scope(viewer), followups.c.status.in_(OPEN_STATES))
+        ).one()
+        return (int(row[0] or 0), int(row[1] or 0), int(row[2] or 0))
+
+    def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
+        label = schools.c.name if viewer.role is StaffRole.BUREAU else students.c.class_name
+        reached = func.sum(case((students.c.last_reached_at >= since, 1), else_=0))
+        rows = self.conn.execute(
+            select(label.label("label"), reached.label("visited"), func.count().label("total"))
+            .select_from(students.join(schools, schools.c.id == students.c.school_id))
+            .where(self._scope(viewer))
+            .group_by(label)
+            .order_by(label)
+        )
+        return [GroupCoverage(r.label, int(r.visited or 0), r.total) for r in rows]
+
+    def scoped_needs(self, viewer: Staff, since: datetime) -> list[NeedCount]:
+        found = func.sum(case((followups.c.created_at >= since, 1), else_=0))
+        still_open = func.sum(case((followups.c.status.in_(OPEN_STATES), 1), else_=0))
+        rows = self.conn.execute(
+            select(followups.c.kind, found.label("found"), still_open.label("open"))
+            .join(students, students.c.id == followups.c.student_id)
+            .where(
+                self._scope(viewer),
+                or_(followups.c.created_at >= since, followups.c.status.in_(OPEN_STATES)),
+            )
+            .group_by(followups.c.kind)
+            .order_by(followups.c.kind)
+        )
+        return [NeedCount(r.kind, int(r.found or 0), int(r.open or 0)) for r in rows]
+
+    def scoped_unvisited(self, viewer: Staff, since: datetime, limit: int) -> list[Unvisited]:
+        never_first = case((students.c.last_reached_at.is_(None), 0), else_=1)
+        rows = self.conn.execute(
+            select(
+                staff.c.name.label("teacher_name"),
+                staff.c.staff_no,
+                students.c.name,
+                students.c.class_name,
+                students.c.last_reached_at,
+            )
+            .select_from(
+                students.join(
+                    assignments,
+                    and_(
+                        assignments.c.student_id == students.c.id,
+                        assignments.c.role == "head_teacher",
+                    ),
+                ).join(staff, staff.c.id == assignments.c.staff_id)
+            )
+            .where(
+                self._scope(viewer),
+                or_(students.c.last_reached_at.is_(None), students.c.last_reached_at < since),
+            )
+            .order_by(staff.c.staff_no, never_first, students.c.last_reached_at, students.c.name)
+            .limit(limit)
+        )
+        return [
+            Unvisited(r.teacher_name, r.staff_no, r.name, r.class_name, r.last_reached_at)
+            for r in rows
+        ]
+
+    def staff_member(self, staff_no: str) -> RosterStaff | None:
+        row = self.conn.execute(
+            select(*_STAFF_COLS).where(staff.c.staff_no == staff_no, staff.c.active.is_(True))
+        ).first()
+        if row is None:
+            return None
+        ids = dict(
+            self.conn.execute(
+                select(identities.c.channel, identities.c.external_id).where(
+                    identities.c.staff_id == row.id
+                )
+            ).all()
+        )
+        return RosterStaff(row.id, row.staff_no, row.name, StaffRole(row.role), row.school_id, ids)
 
     # ---------------------------------------------------------------- console
     def add_console_token(

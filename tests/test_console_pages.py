@@ -226,6 +226,7 @@ async def test_followup_filters(web: ConsoleClient, bot: ChatDriver, clock: Fake
     await bot.say("完成 1 平板已送到")
     done = await web.text("/console/followups?state=done")
     assert "共 <b>1</b>" in done and "平板已送到" in done
+    assert re.search(r"<td>\d+月\d+日 完成 张示例（平板已送到）</td>", done)  # its history (#14)
 
 
 # ---------------------------------------------------------------------------- scope

@@ -120,7 +120,9 @@ async def test_two_school_weeks(world: World, bot: ChatDriver) -> None:
     [school] = world.wecom.to("coord")
     assert school.startswith("【家访日报】示例区实验小学 3月2日\n家访覆盖：已访 1/12（8%）")
     assert "残疾 1/2" in school and "新发现需求（2月23日以来）：平板/电脑 1" in school
-    assert "· 张示例（T001）：待跟进 1，逾期 0" in school
+    assert "· 平板/电脑：周小禾（三年级1班）" in school  # who is behind each new need
+    assert "· 张示例（T001）：已访 1/5，待跟进 1，逾期 0" in school
+    assert "上次没联系上的家庭：陈小树（三年级1班）" in school
     assert "收不到提醒的老师（未绑定企业微信/钉钉账号）：赵示例（T003）" in school
     [bureau] = world.dingtalk.to("bureau")
     assert "· 示例区实验小学：已访 1/12，新需求 1，待跟进 1（逾期 0），上报 0" in bureau
@@ -163,17 +165,18 @@ async def test_two_school_weeks(world: World, bot: ChatDriver) -> None:
         and "消息发送失败（平台拒收）：李示例（企业微信：81013）" in fri_digest
     )
 
-    # ---- Week two: the tablet follow-up (due Thursday) is overdue by more than 3 days on
-    # Tuesday: escalated and shown; T001 closes it on Wednesday.
+    # ---- Week two: the tablet follow-up (due Thursday) is overdue by 3 school days on Tuesday
+    # (Fri, Mon, Tue) and by more on Wednesday: escalated then, the coordinator told at once,
+    # and shown in the digest; T001 closes it on Wednesday.
     tue2, wed2 = date(2026, 3, 10), date(2026, 3, 11)
     await world.at(local(tue2, 9), "remind")
     assert "待办跟进1项" in world.wecom.to("zhanglaoshi")[-1]
     await world.at(local(tue2, 17), "digest")
-    digest = world.wecom.to("coord")[-1]
-    assert (
-        "已上报（逾期超过3天）1 项：\n· 周小禾（三年级1班） · 平板/电脑 · 逾期5天 · 负责：张示例"
-        in digest
-    )
+    assert "已上报" not in world.wecom.to("coord")[-1]
+    await world.at(local(wed2, 9), "remind")
+    told = world.wecom.to("coord")[-1]
+    assert told.startswith("【跟进上报】以下跟进已逾期超过3个上学日")
+    assert "1. 周小禾（三年级1班） · 平板/电脑" in told and "张示例（T001）" in told
     with world.deps.db.begin() as conn:
         assert conn.execute(select(followups.c.status)).scalar_one() == "escalated"
     world.clock.current = local(wed2, 10)
@@ -187,16 +190,17 @@ async def test_two_school_weeks(world: World, bot: ChatDriver) -> None:
 
     # ---- Exactly who received what, over the two weeks.
     school_days = [mon, tue, thu, fri, date(2026, 3, 9), tue2, MAKEUP]
-    reminder_days = [d for d in school_days if d not in (date(2026, 3, 9),)]
+    reminder_days = [*(d for d in school_days if d not in (date(2026, 3, 9),)), wed2]
     assert len(world.wecom.to("zhanglaoshi")) == len(reminder_days)
     assert len(world.wecom.to("li")) == 3  # Mon, Tue, Thu; then refused for good
-    assert len(world.wecom.to("coord")) == 4  # Mon, Thu (held to Fri 07:00), Fri, Tue2
+    # digests: Mon, Thu (held to Fri 07:00), Fri, Tue2; the escalation on Wed2
+    assert len(world.wecom.to("coord")) == 5
     assert len(world.dingtalk.to("bureau")) == 4
     with world.deps.db.begin() as conn:
         keys = [r.idempotency_key for r in conn.execute(select(outbox))]
         statuses = Counter(r.status for r in conn.execute(select(outbox)))
     assert len(keys) == len(set(keys))
-    assert statuses["pending"] == 0 and statuses["failed"] == 3  # li: Fri, Tue2, Sat
+    assert statuses["pending"] == 0 and statuses["failed"] == 4  # li: Fri, Tue2, Wed2, Sat
 
 
 def test_triggers_fire_on_weekdays_and_weekend_for_makeup_days() -> None:

@@ -20,10 +20,25 @@ from sqlalchemy import delete, insert, select, update
 
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store, Turns
-from bot.core.types import ConversationKey, NewFollowUp, Session, Staff, StaffRole
+from bot.core.types import (
+    ConversationKey,
+    FollowUpStatus,
+    NewFollowUp,
+    Session,
+    Staff,
+    StaffRole,
+)
 from storage.demo import demo_roster, load_demo
 from storage.memory import MemoryStore, MemoryTurns
-from storage.schema import assignments, console_tokens, metadata, staff, students
+from storage.schema import (
+    assignments,
+    console_tokens,
+    followup_events,
+    followups,
+    metadata,
+    staff,
+    students,
+)
 from storage.store import SqlTurns
 from tests.conftest import POOLED_BACKENDS, FakeClock, make_db_url, open_db
 
@@ -41,6 +56,8 @@ class Backend:
     reassign: Callable[[int, str, int | None], None]
     deactivate: Callable[[int], None]
     tokens: Callable[[], dict[str, tuple[int, datetime]]]  # hash -> (staff id, expires)
+    escalate: Callable[[int], None]  # as the job's ladder step does
+    events: Callable[[], list[tuple[int, str, int | None]]]  # (follow-up, event, person)
 
     async def run(self, fn: Callable[[Store], T]) -> T:
         return await self.turns.run(fn)
@@ -51,6 +68,10 @@ def _memory(clock: FakeClock) -> Iterator[Backend]:
     store.load_roster(demo_roster())
     staff_ids = {s.staff_no: s.id for s in store.data.staff.values()}
     student_ids = {s.student_no: s.id for s in store.data.students.values()}
+
+    def escalate(followup_id: int) -> None:
+        store.data.followups[followup_id].status = FollowUpStatus.ESCALATED
+
     yield Backend(
         MemoryTurns(store),
         staff_ids,
@@ -58,6 +79,8 @@ def _memory(clock: FakeClock) -> Iterator[Backend]:
         store.assign,
         store.data.active_staff.discard,
         lambda: {h: (sid, exp) for h, (sid, _, exp) in store.data.console_tokens.items()},
+        escalate,
+        lambda: [(e[0], e[1], e[3]) for e in store.data.events],
     )
 
 
@@ -94,8 +117,29 @@ def _sql(url: str, clock: FakeClock) -> Iterator[Backend]:
             )
             return {h: (sid, exp) for h, sid, exp in rows}
 
+    def escalate(followup_id: int) -> None:
+        with db.begin() as conn:
+            conn.execute(
+                update(followups)
+                .where(followups.c.id == followup_id)
+                .values(status="escalated", escalated_at=clock.now())
+            )
+
+    def events() -> list[tuple[int, str, int | None]]:
+        with db.begin() as conn:
+            rows = conn.execute(
+                select(
+                    followup_events.c.followup_id,
+                    followup_events.c.event,
+                    followup_events.c.staff_id,
+                ).order_by(followup_events.c.id)
+            )
+            return [tuple(r) for r in rows]
+
     try:
-        yield Backend(SqlTurns(db), staff_ids, student_ids, reassign, deactivate, tokens)
+        yield Backend(
+            SqlTurns(db), staff_ids, student_ids, reassign, deactivate, tokens, escalate, events
+        )
     finally:
         db.close()
 
@@ -378,6 +422,141 @@ async def test_closing_a_followup_and_the_coverage(backend: Backend, clock: Fake
     assert await backend.run(lambda s: s.open_followups(t001)) == []
     coverage = await backend.run(lambda s: s.coverage(t001, now - timedelta(days=14), now.date()))
     assert (coverage.open_followups, coverage.overdue_followups) == (0, 0)
+
+
+# ---------------------------------------------------------------------------- coordinators (#14)
+async def _two_needs(backend: Backend, clock: FakeClock) -> tuple[int, int]:
+    t001, now = backend.staff_ids["T001"], clock.now()
+    zhou = backend.student_ids["DEMO0003"]
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", now))
+    needs = [
+        NewFollowUp("device", "平板", now.date() - timedelta(days=9)),
+        NewFollowUp("data", "流量卡", now.date() + timedelta(days=3)),
+    ]
+    await backend.run(lambda s: s.submit_visit(visit, 0, {}, "电话", True, needs, now))
+    late, fresh = await backend.run(lambda s: s.open_followups(t001))
+    return late.id, fresh.id
+
+
+async def _who(backend: Backend, staff_no: str) -> Staff:
+    found = await backend.run(lambda s: s.find_staff("api", staff_no))
+    assert found is not None
+    return found
+
+
+async def test_a_coordinator_sees_and_acts_on_their_schools_followups_only(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, fresh = await _two_needs(backend, clock)
+    now, today = clock.now(), clock.now().date()
+    coord, bureau, teacher = [await _who(backend, n) for n in ("C001", "B001", "T001")]
+    elsewhere = Staff(coord.id, "C001", coord.name, StaffRole.COORDINATOR, 999)
+    overdue = await backend.run(lambda s: s.scoped_followups(coord, False, today))
+    assert [(f.id, f.student_name, f.owner_name) for f in overdue] == [(late, "周小禾", "张示例")]
+    assert await backend.run(lambda s: s.scoped_followups(coord, True, today)) == []
+    assert await backend.run(lambda s: s.scoped_followups(coord, False, today, 0)) == []
+    assert await backend.run(lambda s: s.scoped_followups(elsewhere, False, today)) == []
+    assert await backend.run(lambda s: s.scoped_followups(teacher, False, today)) == []
+    assert [
+        f.id for f in await backend.run(lambda s: s.scoped_followups(bureau, False, today))
+    ] == [late]
+    # Not escalated: nothing to acknowledge.
+    assert not await backend.run(lambda s: s.acknowledge_followup(coord, late, "", now))
+    assert await backend.run(lambda s: s.scoped_counts(coord, today)) == (1, 0, 0)
+    backend.escalate(late)
+    assert await backend.run(lambda s: s.scoped_counts(bureau, today)) == (1, 1, 1)
+    assert await backend.run(lambda s: s.scoped_counts(elsewhere, today)) == (0, 0, 0)
+    [escalated] = await backend.run(lambda s: s.scoped_followups(coord, True, today))
+    assert (escalated.id, escalated.holder_name) == (late, None)
+    assert not await backend.run(lambda s: s.acknowledge_followup(elsewhere, late, "", now))
+    assert await backend.run(lambda s: s.acknowledge_followup(coord, late, "已联系", now))
+    assert not await backend.run(lambda s: s.acknowledge_followup(bureau, late, "", now))
+    assert await backend.run(lambda s: s.scoped_counts(coord, today)) == (1, 1, 0)
+    seen = await backend.run(lambda s: s.scoped_followup(bureau, late))
+    assert seen is not None and seen.holder_name == coord.name
+
+    # 转交: only to active staff of the student's school.
+    t002, b001 = backend.staff_ids["T002"], backend.staff_ids["B001"]
+    assert not await backend.run(lambda s: s.reassign_followup(coord, fresh, b001, now))
+    assert not await backend.run(lambda s: s.reassign_followup(elsewhere, fresh, t002, now))
+    assert await backend.run(lambda s: s.reassign_followup(coord, fresh, t002, now))
+    assert [f.id for f in await backend.run(lambda s: s.open_followups(t002))] == [fresh]
+    # 完成 by the coordinator, in scope only.
+    assert await backend.run(lambda s: s.close_scoped_followup(elsewhere, fresh, "x", now)) is None
+    done = await backend.run(lambda s: s.close_scoped_followup(coord, fresh, "已送卡", now))
+    assert done is not None and done.status is FollowUpStatus.DONE
+    assert await backend.run(lambda s: s.close_scoped_followup(coord, fresh, "x", now)) is None
+    assert backend.events() == [
+        (late, "acknowledged", coord.id),
+        (fresh, "reassigned", t002),
+        (fresh, "done", coord.id),
+    ]
+    member = await backend.run(lambda s: s.staff_member("T002"))
+    assert member is not None and (member.name, member.school_id) == ("李示例", coord.school_id)
+    assert await backend.run(lambda s: s.staff_member("T404")) is None
+
+
+async def test_coverage_needs_and_the_unvisited_in_scope(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, _ = await _two_needs(backend, clock)  # 周小禾 visited (reached) now
+    since = clock.now() - timedelta(days=14)
+    coord, bureau, teacher = [await _who(backend, n) for n in ("C001", "B001", "T001")]
+    elsewhere = Staff(coord.id, "C001", coord.name, StaffRole.COORDINATOR, 999)
+    by_class = await backend.run(lambda s: s.scoped_coverage(coord, since))
+    assert sum(g.total for g in by_class) == 12 and sum(g.visited for g in by_class) == 1
+    assert [g.visited for g in by_class if g.label == "三年级1班"] == [1]
+    [school] = await backend.run(lambda s: s.scoped_coverage(bureau, since))
+    assert (school.label, school.visited, school.total) == ("示例区实验小学", 1, 12)
+    assert await backend.run(lambda s: s.scoped_coverage(teacher, since)) == []
+    assert await backend.run(lambda s: s.scoped_coverage(elsewhere, since)) == []
+    later = clock.now() + timedelta(days=1)
+    assert sum(g.visited for g in await backend.run(lambda s: s.scoped_coverage(coord, later))) == 0
+
+    needs = await backend.run(lambda s: s.scoped_needs(coord, since))
+    assert [(n.kind, n.found, n.still_open) for n in needs] == [("data", 1, 1), ("device", 1, 1)]
+    await backend.run(lambda s: s.close_followup(backend.staff_ids["T001"], late, "x", clock.now()))
+    assert [(n.kind, n.found, n.still_open) for n in await backend.run(
+        lambda s: s.scoped_needs(coord, later)
+    )] == [("data", 0, 1)]  # fmt: skip
+
+    unvisited = await backend.run(lambda s: s.scoped_unvisited(coord, since, 100))
+    assert len(unvisited) == 11 and "周小禾" not in [u.student_name for u in unvisited]
+    assert [u.teacher_no for u in unvisited] == sorted(u.teacher_no for u in unvisited)
+    assert len(await backend.run(lambda s: s.scoped_unvisited(bureau, since, 3))) == 3
+    assert await backend.run(lambda s: s.scoped_unvisited(elsewhere, since, 100)) == []
+
+
+async def test_followups_to_check_are_open_or_done_since_the_last_visit(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, fresh = await _two_needs(backend, clock)
+    t001, zhou = backend.staff_ids["T001"], backend.student_ids["DEMO0003"]
+    clock.advance(days=1)
+    await backend.run(lambda s: s.close_followup(t001, late, "送到", clock.now()))
+    checks = await backend.run(lambda s: s.followups_to_check(zhou))
+    assert [(f.id, f.status.value, f.note) for f in checks] == [
+        (late, "done", "送到"),
+        (fresh, "open", None),
+    ]
+    clock.advance(days=1)  # the next visit: what was done before it is no longer asked
+    visit = await backend.run(lambda s: s.start_visit(t001, zhou, "f", "1", clock.now()))
+    again = [NewFollowUp("device", "平板", clock.now().date(), reopens=late)]
+    await backend.run(lambda s: s.submit_visit(visit, 0, {}, "电话", True, again, clock.now()))
+    checks = await backend.run(lambda s: s.followups_to_check(zhou))
+    assert checks[0].id == fresh and len(checks) == 2
+    assert await backend.run(lambda s: s.followups_to_check(backend.student_ids["DEMO0001"])) == []
+
+
+async def test_a_teachers_done_is_history_and_undo_takes_it_back(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, _ = await _two_needs(backend, clock)
+    t001, now = backend.staff_ids["T001"], clock.now()
+    await backend.run(lambda s: s.close_followup(t001, late, "送到", now))
+    assert backend.events() == [(late, "done", t001)]
+    await backend.run(lambda s: s.reopen_followup(t001, late))
+    assert backend.events() == []
 
 
 # ---------------------------------------------------------------------------- console links

@@ -212,6 +212,7 @@ class FollowUpRow:
     created_at: datetime
     closed_at: datetime | None
     note: str | None
+    history: str = ""  # every step (escalated, acknowledged, handed over, done …), dated
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,16 +16,21 @@ from bot.core.types import (
     ConversationKey,
     Coverage,
     Draft,
+    FollowUpCheck,
     FollowUpListing,
+    GroupCoverage,
     InboundMessage,
+    NeedCount,
     NewFollowUp,
     OutboxItem,
     OutboxMessage,
     RosterStaff,
+    ScopedFollowUp,
     Session,
     Staff,
     StudentListing,
     StudentRef,
+    Unvisited,
 )
 
 T = TypeVar("T")
@@ -138,6 +143,11 @@ class Store(Protocol):
         ...
 
     # -- follow-ups
+    def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
+        """The student's follow-ups still open, and those done since the last submitted visit
+        that reached the family; oldest first."""
+        ...
+
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         """The open and escalated follow-ups the teacher owns, earliest due first."""
         ...
@@ -176,6 +186,62 @@ class Store(Protocol):
     def coverage(self, staff_id: int, since: datetime, today: date) -> Coverage:
         """The teacher's active students reached on a visit since `since`, and their open and
         overdue (due before `today`) follow-ups."""
+        ...
+
+    # -- coordinators and bureau in chat: follow-ups of their scope (a coordinator's school,
+    #    every school for the bureau; a teacher's scope is empty)
+    def scoped_followups(
+        self, viewer: Staff, escalated_only: bool, today: date, limit: int | None = None
+    ) -> list[ScopedFollowUp]:
+        """Open and escalated follow-ups of active students in scope: the escalated ones, or
+        those due before `today`; earliest due first; the first `limit` of them."""
+        ...
+
+    def scoped_followup(self, viewer: Staff, followup_id: int) -> ScopedFollowUp | None:
+        """This follow-up, whatever its status, if it is in scope."""
+        ...
+
+    def acknowledge_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> bool:
+        """Take on an escalated follow-up in scope nobody has acknowledged (one conditional
+        write: of two at once, one wins); records the event. False, nothing changed, else."""
+        ...
+
+    def close_scoped_followup(
+        self, viewer: Staff, followup_id: int, note: str, now: datetime
+    ) -> FollowUpListing | None:
+        """Mark an open or escalated follow-up in scope done, as `close_followup`."""
+        ...
+
+    def reassign_followup(
+        self, viewer: Staff, followup_id: int, to_staff_id: int, now: datetime
+    ) -> bool:
+        """Give an open or escalated follow-up in scope to an active staff member of the
+        student's school (records the event); False, nothing changed, when not allowed."""
+        ...
+
+    def scoped_counts(self, viewer: Staff, today: date) -> tuple[int, int, int]:
+        """In scope: follow-ups overdue (open or escalated, due before `today`), escalated, and
+        escalated that nobody acknowledged; one aggregate."""
+        ...
+
+    def scoped_coverage(self, viewer: Staff, since: datetime) -> list[GroupCoverage]:
+        """Per class (a coordinator) or per school (bureau): active students reached on a
+        visit since `since`, of all; by label."""
+        ...
+
+    def scoped_needs(self, viewer: Staff, since: datetime) -> list[NeedCount]:
+        """Per follow-up kind in scope: found since `since`, and still open; by kind."""
+        ...
+
+    def scoped_unvisited(self, viewer: Staff, since: datetime, limit: int) -> list[Unvisited]:
+        """Active students in scope not reached since `since`, by head teacher (工号), never
+        reached first, then the longest ago; at most `limit`."""
+        ...
+
+    def staff_member(self, staff_no: str) -> RosterStaff | None:
+        """The active staff member with this 工号, with their channel identities."""
         ...
 
     # -- the coordinators' console

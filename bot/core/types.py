@@ -139,6 +139,20 @@ class NewFollowUp:
     kind: str
     detail: str
     due_date: date
+    reopens: int | None = None  # the earlier follow-up a next visit found still unmet
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpCheck:
+    """An earlier follow-up the next visit asks about: still open, or done since the last
+    visit that reached the family."""
+
+    id: int
+    kind: str
+    detail: str
+    status: FollowUpStatus
+    closed_at: datetime | None
+    note: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +164,53 @@ class FollowUpListing:
     class_name: str
     due_date: date
     status: FollowUpStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedFollowUp:
+    """A follow-up as a coordinator or bureau member sees it (their school, or every school)."""
+
+    id: int
+    student_name: str
+    class_name: str
+    school_id: int
+    kind: str
+    detail: str
+    due_date: date
+    status: FollowUpStatus
+    owner_id: int
+    owner_name: str
+    owner_no: str
+    holder_name: str | None = None  # who acknowledged the escalation, if anyone
+    climbed: bool = False  # unacknowledged, it went on to the bureau
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCoverage:
+    """Students of one class (a coordinator's view) or one school (the bureau's) reached on a
+    visit since the cycle began, of all active ones."""
+
+    label: str
+    visited: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class NeedCount:
+    kind: str
+    found: int  # since the cycle began
+    still_open: int  # open or escalated, whenever found
+
+
+@dataclass(frozen=True, slots=True)
+class Unvisited:
+    """A student in scope not reached since the cycle began, with their head teacher."""
+
+    teacher_name: str
+    teacher_no: str
+    student_name: str
+    class_name: str
+    last_reached: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +272,25 @@ class TrackedFollowUp:
     status: FollowUpStatus
     created_at: datetime
     escalated_at: datetime | None
+    acknowledged_by: int | None = None  # the coordinator or bureau member who holds it
+    climbed_at: datetime | None = None  # unacknowledged, it went on to the bureau
+    reassigned_by: int | None = None  # who handed it to its owner (转交), if anyone
+
+    @property
+    def holder(self) -> int:
+        """Who answers for it now: whoever acknowledged the escalation, else its owner."""
+        return self.acknowledged_by if self.acknowledged_by is not None else self.owner_staff_id
+
+
+class FollowUpEvent(StrEnum):
+    """The steps of a follow-up's life, each stored with its time and person."""
+
+    ESCALATED = "escalated"
+    NOTIFIED = "notified"
+    ACKNOWLEDGED = "acknowledged"
+    CLIMBED = "climbed"
+    REASSIGNED = "reassigned"
+    DONE = "done"
 
 
 @dataclass(frozen=True, slots=True)

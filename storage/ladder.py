@@ -1,0 +1,141 @@
+"""The escalation ladder's set-based steps (#14): one statement per step, never one per row.
+
+Overdue follow-ups are escalated to the school; escalations nobody acknowledged climb to the
+bureau. Each step writes its events (`followup_events`) with INSERT ... SELECT over the rows the
+step just changed (they carry this run's time). Who was told of what is an event too, so a run
+after a restart tells only those not told yet (and the outbox key stops a second copy anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Select, insert, literal, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
+
+from bot.core.types import FollowUpEvent, FollowUpStatus
+from storage.schema import followup_events, followups, staff
+
+ESCALATED = FollowUpStatus.ESCALATED.value
+
+
+def escalate(conn: Connection, due_before: date, now: datetime) -> int:
+    """Open follow-ups due before `due_before` become escalated; how many."""
+    changed = conn.execute(
+        update(followups)
+        .where(followups.c.status == FollowUpStatus.OPEN.value, followups.c.due_date < due_before)
+        .values(status=ESCALATED, escalated_at=now)
+    ).rowcount
+    if changed:
+        _events_for(conn, FollowUpEvent.ESCALATED, followups.c.escalated_at, now)
+    return changed
+
+
+def climb(conn: Connection, escalated_before: datetime, now: datetime) -> int:
+    """Escalations before `escalated_before` that nobody acknowledged go to the bureau."""
+    changed = conn.execute(
+        update(followups)
+        .where(
+            followups.c.status == ESCALATED,
+            followups.c.acknowledged_by.is_(None),
+            followups.c.climbed_at.is_(None),
+            followups.c.escalated_at < escalated_before,
+        )
+        .values(climbed_at=now)
+    ).rowcount
+    if changed:
+        _events_for(conn, FollowUpEvent.CLIMBED, followups.c.climbed_at, now)
+    return changed
+
+
+def _events_for(
+    conn: Connection, event: FollowUpEvent, stamp: ColumnElement[datetime], now: datetime
+) -> None:
+    """`event` for every follow-up whose `stamp` this step just set to `now`."""
+    conn.execute(
+        insert(followup_events).from_select(
+            ["followup_id", "event", "at"],
+            select(followups.c.id, literal(event.value), stamp).where(stamp == now),
+        )
+    )
+
+
+def notified(conn: Connection) -> set[tuple[int, int]]:
+    """(follow-up, person) pairs already told of an escalation still open."""
+    rows = conn.execute(
+        select(followup_events.c.followup_id, followup_events.c.staff_id)
+        .join(followups, followups.c.id == followup_events.c.followup_id)
+        .where(
+            followup_events.c.event == FollowUpEvent.NOTIFIED.value,
+            followups.c.status == ESCALATED,
+        )
+    )
+    return {(r.followup_id, r.staff_id) for r in rows}
+
+
+def record(
+    conn: Connection,
+    event: FollowUpEvent,
+    rows: Iterable[tuple[int, int | None]],
+    now: datetime,
+    *,
+    actor_id: int | None = None,
+    note: str | None = None,
+) -> None:
+    """Store `event` for each (follow-up, person) in one statement."""
+    values = [
+        {
+            "followup_id": fid,
+            "event": event.value,
+            "at": now,
+            "staff_id": sid,
+            "actor_id": actor_id,
+            "note": note,
+        }
+        for fid, sid in rows
+    ]
+    if values:
+        conn.execute(insert(followup_events), values)
+
+
+EVENT_LABELS = {
+    FollowUpEvent.ESCALATED.value: "上报学校",
+    FollowUpEvent.NOTIFIED.value: "已通知",
+    FollowUpEvent.ACKNOWLEDGED.value: "确认负责",
+    FollowUpEvent.CLIMBED.value: "上报教育局",
+    FollowUpEvent.REASSIGNED.value: "转交给",
+    FollowUpEvent.DONE.value: "完成",
+}
+
+
+def histories(
+    conn: Connection, followup_ids: Select[Any], tz: ZoneInfo, *, notes: bool = True
+) -> dict[int, str]:
+    """Each follow-up's steps as one line ("3月11日 上报学校；3月11日 确认负责 甲协调（备注）…"),
+    for the follow-ups `followup_ids` selects; one query. `notes=False`: without the notes
+    (free text is sensitive: an export without sensitive answers leaves them out)."""
+    person = staff.alias("person")
+    rows = conn.execute(
+        select(
+            followup_events.c.followup_id,
+            followup_events.c.event,
+            followup_events.c.at,
+            followup_events.c.note,
+            person.c.name,
+        )
+        .outerjoin(person, person.c.id == followup_events.c.staff_id)
+        .where(followup_events.c.followup_id.in_(followup_ids.scalar_subquery()))
+        .order_by(followup_events.c.followup_id, followup_events.c.id)
+    )
+    lines: dict[int, list[str]] = {}
+    for fid, event, at, note, name in rows:
+        day = at.astimezone(tz).date()
+        text = f"{day.month}月{day.day}日 {EVENT_LABELS.get(event, event)}"
+        text += f" {name}" if name else ""
+        text += f"（{note}）" if note and notes else ""
+        lines.setdefault(fid, []).append(text)
+    return {fid: "；".join(steps) for fid, steps in lines.items()}
