@@ -28,10 +28,12 @@ from bot.jobs import PERSON_CHANNELS, Jobs
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
 from bot.web import DELIVERY, DISPATCHER, SERVING, SETTINGS, error_middleware, json_response
+from config.aid import DEFAULT_AID, load_aid_items
 from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
+from storage.aid import SqlAid
 from storage.console import SqlConsole
 from storage.store import SqlTurns
 
@@ -91,6 +93,7 @@ def install_console(
         deps.clock,
         reachable,
         wecom_user,
+        SqlAid(deps.db, load_aid_items(DEFAULT_AID, deps.form.followup_kinds)),
     )
     console.install(app, sub)
 

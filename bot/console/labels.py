@@ -44,6 +44,8 @@ AUDIT_ACTIONS = {
     "export": "导出数据",
     "roster_import": "导入名单",
     "roster_preview": "预览名单",
+    "screen_import": "写入筛查名单",
+    "aid_stock": "登记物资库存",
 }
 ROSTER_COUNTS = {
     "staff_added": "教师新增",

@@ -119,6 +119,7 @@ class NeedSupply:
     item: str
     needs: int
     stock: int
+    linked: bool = True  # False: the item meets no follow-up kind (given out by distribution)
 
     @property
     def shortfall(self) -> int:
