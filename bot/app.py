@@ -28,7 +28,7 @@ from bot.jobs import PERSON_CHANNELS, Jobs
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
 from bot.web import DELIVERY, DISPATCHER, SERVING, SETTINGS, error_middleware, json_response
-from config.aid import DEFAULT_AID, load_aid_items
+from config.aid import load_aid_items
 from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
@@ -93,7 +93,7 @@ def install_console(
         deps.clock,
         reachable,
         wecom_user,
-        SqlAid(deps.db, load_aid_items(DEFAULT_AID, deps.form.followup_kinds)),
+        SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds)),
     )
     console.install(app, sub)
 
