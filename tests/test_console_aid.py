@@ -105,6 +105,8 @@ async def test_screen_upload_errors(web: ConsoleClient, deps: Deps) -> None:
     assert status == 400 and "<td>班级(class)</td><td>缺少此列 / missing column</td>" in page
     status, page = await post_screen(web, csrf, source="民政")
     assert status == 400 and "没有选择文件" in page
+    status, page = await post_screen(web, csrf, files={"mz.csv": LIST_CSV}, source=" ")
+    assert status == 400 and "来源（--source）不能为空" in page
     status, _ = await post_screen(web, None, files={"mz.csv": LIST_CSV}, source="民政")
     assert status == 403
     assert categories(deps, "DEMO0002") == {"低保": "roster", "留守": "roster"}

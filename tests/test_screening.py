@@ -277,3 +277,24 @@ def test_cli_counts_nothing_written_after_a_failed_apply(db_url: str, tmp_path: 
     finally:
         database.close()
     assert added == 0
+
+
+def test_a_coordinators_row_may_not_name_another_schools_student(
+    deps: Deps, tmp_path: Path
+) -> None:
+    """The row says our school, but its 学籍号 is a student of another school: refused."""
+    from tests.console_kit import add_school
+
+    add_school(deps.db)
+    text = f"学籍号,姓名,学校,班级,资助类别\nOTHER001,外校生,{DEMO_SCHOOL},一年级1班,特困\n"
+    rows = read_list([write_list(tmp_path, text)])
+    with deps.db.begin() as conn:
+        ours = conn.execute(select(schools.c.id).where(schools.c.name == DEMO_SCHOOL)).scalar_one()
+        with pytest.raises(RosterError) as caught:
+            screen_rows(
+                conn, rows, "残联", now=deps.clock.now(), apply=True, school=(ours, DEMO_SCHOOL)
+            )
+    assert caught.value.problems[0].startswith(
+        "minzheng.csv 第2行 学籍号(student_no): 只能导入本校"
+    )
+    assert categories(deps, "OTHER001") == {"低保": "roster"}
