@@ -215,7 +215,9 @@ class SqlAid:
                     .limit(LEDGER_SHOWN)
                 )
             ]
-            return StockView(lines, ledger, self._supply(conn, mine, counts), holders)
+            supply = self._supply(conn, mine, counts)
+            by_school = [] if mine is not None else self._by_school(conn, labels, counts)
+            return StockView(lines, ledger, supply, holders, by_school)
 
         return await self.db.run(work)
 
@@ -242,6 +244,31 @@ class SqlAid:
             )
             for item in self.items
         ]
+
+    def _by_school(
+        self, conn: Connection, labels: dict[int, str], counts: dict[tuple[int, str], int]
+    ) -> list[tuple[str, NeedSupply]]:
+        open_by: dict[tuple[int, str], int] = {
+            (school, kind): n
+            for school, kind, n in conn.execute(
+                select(students.c.school_id, followups.c.kind, func.count())
+                .join(students, students.c.id == followups.c.student_id)
+                .where(followups.c.status.in_(OPEN), students.c.active.is_(True))
+                .group_by(students.c.school_id, followups.c.kind)
+            )
+        }
+        rows = []
+        for school, label in labels.items():
+            if school == POOL:
+                continue
+            for item in self.items:
+                if not item.meets:
+                    continue
+                needs = sum(open_by.get((school, k), 0) for k in item.meets)
+                stock = counts.get((school, item.name), 0)
+                if needs or stock:
+                    rows.append((label, NeedSupply(item.name, needs, stock)))
+        return rows
 
     async def change_stock(
         self,

@@ -132,6 +132,8 @@ class StockView:
     ledger: list[LedgerLine]
     supply: list[NeedSupply]
     holders: list[tuple[int, str]]  # where this user may record: (school id or POOL, label)
+    # The bureau's view school by school (items that meet a need; schools with a need or stock).
+    by_school: list[tuple[str, NeedSupply]] = field(default_factory=list)
 
 
 class AidStore(Protocol):
