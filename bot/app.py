@@ -29,11 +29,13 @@ from bot.metrics import METRICS, Metrics, OutboxDepth
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
 from bot.web import DELIVERY, DISPATCHER, SERVING, SETTINGS, error_middleware, json_response
+from config.aid import load_aid_items
 from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
 from storage import outbox
+from storage.aid import SqlAid
 from storage.console import SqlConsole
 from storage.export import Sensitive
 from storage.store import SqlTurns
@@ -103,6 +105,7 @@ def install_console(
         deps.clock,
         reachable,
         wecom_user,
+        SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds)),
     )
     console.install(app, sub)
 

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
     imp.add_argument("--dry-run", action="store_true", help="check and report, change nothing")
 
+    screen = sub.add_parser("screen", help="screening lists of other departments (民政, 残联)")
+    screen_sub = screen.add_subparsers(dest="screen_command", required=True, metavar="ACTION")
+    scr = screen_sub.add_parser("import", help="match a list against the roster; report only")
+    scr.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    scr.add_argument("--source", required=True, metavar="NAME", help="the list's department")
+    scr.add_argument("--apply", action="store_true", help="add the matched categories")
+
     export = sub.add_parser("export", help="export visits and follow-ups")
     export.add_argument("--out", required=True, type=Path, metavar="FILE")
     export.add_argument("--format", choices=("csv", "xlsx"), default=None)
@@ -167,6 +174,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return commands.chat(settings, args.user)
         case "roster":
             return commands.roster_import(settings, args.files, dry_run=args.dry_run)
+        case "screen":
+            return commands.screen_import(settings, args.files, args.source, apply=args.apply)
         case "export":
             fmt: Literal["csv", "xlsx"] = args.format or (
                 "xlsx" if args.out.suffix.lower() == ".xlsx" else "csv"

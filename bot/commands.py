@@ -130,6 +130,27 @@ def roster_import(settings: Settings, files: list[Path], *, dry_run: bool) -> in
     return 0
 
 
+def screen_import(settings: Settings, files: list[Path], source: str, *, apply: bool) -> int:
+    """Report (and with `apply` write) what a screening list changes. Students appear by 学籍号
+    and class, rows by file and row number: the terminal may be shared, names stay out."""
+    from storage.screening import screen_files
+
+    db = open_database(settings)
+    try:
+        db.upgrade()
+        report = screen_files(db, files, source, now=SystemClock().now(), apply=apply)
+    finally:
+        db.close()
+    for c in report.changes:
+        print(f"+ {c.student_no} {c.school} {c.class_name}: {'、'.join(c.added)}")
+    for m in report.ambiguous:
+        print(f"? {m.where} ({m.school} {m.class_name}): 同班有 {m.candidates} 名同名学生，未匹配")
+    for m in report.unmatched:
+        print(f"- {m.where} ({m.school} {m.class_name}): 名单中找不到 / not in the roster")
+    print(report.summary() + ("" if apply else "；加 --apply 写入 / add --apply to write"))
+    return 0
+
+
 def export(
     settings: Settings,
     out: Path,

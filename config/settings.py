@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dotenv import dotenv_values
 
 from bot.core.errors import ConfigError
+from config.aid import DEFAULT_AID
 from config.calendar import DEFAULT_CALENDAR
 from config.cron import crontab_trigger
 
@@ -137,6 +138,7 @@ class Settings:
     unreached_alert_after: int = 2  # family unreachable this many times in a row: tell the school
     form_path: Path = DEFAULT_FORM
     calendar_path: Path = DEFAULT_CALENDAR
+    aid_path: Path = DEFAULT_AID  # aid item kinds and the follow-up kinds each meets
     # The base of links the bot hands out (console sign-in); https makes console cookies Secure.
     public_url: str = "http://127.0.0.1:8080"
     # `pgbouncer`: PostgreSQL is reached through a pooler in transaction mode (no session
@@ -251,6 +253,11 @@ class _Parser:
         if "HOMEVISIT_FALLBACK_AFTER_MINUTES" in env:
             minutes = self.whole_number("HOMEVISIT_FALLBACK_AFTER_MINUTES", 24 * 60)
             kwargs["fallback_after"] = timedelta(minutes=minutes or 60)
+        if "HOMEVISIT_AID_ITEMS" in env:
+            aid = Path(env["HOMEVISIT_AID_ITEMS"])
+            if not aid.is_file():
+                self.problem("HOMEVISIT_AID_ITEMS", f"no such file {aid}")
+            kwargs["aid_path"] = aid
         if "HOMEVISIT_PUBLIC_URL" in env:
             kwargs["public_url"] = self.public_url(env["HOMEVISIT_PUBLIC_URL"])
         for var, key, allowed in (

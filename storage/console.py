@@ -1223,7 +1223,7 @@ class SqlConsole:
                 console_uploads.c.session_hash == principal.session_hash,
             )
         ).scalar()
-        if files is None:
+        if not isinstance(files, list):  # none, or another page's stash (a screening list)
             return None
         return [UploadedFile(f["name"], base64.b64decode(f["data"])) for f in files]
 

@@ -56,6 +56,8 @@ __all__ = [
     "read_roster",
 ]
 
+ROSTER_SOURCE = "roster"  # student_categories.source of the roster's own categories
+
 _UNKNOWN_STAFF = (
     "工号 {no} 既不在本名单中，也不是系统中的在职教师 / "
     "staff number {no} is neither in this roster nor an active staff member"
@@ -146,7 +148,8 @@ _DELETE_IDENTITY = delete(identities).where(
     identities.c.staff_id == bindparam("b_staff_id"), identities.c.channel == bindparam("b_channel")
 )
 _DELETE_CATEGORIES = delete(student_categories).where(
-    student_categories.c.student_id == bindparam("b_id")
+    student_categories.c.student_id == bindparam("b_id"),
+    student_categories.c.source == ROSTER_SOURCE,
 )
 _DELETE_ASSIGNMENTS = delete(assignments).where(assignments.c.student_id == bindparam("b_id"))
 
@@ -438,7 +441,7 @@ def _upsert_students(
     if changed:
         conn.execute(_UPDATE_STUDENT, list(changed.values()))
     ids = dict(conn.execute(select(students.c.student_no, students.c.id)).all())
-    relinked = _replace_links(conn, entries, ids, staff_ids)
+    relinked = _replace_links(conn, entries, ids, staff_ids, now)
     deactivated = _deactivate_missing(conn, entries, existing, school_ids, now)
     return len(new), len(changed.keys() | (relinked & existing.keys())), deactivated
 
@@ -448,13 +451,22 @@ def _replace_links(
     entries: Sequence[StudentEntry],
     student_ids: Mapping[str, int],
     staff_ids: Mapping[str, int],
+    now: datetime,
 ) -> set[str]:
     """Replace categories and assignments that differ from the roster; return who changed."""
+    # The roster owns only its own categories: one a screening list added (source 民政 ...)
+    # stays, and is not added again when the roster names it too.
     categories: dict[int, set[str]] = {}
-    for student_id, category in conn.execute(
-        select(student_categories.c.student_id, student_categories.c.category)
+    others: dict[int, set[str]] = {}
+    for student_id, category, source in conn.execute(
+        select(
+            student_categories.c.student_id,
+            student_categories.c.category,
+            student_categories.c.source,
+        )
     ):
-        categories.setdefault(student_id, set()).add(category)
+        mine = categories if source == ROSTER_SOURCE else others
+        mine.setdefault(student_id, set()).add(category)
     assigned: dict[int, dict[str, int]] = {}
     for student_id, role, staff_id in conn.execute(
         select(assignments.c.student_id, assignments.c.role, assignments.c.staff_id)
@@ -468,11 +480,15 @@ def _replace_links(
     for entry in entries:
         student_id = student_ids[entry.student_no]
         have = categories.get(student_id, set())
-        if have != set(entry.categories):
+        wanted_categories = [c for c in entry.categories if c not in others.get(student_id, ())]
+        if have != set(wanted_categories):
             changed.add(entry.student_no)
             if have:
                 cleared_categories.append({"b_id": student_id})
-            category_rows += [{"student_id": student_id, "category": c} for c in entry.categories]
+            category_rows += [
+                {"student_id": student_id, "category": c, "source": ROSTER_SOURCE, "since": now}
+                for c in wanted_categories
+            ]
         current = assigned.get(student_id, {})
         wanted = _wanted_assignments(entry, current, staff_ids)
         if current != wanted:

@@ -88,6 +88,7 @@ _UNKNOWN_HEADER = (
 _NO_SHEETS = (
     "找不到工作表 学生(students) 或 教师(staff) / no sheet named 学生/students or 教师/staff"
 )
+_EMPTY_FILE = "文件里没有工作表 / the workbook has no sheet"
 _BAD_TYPE = "不支持的文件类型，请用 .xlsx 或 .csv / unsupported file type, use .xlsx or .csv"
 _NOT_UTF8_OR_GB = "编码既不是 UTF-8 也不是 GB18030 / encoding is neither UTF-8 nor GB18030"
 _NO_FILES = "没有名单文件 / no roster file given"
@@ -260,12 +261,14 @@ _READ_ERRORS = (
 )
 
 
-def _tables(paths: Sequence[Path], problems: list[str]) -> Iterator[_Table]:
+def _tables(
+    paths: Sequence[Path], problems: list[str], *, every_sheet: bool = False
+) -> Iterator[_Table]:
     for path in paths:
         suffix = path.suffix.lower()
         try:
             if suffix in (".xlsx", ".xlsm"):
-                yield from _read_xlsx(path, problems)
+                yield from _read_xlsx(path, problems, every_sheet=every_sheet)
             elif suffix in (".csv", ".txt"):
                 table = _read_csv(path, problems)
                 if table is not None:
@@ -296,7 +299,7 @@ def _csv_rows(name: str, data: bytes, encoding: str) -> list[list[str]]:
     return [[_clean(cell) for cell in row] for row in RowLimiter(name).rows(name, records)]
 
 
-def _read_xlsx(path: Path, problems: list[str]) -> Iterator[_Table]:
+def _read_xlsx(path: Path, problems: list[str], *, every_sheet: bool = False) -> Iterator[_Table]:
     data = read_limited(path)
     check_xlsx(path.name, data)  # before openpyxl sees a byte of it
     limiter = RowLimiter(path.name)
@@ -309,13 +312,13 @@ def _read_xlsx(path: Path, problems: list[str]) -> Iterator[_Table]:
         try:
             for sheet in book.worksheets:
                 kind = _SHEETS.get(_norm(sheet.title))
-                if kind is not None:
+                if kind is not None or every_sheet:
                     label = f"{path.name}[{sheet.title}]"
                     tables.append(_Table(label, kind, _sheet_rows(sheet, limiter, label)))
         finally:
             book.close()
     if not tables:
-        problems.append(f"{path.name}: {_NO_SHEETS}")
+        problems.append(f"{path.name}: {_EMPTY_FILE if every_sheet else _NO_SHEETS}")
     yield from tables
 
 
@@ -359,6 +362,78 @@ def _kind_of(header: list[str]) -> str | None:
     }
     best = max(votes, key=lambda k: votes[k])
     return best if votes[best] > 0 else None
+
+
+# ---------------------------------------------------------------------------- other lists
+# Another department's list (民政, 残联): read by `read_list`. Any other column (an identity-card
+# number above all) is never read into a value, so nothing downstream can keep it.
+SCREEN_COLUMNS = (
+    _Column("学籍号", "student_no", present=False, value=False, max_len=64),
+    _Column("姓名", "name", max_len=100),
+    _Column("学校", "school", max_len=200),
+    _Column("班级", "class", max_len=100),
+    _Column("资助类别", "categories"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListRow:
+    """One row of a list read by `read_list`: where it is, and its known columns' values."""
+
+    origin: Origin
+    values: dict[str, str | None]
+
+    def categories(self) -> tuple[str, ...]:
+        return split_categories(self.values.get("categories") or "")
+
+
+def split_categories(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c for c in _CATEGORY_SPLIT.split(text) if c))
+
+
+def _list_tables(
+    paths: Sequence[Path], columns: Sequence[_Column], problems: list[str]
+) -> Iterator[_Table]:
+    """Per file, the sheets whose header has a known column (a notes sheet is skipped); when none
+    has, the first, so that its missing columns are named."""
+    for path in paths:
+        tables = list(_tables([path], problems, every_sheet=True))
+        listed = [
+            t for t in tables if any(c.matches(h) for c in columns for h in (t.rows or [[]])[0])
+        ]
+        yield from listed or tables[:1]
+
+
+def read_list(paths: Sequence[Path], columns: Sequence[_Column] = SCREEN_COLUMNS) -> list[ListRow]:
+    """The rows of .xlsx (every sheet whose header has one of `columns`) or CSV files, with the
+    roster's checks and limits; raise `RosterError` listing every problem found."""
+    if not paths:
+        raise RosterError([_NO_FILES])
+    problems: list[str] = []
+    rows: list[ListRow] = []
+    for table in _list_tables(paths, columns, problems):
+        header = table.rows[0] if table.rows else []
+        index = _header_index(table.source, header, columns, problems)
+        if index is None:
+            continue
+        for row_no, cells in enumerate(table.rows[1:], start=2):
+            if not any(cells):
+                continue
+            origin = Origin(table.source, row_no)
+            values: _Values = {
+                col.en: (cells[i] if i < len(cells) else "") if i is not None else None
+                for col, i in ((c, index.get(c.en)) for c in columns)
+            }
+            if _check_values(origin, values, columns, problems):
+                row = ListRow(origin, values)
+                if any(len(c) > _CATEGORY_MAX for c in row.categories()):
+                    column = COLUMN["categories"].label
+                    problems.append(f"{origin.at(column)}: {_TOO_LONG.format(n=_CATEGORY_MAX)}")
+                else:
+                    rows.append(row)
+    if problems:
+        raise RosterError(problems)
+    return rows
 
 
 # ---------------------------------------------------------------------------- parsing rows

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -120,6 +121,10 @@ student_categories = Table(
     metadata,
     Column("student_id", ForeignKey("students.id", ondelete="CASCADE"), primary_key=True),
     Column("category", String(50), primary_key=True),
+    # Who said so: 'roster' (the roster import, which replaces only its own rows) or the
+    # department of a screening list applied (民政, 残联 ...), and since when (None: before 0010).
+    Column("source", String(50), nullable=False, server_default="roster"),
+    Column("since", UtcDateTime, nullable=True),
     Index("ix_student_categories_category", "category", "student_id"),
 )
 
@@ -324,6 +329,34 @@ console_uploads = Table(
     Column("session_hash", String(64), nullable=False, index=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("files", JSON, nullable=False),  # [{"name": ..., "data": base64}]
+)
+
+# Aid stock: one row per holder and item, `school_id` 0 being the bureau's pool (so no foreign
+# key). The CHECK and conditional updates (`storage.aid`) keep a count from ever going below zero.
+aid_stock = Table(
+    "aid_stock",
+    metadata,
+    Column("school_id", Integer, primary_key=True),
+    Column("item", String(50), primary_key=True),
+    Column("quantity", Integer, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("quantity >= 0", name="ck_aid_stock_quantity"),
+)
+
+# Every change of a stock count, with who and when, and the count after it.
+aid_ledger = Table(
+    "aid_ledger",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("school_id", Integer, nullable=False),
+    Column("item", String(50), nullable=False),
+    Column("change", Integer, nullable=False),
+    Column("balance", Integer, nullable=False),
+    Column("reason", String(20), nullable=False),  # arrival | correction
+    Column("note", Text, nullable=True),
+    Column("actor", String(64), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_aid_ledger_school_at", "school_id", "at"),
 )
 
 # One row per scheduled job and local school day that completed: a job missed while the server was

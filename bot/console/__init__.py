@@ -15,7 +15,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from bot.console import views
+from bot.console import aid_views, views
 from bot.console.auth import (
     CONFIG,
     LIMITER,
@@ -25,6 +25,7 @@ from bot.console.auth import (
     console_middleware,
 )
 from bot.console.views import WIRING, Wiring
+from bot.core.aid import AidStore
 from bot.core.console_ports import ConsoleStore
 from bot.core.ports import Clock
 from config.forms import Form
@@ -49,6 +50,7 @@ def build(
     clock: Clock,
     channels: Sequence[str],
     wecom_user: UserForCode | None = None,
+    aid: AidStore | None = None,
 ) -> web.Application:
     console = web.Application(middlewares=[console_middleware])
     console[CONFIG] = ConsoleConfig(store, clock, settings.public_url.startswith("https://"))
@@ -88,6 +90,12 @@ def build(
     r.add_get("/export", views.export)
     r.add_post("/export", views.export)
     r.add_get("/audit", views.audit)
+    if aid is not None:
+        console[aid_views.AID] = aid
+        r.add_get("/screen", aid_views.screen_form)
+        r.add_post("/screen", aid_views.screen_post)
+        r.add_get("/aid", aid_views.aid_page)
+        r.add_post("/aid", aid_views.aid_post)
     r.add_static("/static/", HERE / "static", append_version=False)
     return console
 

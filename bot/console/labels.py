@@ -47,6 +47,8 @@ AUDIT_ACTIONS = {
     "student_export": "导出学生数据",
     "student_erase": "删除学生数据",
     "retention": "到期删除",
+    "screen_import": "写入筛查名单",
+    "aid_stock": "登记物资库存",
 }
 ROSTER_COUNTS = {
     "staff_added": "教师新增",

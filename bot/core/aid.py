@@ -1,0 +1,171 @@
+"""Aid that reaches the family: screening lists and aid stock, as plain values and one async port.
+
+`AidStore` is what the console's aid pages read and write (implemented over the database by
+`storage.aid.SqlAid`). Like `ConsoleStore`, every call takes the signed-in user and keeps to
+their scope: a coordinator their school, the bureau every school and the bureau's pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from bot.core.console_ports import Principal, Problem, UploadedFile
+from bot.core.errors import HomevisitError
+
+POOL = 0  # the school id that stands for the bureau's own stock (the district pool)
+
+
+class StockError(HomevisitError):
+    """A stock change that cannot be made (its message is shown to the coordinator)."""
+
+
+# ------------------------------------------------------------------------------ screening
+@dataclass(frozen=True, slots=True)
+class ScreenChange:
+    """A roster student a screening list matched, and the categories it would add."""
+
+    student_id: int
+    student_no: str
+    name: str
+    school: str
+    class_name: str
+    current: tuple[str, ...]
+    added: tuple[str, ...]
+    rows: tuple[str, ...]  # where in the file ("minzheng.csv 第3行")
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenMiss:
+    """A row that matched no student, or more than one (never guessed)."""
+
+    where: str
+    school: str
+    class_name: str
+    candidates: int  # 0: unmatched; 2 or more: ambiguous
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenReport:
+    source: str
+    applied: bool
+    rows: int
+    changes: list[ScreenChange] = field(default_factory=list)
+    unchanged: int = 0  # matched students who already have every category the list gives
+    ambiguous: list[ScreenMiss] = field(default_factory=list)
+    unmatched: list[ScreenMiss] = field(default_factory=list)
+
+    @property
+    def categories_added(self) -> int:
+        return sum(len(c.added) for c in self.changes)
+
+    def summary(self) -> str:
+        done = "已写入" if self.applied else "预览，未写入"
+        return (
+            f"筛查（{self.source}，{done}）：共 {self.rows} 行；{len(self.changes)} 名学生将新增"
+            f" {self.categories_added} 个资助类别，{self.unchanged} 名已有；"
+            f"无法区分 {len(self.ambiguous)} 行，未匹配 {len(self.unmatched)} 行 / "
+            f"screening ({self.source}, {'applied' if self.applied else 'preview'}): "
+            f"{self.rows} rows; {len(self.changes)} students gain {self.categories_added} "
+            f"categories, {self.unchanged} unchanged; {len(self.ambiguous)} ambiguous, "
+            f"{len(self.unmatched)} unmatched"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenOutcome:
+    """A preview (nothing written, `upload_id` to apply it) or an applied list; or problems."""
+
+    report: ScreenReport | None
+    problems: list[Problem] = field(default_factory=list)
+    upload_id: str = ""
+
+
+# ------------------------------------------------------------------------------ stock
+@dataclass(frozen=True, slots=True)
+class AidItem:
+    """An aid item kind (from configuration) and the follow-up kinds a unit of it meets."""
+
+    name: str
+    meets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StockLine:
+    school_id: int  # POOL for the bureau's pool
+    holder: str  # school name, or 教育局统筹
+    item: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    at: datetime
+    holder: str
+    item: str
+    change: int
+    balance: int
+    reason: str  # arrival | correction
+    note: str
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedSupply:
+    """Per item: open needs of the kinds it meets (in scope) against the stock in scope."""
+
+    item: str
+    needs: int
+    stock: int
+    linked: bool = True  # False: the item meets no follow-up kind (given out by distribution)
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.needs - self.stock)
+
+
+@dataclass(frozen=True, slots=True)
+class StockView:
+    lines: list[StockLine]
+    ledger: list[LedgerLine]
+    supply: list[NeedSupply]
+    holders: list[tuple[int, str]]  # where this user may record: (school id or POOL, label)
+    # The bureau's view school by school (items that meet a need; schools with a need or stock).
+    by_school: list[tuple[str, NeedSupply]] = field(default_factory=list)
+
+
+class AidStore(Protocol):
+    """The aid pages' reads and writes. Each call is one transaction."""
+
+    async def screen(
+        self,
+        principal: Principal,
+        files: Sequence[UploadedFile] | None,
+        source: str,
+        upload_id: str,
+        apply: bool,
+        now: datetime,
+    ) -> ScreenOutcome:
+        """Match a screening list (new `files`, or this user's stashed preview `upload_id`)
+        against the roster; write the new categories only when `apply`, all or nothing. A
+        coordinator's rows must all be of their school."""
+        ...
+
+    async def stock(self, principal: Principal) -> StockView: ...
+
+    async def change_stock(
+        self,
+        principal: Principal,
+        school_id: int,
+        item: str,
+        change: int,
+        reason: str,
+        note: str,
+        now: datetime,
+    ) -> int:
+        """Add `change` (negative for a correction down) to a holder's count, ledgered and
+        audited; return the new count. Raises `StockError` for an unknown item, a holder out
+        of scope, or a count that would go below zero (then nothing changes)."""
+        ...
