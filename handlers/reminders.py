@@ -368,7 +368,7 @@ def school_digest(
                 )
     if fig.unreachable:
         lines.append(
-            "收不到提醒的老师（未绑定企业微信/钉钉账号）："
+            "收不到提醒的老师（没有可用的聊天账号，可发绑定码让其绑定）："
             + "、".join(f"{p.name}（{p.staff_no}）" for p in fig.unreachable)
         )
     failed = [
@@ -383,6 +383,20 @@ def school_digest(
             for f in failed
         )
         lines.append("消息发送失败（平台拒收）：" + "、".join(refused))
+    moved = [
+        r
+        for r in snap.fell_back
+        if (p := snap.staff.get(r.staff_id)) and p.school_id == fig.school_id
+    ]
+    if moved:
+        lines.append(
+            "只能经备用渠道联系到的老师："
+            + "、".join(
+                f"{snap.staff[r.staff_id].name}（{CHANNEL_LABELS.get(r.first, r.first)}→"
+                f"{CHANNEL_LABELS.get(r.channel, r.channel)}）"
+                for r in moved
+            )
+        )
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from bot.core.types import (
     DeliveryFailure,
+    FallbackReach,
     FollowUpEvent,
     FollowUpStatus,
     RosterStaff,
@@ -80,6 +81,7 @@ def load_snapshot(conn: Connection, since: datetime, now: datetime) -> Snapshot:
         staff=_staff(conn),
         followups=_followups(conn, since),
         failures=_failures(conn, now - FAILURE_WINDOW),
+        fell_back=_fell_back(conn, now - FAILURE_WINDOW),
     )
 
 
@@ -201,6 +203,29 @@ def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
     for r in rows:
         seen[(r.staff_id, r.channel)] = DeliveryFailure(r.staff_id, r.channel, r.last_error or "")
     return list(seen.values())
+
+
+def _fell_back(conn: Connection, since: datetime) -> list[FallbackReach]:
+    """Who was reached only by a fallback channel recently (the digest names them: their first
+    channel needs fixing), once per person and pair of channels."""
+    rows = conn.execute(
+        select(identities.c.staff_id, outbox.c.channel, outbox.c.fallback_from)
+        .join(
+            identities,
+            and_(
+                identities.c.channel == outbox.c.channel,
+                identities.c.external_id == outbox.c.recipient,
+            ),
+        )
+        .where(
+            outbox.c.status == "sent",
+            outbox.c.fallback_from.is_not(None),
+            outbox.c.sent_at >= since,
+        )
+        .distinct()
+        .order_by(identities.c.staff_id)
+    )
+    return [FallbackReach(r.staff_id, r.channel, r.fallback_from) for r in rows]
 
 
 def last_run(conn: Connection, job: str, before: date) -> datetime | None:

@@ -123,7 +123,7 @@ async def test_two_school_weeks(world: World, bot: ChatDriver) -> None:
     assert "· 平板/电脑：周小禾（三年级1班）" in school  # who is behind each new need
     assert "· 张示例（T001）：已访 1/5，待跟进 1，逾期 0" in school
     assert "上次没联系上的家庭：陈小树（三年级1班）" in school
-    assert "收不到提醒的老师（未绑定企业微信/钉钉账号）：赵示例（T003）" in school
+    assert "收不到提醒的老师（没有可用的聊天账号，可发绑定码让其绑定）：赵示例（T003）" in school
     [bureau] = world.dingtalk.to("bureau")
     assert "· 示例区实验小学：已访 1/12，新需求 1，待跟进 1（逾期 0），上报 0" in bureau
     assert [r for r, _ in world.group.got] == ["default"]

@@ -301,6 +301,15 @@ class DeliveryFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackReach:
+    """A staff member a message reached only on a later channel (the first one refused it)."""
+
+    staff_id: int
+    channel: str  # where it arrived
+    first: str  # the channel tried first
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a reminder or digest run needs, loaded with a handful of set-based queries."""
 
@@ -309,6 +318,7 @@ class Snapshot:
     staff: dict[int, RosterStaff]
     followups: list[TrackedFollowUp]  # open or escalated, plus any created since `since`
     failures: list[DeliveryFailure]  # reminders/digests a platform refused for good, recently
+    fell_back: list[FallbackReach] = field(default_factory=list)  # reached only by fallback
 
 
 # ------------------------------------------------------------ the outbox (see `ports.Outbox`)
