@@ -74,6 +74,18 @@ async def app(both: Settings, deps: Deps) -> AsyncIterator[web.Application]:
         yield application
 
 
+def coordinators_on_dingtalk(deps: Deps) -> None:
+    """The demo's coordinators have no chat identity; give each one on DingTalk (the digest's)."""
+    with deps.db.begin() as conn:
+        ids = conn.execute(select(staff.c.id).where(staff.c.role != "teacher")).scalars().all()
+        for sid in ids:
+            conn.execute(
+                insert(identities).values(
+                    channel="dingtalk", external_id=f"dt_c{sid}", staff_id=sid
+                )
+            )
+
+
 def rows(deps: Deps) -> list[Any]:
     with deps.db.begin() as conn:
         return list(conn.execute(select(outbox_table)).all())
@@ -212,3 +224,38 @@ async def test_a_fallback_inside_quiet_hours_waits_for_the_morning(
     clock.advance(hours=10)  # 07:12
     await app[DELIVERY].run_once()
     assert len(dingtalk.batch_sends) == 1 and wecom.sent == []
+
+
+async def test_the_digest_names_a_teacher_reached_only_by_fallback(
+    app: web.Application,
+    wecom: FakeWeCom,
+    dingtalk: FakeDingTalk,
+    deps: Deps,
+    clock: FakeClock,
+) -> None:
+    with deps.db.begin() as conn:
+        name = conn.execute(select(staff.c.name).where(staff.c.staff_no == "T001")).scalar_one()
+    coordinators_on_dingtalk(deps)
+    wecom.members = set()  # 81013: the reminder reaches T001 on DingTalk
+    await remind(app, clock)
+    report = await app[JOBS].run("digest", clock.now())
+    assert report.queued >= 1
+    digests = [r.body for r in rows(deps) if r.kind == "digest"]
+    moved = [
+        line
+        for body in digests
+        for line in body.splitlines()
+        if line.startswith("只能经备用渠道联系到的老师：")
+    ]
+    assert moved and all(f"{name}（企业微信→钉钉）" in line for line in moved)
+    assert all(name not in line for b in digests for line in b.splitlines() if "收不到" in line)
+
+
+async def test_the_digest_names_nobody_when_every_message_went_on_its_first_channel(
+    app: web.Application, deps: Deps, clock: FakeClock
+) -> None:
+    coordinators_on_dingtalk(deps)
+    await remind(app, clock)
+    await app[JOBS].run("digest", clock.now())
+    digests = [r.body for r in rows(deps) if r.kind == "digest"]
+    assert digests and not any("只能经备用渠道" in body for body in digests)
