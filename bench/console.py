@@ -7,13 +7,17 @@ Generates the city of `bench/jobs.py` (its generator: schools, teachers, student
 categories, half of them visited in the last weeks, open follow-ups), adds a bureau member, then
 serves the real app on a loopback port and times full HTTP requests (session check, queries and
 template rendering) as a signed-in browser would make them. Prints the median and the slowest of
-`--repeat` runs per page; the target is under 300 ms.
+`--repeat` runs per page; the target is under 300 ms. With `--profile`, each page is fetched once
+more with every SQL statement timed, and the statements are printed slowest first (with
+`--explain`, each one's plan: SQLite `EXPLAIN QUERY PLAN`, PostgreSQL `EXPLAIN ANALYZE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import statistics
 import sys
 import tempfile
@@ -21,10 +25,11 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import create_engine, event, func, insert, select, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,11 +60,50 @@ class FixedClock:
         return NOW
 
 
-async def run(url: str, n_students: int, n_teachers: int, repeat: int) -> None:
+async def _profile(db: Database, http: aiohttp.ClientSession, url: str, explain: bool) -> None:
+    """One more request with each statement's time (and plan) printed, slowest first."""
+    timed: list[tuple[float, str, Any]] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        conn.info["t0"] = time.perf_counter()
+
+    def after(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        timed.append(((time.perf_counter() - conn.info["t0"]) * 1000, statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    event.listen(db.engine, "after_cursor_execute", after)
+    python = cProfile.Profile()  # the event loop's thread: the handler and the template, no SQL
+    try:
+        python.enable()
+        async with http.get(url, allow_redirects=False) as r:
+            await r.read()
+    finally:
+        python.disable()
+        event.remove(db.engine, "before_cursor_execute", before)
+        event.remove(db.engine, "after_cursor_execute", after)
+    print(f"    {sum(t for t, _, _ in timed):.0f} ms in {len(timed)} statements")
+    if explain:
+        pstats.Stats(python).sort_stats("cumulative").print_stats(r"homevisit|bot/|jinja", 12)
+    for ms, statement, parameters in sorted(timed, key=lambda t: -t[0])[:6]:
+        if ms < 2:
+            break
+        print(f"    {ms:7.1f} ms  {' '.join(statement.split())[:150]}")
+        if explain and statement.lstrip().upper().startswith("SELECT"):
+            with db.engine.connect() as conn:
+                pg = conn.dialect.name == "postgresql"
+                prefix = "EXPLAIN (ANALYZE, BUFFERS) " if pg else "EXPLAIN QUERY PLAN "
+                if pg:
+                    conn.exec_driver_sql("SET jit = off")
+                    conn.exec_driver_sql("SET work_mem = '64MB'")
+                for line in conn.exec_driver_sql(prefix + statement, parameters).all():
+                    print("               ", " | ".join(str(v) for v in line))
+
+
+async def run(url: str, args: argparse.Namespace) -> None:
     db = Database(url)
     db.upgrade()
     t0 = time.perf_counter()
-    generate(db, n_students, n_teachers)
+    generate(db, args.students, args.teachers)
     with db.begin() as conn:
         next_id = conn.execute(select(func.max(staff.c.id))).scalar_one() + 1
         conn.execute(
@@ -67,8 +111,9 @@ async def run(url: str, n_students: int, n_teachers: int, repeat: int) -> None:
                 id=next_id, staff_no="B00001", name="局员", role="bureau", active=True
             )
         )
-        if db.engine.dialect.name == "postgresql":
-            conn.execute(text("ANALYZE"))
+    if db.engine.dialect.name == "postgresql":  # as autovacuum would leave it
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
     print(f"  generated in {time.perf_counter() - t0:.1f} s")
     settings = replace(load_settings({}, env_file=None), database_url=url)
     form = load_form(settings.form_path)
@@ -82,9 +127,9 @@ async def run(url: str, n_students: int, n_teachers: int, repeat: int) -> None:
         base = str(server.make_url("")).rstrip("/")
         async with http.get(f"{base}/console/login?token={token}", allow_redirects=False) as r:
             assert r.status == 303, r.status
-        for label, path in PAGES:
+        for label, path in [p for p in PAGES if args.pages in p[0]]:
             times = []
-            for _ in range(repeat):
+            for _ in range(args.repeat):
                 start = time.perf_counter()
                 async with http.get(base + path, allow_redirects=False) as r:
                     body = await r.read()
@@ -92,8 +137,11 @@ async def run(url: str, n_students: int, n_teachers: int, repeat: int) -> None:
                 times.append((time.perf_counter() - start) * 1000)
             print(
                 f"  {label:30} median {statistics.median(times):6.0f} ms   "
-                f"max {max(times):6.0f} ms   ({len(body) // 1024} KiB)"
+                f"min {min(times):6.0f} ms   max {max(times):6.0f} ms   "
+                f"({len(body) // 1024} KiB)"
             )
+            if args.profile:
+                await _profile(db, http, base + path, args.explain)
     await server.close()
     db.close()
 
@@ -104,6 +152,9 @@ def main() -> None:
     parser.add_argument("--teachers", type=int, default=5_000)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="time each SQL statement")
+    parser.add_argument("--explain", action="store_true", help="with --profile: query plans")
+    parser.add_argument("--pages", default="", help="only pages whose label contains this")
     parser.add_argument("--pg", default="postgresql://root@127.0.0.1:5432/test")
     args = parser.parse_args()
     for backend in args.backends.split(","):
@@ -111,7 +162,7 @@ def main() -> None:
         if backend == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
                 url = f"sqlite:///{tmp}/bench.db"
-                asyncio.run(run(url, args.students, args.teachers, args.repeat))
+                asyncio.run(run(url, args))
             continue
         schema = f"bench_{uuid.uuid4().hex[:8]}"
         admin = create_engine(args.pg.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -119,7 +170,7 @@ def main() -> None:
             c.execute(text(f'CREATE SCHEMA "{schema}"'))
         try:
             url = f"{args.pg}?options=-csearch_path%3D{schema}"
-            asyncio.run(run(url, args.students, args.teachers, args.repeat))
+            asyncio.run(run(url, args))
         finally:
             with admin.begin() as c:
                 c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
