@@ -85,6 +85,7 @@ from storage.schema import (
     followups,
     identities,
     schools,
+    signin_attempts,
     staff,
     student_categories,
     students,
@@ -570,6 +571,22 @@ class SqlConsole:
             )
 
         await self.db.run(work)
+
+    async def signin_attempt(
+        self, address_hash: str, now: datetime, limit: int, window: timedelta
+    ) -> bool:
+        def work(conn: Connection) -> bool:
+            a = signin_attempts.c
+            conn.execute(delete(signin_attempts).where(a.at <= _at(now - window)))
+            made = conn.execute(
+                select(func.count()).where(a.address == address_hash, a.at > _at(now - window))
+            ).scalar_one()
+            if made >= limit:
+                return False
+            conn.execute(insert(signin_attempts).values(address=address_hash, at=now))
+            return True
+
+        return bool(await self.db.run(work))
 
     # ------------------------------------------------------------------ dashboard
     async def dashboard(
