@@ -368,13 +368,24 @@ CATEGORY_TRIGGERS = {
         "CREATE TRIGGER student_categories_delete AFTER DELETE ON student_categories "
         f"BEGIN {_set_categories('sqlite', 'OLD')}; END",
     ),
+    # Once per statement over its transition tables: a city's import inserts 100,000s of rows.
     "postgresql": (
         "CREATE FUNCTION student_categories_refresh() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        f"BEGIN IF TG_OP <> 'DELETE' THEN {_set_categories('postgresql', 'NEW')}; END IF; "
-        "IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.student_id <> NEW.student_id) THEN "
-        f"{_set_categories('postgresql', 'OLD')}; END IF; RETURN NULL; END $$",
-        "CREATE TRIGGER student_categories_changed AFTER INSERT OR UPDATE OR DELETE "
-        "ON student_categories FOR EACH ROW EXECUTE FUNCTION student_categories_refresh()",
+        "BEGIN IF TG_OP <> 'DELETE' THEN UPDATE students SET categories = "
+        + _CATEGORIES_OF["postgresql"].format(id="students.id")
+        + " WHERE id IN (SELECT student_id FROM new_rows); END IF; "
+        "IF TG_OP <> 'INSERT' THEN UPDATE students SET categories = "
+        + _CATEGORIES_OF["postgresql"].format(id="students.id")
+        + " WHERE id IN (SELECT student_id FROM old_rows); END IF; RETURN NULL; END $$",
+        "CREATE TRIGGER student_categories_insert AFTER INSERT ON student_categories "
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT "
+        "EXECUTE FUNCTION student_categories_refresh()",
+        "CREATE TRIGGER student_categories_update AFTER UPDATE ON student_categories "
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
+        "EXECUTE FUNCTION student_categories_refresh()",
+        "CREATE TRIGGER student_categories_delete AFTER DELETE ON student_categories "
+        "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT "
+        "EXECUTE FUNCTION student_categories_refresh()",
     ),
 }
 BACKFILL_CATEGORIES = {

@@ -56,10 +56,12 @@ def downgrade() -> None:
         for name in ("insert", "update", "delete"):
             op.execute(f"DROP TRIGGER IF EXISTS student_categories_{name}")
     else:
-        op.execute("DROP TRIGGER IF EXISTS student_categories_changed ON student_categories")
+        for name in ("insert", "update", "delete"):
+            op.execute(f"DROP TRIGGER IF EXISTS student_categories_{name} ON student_categories")
         op.execute("DROP FUNCTION IF EXISTS student_categories_refresh()")
     op.drop_index("ix_students_inactive", table_name="students")
     op.drop_index("ix_students_status", table_name="students")
     op.create_index("ix_students_status", "students", _OLD_STATUS, unique=False)
-    with op.batch_alter_table("students", schema=None) as batch_op:
+    # (SQLite 3.35+ drops a column in place: a rebuilt table would break the visit triggers)
+    with op.batch_alter_table("students", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("categories")
