@@ -1021,29 +1021,45 @@ class SqlConsole:
         self, conn: Connection, scope: Scope, today: date, query: FollowUpQuery
     ) -> Page[FollowUpRow]:
         owner = staff.alias("owner")
+        # The same rows twice: `where` over the page's joins, `alone` over `followups` by
+        # itself for the count (semi- and anti-joins: a city's count reads no student rows).
         where = list(_in_scope(scope))
+        alone = [_of_students_in_scope(followups.c.student_id, scope)]
         states: dict[str, ColumnElement[bool]] = {
             "open": followups.c.status.in_(OPEN),
             "overdue": and_(followups.c.status.in_(OPEN), followups.c.due_date < today),
             "escalated": followups.c.status == FollowUpStatus.ESCALATED.value,
             "done": followups.c.status == FollowUpStatus.DONE.value,
         }
+        own: list[ColumnElement[bool]] = []
         if query.state in states:
-            where.append(states[query.state])
+            own.append(states[query.state])
         if query.kind:
-            where.append(followups.c.kind == query.kind)
+            own.append(followups.c.kind == query.kind)
+        if query.student_id is not None:
+            own.append(followups.c.student_id == query.student_id)
+        where += own
+        alone += own
         if query.owner:
             where.append(owner.c.staff_no == query.owner)
+            alone.append(
+                followups.c.owner_staff_id.in_(
+                    select(staff.c.id).where(staff.c.staff_no == query.owner)
+                )
+            )
         if query.school_id is not None:
             where.append(students.c.school_id == query.school_id)
-        if query.student_id is not None:
-            where.append(followups.c.student_id == query.student_id)
+            alone.append(
+                followups.c.student_id.in_(
+                    select(students.c.id).where(students.c.school_id == query.school_id)
+                )
+            )
         joined = (
             followups.join(students, students.c.id == followups.c.student_id)
             .join(schools, schools.c.id == students.c.school_id)
             .join(owner, owner.c.id == followups.c.owner_staff_id)
         )
-        total = conn.execute(select(func.count()).select_from(joined).where(*where)).scalar_one()
+        total = conn.execute(select(func.count()).where(*alone)).scalar_one()
         sorts: dict[str, list[Any]] = {
             "due": [followups.c.due_date],
             "created": [followups.c.created_at],
