@@ -636,8 +636,8 @@ class SqlConsole:
         joined, state, unreachable, never = _status(scope, cut)
         key = students.c.school_id if by_school else students.c.class_name
         tallies: dict[Any, dict[str, int]] = {}
-        by_category: dict[str, list[int]] = {}
-        for r in conn.execute(
+        by_set: dict[str, list[int]] = {}  # a set of categories: visited, total
+        for k, categories, st, unreached, never_visited, n in conn.execute(
             select(
                 key.label("key"),
                 students.c.categories,
@@ -653,19 +653,25 @@ class SqlConsole:
                 literal_column("key"),
                 students.c.categories,
             )
-        ):
-            t = tallies.setdefault(r.key, dict.fromkeys(_TALLY_KEYS, 0))
-            visited = r.n if r.state == 0 else 0
-            t["total"] += r.n
-            t["visited"] += visited
-            t["due"] += r.n if r.state >= 2 else 0
-            t["overdue"] += r.n if r.state == 3 else 0
-            t["never"] += r.never
-            t["unreachable"] += r.unreachable
-            for category in _categories_of(r.categories):
+        ):  # (thousands of rows for a city: kept to plain additions)
+            t = tallies.get(k) or tallies.setdefault(k, dict.fromkeys(_TALLY_KEYS, 0))
+            t["total"] += n
+            t["never"] += never_visited
+            t["unreachable"] += unreached
+            counts = by_set.get(categories) or by_set.setdefault(categories, [0, 0])
+            counts[1] += n
+            if st == 0:
+                t["visited"] += n
+                counts[0] += n
+            elif st >= 2:
+                t["due"] += n
+                t["overdue"] += n if st == 3 else 0
+        by_category: dict[str, list[int]] = {}
+        for categories, (visited, n) in by_set.items():
+            for category in _categories_of(categories):
                 counts = by_category.setdefault(category, [0, 0])
                 counts[0] += visited
-                counts[1] += r.n
+                counts[1] += n
         names: dict[Any, str] = {}
         if by_school:
             names = dict(conn.execute(select(schools.c.id, schools.c.name)).all())
