@@ -1,4 +1,4 @@
-"""Time the console on a city-sized roster: the bureau's dashboard and the first page of each list.
+"""Time the console on a city-sized roster: the dashboards and the first page of each list.
 
     .venv/bin/python bench/console.py [--students 100000] [--teachers 5000] \
         [--backends sqlite,postgresql] [--repeat 5]
@@ -6,7 +6,8 @@
 Generates the city of `bench/jobs.py` (its generator: schools, teachers, students with aid
 categories, half of them visited in the last weeks, open follow-ups), adds a bureau member, then
 serves the real app on a loopback port and times full HTTP requests (session check, queries and
-template rendering) as a signed-in browser would make them. Prints the median, fastest and
+template rendering) as a signed-in browser would make them: the bureau member's pages, then a
+school coordinator's. Prints the median, fastest and
 slowest of `--repeat` runs per page, and the median CPU time of this process per request (the
 server's Python, and on SQLite the queries too: a figure that other work on a shared machine
 disturbs far less than the wall clock; PostgreSQL's own CPU is not in it). The target is under
@@ -47,14 +48,18 @@ from storage.console import issue_console_token  # noqa: E402
 from storage.db import Database  # noqa: E402
 from storage.schema import staff  # noqa: E402
 
+BUREAU, COORDINATOR = "B00001", "C00007"  # (the generator's coordinator of school 7)
 PAGES = [
-    ("bureau dashboard", "/console/"),
-    ("students, first page", "/console/students"),
-    ("students not visited", "/console/students?state=unvisited"),
-    ("students overdue, one school", "/console/students?state=overdue&school=7"),
-    ("follow-ups, first page", "/console/followups"),
-    ("follow-ups overdue", "/console/followups?state=overdue"),
-    ("audit log", "/console/audit"),
+    ("bureau dashboard", "/console/", BUREAU),
+    ("students, first page", "/console/students", BUREAU),
+    ("students not visited", "/console/students?state=unvisited", BUREAU),
+    ("students overdue, one school", "/console/students?state=overdue&school=7", BUREAU),
+    ("follow-ups, first page", "/console/followups", BUREAU),
+    ("follow-ups overdue", "/console/followups?state=overdue", BUREAU),
+    ("audit log", "/console/audit", BUREAU),
+    ("school dashboard", "/console/", COORDINATOR),
+    ("school: students not visited", "/console/students?state=unvisited", COORDINATOR),
+    ("school: follow-ups open", "/console/followups?state=open", COORDINATOR),
 ]
 
 
@@ -123,14 +128,17 @@ async def run(url: str, args: argparse.Namespace) -> None:
     deps = Deps(db, form, FixedClock(), load_calendar(settings.calendar_path))
     server = TestServer(create_app(settings, deps, serving=False), host="127.0.0.1")
     await server.start_server()
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar) as http:
-        with db.begin() as conn:
-            token = issue_console_token(conn, "B00001", NOW)
-        base = str(server.make_url("")).rstrip("/")
-        async with http.get(f"{base}/console/login?token={token}", allow_redirects=False) as r:
-            assert r.status == 303, r.status
-        for label, path in [p for p in PAGES if args.pages in p[0]]:
+    base = str(server.make_url("")).rstrip("/")
+    browsers: dict[str, aiohttp.ClientSession] = {}
+    try:
+        for who in (BUREAU, COORDINATOR):  # one signed-in browser each
+            http = browsers[who] = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+            with db.begin() as conn:
+                token = issue_console_token(conn, who, NOW)
+            async with http.get(f"{base}/console/login?token={token}", allow_redirects=False) as r:
+                assert r.status == 303, r.status
+        for label, path, who in [p for p in PAGES if args.pages in p[0]]:
+            http = browsers[who]
             times, cpu = [], []
             for _ in range(args.repeat):
                 start, cpu0 = time.perf_counter(), time.process_time()
@@ -146,6 +154,9 @@ async def run(url: str, args: argparse.Namespace) -> None:
             )
             if args.profile:
                 await _profile(db, http, base + path, args.explain)
+    finally:
+        for http in browsers.values():
+            await http.close()
     await server.close()
     db.close()
 
