@@ -25,6 +25,7 @@ from sqlalchemy import (
     delete,
     distinct,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -34,7 +35,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import Integer
 
 from bot.core.console_ports import (
     CONSOLE_ROLES,
@@ -82,6 +87,7 @@ from storage.schema import (
     followups,
     identities,
     schools,
+    signin_attempts,
     staff,
     student_categories,
     students,
@@ -189,6 +195,29 @@ def _open_session(conn: Connection, row: Any, session: NewSession, now: datetime
 
 
 # ---------------------------------------------------------------------------- visit status
+class _position(FunctionElement[int]):
+    """Where the second text starts in the first, 0 if nowhere (case-sensitive, unlike
+    SQLite's LIKE): `instr` on SQLite, `strpos` on PostgreSQL."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(_position, "sqlite")
+def _instr(element: _position, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"instr({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_position, "postgresql")
+def _strpos(element: _position, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strpos({compiler.process(element.clauses, **kw)})"
+
+
+def _categories_of(text: str) -> list[str]:
+    """`students.categories` (",孤儿,低保,") as a list."""
+    return [c for c in text.split(",") if c]
+
+
 def _by_cycle(lr: Any, since: datetime, late: datetime) -> ColumnElement[int]:
     return case((lr < _at(late), 3), (lr < _at(since), 2), else_=0)
 
@@ -197,17 +226,14 @@ def _state(cut: CycleCutoffs, lr: Any, lu: Any) -> ColumnElement[int]:
     """0 visited, 1 pending (a failed attempt, retry not yet due), 2 due, 3 overdue.
 
     A student's categories matter only when the last reached visit falls where cycles of
-    different lengths disagree, so the category lookups (an index probe each) run for those
-    students alone: a city's dashboard reads `students` once, with no join.
+    different lengths disagree; they are read from `students.categories` (kept by triggers), so a
+    city's dashboard reads `students` once, with no join.
     """
     retry = and_(lu.is_not(None), or_(lr.is_(None), lu > lr))
     cycles = [(cut.since, cut.late)] + [(since, late) for _, since, late in cut.by_category]
-    cat = student_categories.alias("cat")  # (the outer query may join student_categories)
     by_category = [
         (
-            exists().where(
-                cat.c.student_id == students.c.id, cat.c.category.in_(sorted(categories))
-            ),
+            or_(*(_position(students.c.categories, f",{c},") > 0 for c in sorted(categories))),
             _by_cycle(lr, since, late),
         )
         for categories, since, late in cut.by_category
@@ -230,6 +256,15 @@ def _in_scope(scope: Scope) -> list[ColumnElement[bool]]:
     if scope.school_id is not None:
         where.append(students.c.school_id == scope.school_id)
     return where
+
+
+def _of_students_in_scope(student_id: ColumnElement[int], scope: Scope) -> ColumnElement[bool]:
+    """A row of an active student in scope, without reading `students` for a city: the bureau
+    excludes the few inactive students (`ix_students_inactive`) rather than joining them all."""
+    if scope.school_id is None:
+        inactive = students.alias("inactive")
+        return ~exists().where(inactive.c.id == student_id, inactive.c.active == false())
+    return student_id.in_(select(students.c.id).where(*_in_scope(scope)))
 
 
 def _status(scope: Scope, cut: CycleCutoffs) -> tuple[Any, ColumnElement[int], Any, Any]:
@@ -280,11 +315,39 @@ def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-def _hour_bucket(conn: Connection) -> ColumnElement[str]:
-    """The UTC hour of a visit as 'YYYY-MM-DD HH' (SQLite keeps the time as that text)."""
+def _hour_bucket(conn: Connection) -> ColumnElement[Any]:
+    """The UTC hour of a visit: PostgreSQL's `date_bin` (cheaper per row than formatting it,
+    PostgreSQL 14+), SQLite's stored text 'YYYY-MM-DD HH:MM:SS' cut to 'YYYY-MM-DD HH'."""
     if conn.dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", visits.c.submitted_at), "YYYY-MM-DD HH24")
+        return func.date_bin(
+            literal_column("interval '1 hour'"),
+            visits.c.submitted_at,
+            literal_column("timestamptz '2000-01-01 00:00+00'"),
+        )
     return func.substr(visits.c.submitted_at, 1, 13)
+
+
+def _utc_hour(value: datetime | str) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return datetime.strptime(value, "%Y-%m-%d %H").replace(tzinfo=UTC)
+
+
+def _distinct_categories(conn: Connection) -> list[str]:
+    """Every category in use, by hopping along `ix_student_categories_category` (one probe per
+    category) rather than reading its 100,000s of entries: PostgreSQL has no skip scan."""
+    c = student_categories.c.category
+    hop = select(func.min(c).label("category")).cte("hop", recursive=True)
+    hop = hop.union_all(
+        select(select(func.min(c)).where(c > hop.c.category).scalar_subquery()).where(
+            hop.c.category.is_not(None)
+        )
+    )
+    return list(
+        conn.execute(
+            select(hop.c.category).where(hop.c.category.is_not(None)).order_by(hop.c.category)
+        ).scalars()
+    )
 
 
 # ---------------------------------------------------------------------------- roster problems
@@ -522,6 +585,22 @@ class SqlConsole:
 
         await self.db.run(work)
 
+    async def signin_attempt(
+        self, address_hash: str, now: datetime, limit: int, window: timedelta
+    ) -> bool:
+        def work(conn: Connection) -> bool:
+            a = signin_attempts.c
+            conn.execute(delete(signin_attempts).where(a.at <= _at(now - window)))
+            made = conn.execute(
+                select(func.count()).where(a.address == address_hash, a.at > _at(now - window))
+            ).scalar_one()
+            if made >= limit:
+                return False
+            conn.execute(insert(signin_attempts).values(address=address_hash, at=now))
+            return True
+
+        return bool(await self.db.run(work))
+
     # ------------------------------------------------------------------ dashboard
     async def dashboard(
         self,
@@ -547,35 +626,48 @@ class SqlConsole:
         channels: Sequence[str],
     ) -> Dashboard:
         by_school = scope.everything
-        # Grouped by the state too, so that SQL evaluates each student's state once (an
-        # expression used in several aggregates would be computed for each); summed here.
+        # One scan of `students`, grouped by the state too (so that SQL evaluates each student's
+        # state once; an expression used in several aggregates would be computed for each) and
+        # by the student's categories (",孤儿,低保,": a few dozen combinations); summed here.
         joined, state, unreachable, never = _status(scope, cut)
         key = students.c.school_id if by_school else students.c.class_name
         tallies: dict[Any, dict[str, int]] = {}
-        for r in conn.execute(
+        by_set: dict[str, list[int]] = {}  # a set of categories: visited, total
+        for k, categories, st, unreached, never_visited, n in conn.execute(
             select(
                 key.label("key"),
+                students.c.categories,
                 state.label("state"),
-                unreachable.label("unreachable"),
-                never.label("never"),
+                func.sum(unreachable).label("unreachable"),
+                func.sum(never).label("never"),
                 func.count().label("n"),
             )
             .select_from(joined)
             .where(*_in_scope(scope))
             .group_by(  # (the state first: PostgreSQL would sort by school through its index)
                 literal_column("state"),
-                literal_column("unreachable"),
-                literal_column("never"),
                 literal_column("key"),
+                students.c.categories,
             )
-        ):
-            t = tallies.setdefault(r.key, dict.fromkeys(_TALLY_KEYS, 0))
-            t["total"] += r.n
-            t["visited"] += r.n if r.state == 0 else 0
-            t["due"] += r.n if r.state >= 2 else 0
-            t["overdue"] += r.n if r.state == 3 else 0
-            t["never"] += r.n * r.never
-            t["unreachable"] += r.n * r.unreachable
+        ):  # (thousands of rows for a city: kept to plain additions)
+            t = tallies.get(k) or tallies.setdefault(k, dict.fromkeys(_TALLY_KEYS, 0))
+            t["total"] += n
+            t["never"] += never_visited
+            t["unreachable"] += unreached
+            counts = by_set.get(categories) or by_set.setdefault(categories, [0, 0])
+            counts[1] += n
+            if st == 0:
+                t["visited"] += n
+                counts[0] += n
+            elif st >= 2:
+                t["due"] += n
+                t["overdue"] += n if st == 3 else 0
+        by_category: dict[str, list[int]] = {}
+        for categories, (visited, n) in by_set.items():
+            for category in _categories_of(categories):
+                counts = by_category.setdefault(category, [0, 0])
+                counts[0] += visited
+                counts[1] += n
         names: dict[Any, str] = {}
         if by_school:
             names = dict(conn.execute(select(schools.c.id, schools.c.name)).all())
@@ -584,22 +676,6 @@ class SqlConsole:
             Tally(str(k), names.get(k, str(k)), tallies[k]["visited"], tallies[k]["total"])
             for k in order
         ]
-        by_category: dict[str, list[int]] = {}
-        for r in conn.execute(
-            select(
-                student_categories.c.category,
-                state.label("state"),
-                func.count().label("n"),
-            )
-            .select_from(
-                joined.join(student_categories, student_categories.c.student_id == students.c.id)
-            )
-            .where(*_in_scope(scope))
-            .group_by(student_categories.c.category, literal_column("state"))
-        ):
-            counts = by_category.setdefault(r.category, [0, 0])
-            counts[0] += r.n if r.state == 0 else 0
-            counts[1] += r.n
         category_rows = sorted(by_category.items(), key=lambda kv: (-kv[1][1], kv[0]))
         in_window = [
             visits.c.status == VisitStatus.SUBMITTED.value,
@@ -616,7 +692,7 @@ class SqlConsole:
             .where(*in_window)
             .group_by(literal_column("hour"))
         ).all()
-        per_hour = [(datetime.strptime(h, "%Y-%m-%d %H").replace(tzinfo=UTC), n) for h, n in hours]
+        per_hour = [(_utc_hour(h), n) for h, n in hours]
         need_rows = conn.execute(
             select(
                 followups.c.kind,
@@ -628,8 +704,7 @@ class SqlConsole:
                 ),
                 _count_if(followups.c.status == FollowUpStatus.ESCALATED.value).label("escalated"),
             )
-            .select_from(followups.join(students, students.c.id == followups.c.student_id))
-            .where(*_in_scope(scope))
+            .where(_of_students_in_scope(followups.c.student_id, scope))
             .group_by(followups.c.kind)
         ).all()
         order = list(self.kind_labels)
@@ -675,8 +750,9 @@ class SqlConsole:
                 func.count().label("open"),
                 _count_if(followups.c.due_date < today).label("overdue"),
             )
-            .select_from(followups.join(students, students.c.id == followups.c.student_id))
-            .where(followups.c.status.in_(OPEN), *_in_scope(scope))
+            .where(
+                followups.c.status.in_(OPEN), _of_students_in_scope(followups.c.student_id, scope)
+            )
             .group_by(followups.c.owner_staff_id)
             .subquery("open_fu")
         )
@@ -756,13 +832,7 @@ class SqlConsole:
                 school_q = school_q.where(schools.c.id == scope.school_id)
             if scope.everything:  # a city has too many classes and teachers for a menu
                 classes: list[str] = []
-                categories = list(
-                    conn.execute(
-                        select(student_categories.c.category)
-                        .distinct()
-                        .order_by(student_categories.c.category)
-                    ).scalars()
-                )
+                categories = _distinct_categories(conn)
             else:
                 classes = list(
                     conn.execute(
@@ -953,29 +1023,45 @@ class SqlConsole:
         self, conn: Connection, scope: Scope, today: date, query: FollowUpQuery
     ) -> Page[FollowUpRow]:
         owner = staff.alias("owner")
+        # The same rows twice: `where` over the page's joins, `alone` over `followups` by
+        # itself for the count (semi- and anti-joins: a city's count reads no student rows).
         where = list(_in_scope(scope))
+        alone = [_of_students_in_scope(followups.c.student_id, scope)]
         states: dict[str, ColumnElement[bool]] = {
             "open": followups.c.status.in_(OPEN),
             "overdue": and_(followups.c.status.in_(OPEN), followups.c.due_date < today),
             "escalated": followups.c.status == FollowUpStatus.ESCALATED.value,
             "done": followups.c.status == FollowUpStatus.DONE.value,
         }
+        own: list[ColumnElement[bool]] = []
         if query.state in states:
-            where.append(states[query.state])
+            own.append(states[query.state])
         if query.kind:
-            where.append(followups.c.kind == query.kind)
+            own.append(followups.c.kind == query.kind)
+        if query.student_id is not None:
+            own.append(followups.c.student_id == query.student_id)
+        where += own
+        alone += own
         if query.owner:
             where.append(owner.c.staff_no == query.owner)
+            alone.append(
+                followups.c.owner_staff_id.in_(
+                    select(staff.c.id).where(staff.c.staff_no == query.owner)
+                )
+            )
         if query.school_id is not None:
             where.append(students.c.school_id == query.school_id)
-        if query.student_id is not None:
-            where.append(followups.c.student_id == query.student_id)
+            alone.append(
+                followups.c.student_id.in_(
+                    select(students.c.id).where(students.c.school_id == query.school_id)
+                )
+            )
         joined = (
             followups.join(students, students.c.id == followups.c.student_id)
             .join(schools, schools.c.id == students.c.school_id)
             .join(owner, owner.c.id == followups.c.owner_staff_id)
         )
-        total = conn.execute(select(func.count()).select_from(joined).where(*where)).scalar_one()
+        total = conn.execute(select(func.count()).where(*alone)).scalar_one()
         sorts: dict[str, list[Any]] = {
             "due": [followups.c.due_date],
             "created": [followups.c.created_at],

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -105,6 +106,10 @@ students = Table(
     # `visits` (see `VISIT_TRIGGERS`), so that coverage of a whole city is a scan of this table.
     Column("last_reached_at", UtcDateTime, nullable=True),
     Column("last_unreached_at", UtcDateTime, nullable=True),
+    # The student's aid categories as ",孤儿,低保," ("" for none), kept by triggers on
+    # `student_categories` (see `CATEGORY_TRIGGERS`): coverage by category and the category
+    # cycles need no join. (The roster splits categories on commas, so none contains one.)
+    Column("categories", Text, nullable=False, server_default=""),
     # Covers the console's figures: a city's coverage is one scan of this index.
     Index(
         "ix_students_status",
@@ -113,6 +118,14 @@ students = Table(
         "class_name",
         "last_reached_at",
         "last_unreached_at",
+        "categories",
+    ),
+    # The few inactive students: what a city's figures over visits and follow-ups leave out.
+    Index(
+        "ix_students_inactive",
+        "id",
+        sqlite_where=text("active = 0"),
+        postgresql_where=text("active = false"),
     ),
 )
 
@@ -321,6 +334,16 @@ console_sessions = Table(
     Column("ended_at", UtcDateTime, nullable=True),
 )
 
+# Console sign-in attempts per client address, shared by every instance (the rate limit).
+signin_attempts = Table(
+    "signin_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("address", String(64), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_signin_attempts_address_at", "address", "at"),
+)
+
 # A roster upload between its preview and its apply: the files, for that session only.
 console_uploads = Table(
     "console_uploads",
@@ -411,6 +434,64 @@ BACKFILL_LAST_VISITS = """UPDATE students SET
   last_unreached_at = (SELECT max(v.submitted_at) FROM visits v WHERE v.student_id = students.id
                        AND v.status = 'submitted' AND v.reached = {no})"""
 
+# students.categories follows every write of `student_categories` (the roster import, an
+# erasure, a test's own insert). The conversation never writes categories, so the chat path
+# runs none of these.
+_CATEGORIES_OF = {
+    "sqlite": "coalesce((SELECT ',' || group_concat(category, ',') || ',' FROM "
+    "(SELECT category FROM student_categories WHERE student_id = {id} "
+    "ORDER BY category)), '')",
+    "postgresql": "coalesce((SELECT ',' || string_agg(category, ',' ORDER BY category) || ',' "
+    "FROM student_categories WHERE student_id = {id}), '')",
+}
+
+
+def _set_categories(dialect: str, who: str) -> str:
+    of = _CATEGORIES_OF[dialect].format(id=f"{who}.student_id")
+    return f"UPDATE students SET categories = {of} WHERE id = {who}.student_id"
+
+
+CATEGORY_TRIGGERS = {
+    "sqlite": (
+        "CREATE TRIGGER student_categories_insert AFTER INSERT ON student_categories "
+        f"BEGIN {_set_categories('sqlite', 'NEW')}; END",
+        "CREATE TRIGGER student_categories_update AFTER UPDATE ON student_categories "
+        f"BEGIN {_set_categories('sqlite', 'NEW')}; {_set_categories('sqlite', 'OLD')}; END",
+        "CREATE TRIGGER student_categories_delete AFTER DELETE ON student_categories "
+        f"BEGIN {_set_categories('sqlite', 'OLD')}; END",
+    ),
+    # Once per statement over its transition tables: a city's import inserts 100,000s of rows.
+    "postgresql": (
+        "CREATE FUNCTION student_categories_refresh() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN IF TG_OP <> 'DELETE' THEN UPDATE students SET categories = "
+        + _CATEGORIES_OF["postgresql"].format(id="students.id")
+        + " WHERE id IN (SELECT student_id FROM new_rows); END IF; "
+        "IF TG_OP <> 'INSERT' THEN UPDATE students SET categories = "
+        + _CATEGORIES_OF["postgresql"].format(id="students.id")
+        + " WHERE id IN (SELECT student_id FROM old_rows); END IF; RETURN NULL; END $$",
+        "CREATE TRIGGER student_categories_insert AFTER INSERT ON student_categories "
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT "
+        "EXECUTE FUNCTION student_categories_refresh()",
+        "CREATE TRIGGER student_categories_update AFTER UPDATE ON student_categories "
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT "
+        "EXECUTE FUNCTION student_categories_refresh()",
+        "CREATE TRIGGER student_categories_delete AFTER DELETE ON student_categories "
+        "REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT "
+        "EXECUTE FUNCTION student_categories_refresh()",
+    ),
+}
+BACKFILL_CATEGORIES = {
+    dialect: "UPDATE students SET categories = " + of.format(id="students.id")
+    for dialect, of in _CATEGORIES_OF.items()
+}
+
+for _dialect, _statements in CATEGORY_TRIGGERS.items():
+    for _statement in _statements:
+        event.listen(
+            student_categories,
+            "after_create",
+            DDL(_statement).execute_if(dialect=_dialect),  # type: ignore[no-untyped-call]
+        )
 for _statement in SQLITE_TRIGGERS:
     event.listen(
         visits,

@@ -2,8 +2,8 @@
 
 Each security rule of issue 13 has a test here: one-time links (reused, expired, forged, a
 teacher's), sessions (idle and absolute timeouts, logout, deactivation, role change), CSRF,
-cookies, headers, the per-address rate limit, WeCom's web authorisation against a local fake,
-and the chat word 后台.
+cookies, headers, the per-address rate limit (shared by instances), WeCom's web authorisation
+against a local fake, and the chat word 后台.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from bot.core.signin import secret_hash
 from bot.deps import Deps
 from config.settings import Secret, Settings, WeComSettings
 from handlers import texts
-from storage.schema import console_sessions, console_tokens, identities, staff
+from storage.db import Database
+from storage.schema import console_sessions, console_tokens, identities, signin_attempts, staff
 from tests import fake_wecom
 from tests.conftest import ChatDriver, FakeClock
 from tests.console_kit import ConsoleClient, issue_link, set_staff, start_console
@@ -233,6 +234,34 @@ async def test_sign_in_attempts_are_limited_per_address(web: ConsoleClient) -> N
     async with await web.get(f"/console/login?token={token}") as r:
         assert r.status == 429 and "hv_console" not in r.cookies
     assert not await _signed_in(web)
+
+
+async def test_the_limit_holds_across_instances_and_passes(
+    web: ConsoleClient, settings: Settings, deps: Deps, clock: FakeClock
+) -> None:
+    """Two instances on one database (their own engines, as behind a load balancer) share the
+    count; the database keeps hashes, not addresses; after the window a link works again."""
+    other_db = Database(settings.database_url)
+    try:
+        async for other in start_console(settings, replace(deps, db=other_db)):
+            for client in [web, other] * 5:
+                async with await client.get("/console/login?token=" + "A" * 43) as r:
+                    assert r.status == 403
+            for client in (web, other):
+                token = issue_link(deps.db, "C001", deps)
+                async with await client.get(f"/console/login?token={token}") as r:
+                    assert r.status == 429 and "hv_console" not in r.cookies
+            with deps.db.begin() as conn:
+                kept = set(conn.execute(select(signin_attempts.c.address)).scalars())
+            assert kept == {secret_hash("127.0.0.1")}
+            clock.advance(minutes=5, seconds=1)
+            token = issue_link(deps.db, "C001", deps)
+            async with await other.get(f"/console/login?token={token}") as r:
+                assert r.status == 303
+            with deps.db.begin() as conn:  # the old attempts are gone, the new one counted
+                assert len(conn.execute(select(signin_attempts)).all()) == 1
+    finally:
+        other_db.close()
 
 
 async def test_no_token_reaches_the_log(

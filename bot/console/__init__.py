@@ -54,7 +54,7 @@ def build(
 ) -> web.Application:
     console = web.Application(middlewares=[console_middleware])
     console[CONFIG] = ConsoleConfig(store, clock, settings.public_url.startswith("https://"))
-    console[LIMITER] = AttemptLimiter()
+    console[LIMITER] = AttemptLimiter(store)
     wecom = settings.wecom
     console[WIRING] = Wiring(
         form,

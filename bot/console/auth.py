@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,27 +56,18 @@ class ConsoleConfig:
 CONFIG = web.AppKey("console_config", ConsoleConfig)
 
 
+@dataclass(frozen=True, slots=True)
 class AttemptLimiter:
-    """At most `limit` sign-in attempts per client address within `window` (in memory, per
-    process: a burst of guessed tokens is cut off long before 2^256 matters, and a proxy in front
-    should pass the client address through)."""
+    """At most `limit` sign-in attempts per client address within `window`, counted in the
+    database so that every instance behind a load balancer shares the count (a proxy in front
+    must pass the client address through). Addresses are kept only as hashes."""
 
-    def __init__(self, limit: int = 10, window: timedelta = timedelta(minutes=5)) -> None:
-        self.limit = limit
-        self.window = window
-        self._seen: dict[str, deque[datetime]] = {}
+    store: ConsoleStore
+    limit: int = 10
+    window: timedelta = timedelta(minutes=5)
 
-    def allow(self, address: str, now: datetime) -> bool:
-        times = self._seen.setdefault(address, deque())
-        while times and now - times[0] >= self.window:
-            times.popleft()
-        if len(times) >= self.limit:
-            return False
-        times.append(now)
-        if len(self._seen) > 10_000:  # forget idle addresses
-            for key in [k for k, v in self._seen.items() if not v]:
-                del self._seen[key]
-        return True
+    async def allow(self, address: str, now: datetime) -> bool:
+        return await self.store.signin_attempt(secret_hash(address), now, self.limit, self.window)
 
 
 LIMITER = web.AppKey("console_limiter", AttemptLimiter)

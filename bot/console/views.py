@@ -122,10 +122,10 @@ async def signin_help(request: web.Request) -> web.StreamResponse:
     return page(request, "signin.html", {"wecom": w.wecom_user is not None, "reason": ""})
 
 
-def _limited(request: web.Request) -> bool:
+async def _limited(request: web.Request) -> bool:
     config = request.config_dict[CONFIG]
     address = request.remote or "unknown"
-    return not request.config_dict[LIMITER].allow(address, config.clock.now())
+    return not await request.config_dict[LIMITER].allow(address, config.clock.now())
 
 
 def _signed_in_response(request: web.Request, raw: str) -> web.HTTPSeeOther:
@@ -144,7 +144,7 @@ async def _end_current(request: web.Request) -> None:
 
 async def login(request: web.Request) -> web.StreamResponse:
     """Exchange a one-time link for a session (303 to the dashboard)."""
-    if _limited(request):
+    if await _limited(request):
         return page(request, "signin.html", {"reason": "limited"}, status=429)
     token = request.query.get("token", "")
     config = request.config_dict[CONFIG]
@@ -191,7 +191,7 @@ async def wecom_callback(request: web.Request) -> web.StreamResponse:
     w = request.config_dict[WIRING]
     if w.wecom_user is None:
         raise web.HTTPNotFound()
-    if _limited(request):
+    if await _limited(request):
         return page(request, "signin.html", {"reason": "limited"}, status=429)
     state, expected = request.query.get("state", ""), request.cookies.get(STATE_COOKIE, "")
     code = request.query.get("code", "")

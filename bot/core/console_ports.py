@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -319,6 +319,14 @@ class ConsoleStore(Protocol):
         ...
 
     async def end_session(self, session_hash: str, now: datetime) -> None: ...
+
+    async def signin_attempt(
+        self, address_hash: str, now: datetime, limit: int, window: timedelta
+    ) -> bool:
+        """Count a sign-in attempt from this (hashed) client address, for every instance
+        sharing the database; False, and not counted, when `limit` attempts were already made
+        within `window`."""
+        ...
 
     async def dashboard(
         self,
