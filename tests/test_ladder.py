@@ -393,6 +393,9 @@ async def test_reminders_and_digests_show_who_holds_what(
     )
     assert "负责：李示例" in digest
     assert "已确认 1 项：\n· 周小禾（三年级1班） · 平板/电脑 · 逾期7天 · 负责：甲协调" in digest
+    # each escalation's history, without the notes (free text stays out of digests)
+    assert "  经过：3月11日 上报学校 → 3月11日 已通知 甲协调 → 3月11日 转交给 李示例\n" in digest
+    assert digest.count("确认负责 甲协调") == 1 and "我来跟进" not in digest
 
 
 # ---------------------------------------------------------------------------- three weeks
