@@ -11,8 +11,10 @@ member's name, an answer, a note, a platform user id or a token. Names are ficti
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -20,21 +22,28 @@ import pytest
 from aiohttp import ClientSession, CookieJar
 from aiohttp.test_utils import TestServer
 from alembic import command
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
+from bot.app import JOBS, create_app
+from bot.channels import wechat
 from bot.cli import main as homevisit
+from bot.core.binding import ALPHABET
 from bot.deps import Deps
 from bot.jobs import DIGEST, REMIND
+from bot.web import DELIVERY
 from config.forms import Form
 from config.settings import Settings
 from handlers import texts
 from storage.migrate import alembic_config
-from storage.schema import visits
+from storage.schema import identities, staff, visits
+from tests import fake_wechat
 from tests import test_dingtalk as dt
+from tests import test_wechat as wc
 from tests.conftest import ChatDriver, FakeClock
 from tests.console_kit import ConsoleClient, issue_link
 from tests.fake_dingtalk import FakeDingTalk
 from tests.fake_wecom import SECRET
+from tests.test_binding import code_for
 from tests.test_schedule import World, local, world  # noqa: F401  (fixtures)
 from tests.test_sensitive import CHECKIN, NOTE, OTHER
 from tests.test_wecom import (  # noqa: F401  (fixtures)
@@ -256,3 +265,90 @@ async def test_no_personal_data_in_dingtalk_logs(
         if secret in formatted(r)
     ]
     assert leaks == []
+
+
+def leaks_in(records: list[logging.LogRecord], secrets: list[str]) -> list[tuple[str, str]]:
+    return [(s, formatted(r)[:300]) for r in records for s in secrets if s in formatted(r)]
+
+
+# ---------------------------------------------------------------------------- WeChat
+async def test_no_personal_data_in_wechat_logs(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    bot: ChatDriver,
+    clock: FakeClock,
+) -> None:
+    """The same over the WeChat Official Account in safe mode: a check-in with a note, binding
+    by code, refused callbacks, a crash inside a turn, a reply and a reminder pushed through the
+    fake server API (the reminder after a failed first try)."""
+    newcomer = "oTeacherLi00000000000000003"
+    code = await code_for(bot, "T002")
+    wrong_code = next(c for c in ALPHABET if c != code[0]) + code[1:]
+    secrets = [*STUDENTS, *STAFF, *ANSWERS, NOTE, OTHER, CRASH_NOTE, wc.OPENID, newcomer]
+    secrets += [code, code.lower(), wrong_code, fake_wechat.APP_SECRET, wc.TOKEN, wc.AES_KEY]
+    quoted = f"周小禾 {CRASH_NOTE} {wc.OPENID}"
+
+    def crash(self: Form, answers: object, today: date) -> list[object]:
+        raise RuntimeError(quoted)
+
+    with deps.db.begin() as conn:  # T001 bound as `wc.bound` does it
+        staff_id = conn.execute(select(staff.c.id).where(staff.c.staff_no == "T001")).scalar_one()
+        conn.execute(
+            insert(identities).values(channel="wechat", external_id=wc.OPENID, staff_id=staff_id)
+        )
+    async with fake_wechat.running() as api, ClientSession() as web_client:
+        api.followers |= {wc.OPENID, newcomer}
+        api.in_window |= {wc.OPENID, newcomer}
+        conf = replace(settings, wechat=wc.wechat_config(api))
+        app = create_app(conf, deps)
+        async with TestServer(app, host="127.0.0.1") as server:
+            wx = wc.Peer(web_client, server, clock)
+            for text in ["家访", "周小禾", "99", *CHECKIN, "提交"]:
+                await wx.say(text)
+            # binding by code: first a wrong code, then the right one
+            assert await wx.say(f"绑定 T002 {wrong_code}", user=newcomer) == texts.BIND_WRONG
+            done = await wx.say(f"绑定 T002 {code.lower()}", user=newcomer)
+            assert done.startswith(texts.BIND_DONE.format(name="李示例"))
+            # refused: bad signatures, a plain body, malformed and undecryptable envelopes
+            params = wx.query(wx.timestamp()) | {"signature": "f" * 40}
+            body = wc.message_xml(NOTE, msg_id="1").encode()
+            assert (await wx.post_raw(params, body))[0] == 403
+            assert (await wx.post_raw(wx.query(wx.timestamp()), body))[0] == 403
+            ts = wx.timestamp()
+            aes = wx.query(ts) | {"encrypt_type": "aes", "msg_signature": "0" * 40}
+            assert (await wx.post_raw(aes, f"<xml><oops>{NOTE}".encode()))[0] == 400
+            assert (await wx.post_raw(aes, b"<xml><Encrypt>QUJD</Encrypt></xml>"))[0] == 403
+            entity = f'<!DOCTYPE xml [<!ENTITY a "{NOTE}">]><xml><Content>&a;</Content></xml>'
+            assert (await wx.post(entity))[0] == 400
+            stranger = wx.query(wx.timestamp(), "oSomeoneElse000000000000004")
+            assert (await wx.post_raw(stranger, body))[0] == 403
+            # a crash inside a turn, its exception quoting a child's name, a note and the OpenID
+            monkeypatch.setattr(Form, "followups", crash)
+            for text in ["家访", "陈小树", *CHECKIN]:
+                await wx.say(text)
+            assert await wx.say("提交") == texts.APOLOGY
+            monkeypatch.undo()
+            # a turn over the reply budget: its reply goes by customer-service message
+            channel, budget = app[wechat.WECHAT_CHANNEL], app[wechat.WECHAT_CHANNEL].reply_budget
+            channel.reply_budget = 0.0
+            assert (await wx.send("家访")) == (200, "success")
+            await wc.eventually(lambda: len(api.texts(wc.OPENID)) == 2)  # "draft kept", list
+            channel.reply_budget = budget
+            # the reminder, its first try failing
+            api.failures.append("http 502")
+            assert (await app[JOBS].run(REMIND, clock.now())).queued >= 1
+            async with asyncio.timeout(10):  # (the app's own delivery loop runs as well)
+                while any(row.status != "sent" for row in wc.outbox_rows(deps)):
+                    await app[DELIVERY].run_once()
+                    clock.advance(seconds=31)  # past the retry's back-off
+            assert len(api.texts(wc.OPENID)) == 3 and api.failures == []
+    tokens = [f"stable-{n}" for n in range(1, api.token_calls + 1)]
+    with deps.db.begin() as conn:
+        submitted = select(func.count()).where(visits.c.status == "submitted")
+        assert conn.execute(submitted).scalar_one() == 1  # the crashed one stays a draft
+    assert any("turn failed" in r.getMessage() for r in caplog.records)
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    assert leaks_in(caplog.records, [*secrets, *tokens]) == []
