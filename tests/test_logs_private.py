@@ -12,14 +12,15 @@ member's name, an answer, a note, a platform user id or a token. Names are ficti
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import pytest
-from aiohttp import ClientSession, CookieJar
+from aiohttp import ClientSession, CookieJar, web
 from aiohttp.test_utils import TestServer
 from alembic import command
 from sqlalchemy import func, insert, select
@@ -38,10 +39,12 @@ from storage.migrate import alembic_config
 from storage.schema import identities, staff, visits
 from tests import fake_wechat
 from tests import test_dingtalk as dt
+from tests import test_feishu as fs
 from tests import test_wechat as wc
 from tests.conftest import ChatDriver, FakeClock
 from tests.console_kit import ConsoleClient, issue_link
 from tests.fake_dingtalk import FakeDingTalk
+from tests.fake_feishu import FakeFeishu
 from tests.fake_wecom import SECRET
 from tests.test_binding import code_for
 from tests.test_schedule import World, local, world  # noqa: F401  (fixtures)
@@ -352,3 +355,155 @@ async def test_no_personal_data_in_wechat_logs(
     assert any("turn failed" in r.getMessage() for r in caplog.records)
     assert any("refused" in r.getMessage() for r in caplog.records)
     assert leaks_in(caplog.records, [*secrets, *tokens]) == []
+
+
+# ---------------------------------------------------------------------------- Feishu
+@pytest.fixture
+async def feishu_fake(clock: FakeClock) -> AsyncIterator[FakeFeishu]:
+    peer = FakeFeishu(
+        app_id=fs.APP_ID,
+        app_secret=fs.APP_SECRET,
+        encrypt_key=fs.ENCRYPT_KEY,
+        verification_token=fs.VERIFICATION_TOKEN,
+        now=lambda: clock.now().timestamp(),
+    )
+    await peer.start()
+    yield peer
+    await peer.close()
+    assert peer.problems == []
+
+
+FEISHU_NEWCOMER = "ou_0123456789abcdef0123456789abcdef"
+
+
+async def feishu_scenario(
+    lark: FakeFeishu,
+    bot_app: web.Application,
+    push: Callable[[dict[str, object]], Awaitable[object]],
+    bot: ChatDriver,
+    deps: Deps,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[str]:
+    """What both Feishu modes go through once the events are in: a check-in with a note,
+    binding by code, a crash inside a turn quoting a child, and a reminder whose first send
+    fails. Returns what must not be logged."""
+    teacher, newcomer = fs.Teacher(), fs.Teacher(FEISHU_NEWCOMER)
+    code = await code_for(bot, "T002")
+    wrong_code = next(c for c in ALPHABET if c != code[0]) + code[1:]
+    quoted = f"周小禾 {CRASH_NOTE} {fs.OPEN_ID}"
+
+    def crash(self: Form, answers: object, today: date) -> list[object]:
+        raise RuntimeError(quoted)
+
+    async def say(who: fs.Teacher, text: str) -> str:
+        """Push the event; the first reply it gets."""
+        before = len(lark.messages)
+        await push(who.says(text))
+        await lark.wait_for(before + 1)
+        await fs.eventually(lambda: all(r.status == "sent" for r in fs.outbox_rows(deps)))
+        return lark.messages[before].text
+
+    for text in ["家访", "周小禾", "99", *CHECKIN]:
+        await say(teacher, text)
+    assert "已提交 周小禾" in await say(teacher, "提交")
+    assert await say(newcomer, f"绑定 T002 {wrong_code}") == texts.BIND_WRONG
+    assert (await say(newcomer, f"绑定 T002 {code.lower()}")).startswith("绑定成功")
+    monkeypatch.setattr(Form, "followups", crash)
+    for text in ["家访", "陈小树", *CHECKIN]:
+        await say(teacher, text)
+    assert await say(teacher, "提交") == texts.APOLOGY
+    monkeypatch.undo()
+    # the reminder, its first send failing
+    lark.send_errors.append((500, {"code": 1, "msg": "internal"}))
+    assert (await bot_app[JOBS].run(REMIND, clock.now())).queued >= 1
+    async with asyncio.timeout(10):  # (the app's own delivery loop runs as well)
+        while any(row.status != "sent" for row in fs.outbox_rows(deps)):
+            await bot_app[DELIVERY].run_once()
+            clock.advance(seconds=31)  # past the retry's back-off
+    assert lark.send_errors == [] and any(m.receive_id == FEISHU_NEWCOMER for m in lark.messages)
+    with deps.db.begin() as conn:
+        submitted = select(func.count()).where(visits.c.status == "submitted")
+        assert conn.execute(submitted).scalar_one() == 1  # the crashed one stays a draft
+    return [*STUDENTS, *STAFF, *ANSWERS, NOTE, OTHER, CRASH_NOTE, fs.OPEN_ID, FEISHU_NEWCOMER,
+            "zhang1", code, code.lower(), wrong_code, fs.APP_SECRET, fs.ENCRYPT_KEY,
+            fs.VERIFICATION_TOKEN, *lark.issued]  # fmt: skip
+
+
+async def test_no_personal_data_in_feishu_webhook_logs(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    bot: ChatDriver,
+    clock: FakeClock,
+    feishu_fake: FakeFeishu,
+) -> None:
+    """Feishu's webhook: the scenario above, and refused callbacks (signatures, bodies that
+    are not encrypted, not JSON or not an event, a wrong Verification Token), each quoting a
+    note."""
+    fs.give_feishu_id(deps)
+    lark = feishu_fake
+    async with (
+        ClientSession() as web_client,
+        fs.serving(fs.with_feishu(settings, lark), deps) as fs_server,
+    ):
+
+        async def push(payload: dict[str, object]) -> None:
+            assert await fs.deliver(web_client, fs_server, lark, payload) == (200, {})
+
+        async def refused(body: bytes, headers: dict[str, str]) -> int:
+            return (await fs.post(web_client, fs_server, body, headers))[0]
+
+        secrets = await feishu_scenario(lark, fs_server.app, push, bot, deps, clock, monkeypatch)
+        event = fs.message_event(NOTE, event_id="ev-refused")
+        body, headers = lark.webhook_request(event)
+        assert await refused(body, {**headers, "X-Lark-Signature": "0" * 64}) == 403
+        assert await refused(body.replace(b'"}', b'A"}'), headers) == 403
+        assert await refused(*lark.webhook_request(event, key="not-our-key")) == 403
+        stale = int(clock.now().timestamp()) - 7200
+        assert await refused(*lark.webhook_request(event, timestamp=stale)) == 403
+        plain = json.dumps(event, ensure_ascii=False).encode()
+        assert await refused(plain, fs._signed_body(lark, clock, plain)) == 400
+        broken = f'{{"encrypt": "{NOTE}'.encode()
+        assert await refused(broken, fs._signed_body(lark, clock, broken)) == 400
+        assert await refused(*lark.webhook_request(f"{{{NOTE}")) == 400
+        assert await refused(*lark.webhook_request(fs.message_event(NOTE, token="x"))) == 403
+        no_sender = fs.message_event(NOTE, event_id="ev-no-sender")
+        del no_sender["event"]["sender"]["sender_id"]
+        assert await refused(*lark.webhook_request(no_sender)) == 400
+    assert any("turn failed" in r.getMessage() for r in caplog.records)
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    assert leaks_in(caplog.records, secrets) == []
+
+
+async def test_no_personal_data_in_feishu_long_connection_logs(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    bot: ChatDriver,
+    clock: FakeClock,
+    feishu_fake: FakeFeishu,
+) -> None:
+    """Feishu's long connection: the scenario above, and frames that are not protobuf, events
+    that are not JSON or not readable, each quoting a note."""
+    fs.give_feishu_id(deps)
+    lark = feishu_fake
+    async with fs.serving(fs.with_feishu(settings, lark, "ws"), deps) as fs_server:
+        secrets = await feishu_scenario(
+            lark, fs_server.app, lark.push_event, bot, deps, clock, monkeypatch
+        )
+        acks = len(lark.acks)
+        await lark.send_raw(b"\xff\xff" + NOTE.encode())
+        [broken] = lark.data_frames(f"{{{NOTE}".encode(), "ws-broken", 1)
+        await lark.send_raw(broken)
+        no_sender = fs.message_event(NOTE, event_id="ev-no-sender")
+        del no_sender["event"]["sender"]["sender_id"]
+        await lark.push_event(no_sender)
+        await fs.eventually(lambda: len(lark.acks) == acks + 2)
+    assert any("turn failed" in r.getMessage() for r in caplog.records)
+    assert any("ignored" in r.getMessage() for r in caplog.records)
+    assert leaks_in(caplog.records, secrets) == []
