@@ -5,8 +5,13 @@ over WeCom (encrypted callbacks), the generic JSON channel and the console chat;
 bad signatures, malformed and oversized bodies, a wrong bearer token; a crash inside a turn whose
 exception message quotes a child's name and note; reminders and digests; the coordinator console
 (sign-in, student page, export); the CLI's exports, student export and erasure and their error
-paths. No log record (message, arguments, exception text) may hold a student's or a staff
-member's name, an answer, a note, a platform user id or a token. Names are fictional.
+paths. Then each other channel on its own, against its local fake platform: DingTalk's HTTP
+callbacks, the WeChat Official Account (safe mode) and Feishu (webhook and long connection), the
+last two also with binding by code (`绑定 工号 码`), a reply or reminder pushed through the fake
+server API after a failed first send, and refused callbacks or frames quoting a note. No log
+record (message, arguments, exception text) may hold a student's or a staff member's name, an
+answer, a note, a platform user id (OpenID, open_id), a binding code, an app secret or a token.
+Names are fictional.
 """
 
 from __future__ import annotations
