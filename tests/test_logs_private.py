@@ -333,6 +333,9 @@ async def test_no_personal_data_in_wechat_logs(
             assert (await wx.post(entity))[0] == 400
             stranger = wx.query(wx.timestamp(), "oSomeoneElse000000000000004")
             assert (await wx.post_raw(stranger, body))[0] == 403
+            verify = wx.query(wx.timestamp()) | {"signature": "0" * 40, "echostr": NOTE}
+            async with web_client.get(server.make_url(wechat.PATH), params=verify) as r:
+                assert r.status == 403
             # a crash inside a turn, its exception quoting a child's name, a note and the OpenID
             monkeypatch.setattr(Form, "followups", crash)
             for text in ["家访", "陈小树", *CHECKIN]:
@@ -420,7 +423,7 @@ async def feishu_scenario(
     assert await say(teacher, "提交") == texts.APOLOGY
     monkeypatch.undo()
     # the reminder, its first send failing
-    lark.send_errors.append((500, {"code": 1, "msg": "internal"}))
+    lark.send_errors.append((500, {"code": 1, "msg": f"internal error for {fs.OPEN_ID}"}))
     assert (await bot_app[JOBS].run(REMIND, clock.now())).queued >= 1
     async with asyncio.timeout(10):  # (the app's own delivery loop runs as well)
         while any(row.status != "sent" for row in fs.outbox_rows(deps)):
@@ -478,6 +481,8 @@ async def test_no_personal_data_in_feishu_webhook_logs(
         no_sender = fs.message_event(NOTE, event_id="ev-no-sender")
         del no_sender["event"]["sender"]["sender_id"]
         assert await refused(*lark.webhook_request(no_sender)) == 400
+        challenge = {"challenge": NOTE, "token": "not-ours", "type": "url_verification"}
+        assert await refused(*lark.webhook_request(challenge)) == 403
     assert any("turn failed" in r.getMessage() for r in caplog.records)
     assert any("refused" in r.getMessage() for r in caplog.records)
     assert leaks_in(caplog.records, secrets) == []
