@@ -15,6 +15,7 @@ from bot.core.console_ports import Principal
 
 AID = web.AppKey("console_aid", AidStore)
 REASON_LABELS = {"arrival": "入库", "correction": "更正"}
+LEDGER_LABELS = {**REASON_LABELS, "allocation": "发放"}
 
 
 def _me(request: web.Request) -> Principal:
