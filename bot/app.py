@@ -105,7 +105,7 @@ def install_console(
         deps.clock,
         reachable,
         wecom_user,
-        SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds)),
+        SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds), reachable),
     )
     console.install(app, sub)
 

@@ -1,0 +1,373 @@
+"""Allocation and delivery of aid items (#15) over both databases: open needs most urgent first,
+stock taken by one conditional UPDATE (never below zero, even with two coordinators at once), the
+teacher told once in the same transaction, deliveries, and need against supply; the console's
+allocate and deliver forms with CSRF and scope."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from bot.core.aid import POOL, StockError
+from bot.core.console_ports import Principal
+from bot.core.types import StaffRole
+from bot.deps import Deps
+from config.aid import DEFAULT_AID, load_aid_items
+from config.settings import Settings
+from storage.aid import SqlAid
+from storage.db import Database
+from storage.schema import (
+    aid_allocations,
+    aid_stock,
+    audit_log,
+    followups,
+    outbox,
+    schools,
+    staff,
+    student_categories,
+    students,
+    visits,
+)
+from tests.console_kit import ConsoleClient, add_school, start_console
+
+SCHOOL = "示例区实验小学"
+TABLET = "平板电脑"
+
+
+@pytest.fixture
+async def web(settings: Settings, deps: Deps) -> AsyncIterator[ConsoleClient]:
+    async for client in start_console(settings, deps):
+        yield client
+
+
+def school_id(deps: Deps, name: str = SCHOOL) -> int:
+    with deps.db.begin() as conn:
+        return int(conn.execute(select(schools.c.id).where(schools.c.name == name)).scalar_one())
+
+
+def aid(deps: Deps, db: Database | None = None) -> SqlAid:
+    items = load_aid_items(DEFAULT_AID, deps.form.followup_kinds)
+    return SqlAid(db or deps.db, items, ("wecom", "dingtalk"))
+
+
+def coordinator(deps: Deps, no: str = "C001", school: str = SCHOOL) -> Principal:
+    return Principal(
+        1, no, "协调", StaffRole.COORDINATOR, school_id(deps, school), school, "c", "s"
+    )
+
+
+def bureau() -> Principal:
+    return Principal(2, "B001", "教育局", StaffRole.BUREAU, None, None, "c", "s")
+
+
+def add_needs(
+    deps: Deps,
+    count: int,
+    *,
+    kind: str = "device",
+    school: str = SCHOOL,
+    owner: str = "T001",
+    prefix: str = "NEED",
+) -> list[int]:
+    """`count` students of `school`, each with one open follow-up of `kind` found on a visit by
+    `owner`: student i has been waiting i % 10 days, and every fourth is 低保 (every eighth also
+    孤儿). Returns the follow-up ids in order."""
+    now = deps.clock.now()
+    found = []
+    with deps.db.begin() as conn:
+        sid = conn.execute(select(schools.c.id).where(schools.c.name == school)).scalar_one()
+        tid = conn.execute(select(staff.c.id).where(staff.c.staff_no == owner)).scalar_one()
+        for i in range(count):
+            stu = conn.execute(
+                insert(students)
+                .values(
+                    student_no=f"{prefix}{i:03}",
+                    name=f"学生{prefix}{i}",
+                    school_id=sid,
+                    class_name="六年级1班",
+                    active=True,
+                )
+                .returning(students.c.id)
+            ).scalar_one()
+            cats = ["低保"] if i % 4 == 0 else []
+            cats += ["孤儿"] if i % 8 == 0 else []
+            for cat in cats:
+                conn.execute(insert(student_categories).values(student_id=stu, category=cat))
+            at = now - timedelta(days=i % 10)
+            visit = conn.execute(
+                insert(visits)
+                .values(
+                    student_id=stu,
+                    staff_id=tid,
+                    form_id="home_visit",
+                    form_version="1",
+                    status="submitted",
+                    method="phone",
+                    reached=True,
+                    answers={},
+                    started_at=at,
+                    updated_at=at,
+                    submitted_at=at,
+                )
+                .returning(visits.c.id)
+            ).scalar_one()
+            found.append(
+                conn.execute(
+                    insert(followups)
+                    .values(
+                        visit_id=visit,
+                        student_id=stu,
+                        owner_staff_id=tid,
+                        kind=kind,
+                        detail="缺平板",
+                        due_date=date(2026, 12, 31),
+                        status="open",
+                        created_at=at,
+                    )
+                    .returning(followups.c.id)
+                ).scalar_one()
+            )
+    return found
+
+
+def stock_of(deps: Deps, school: int, item: str = TABLET) -> int | None:
+    with deps.db.begin() as conn:
+        return conn.execute(
+            select(aid_stock.c.quantity).where(
+                aid_stock.c.school_id == school, aid_stock.c.item == item
+            )
+        ).scalar()
+
+
+def count(deps: Deps, table: object, *where: object) -> int:
+    with deps.db.begin() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())  # type: ignore[arg-type]
+
+
+def messages(deps: Deps) -> list[tuple[str, str, str, str]]:
+    with deps.db.begin() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                select(
+                    outbox.c.idempotency_key, outbox.c.channel, outbox.c.recipient, outbox.c.body
+                )
+                .where(outbox.c.kind == "aid")
+                .order_by(outbox.c.id)
+            )
+        ]
+
+
+async def test_seventeen_tablets_against_twenty_three_needs(deps: Deps) -> None:
+    """The district's story: 23 tablet needs, 17 tablets arrive, allocated most urgent first,
+    the teacher told of each, 15 deliveries confirmed (one twice: told), shortfall 6."""
+    store, me, now = aid(deps), coordinator(deps), deps.clock.now()
+    mine = me.school_id or 0
+    add_needs(deps, 23)
+    needs = await store.open_needs(me, TABLET, now)
+    assert len(needs) == 23
+    # most urgent first: two aid categories, then one, then none; within each, waited longest
+    ranks = [(len(n.aid_categories), n.days_open) for n in needs]
+    assert ranks == sorted(ranks, key=lambda r: (-r[0], -r[1]))
+    assert needs[0].aid_categories == ("孤儿", "低保")
+    assert {n.kind for n in needs} == {"device"} and needs[0].owner_name == "张示例"
+
+    assert await store.change_stock(me, mine, TABLET, 17, "arrival", "第一批", now) == 17
+    with pytest.raises(StockError, match="库存不足：平板电脑 现有 17，不能减少 18"):
+        await store.allocate(
+            me, mine, TABLET, [n.followup_id for n in needs[:18]], "courier", "SF1", now
+        )
+    assert stock_of(deps, mine) == 17 and count(deps, aid_allocations) == 0 and not messages(deps)
+
+    chosen = [n.followup_id for n in needs[:17]]
+    ids = await store.allocate(me, mine, TABLET, chosen, "courier", "SF123456", now)
+    assert len(ids) == 17 and stock_of(deps, mine) == 0
+    sent = messages(deps)
+    assert len(sent) == 17 and sent[0][:3] == (f"aid-allocated:{ids[0]}", "wecom", "zhanglaoshi")
+    assert needs[0].student_name in sent[0][3] and "快递（单号 SF123456）" in sent[0][3]
+    left = await store.open_needs(me, TABLET, now)
+    assert [n.followup_id for n in left] == [n.followup_id for n in needs[17:]]
+    # a retry of the same allocation (a reply lost in a crash) counts the stock once
+    await store.change_stock(me, mine, TABLET, 1, "arrival", "", now)
+    with pytest.raises(StockError, match="第1项需求已经发放过物品"):
+        await store.allocate(me, mine, TABLET, chosen[:1], "courier", "SF123456", now)
+    assert stock_of(deps, mine) == 1 and len(messages(deps)) == 17
+    await store.change_stock(me, mine, TABLET, -1, "correction", "", now)
+
+    for allocation in ids[:15]:
+        done = await store.deliver(me, allocation, now)
+        assert done.status == "delivered" and done.delivered_at == now
+    with pytest.raises(StockError, match="已经登记送达"):
+        await store.deliver(me, ids[0], now)
+
+    view = await store.stock(me)
+    (tablets,) = [s for s in view.supply if s.item == TABLET]
+    assert (tablets.needs, tablets.allocated, tablets.delivered, tablets.in_use) == (23, 17, 15, 0)
+    assert tablets.line() == "平板电脑：需求 23 · 已发放 17 · 已送达 15 · 在用 0 · 缺口 6"
+    district = await store.stock(bureau())
+    assert (SCHOOL, tablets) in district.by_school
+    assert [s for s in district.supply if s.item == TABLET] == [tablets]
+    listed = await store.allocations(me)
+    assert [a.status for a in listed[:2]] == ["allocated", "allocated"]  # undelivered first
+    assert sum(a.status == "delivered" for a in listed) == 15
+    assert count(deps, audit_log, audit_log.c.action == "aid_allocate") == 1
+    assert count(deps, audit_log, audit_log.c.action == "aid_deliver") == 15
+
+
+async def test_bad_allocations_change_nothing(deps: Deps) -> None:
+    store, me, now = aid(deps), coordinator(deps), deps.clock.now()
+    mine = me.school_id or 0
+    other = add_school(deps.db)["school"]
+    (need,) = add_needs(deps, 1)
+    (theirs,) = add_needs(deps, 1, school="第二实验小学", owner="T101", prefix="OTH")
+    (data,) = add_needs(deps, 1, kind="data_plan", prefix="DATA")
+    await store.change_stock(me, mine, TABLET, 3, "arrival", "", now)
+    await store.change_stock(bureau(), POOL, TABLET, 3, "arrival", "", now)
+    for args, text in (
+        ((mine, "电视机", [need], "handed", ""), "没有这种物品：电视机"),
+        ((mine, "牛奶", [need], "handed", ""), "牛奶不对应跟进需求"),
+        ((mine, TABLET, [need], "drone", ""), "请选择发放方式"),
+        ((mine, TABLET, [need], "courier", " "), "快递请填写快递单号"),
+        ((mine, TABLET, [], "handed", ""), "请至少选择一名学生"),
+        ((mine, TABLET, [need, theirs], "handed", ""), "第2项需求不存在或不在你的范围内"),
+        ((mine, TABLET, [999999], "handed", ""), "第1项需求不存在"),
+        ((mine, TABLET, [data], "handed", ""), "第1项需求不是平板电脑能解决的"),
+        ((other, TABLET, [need], "handed", ""), "只能登记本校的库存"),
+        ((POOL, TABLET, [need], "handed", ""), "只能登记本校的库存"),
+        ((mine, TABLET, [need], "courier", "x" * 101), "快递单号最多 100 个字"),
+    ):
+        with pytest.raises(StockError, match=text):
+            await store.allocate(me, *args, now)
+    assert count(deps, aid_allocations) == 0 and stock_of(deps, mine) == 3 and not messages(deps)
+
+    # the bureau: a school's stock only for that school's needs; the pool for any school
+    with pytest.raises(StockError, match="第1项需求是其他学校的"):
+        await store.allocate(bureau(), mine, TABLET, [theirs], "handed", "", now)
+    await store.allocate(bureau(), POOL, TABLET, [theirs], "carrier", "", now)
+    assert stock_of(deps, POOL) == 2 and stock_of(deps, other) is None
+    # T101 has no chat account: allocated all the same, nobody to tell
+    assert not messages(deps)
+    # the other school's coordinator sees their allocation, ours does not
+    assert [
+        a.student_name for a in await store.allocations(coordinator(deps, "C101", "第二实验小学"))
+    ] == ["学生OTH0"]
+    assert await store.allocations(me) == []
+    (theirs_allocation,) = await store.allocations(bureau())
+    with pytest.raises(StockError, match="没有这条发放记录"):
+        await store.deliver(me, theirs_allocation.id, now)
+
+    # a closed need is refused
+    with deps.db.begin() as conn:
+        conn.execute(followups.update().where(followups.c.id == need).values(status="done"))
+    with pytest.raises(StockError, match="第1项需求已经办结"):
+        await store.allocate(me, mine, TABLET, [need], "handed", "", now)
+    assert stock_of(deps, mine) == 3
+
+
+async def test_two_coordinators_take_the_last_tablet_at_once(deps: Deps, db_url: str) -> None:
+    """Each on their own connection pool: one gets the last tablet, the other is told; and of two
+    allocating to the same need at once with stock for both, one allocation stands."""
+    me, now = coordinator(deps), deps.clock.now()
+    mine = me.school_id or 0
+    first, second = add_needs(deps, 2)
+    await aid(deps).change_stock(me, mine, TABLET, 1, "arrival", "", now)
+    pools = [Database(db_url) for _ in range(2)]
+    try:
+        results = await asyncio.gather(
+            *(
+                aid(deps, db).allocate(me, mine, TABLET, [need], "handed", "", now)
+                for db, need in zip(pools, (first, second), strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, list) for r in results) == 1
+        (refused,) = [r for r in results if isinstance(r, BaseException)]
+        assert isinstance(refused, StockError) and "库存不足" in str(refused)
+        assert stock_of(deps, mine) == 0 and count(deps, aid_allocations) == 1
+
+        await aid(deps).change_stock(me, mine, TABLET, 2, "arrival", "", now)
+        (left,) = [n.followup_id for n in await aid(deps).open_needs(me, TABLET, now)]
+        results = await asyncio.gather(
+            *(aid(deps, db).allocate(me, mine, TABLET, [left], "handed", "", now) for db in pools),
+            return_exceptions=True,
+        )
+    finally:
+        for db in pools:
+            db.close()
+    assert sum(isinstance(r, list) for r in results) == 1
+    (refused,) = [r for r in results if isinstance(r, BaseException)]
+    assert isinstance(refused, StockError) and "已经发放过物品" in str(refused)
+    assert stock_of(deps, mine) == 1 and count(deps, aid_allocations) == 2
+    assert len(messages(deps)) == 2  # one message an allocation
+
+
+# ---------------------------------------------------------------------------- the console
+async def post(web: ConsoleClient, path: str, data: dict[str, object]) -> tuple[int, str]:
+    async with await web.post(path, data=data) as r:
+        if r.status == 303:
+            return 303, await web.text(r.headers["Location"])
+        return r.status, await r.text()
+
+
+async def test_console_allocates_and_records_delivery(web: ConsoleClient, deps: Deps) -> None:
+    mine, now = school_id(deps), deps.clock.now()
+    needs = add_needs(deps, 3)
+    await aid(deps).change_stock(coordinator(deps), mine, TABLET, 2, "arrival", "", now)
+    await web.sign_in("C001")
+    csrf = await web.csrf()
+    page = await web.text("/console/aid?item=" + TABLET)
+    assert page.index(f'value="{needs[0]}"') < page.index(f'value="{needs[2]}"')  # 低保孤儿 first
+    assert "平板电脑能解决、还没有发放的需求 3 项" in page
+
+    form = {"csrf_token": csrf, "item": TABLET, "school": str(mine), "method": "handed"}
+    status, _ = await post(web, "/console/aid/allocate", {**form, "csrf_token": "x"})
+    assert status == 403
+    status, page = await post(web, "/console/aid/allocate", {**form, "need": ["x"]})
+    assert status == 400 and "请从列表中选择学生" in page
+    status, page = await post(
+        web, "/console/aid/allocate", {**form, "need": [str(n) for n in needs]}
+    )
+    assert status == 400 and "库存不足：平板电脑 现有 2，不能减少 3" in page
+    assert count(deps, aid_allocations) == 0
+    status, page = await post(
+        web, "/console/aid/allocate", {**form, "need": [str(needs[0]), str(needs[1])]}
+    )
+    assert status == 303 and "已发放，已通知负责老师" in page
+    assert "平板电脑能解决、还没有发放的需求 1 项" in page
+    assert re.search(
+        r"<th>平板电脑</th><td>3</td><td>0</td><td>1</td><td>2</td><td>0</td><td>0</td>", page
+    )
+    assert "<td>发放</td><td>-2</td><td>0</td><td>C001</td><td>发放给 2 名学生</td>" in page
+    (first,) = re.findall(r'name="allocation" value="(\d+)"', page)[:1]
+    status, page = await post(
+        web, "/console/aid/deliver", {"csrf_token": csrf, "allocation": first}
+    )
+    assert status == 303 and "已登记送达" in page
+    assert re.search(
+        r"<th>平板电脑</th><td>3</td><td>0</td><td>1</td><td>2</td><td>1</td><td>0</td>", page
+    )
+    status, page = await post(
+        web, "/console/aid/deliver", {"csrf_token": csrf, "allocation": first}
+    )
+    assert status == 400 and "已经登记送达" in page
+    status, page = await post(
+        web, "/console/aid/deliver", {"csrf_token": csrf, "allocation": "abc"}
+    )
+    assert status == 400 and "没有这条发放记录" in page
+
+    # another school's coordinator cannot record its delivery
+    add_school(deps.db)
+    web.forget_cookies()
+    await web.sign_in("C101")
+    other_csrf = await web.csrf()
+    assert "学生NEED" not in await web.text("/console/aid")
+    (second,) = [a.id for a in await aid(deps).allocations(bureau()) if str(a.id) != first]
+    status, page = await post(
+        web, "/console/aid/deliver", {"csrf_token": other_csrf, "allocation": str(second)}
+    )
+    assert status == 400 and "没有这条发放记录" in page
