@@ -172,6 +172,84 @@ def _move(
     return int(balance)
 
 
+def _figures(
+    conn: Connection, school_id: int | None
+) -> tuple[dict[tuple[int, str], int], dict[tuple[int, str], tuple[int, int, int, int]]]:
+    """Open needs by (school, kind), and by (school, item): needs it met that are closed
+    now, allocated, delivered, in use (each counted once a need)."""
+    where: list[Any] = [followups.c.status.in_(OPEN), students.c.active.is_(True)]
+    if school_id is not None:
+        where.append(students.c.school_id == school_id)
+    open_by: dict[tuple[int, str], int] = {
+        (school, kind): n
+        for school, kind, n in conn.execute(
+            select(students.c.school_id, followups.c.kind, func.count())
+            .join(students, students.c.id == followups.c.student_id)
+            .where(*where)
+            .group_by(students.c.school_id, followups.c.kind)
+        )
+    }
+    a = aid_allocations
+    fid = a.c.followup_id
+    delivered = a.c.delivered_at.is_not(None)
+    closed = followups.c.status.not_in(OPEN)
+    alloc_where: list[Any] = [students.c.active.is_(True)]
+    if school_id is not None:
+        alloc_where.append(students.c.school_id == school_id)
+    given: dict[tuple[int, str], tuple[int, int, int, int]] = {
+        (r.school_id, r.item): (r.closed, r.allocated, r.delivered, r.in_use)
+        for r in conn.execute(
+            select(
+                students.c.school_id,
+                a.c.item,
+                func.count(func.distinct(case((closed, fid)))).label("closed"),
+                func.count(func.distinct(fid)).label("allocated"),
+                func.count(func.distinct(case((delivered, fid)))).label("delivered"),
+                func.count(func.distinct(case((a.c.status == "in_use", fid)))).label("in_use"),
+            )
+            .join(students, students.c.id == a.c.student_id)
+            .join(followups, followups.c.id == fid)
+            .where(*alloc_where)
+            .group_by(students.c.school_id, a.c.item)
+        )
+    }
+    return open_by, given
+
+
+def _need_supply(
+    item: AidItem,
+    school: int | None,
+    open_by: dict[tuple[int, str], int],
+    given: dict[tuple[int, str], tuple[int, int, int, int]],
+    stock: int,
+) -> NeedSupply:
+    """One item's figures for one school (None: all of them)."""
+    needs = sum(n for (s, k), n in open_by.items() if k in item.meets and school in (None, s))
+    figures = [v for (s, i), v in given.items() if i == item.name and school in (None, s)]
+    closed, allocated, delivered, in_use = (sum(f[n] for f in figures) for n in range(4))
+    return NeedSupply(
+        item.name, needs + closed, stock, bool(item.meets), allocated, delivered, in_use
+    )
+
+
+def supply_by_school(conn: Connection, items: Sequence[AidItem]) -> dict[int, list[NeedSupply]]:
+    """Need against supply of every item that meets a need, school by school (the digests):
+    only the items a school has a need, an allocation or stock of; `POOL` for the bureau's
+    pool (its stock only)."""
+    open_by, given = _figures(conn, None)
+    counts = {(r.school_id, r.item): r.quantity for r in conn.execute(select(aid_stock))}
+    holders = {s for s, _ in open_by} | {s for s, _ in given} | {s for s, _ in counts}
+    found: dict[int, list[NeedSupply]] = {}
+    for school in sorted(holders):
+        for item in items:
+            if not item.meets:
+                continue
+            line = _need_supply(item, school, open_by, given, counts.get((school, item.name), 0))
+            if line.needs or line.stock or line.allocated:
+                found.setdefault(school, []).append(line)
+    return found
+
+
 class SqlAid:
     """Implements `bot.core.aid.AidStore` over a `Database`."""
 
@@ -309,71 +387,12 @@ class SqlAid:
 
         return await self.db.run(work)
 
-    def _figures(
-        self, conn: Connection, school_id: int | None
-    ) -> tuple[dict[tuple[int, str], int], dict[tuple[int, str], tuple[int, int, int, int]]]:
-        """Open needs by (school, kind), and by (school, item): needs it met that are closed
-        now, allocated, delivered, in use (each counted once a need)."""
-        where: list[Any] = [followups.c.status.in_(OPEN), students.c.active.is_(True)]
-        if school_id is not None:
-            where.append(students.c.school_id == school_id)
-        open_by: dict[tuple[int, str], int] = {
-            (school, kind): n
-            for school, kind, n in conn.execute(
-                select(students.c.school_id, followups.c.kind, func.count())
-                .join(students, students.c.id == followups.c.student_id)
-                .where(*where)
-                .group_by(students.c.school_id, followups.c.kind)
-            )
-        }
-        a = aid_allocations
-        fid = a.c.followup_id
-        delivered = a.c.delivered_at.is_not(None)
-        closed = followups.c.status.not_in(OPEN)
-        alloc_where: list[Any] = [students.c.active.is_(True)]
-        if school_id is not None:
-            alloc_where.append(students.c.school_id == school_id)
-        given: dict[tuple[int, str], tuple[int, int, int, int]] = {
-            (r.school_id, r.item): (r.closed, r.allocated, r.delivered, r.in_use)
-            for r in conn.execute(
-                select(
-                    students.c.school_id,
-                    a.c.item,
-                    func.count(func.distinct(case((closed, fid)))).label("closed"),
-                    func.count(func.distinct(fid)).label("allocated"),
-                    func.count(func.distinct(case((delivered, fid)))).label("delivered"),
-                    func.count(func.distinct(case((a.c.status == "in_use", fid)))).label("in_use"),
-                )
-                .join(students, students.c.id == a.c.student_id)
-                .join(followups, followups.c.id == fid)
-                .where(*alloc_where)
-                .group_by(students.c.school_id, a.c.item)
-            )
-        }
-        return open_by, given
-
-    @staticmethod
-    def _need_supply(
-        item: AidItem,
-        school: int | None,
-        open_by: dict[tuple[int, str], int],
-        given: dict[tuple[int, str], tuple[int, int, int, int]],
-        stock: int,
-    ) -> NeedSupply:
-        """One item's figures for one school (None: all of them)."""
-        needs = sum(n for (s, k), n in open_by.items() if k in item.meets and school in (None, s))
-        figures = [v for (s, i), v in given.items() if i == item.name and school in (None, s)]
-        closed, allocated, delivered, in_use = (sum(f[n] for f in figures) for n in range(4))
-        return NeedSupply(
-            item.name, needs + closed, stock, bool(item.meets), allocated, delivered, in_use
-        )
-
     def _supply(
         self, conn: Connection, school_id: int | None, counts: dict[tuple[int, str], int]
     ) -> list[NeedSupply]:
-        open_by, given = self._figures(conn, school_id)
+        open_by, given = _figures(conn, school_id)
         return [
-            self._need_supply(
+            _need_supply(
                 item,
                 None,
                 open_by,
@@ -386,7 +405,7 @@ class SqlAid:
     def _by_school(
         self, conn: Connection, labels: dict[int, str], counts: dict[tuple[int, str], int]
     ) -> list[tuple[str, NeedSupply]]:
-        open_by, given = self._figures(conn, None)
+        open_by, given = _figures(conn, None)
         rows = []
         for school, label in labels.items():
             if school == POOL:
@@ -394,7 +413,7 @@ class SqlAid:
             for item in self.items:
                 if not item.meets:
                     continue
-                line = self._need_supply(
+                line = _need_supply(
                     item, school, open_by, given, counts.get((school, item.name), 0)
                 )
                 if line.needs or line.stock:

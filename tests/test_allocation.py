@@ -34,6 +34,7 @@ from storage.schema import (
     visits,
 )
 from tests.console_kit import ConsoleClient, add_school, start_console
+from tests.test_schedule import World, local, world  # noqa: F401  (the fixture)
 
 SCHOOL = "示例区实验小学"
 TABLET = "平板电脑"
@@ -371,3 +372,31 @@ async def test_console_allocates_and_records_delivery(web: ConsoleClient, deps: 
         web, "/console/aid/deliver", {"csrf_token": other_csrf, "allocation": str(second)}
     )
     assert status == 400 and "没有这条发放记录" in page
+
+
+# ---------------------------------------------------------------------------- the digests
+async def test_digests_show_need_against_supply(world: World) -> None:  # noqa: F811
+    deps = world.deps
+    mon = date(2026, 3, 2)
+    world.clock.current = local(mon, 10)
+    store, me, now = aid(deps), coordinator(deps), world.clock.now()
+    mine = me.school_id or 0
+    add_needs(deps, 23)
+    await store.change_stock(me, mine, TABLET, 17, "arrival", "", now)
+    await store.change_stock(bureau(), POOL, "4G流量卡", 40, "arrival", "", now)
+    chosen = [n.followup_id for n in (await store.open_needs(me, TABLET, now))[:17]]
+    ids = await store.allocate(me, mine, TABLET, chosen, "courier", "SF1", now)
+    for allocation in ids[:15]:
+        await store.deliver(me, allocation, now)
+
+    await world.at(local(mon, 17), "digest")
+    [school] = world.wecom.to("coord")
+    tablets = "平板电脑：需求 23 · 已发放 17 · 已送达 15 · 在用 0 · 缺口 6"
+    assert f"物资需求与发放：\n· {tablets}" in school
+    assert "4G流量卡" not in school  # the pool's stock is the bureau's
+    [district] = world.dingtalk.to("bureau")
+    assert "全区物资需求与发放（库存含教育局统筹）：" in district
+    assert f"· {tablets}" in district
+    assert "· 4G流量卡：需求 0 · 已发放 0 · 已送达 0 · 在用 0 · 库存 40 · 缺口 0" in district
+    [group] = [t for _, t in world.group.got]
+    assert "缺口 6" in group and "学生NEED" not in group  # counts only in the group chat

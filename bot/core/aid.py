@@ -7,7 +7,7 @@ their scope: a coordinator their school, the bureau every school and the bureau'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -139,6 +139,27 @@ class NeedSupply:
         if self.stock:
             text += f" · 库存 {self.stock}"
         return text + f" · 缺口 {self.shortfall}"
+
+
+def totals(lines: Iterable[NeedSupply]) -> list[NeedSupply]:
+    """Per item, the sum of many holders' figures (the district's), in first-seen order."""
+    summed: dict[str, NeedSupply] = {}
+    for x in lines:
+        s = summed.get(x.item)
+        summed[x.item] = (
+            x
+            if s is None
+            else NeedSupply(
+                x.item,
+                s.needs + x.needs,
+                s.stock + x.stock,
+                s.linked,
+                s.allocated + x.allocated,
+                s.delivered + x.delivered,
+                s.in_use + x.in_use,
+            )
+        )
+    return list(summed.values())
 
 
 # Categories that put a need first in the allocation list (the more of them, the earlier).
