@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core.aid import SETTLED
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
 from bot.core.signin import TOKEN_TTL, login_url, new_secret, secret_hash
@@ -553,6 +554,8 @@ class CheckIn:
                 f.detail,
                 f.closed_at.astimezone(self.tz).date() if f.closed_at else None,
                 f.note or "",
+                f.aid_item,
+                f.allocation_id,
             )
             for f in c.t.store.followups_to_check(student.id)
             if f.kind in self.form.check_kinds and str(f.id) not in answered
@@ -565,24 +568,36 @@ class CheckIn:
         else:
             note = f"：{check.note}" if check.note else ""
             status = texts.CHECK_DONE.format(date=render.md(check.done_on), note=note)
-        return self.form.check_prompt.format(need=need, status=status) + texts.CHECK_OPTIONS
+        asked = self.form.check_prompt.format(need=need, status=status)
+        if check.item:
+            return asked + texts.AID_CHECK.format(item=check.item) + texts.AID_CHECK_OPTIONS
+        return asked + texts.CHECK_OPTIONS
 
     def _check_answer(self, c: _Ctx, checking: Checking, raw: str) -> list[str]:
         word = strip_edges(normalize(raw))
-        if word in texts.CHECK_RESOLVED_WORDS:
+        check, rest = checking.checks[0], checking.checks[1:]
+        aid = ""
+        if check.item:  # 在用 settles the need; 没收到 / 用不了 keep it open
+            aid = next((k for k, w in texts.AID_CHECK_WORDS.items() if word in w), "")
+            if not aid:
+                return [self._with_prompt(c, texts.AID_CHECK_AGAIN)]
+            answer = CHECK_RESOLVED if aid == "in_use" else CHECK_STILL
+        elif word in texts.CHECK_RESOLVED_WORDS:
             answer = CHECK_RESOLVED
         elif word in texts.CHECK_STILL_WORDS:
             answer = CHECK_STILL
         else:
             return [self._with_prompt(c, texts.CHECK_AGAIN)]
-        check, rest = checking.checks[0], checking.checks[1:]
         done = dict(checking.draft.answers.get(CHECKS_KEY) or {})
-        done[str(check.followup)] = {
+        entry: dict[str, Any] = {
             "answer": answer,
             "kind": check.kind,
             "detail": check.detail,
             "was_done": check.done_on is not None,
         }
+        if aid:
+            entry |= {"aid": aid, "item": check.item, "allocation": check.allocation}
+        done[str(check.followup)] = entry
         saved = self._save(c, checking.draft, {CHECKS_KEY: done})
         if saved is None:
             return self._draft_gone(c, checking.draft)
@@ -726,6 +741,7 @@ class CheckIn:
             return self._advance(c, fresh, texts.DRAFT_CHANGED)
         for fid in resolved:  # (only if still the teacher's; a colleague's stays theirs)
             store.close_followup(c.staff.id, fid, texts.CHECK_CLOSED_NOTE, c.t.now)
+        aid_alerts = self._settle_aid(c, draft, answers)
         c.go(Idle())
         c.conv = replace(c.conv, last=LastAction(ItemKind.STUDENT, draft.visit_id, c.t.now))
         student = _label(draft.student)
@@ -734,19 +750,45 @@ class CheckIn:
         ]
         if found:
             lines.append(render.new_followups(self.form, found))
-        told = self._tell_the_school(c, draft, found, reached)
+        told = self._tell_the_school(c, draft, found, reached, aid_alerts)
         if told:
             lines.append(told)
         lines += [texts.UNDO_HINT, texts.NEXT_HINT]
         return ["\n".join(lines)]
 
+    def _settle_aid(
+        self, c: _Ctx, draft: OpenDraft, answers: Mapping[str, Any]
+    ) -> list[tuple[str, str]]:
+        """Record what the visit found of each allocated aid item; the coordinators' messages
+        for those not received or unusable, as (key part, text)."""
+        bodies = []
+        for entry in (answers.get(CHECKS_KEY) or {}).values():
+            allocation, outcome = entry.get("allocation"), entry.get("aid")
+            if not allocation or outcome not in SETTLED:
+                continue
+            settled = c.t.store.settle_allocation(int(allocation), outcome, c.t.now)
+            if settled and outcome != "in_use":
+                text = texts.ALERT_AID.format(
+                    teacher=c.staff.name,
+                    student=_label(draft.student),
+                    item=entry.get("item", ""),
+                    outcome=texts.AID_OUTCOME[outcome],
+                )
+                bodies.append((f"aid{int(allocation)}", text))
+        return bodies
+
     def _tell_the_school(
-        self, c: _Ctx, draft: OpenDraft, found: Sequence[NewFollowUp], reached: bool
+        self,
+        c: _Ctx,
+        draft: OpenDraft,
+        found: Sequence[NewFollowUp],
+        reached: bool,
+        aid_alerts: Sequence[tuple[str, str]] = (),
     ) -> str | None:
         """Queue the coordinators' messages this submission calls for; what to tell the
         teacher about it (None: nothing called for)."""
         student, store = draft.student, c.t.store
-        bodies: list[tuple[str, str]] = []  # (key part, text)
+        bodies: list[tuple[str, str]] = list(aid_alerts)  # (key part, text)
         if not reached:
             attempts = store.unreached_attempts(student.id)
             if len(attempts) == self.alerts.unreached_after:

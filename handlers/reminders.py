@@ -422,7 +422,7 @@ def bureau_digest(
         f"待跟进 {sum(f.open for f in figs)}（逾期 {sum(f.overdue for f in figs)}），"
         f"上报 {sum(len(f.escalated) for f in figs)}"
     )
-    if supply:  # counts only: fit for the group chat too
+    if supply:
         lines.append("全区物资需求与发放（库存含教育局统筹）：")
         lines += [f"· {s.line()}" for s in supply]
     return "\n".join(lines)
@@ -485,7 +485,8 @@ def plan_digests(
     if GROUP_CHANNEL in channels:
         # A group chat is read by everyone in it: counts per school only, never a child's
         # name, a need's detail or a teacher's name (those go to each coordinator privately).
-        group_text = bureau_digest(figures.values(), view, district)
+        # (nor the kinds of need: the aid figures stay in the bureau's own digest)
+        group_text = bureau_digest(figures.values(), view)
         messages.append(
             Outgoing(f"digest:group:{day}", GROUP_CHANNEL, "default", "digest", group_text)
         )

@@ -115,6 +115,8 @@ class Check:
     detail: str
     done_on: date | None = None
     note: str = ""
+    item: str = ""  # an aid item allocated against it (#15): asked whether it is in use
+    allocation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +208,15 @@ def dump(conversation: Conversation) -> tuple[str, dict[str, Any], dict[str, Any
         case Checking(draft=draft, checks=checks):
             data["draft"] = _dump_draft(draft)
             data["checks"] = [
-                [k.followup, k.kind, k.detail, k.done_on.isoformat() if k.done_on else None, k.note]
+                [
+                    k.followup,
+                    k.kind,
+                    k.detail,
+                    k.done_on.isoformat() if k.done_on else None,
+                    k.note,
+                    k.item,
+                    k.allocation,
+                ]
                 for k in checks
             ]
         case ConfirmCut():
@@ -285,8 +295,16 @@ def _load_state(name: StateName, data: Mapping[str, Any]) -> State:
             return ConfirmDiscard(_load_draft(data["draft"]), str(question) if question else None)
         case StateName.CHECKING:
             checks = tuple(
-                Check(int(i), str(k), str(d), date.fromisoformat(on) if on else None, str(n))
-                for i, k, d, on, n in data["checks"]
+                Check(
+                    int(i),
+                    str(k),
+                    str(d),
+                    date.fromisoformat(on) if on else None,
+                    str(n),
+                    str(aid[0]) if aid else "",
+                    int(aid[1]) if aid else 0,
+                )
+                for i, k, d, on, n, *aid in data["checks"]
             )
             return Checking(_load_draft(data["draft"]), checks) if checks else Idle()
         case StateName.CONFIRM_CUT:

@@ -190,3 +190,17 @@ CHECK_RESOLVED_WORDS = frozenset({"1", "已解决", "解决", "解决了", "已�
 CHECK_STILL_WORDS = frozenset({"2", "仍需帮助", "还需要", "需要", "还需帮助", "没解决", "未解决"})
 CHECK_AGAIN = "请回复 1（已解决）或 2（仍需帮助）。"
 CHECK_CLOSED_NOTE = "下次家访确认已解决"
+# An aid item allocated against the need (#15): arrived, in use?
+AID_CHECK = "学校已发放{item}：收到了吗？在用吗？"
+AID_CHECK_OPTIONS = "\n1. 在用\n2. 没收到\n3. 用不了"
+AID_CHECK_AGAIN = "请回复 1（在用）、2（没收到）或 3（用不了）。"
+AID_CHECK_WORDS = {
+    "in_use": frozenset({"1", "在用", "在用了", "收到了", "收到在用", "用上了", "能用"}),
+    "not_received": frozenset({"2", "没收到", "还没收到", "未收到", "没有收到"}),
+    "unusable": frozenset({"3", "用不了", "不能用", "坏了", "用不上"}),
+}
+AID_OUTCOME = {"not_received": "还没收到", "unusable": "收到了但用不了"}
+ALERT_AID = (
+    "【物资】{teacher}老师家访 {student} 时反馈：学校发放的{item}{outcome}，"
+    "这项需求仍未解决，请跟进。"
+)

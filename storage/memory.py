@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
+from bot.core.aid import SETTLED, UNCHECKED
 from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
@@ -120,6 +121,9 @@ class _Data:
     events: list[tuple[int, str, datetime, int | None, int | None, str | None]] = field(
         default_factory=list
     )
+    # aid allocations (#15) as (follow-up, item, status); allocated only by the console's
+    # `storage.aid.SqlAid`, so seeded here with `add_allocation`
+    allocations: dict[int, list[Any]] = field(default_factory=dict)
     next_id: int = 1
 
 
@@ -402,10 +406,32 @@ class MemoryStore:
                 )
             )
         ]
+        unchecked = {
+            fid: (item, aid)
+            for aid, (fid, item, status) in self.data.allocations.items()
+            if status in UNCHECKED
+        }
         return [
-            FollowUpCheck(f.id, f.kind, f.detail, f.status, f.closed_at, f.note)
+            FollowUpCheck(
+                f.id, f.kind, f.detail, f.status, f.closed_at, f.note, *unchecked.get(f.id, ("", 0))
+            )
             for f in sorted(found, key=lambda f: (f.created_at, f.id))
         ]
+
+    def add_allocation(self, followup_id: int, item: str, status: str = "delivered") -> int:
+        """Seed an allocation of `item` against a follow-up (tests)."""
+        aid = self._new_id()
+        self.data.allocations[aid] = [followup_id, item, status]
+        return aid
+
+    def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
+        if outcome not in SETTLED:
+            raise ValueError(outcome)
+        found = self.data.allocations.get(allocation_id)
+        if found is None or found[2] not in UNCHECKED:
+            return False
+        found[2] = outcome
+        return True
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         mine = [

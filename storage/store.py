@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from bot.core.aid import SETTLED, UNCHECKED
 from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
@@ -54,6 +55,7 @@ from storage import binding, outbox
 from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
+    aid_allocations,
     assignments,
     console_tokens,
     conversations,
@@ -675,6 +677,15 @@ class SqlStore:
                 followups.c.status,
                 followups.c.closed_at,
                 followups.c.note,
+                aid_allocations.c.item,
+                aid_allocations.c.id.label("allocation_id"),
+            )
+            .outerjoin(
+                aid_allocations,
+                and_(
+                    aid_allocations.c.active_followup_id == followups.c.id,
+                    aid_allocations.c.status.in_(UNCHECKED),
+                ),
             )
             .where(
                 followups.c.student_id == student_id,
@@ -692,9 +703,30 @@ class SqlStore:
             .order_by(followups.c.created_at, followups.c.id)
         )
         return [
-            FollowUpCheck(r.id, r.kind, r.detail, FollowUpStatus(r.status), r.closed_at, r.note)
+            FollowUpCheck(
+                r.id,
+                r.kind,
+                r.detail,
+                FollowUpStatus(r.status),
+                r.closed_at,
+                r.note,
+                r.item or "",
+                r.allocation_id or 0,
+            )
             for r in rows
         ]
+
+    def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
+        if outcome not in SETTLED:
+            raise ValueError(outcome)
+        a = aid_allocations
+        values: dict[str, Any] = {"status": outcome, "checked_at": now}
+        if outcome != "in_use":  # the need is open for another allocation
+            values["active_followup_id"] = None
+        done = self.conn.execute(
+            update(a).where(a.c.id == allocation_id, a.c.status.in_(UNCHECKED)).values(values)
+        ).rowcount
+        return bool(done)
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         rows = self.conn.execute(

@@ -166,6 +166,8 @@ def totals(lines: Iterable[NeedSupply]) -> list[NeedSupply]:
 AID_CATEGORIES = ("建档立卡", "特困", "孤儿", "低保", "大病", "残疾")
 # How an allocation goes out.
 METHODS = {"courier": "快递", "carrier": "运营商上门安装", "handed": "当面交付"}
+UNCHECKED = ("allocated", "delivered")  # the next visit asks about these
+SETTLED = ("in_use", "not_received", "unusable")  # what it can find
 STATUS_LABELS = {
     "allocated": "已发放，未送达",
     "delivered": "已送达",

@@ -148,6 +148,12 @@ class Store(Protocol):
         that reached the family; oldest first."""
         ...
 
+    def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
+        """What a visit found of an allocated aid item: `in_use`, `not_received` or
+        `unusable` (the need is then free for another allocation). False when it was settled
+        already or is gone."""
+        ...
+
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         """The open and escalated follow-ups the teacher owns, earliest due first."""
         ...
