@@ -72,7 +72,12 @@ def conversation_over(
         unreached_after=settings.unreached_alert_after,
     )
     conversation = CheckIn(
-        form, settings.tz, cadence(settings, calendar), alerts, settings.public_url
+        form,
+        settings.tz,
+        cadence(settings, calendar),
+        alerts,
+        settings.public_url,
+        load_aid_items(settings.aid_path, form.followup_kinds),
     )
     engine = Engine(conversation, clock, settings.session_ttl)
     return Dispatcher(turns, engine, metrics)

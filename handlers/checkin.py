@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.core.aid import SETTLED
+from bot.core.aid import SETTLED, AidItem
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
 from bot.core.signin import TOKEN_TTL, login_url, new_secret, secret_hash
@@ -36,6 +36,7 @@ from bot.core.types import (
 )
 from config.forms import CHECK_RESOLVED, CHECK_STILL, CHECKS_KEY, Form, QType
 from handlers import binding, coordinate, render, states, texts
+from handlers.aid import AidDesk
 from handlers.answers import clean_free_text, normalize, parse_answer, strip_edges
 from handlers.cadence import Cadence, last_attempt_unreached
 from handlers.commands import (
@@ -122,6 +123,7 @@ class CheckIn:
         cadence: Cadence | None = None,
         alerts: Alerts | None = None,
         public_url: str = "http://127.0.0.1:8080",
+        aid_items: Sequence[AidItem] = (),
     ) -> None:
         self.form = form
         self.tz = tz
@@ -154,6 +156,10 @@ class CheckIn:
             Cmd.ACK: self._coordinating,
             Cmd.REASSIGN: self._coordinating,
             Cmd.NUDGE: self._coordinating,
+            Cmd.STOCK: self._coordinating,
+            Cmd.ALLOCATE: self._coordinating,
+            Cmd.ARRIVAL: self._coordinating,
+            Cmd.DELIVERED: self._delivered,
         }
         self.coordination = Coordination(
             form.followup_kinds,
@@ -162,6 +168,7 @@ class CheckIn:
             self.alerts.quiet,
             self.cadence.default_days,
         )
+        self.aid = AidDesk(tuple(aid_items), form.followup_kinds, self.coordination)
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
@@ -360,6 +367,8 @@ class CheckIn:
         if item is None:
             shown = min(listing.shown, len(listing.items))
             return [texts.NOT_IN_LIST.format(n=n, count=shown) + self._list_hint(listing)]
+        if item.kind is ItemKind.AID_NEED:  # a 库存 list: numbers go with 发放 or 送达
+            return [texts.AID_NUMBER.format(n=n)]
         if item.kind is ItemKind.FOLLOWUP:
             found = self._followup(c, item.id)
             if found is None:  # (the list shows open ones: this one was done since)
@@ -896,7 +905,20 @@ class CheckIn:
                 return co.nudge(c, command.argument)
             case Cmd.OVERVIEW:
                 return co.overview(c)
+            case Cmd.STOCK:
+                return self.aid.stock(c)
+            case Cmd.ALLOCATE:
+                return self.aid.allocate(c, command.number, command.argument)
+            case Cmd.ARRIVAL:
+                return self.aid.arrival(c, command.number, command.argument)
         return co.unvisited(c)
+
+    def _delivered(self, c: _Ctx, command: Command, _raw: str) -> list[str] | None:
+        """送达 N: the item allocated to need N of the current list arrived."""
+        if isinstance(c.state, InVisit):
+            return None  # inside a visit it is an answer
+        lists = (ListKind.FOLLOWUPS, ListKind.AID, ListKind.ESCALATIONS)
+        return self.aid.delivered(c, command.number, lists)
 
     def _unvisited(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
         """未访: for a teacher, their students due (as 家访 未访)."""

@@ -138,11 +138,16 @@ class ListKind(StrEnum):
     REMINDER = "reminder"
     DRAFTS = "drafts"
     ESCALATIONS = "escalations"  # a coordinator's 上报 / 逾期 list, or an escalation message
+    AID = "aid"  # 库存: the open needs each aid item can meet (#15)
 
 
 class ItemKind(StrEnum):
     STUDENT = "student"
     FOLLOWUP = "followup"
+    AID_NEED = "aid_need"  # id: follow-up id * AID_SLOT + the item's place in the aid items
+
+
+AID_SLOT = 100  # more aid item kinds than this are refused by the configuration
 
 
 @dataclass(frozen=True, slots=True)

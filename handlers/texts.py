@@ -190,6 +190,7 @@ CHECK_RESOLVED_WORDS = frozenset({"1", "已解决", "解决", "解决了", "已�
 CHECK_STILL_WORDS = frozenset({"2", "仍需帮助", "还需要", "需要", "还需帮助", "没解决", "未解决"})
 CHECK_AGAIN = "请回复 1（已解决）或 2（仍需帮助）。"
 CHECK_CLOSED_NOTE = "下次家访确认已解决"
+AID_NUMBER = "要发放请回复“发放 {n}”，送到了请回复“送达 {n}”。"
 # An aid item allocated against the need (#15): arrived, in use?
 AID_CHECK = "学校已发放{item}：收到了吗？在用吗？"
 AID_CHECK_OPTIONS = "\n1. 在用\n2. 没收到\n3. 用不了"

@@ -36,10 +36,12 @@ from bot.core.aid import (
     StockError,
     StockLine,
     StockView,
+    Taken,
 )
 from bot.core.console_ports import Principal, Problem, UploadedFile
 from bot.core.errors import RosterError
 from bot.core.signin import new_secret, secret_hash
+from bot.core.types import Staff, StaffRole
 from storage import audit, outbox
 from storage.console import OPEN, UPLOAD_TTL, split_problem
 from storage.db import Database
@@ -711,6 +713,7 @@ def _open_needs(
             st.c.categories,
             schools.c.name.label("school_name"),
             owner.c.name.label("owner_name"),
+            owner.c.staff_no.label("owner_no"),
         )
         .join(st, st.c.id == f.c.student_id)
         .join(schools, schools.c.id == st.c.school_id)
@@ -743,7 +746,137 @@ def _open_needs(
                 cats,
                 max(0, (now - r.created_at).days),
                 r.owner_name,
+                r.owner_no,
             )
         )
     needs.sort(key=lambda n: (-len(n.aid_categories), -n.days_open, n.followup_id))
     return needs[:NEEDS_SHOWN]
+
+
+# ---------------------------------------------------------------------------- in chat (#15)
+def holder_of(viewer: Staff) -> int:
+    """Where a person records stock in chat: their school, or the pool for the bureau."""
+    return POOL if viewer.role is StaffRole.BUREAU else (viewer.school_id or -1)
+
+
+def _scope_of(viewer: Staff) -> int | None:
+    return None if viewer.role is StaffRole.BUREAU else (viewer.school_id or -1)
+
+
+def stock_counts(conn: Connection, viewer: Staff) -> dict[str, int]:
+    rows = conn.execute(
+        select(aid_stock.c.item, aid_stock.c.quantity).where(
+            aid_stock.c.school_id == holder_of(viewer)
+        )
+    )
+    return {r.item: int(r.quantity) for r in rows}
+
+
+def needs_in_scope(
+    conn: Connection,
+    viewer: Staff,
+    kinds: Sequence[str],
+    now: datetime,
+    limit: int,
+    followup_id: int | None,
+) -> list[OpenNeed]:
+    return _open_needs(conn, kinds, _scope_of(viewer), followup_id, now)[:limit]
+
+
+def change_in_chat(
+    conn: Connection, viewer: Staff, item: str, change: int, now: datetime
+) -> int | None:
+    reason = "arrival" if change > 0 else "correction"
+    try:
+        with conn.begin_nested():
+            return _move(
+                conn, holder_of(viewer), item, change, reason, "聊天", viewer.staff_no, now
+            )
+    except StockError:
+        return None
+
+
+def allocate_in_chat(
+    conn: Connection,
+    viewer: Staff,
+    item: str,
+    followup_id: int,
+    method: str,
+    tracking: str,
+    now: datetime,
+) -> Taken:
+    holder = holder_of(viewer)
+    row = conn.execute(select(followups.c.student_id).where(followups.c.id == followup_id)).one()
+    try:
+        with conn.begin_nested():
+            left = _move(
+                conn, holder, item, -1, "allocation", "发放给 1 名学生", viewer.staff_no, now
+            )
+            new_id = conn.execute(
+                insert(aid_allocations)
+                .values(
+                    school_id=holder,
+                    item=item,
+                    followup_id=followup_id,
+                    active_followup_id=followup_id,
+                    student_id=row.student_id,
+                    method=method,
+                    tracking=tracking or None,
+                    status="allocated",
+                    allocated_at=now,
+                    allocated_by=viewer.staff_no,
+                )
+                .returning(aid_allocations.c.id)
+            ).scalar_one()
+    except StockError:
+        have = conn.execute(
+            select(aid_stock.c.quantity).where(
+                aid_stock.c.school_id == holder, aid_stock.c.item == item
+            )
+        ).scalar()
+        return Taken(0, int(have or 0))
+    except IntegrityError:  # a colleague's allocation to this need, at the same moment
+        return Taken(0, 0, taken=True)
+    audit.record(
+        conn,
+        at=now,
+        actor=viewer.staff_no,
+        action="aid_allocate",
+        detail={"item": item, "allocations": [int(new_id)], "method": method},
+        school_id=None if holder == POOL else holder,
+    )
+    return Taken(int(new_id), left)
+
+
+def deliver_in_chat(conn: Connection, viewer: Staff, followup_id: int, now: datetime) -> str | None:
+    a = aid_allocations
+    query = (
+        select(a.c.id, a.c.item, a.c.status, students.c.school_id)
+        .join(followups, followups.c.id == a.c.followup_id)
+        .join(students, students.c.id == a.c.student_id)
+        .where(a.c.followup_id == followup_id, a.c.status.in_(("allocated", "delivered")))
+        .order_by(a.c.id.desc())
+    )
+    if viewer.role is StaffRole.TEACHER:
+        query = query.where(followups.c.owner_staff_id == viewer.id)
+    elif viewer.role is StaffRole.COORDINATOR:
+        query = query.where(students.c.school_id == viewer.school_id)
+    found = conn.execute(query.limit(1)).first()
+    if found is None:
+        return None
+    done = conn.execute(
+        update(a)
+        .where(a.c.id == found.id, a.c.status == "allocated")
+        .values(status="delivered", delivered_at=now, delivered_by=viewer.staff_no)
+    ).rowcount
+    if not done:
+        return ""
+    audit.record(
+        conn,
+        at=now,
+        actor=viewer.staff_no,
+        action="aid_deliver",
+        detail={"allocation": int(found.id)},
+        school_id=int(found.school_id),
+    )
+    return str(found.item)

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from bot.core.aid import SETTLED, UNCHECKED
+from bot.core.aid import (
+    AID_CATEGORIES,
+    POOL,
+    SETTLED,
+    STANDING,
+    UNCHECKED,
+    OpenNeed,
+    Taken,
+)
 from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
@@ -124,6 +132,7 @@ class _Data:
     # aid allocations (#15) as (follow-up, item, status); allocated only by the console's
     # `storage.aid.SqlAid`, so seeded here with `add_allocation`
     allocations: dict[int, list[Any]] = field(default_factory=dict)
+    stock: dict[tuple[int, str], int] = field(default_factory=dict)  # (school or POOL, item)
     next_id: int = 1
 
 
@@ -423,6 +432,101 @@ class MemoryStore:
         aid = self._new_id()
         self.data.allocations[aid] = [followup_id, item, status]
         return aid
+
+    def _holder(self, viewer: Staff) -> int:
+        return POOL if viewer.role is StaffRole.BUREAU else (viewer.school_id or -1)
+
+    def _school_id(self, student_id: int) -> int:
+        return self.data.schools.get(self.data.students[student_id].school, -1)
+
+    def aid_stock(self, viewer: Staff) -> dict[str, int]:
+        holder = self._holder(viewer)
+        return {item: n for (h, item), n in self.data.stock.items() if h == holder}
+
+    def aid_needs(
+        self,
+        viewer: Staff,
+        kinds: Sequence[str],
+        now: datetime,
+        limit: int,
+        followup_id: int | None = None,
+    ) -> list[OpenNeed]:
+        standing = {fid for fid, _, status in self.data.allocations.values() if status in STANDING}
+        names = {i: n for n, i in self.data.schools.items()}
+        needs = []
+        for f in self.data.followups.values():
+            s = self.data.students[f.student_id]
+            school = self._school_id(s.id)
+            if (
+                f.kind not in kinds
+                or f.status not in OPEN
+                or not s.active
+                or f.id in standing
+                or (followup_id is not None and f.id != followup_id)
+                or (viewer.role is not StaffRole.BUREAU and school != viewer.school_id)
+            ):
+                continue
+            cats = tuple(c for c in AID_CATEGORIES if c in s.categories)
+            needs.append(
+                OpenNeed(
+                    f.id,
+                    school,
+                    names.get(school, ""),
+                    s.name,
+                    s.class_name,
+                    f.kind,
+                    f.detail,
+                    cats,
+                    max(0, (now - f.created_at).days),
+                    self.data.staff[f.owner_staff_id].name,
+                    self.data.staff[f.owner_staff_id].staff_no,
+                )
+            )
+        needs.sort(key=lambda n: (-len(n.aid_categories), -n.days_open, n.followup_id))
+        return needs[:limit]
+
+    def change_aid_stock(self, viewer: Staff, item: str, change: int, now: datetime) -> int | None:
+        key = (self._holder(viewer), item)
+        have = self.data.stock.get(key, 0)
+        if have + change < 0:
+            return None
+        self.data.stock[key] = have + change
+        self.data.audit.append(
+            (now, viewer.staff_no, "aid_stock", {"item": item, "change": change})
+        )
+        return have + change
+
+    def allocate_aid(
+        self, viewer: Staff, item: str, followup_id: int, method: str, tracking: str, now: datetime
+    ) -> Taken:
+        if any(
+            fid == followup_id and status in STANDING
+            for fid, _, status in self.data.allocations.values()
+        ):
+            return Taken(0, 0, taken=True)
+        left = self.change_aid_stock(viewer, item, -1, now)
+        if left is None:
+            return Taken(0, self.aid_stock(viewer).get(item, 0))
+        return Taken(self.add_allocation(followup_id, item, "allocated"), left)
+
+    def deliver_aid(self, viewer: Staff, followup_id: int, now: datetime) -> str | None:
+        f = self.data.followups.get(followup_id)
+        if f is None:
+            return None
+        if viewer.role is StaffRole.TEACHER and f.owner_staff_id != viewer.id:
+            return None
+        if (
+            viewer.role is StaffRole.COORDINATOR
+            and self._school_id(f.student_id) != viewer.school_id
+        ):
+            return None
+        for found in reversed(list(self.data.allocations.values())):
+            if found[0] == followup_id and found[2] in UNCHECKED:
+                if found[2] != "allocated":
+                    return ""
+                found[2] = "delivered"
+                return str(found[1])
+        return None
 
     def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
         if outcome not in SETTLED:

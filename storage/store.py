@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from bot.core.aid import SETTLED, UNCHECKED
+from bot.core.aid import SETTLED, UNCHECKED, OpenNeed, Taken
 from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
@@ -51,7 +51,7 @@ from bot.core.types import (
     Unvisited,
     VisitStatus,
 )
-from storage import binding, outbox
+from storage import aid, binding, outbox
 from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
@@ -715,6 +715,30 @@ class SqlStore:
             )
             for r in rows
         ]
+
+    def aid_stock(self, viewer: Staff) -> dict[str, int]:
+        return aid.stock_counts(self.conn, viewer)
+
+    def aid_needs(
+        self,
+        viewer: Staff,
+        kinds: Sequence[str],
+        now: datetime,
+        limit: int,
+        followup_id: int | None = None,
+    ) -> list[OpenNeed]:
+        return aid.needs_in_scope(self.conn, viewer, kinds, now, limit, followup_id)
+
+    def change_aid_stock(self, viewer: Staff, item: str, change: int, now: datetime) -> int | None:
+        return aid.change_in_chat(self.conn, viewer, item, change, now)
+
+    def allocate_aid(
+        self, viewer: Staff, item: str, followup_id: int, method: str, tracking: str, now: datetime
+    ) -> Taken:
+        return aid.allocate_in_chat(self.conn, viewer, item, followup_id, method, tracking, now)
+
+    def deliver_aid(self, viewer: Staff, followup_id: int, now: datetime) -> str | None:
+        return aid.deliver_in_chat(self.conn, viewer, followup_id, now)
 
     def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
         if outcome not in SETTLED:

@@ -508,3 +508,102 @@ def test_an_aid_check_survives_the_store_boundary_and_old_sessions_load() -> Non
     old = [entry[:5] for entry in data["checks"]]  # saved before allocations were asked about
     loaded = states.load(name, {**data, "checks": old}, listing).state
     assert isinstance(loaded, Checking) and loaded.checks[0] == Check(5, "device", "平板")
+
+
+# ---------------------------------------------------------------------------- in chat
+async def test_stock_allocation_and_delivery_in_chat(
+    world: World,  # noqa: F811
+    settings: Settings,
+) -> None:
+    deps = world.deps
+    world.clock.current = local(date(2026, 3, 2), 10)
+    dispatcher = build_dispatcher(replace(settings, wecom=WECOM), deps)
+    chat, console = ChatDriver(dispatcher, "wecom"), ChatDriver(dispatcher, "console")
+    needs = add_needs(deps, 3)
+
+    async def coord(text: str) -> str:
+        return await chat.say(text, user="coord")
+
+    async def teacher(text: str) -> str:
+        return await chat.say(text, user="zhanglaoshi")
+
+    assert (await coord("入库 电视机 3")).startswith(
+        "没有这种物品：电视机。可以入库的有：平板电脑、"
+    )
+    assert await coord("入库 平板电脑 0") == "数量应为 1 到 100000 的整数。"
+    assert await coord("入库") == "请写物品和数量，例如：入库 平板电脑 17。"
+    assert await coord("入库 平板电脑 1") == "已入库 平板电脑 1，本校现有 1。"
+    assert (await coord("发放 1")).startswith(
+        "请先发送“库存”看待发放的需求，再用序号：\n本校物资库存"
+    )
+
+    listed = await coord("库存")
+    assert listed.startswith(
+        "本校物资库存与待发放的需求（最急的在前）：\n【平板电脑】库存 1，待发放的需求 3 项\n"
+    )
+    assert (
+        "\n1. 学生NEED0（六年级1班） · 平板/电脑：缺平板 · 孤儿、低保 · 已等0天 · 负责：张示例\n"
+        in listed
+    )
+    assert "\n2. 学生NEED2（六年级1班） · 平板/电脑：缺平板 · 无资助类别 · 已等2天" in listed
+    assert "【牛奶】库存 0（不对应跟进需求，按资助类别统一发放）" in listed
+    assert "【4G流量卡】库存 0，待发放的需求 0 项" in listed
+    assert (await coord("1")) == "要发放请回复“发放 1”，送到了请回复“送达 1”。"
+    assert (await coord("发放 9")).startswith("当前列表里没有第9项。列表已更新：\n本校物资库存")
+    assert await coord("发放 1 快递") == "快递请写上单号，例如：发放 1 快递 SF123456。"
+    assert (await coord("发放 1 飞机")).startswith("请写发放方式")
+    assert count(deps, aid_allocations) == 0 and stock_of(deps, school_id(deps)) == 1
+
+    done = await coord("发放 1 快递 SF9")
+    assert done == (
+        "已发放第1项：学生NEED0（六年级1班） · 平板电脑，快递（单号 SF9）。平板电脑还剩 0。"
+        "已告知负责老师张示例。"
+    )
+    ((key, channel, recipient, body),) = messages(deps)
+    assert (channel, recipient) == ("wecom", "zhanglaoshi") and key.startswith("aid-allocated:")
+    assert body.startswith("【物资】学校为学生NEED0（六年级1班）安排了平板电脑，快递（单号 SF9）。")
+    assert await coord("发放 2") == "库存不足：平板电脑现有 0，没有发放。请先“入库 平板电脑 数量”。"
+    stale = await coord("发放 1")
+    assert stale.startswith("第1项已经发放过或已经办结。列表已更新：")
+    assert "学生NEED0" not in stale and "待发放的需求 2 项" in stale
+    assert count(deps, aid_allocations) == 1 and len(messages(deps)) == 1
+
+    # teachers deliver from their 待跟进 list; 库存 and 发放 are not theirs
+    assert (await teacher("库存")).startswith("“库存”是学校资助协调员和教育局用的指令。")
+    assert (await teacher("发放 1")).startswith("“发放”是学校资助协调员")
+    assert await teacher("送达 1") == "请先发送“待跟进”（协调员：“库存”）看列表，再用“送达 序号”。"
+    todo = await teacher("待跟进")
+    assert "学生NEED0" in todo and "学生NEED1" in todo
+    first = next(line.split(".")[0] for line in todo.splitlines() if "学生NEED0" in line)
+    other = next(line.split(".")[0] for line in todo.splitlines() if "学生NEED1" in line)
+    assert (
+        await teacher(f"送达 {first}")
+        == f"已登记第{first}项的平板电脑送达。下次家访时会问一下是否在用。"
+    )
+    assert await teacher(f"送达 {first}") == f"第{first}项的物品已经登记送达了。"
+    assert await teacher(f"送达 {other}") == f"第{other}项还没有发放物品，或不在你负责的范围内。"
+    assert await teacher("送达 99") == "当前列表里没有第99项。"
+    with deps.db.begin() as conn:
+        row = conn.execute(select(aid_allocations)).one()
+    assert (row.status, row.delivered_by, row.followup_id) == ("delivered", "T001", needs[0])
+
+    # two coordinators' sessions take the last tablet at once: one gets it, the other is told
+    await coord("入库 平板电脑 1")
+    await coord("库存")
+    await console.say("库存", user="C001")
+    a, b = await asyncio.gather(coord("发放 1"), console.say("发放 2", user="C001"))
+    assert sorted([a.startswith("已发放第"), b.startswith("已发放第")]) == [False, True]
+    assert "库存不足" in (b if a.startswith("已发放") else a)
+    assert stock_of(deps, school_id(deps)) == 0 and count(deps, aid_allocations) == 2
+
+    # the bureau records in its pool and sees every school's needs
+    add_school(deps.db)
+    add_needs(deps, 1, school="第二实验小学", owner="T101", prefix="OTH")
+    assert (
+        await console.say("入库 平板电脑 5", user="B001") == "已入库 平板电脑 5，教育局统筹现有 5。"
+    )
+    district = await console.say("库存", user="B001")
+    assert "学生OTH0（六年级1班）（第二实验小学）" in district
+    assert stock_of(deps, POOL) == 5
+    # ... while the school's coordinator never sees another school's
+    assert "学生OTH0" not in await coord("库存")

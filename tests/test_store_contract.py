@@ -606,6 +606,49 @@ async def test_an_allocated_aid_item_is_asked_about_until_settled(
     assert [(f.id, f.aid_item) for f in checks] == [(late, ""), (fresh, "")]
 
 
+async def test_aid_stock_needs_allocation_and_delivery_in_chat(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, fresh = await _two_needs(backend, clock)
+    coord, bureau, teacher = [await _who(backend, n) for n in ("C001", "B001", "T001")]
+    now = clock.now()
+    assert await backend.run(lambda s: s.aid_stock(coord)) == {}
+    assert await backend.run(lambda s: s.change_aid_stock(coord, "平板电脑", 2, now)) == 2
+    assert await backend.run(lambda s: s.change_aid_stock(coord, "平板电脑", -3, now)) is None
+    assert await backend.run(lambda s: s.change_aid_stock(bureau, "平板电脑", 5, now)) == 5
+    assert await backend.run(lambda s: s.aid_stock(coord)) == {"平板电脑": 2}
+    assert await backend.run(lambda s: s.aid_stock(bureau)) == {"平板电脑": 5}  # the pool
+
+    needs = await backend.run(lambda s: s.aid_needs(coord, ["device"], now, 10))
+    assert [(n.followup_id, n.student_name, n.aid_categories, n.owner_no) for n in needs] == [
+        (late, "周小禾", ("残疾",), "T001")
+    ]
+    assert await backend.run(lambda s: s.aid_needs(coord, ["device"], now, 10, fresh)) == []
+    both = await backend.run(lambda s: s.aid_needs(bureau, ["device", "data"], now, 10))
+    assert {n.followup_id for n in both} == {late, fresh}
+    assert await backend.run(lambda s: s.deliver_aid(coord, late, now)) is None  # none yet
+
+    taken = await backend.run(lambda s: s.allocate_aid(coord, "平板电脑", late, "handed", "", now))
+    assert taken.allocation_id and taken.left == 1 and not taken.taken
+    assert await backend.run(lambda s: s.aid_needs(coord, ["device"], now, 10)) == []
+    again = await backend.run(lambda s: s.allocate_aid(coord, "平板电脑", late, "handed", "", now))
+    assert again.allocation_id == 0 and again.taken
+    assert await backend.run(lambda s: s.aid_stock(coord)) == {"平板电脑": 1}
+    short = await backend.run(lambda s: s.allocate_aid(coord, "流量包", fresh, "handed", "", now))
+    assert (short.allocation_id, short.left, short.taken) == (0, 0, False)
+
+    other = await _who(backend, "T002")
+    assert await backend.run(lambda s: s.deliver_aid(other, late, now)) is None  # not theirs
+    assert await backend.run(lambda s: s.deliver_aid(teacher, late, now)) == "平板电脑"
+    assert await backend.run(lambda s: s.deliver_aid(coord, late, now)) == ""  # twice
+    checks = await backend.run(lambda s: s.followups_to_check(backend.student_ids["DEMO0003"]))
+    assert (checks[0].id, checks[0].aid_item, checks[0].allocation_id) == (
+        late,
+        "平板电脑",
+        taken.allocation_id,
+    )
+
+
 async def test_a_teachers_done_is_history_and_undo_takes_it_back(
     backend: Backend, clock: FakeClock
 ) -> None:

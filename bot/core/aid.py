@@ -168,6 +168,7 @@ AID_CATEGORIES = ("建档立卡", "特困", "孤儿", "低保", "大病", "残�
 METHODS = {"courier": "快递", "carrier": "运营商上门安装", "handed": "当面交付"}
 UNCHECKED = ("allocated", "delivered")  # the next visit asks about these
 SETTLED = ("in_use", "not_received", "unusable")  # what it can find
+STANDING = ("allocated", "delivered", "in_use")  # an allocation that covers its need
 STATUS_LABELS = {
     "allocated": "已发放，未送达",
     "delivered": "已送达",
@@ -191,6 +192,17 @@ class OpenNeed:
     aid_categories: tuple[str, ...]
     days_open: int
     owner_name: str
+    owner_no: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What `发放 N` did: the new allocation (0: none) and the stock left (as it is, when none
+    was left); `taken`: a colleague allocated to this need at the same moment."""
+
+    allocation_id: int
+    left: int
+    taken: bool = False
 
 
 @dataclass(frozen=True, slots=True)
