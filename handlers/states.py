@@ -147,7 +147,7 @@ class ItemKind(StrEnum):
     AID_NEED = "aid_need"  # id: follow-up id * AID_SLOT + the item's place in the aid items
 
 
-AID_SLOT = 100  # more aid item kinds than this are refused by the configuration
+AID_SLOT = 100  # config.aid refuses more than 99 item kinds
 
 
 @dataclass(frozen=True, slots=True)
