@@ -110,7 +110,12 @@ def install_console(
         deps.clock,
         reachable,
         wecom_user,
-        SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds), reachable),
+        SqlAid(
+            deps.db,
+            load_aid_items(settings.aid_path, deps.form.followup_kinds),
+            reachable,
+            lambda moment: settings.quiet_hours.release(moment, settings.tz),
+        ),
     )
     console.install(app, sub)
 

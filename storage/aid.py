@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -256,11 +256,16 @@ class SqlAid:
     """Implements `bot.core.aid.AidStore` over a `Database`."""
 
     def __init__(
-        self, db: Database, items: Sequence[AidItem], channels: Sequence[str] = ()
+        self,
+        db: Database,
+        items: Sequence[AidItem],
+        channels: Sequence[str] = (),
+        quiet: Callable[[datetime], datetime | None] = lambda _: None,
     ) -> None:
         self.db = db
         self.items = tuple(items)
         self.channels = tuple(channels)  # the chat channels that reach a teacher, in order
+        self.quiet = quiet  # when quiet hours end, if `now` is inside them
 
     # ------------------------------------------------------------------ screening
     async def screen(
@@ -601,7 +606,7 @@ class SqlAid:
             recipient=recipient,
             kind="aid",
             body=body,
-            not_before=now,
+            not_before=self.quiet(now) or now,
             now=now,
             fallbacks=rest,
         )

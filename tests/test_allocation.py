@@ -607,3 +607,16 @@ async def test_stock_allocation_and_delivery_in_chat(
     assert stock_of(deps, POOL) == 5
     # ... while the school's coordinator never sees another school's
     assert "学生OTH0" not in await coord("库存")
+
+
+async def test_the_teacher_is_not_woken_in_quiet_hours(deps: Deps) -> None:
+    me, now = coordinator(deps), deps.clock.now()
+    morning = now + timedelta(hours=9)
+    items = load_aid_items(DEFAULT_AID, deps.form.followup_kinds)
+    store = SqlAid(deps.db, items, ("wecom",), lambda moment: morning)
+    (need,) = add_needs(deps, 1)
+    await store.change_stock(me, me.school_id or 0, TABLET, 1, "arrival", "", now)
+    await store.allocate(me, me.school_id or 0, TABLET, [need], "handed", "", now)
+    with deps.db.begin() as conn:
+        (row,) = conn.execute(select(outbox).where(outbox.c.kind == "aid")).all()
+    assert (row.next_attempt_at, row.created_at) == (morning, now)
