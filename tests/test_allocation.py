@@ -564,7 +564,7 @@ async def test_stock_allocation_and_delivery_in_chat(
     assert body.startswith("【物资】学校为学生NEED0（六年级1班）安排了平板电脑，快递（单号 SF9）。")
     assert await coord("发放 2") == "库存不足：平板电脑现有 0，没有发放。请先“入库 平板电脑 数量”。"
     stale = await coord("发放 1")
-    assert stale.startswith("第1项已经发放过或已经办结。列表已更新：")
+    assert stale.startswith("第1项已经发放过、已经办结或已不在你的范围内。列表已更新：")
     assert "学生NEED0" not in stale and "待发放的需求 2 项" in stale
     assert count(deps, aid_allocations) == 1 and len(messages(deps)) == 1
 
@@ -620,3 +620,25 @@ async def test_the_teacher_is_not_woken_in_quiet_hours(deps: Deps) -> None:
     with deps.db.begin() as conn:
         (row,) = conn.execute(select(outbox).where(outbox.c.kind == "aid")).all()
     assert (row.next_attempt_at, row.created_at) == (morning, now)
+
+
+async def test_a_need_now_of_another_school_is_refused_in_chat(
+    world: World,  # noqa: F811
+    settings: Settings,
+) -> None:
+    deps = world.deps
+    chat = ChatDriver(build_dispatcher(replace(settings, wecom=WECOM), deps), "wecom")
+    (need,) = add_needs(deps, 1)
+    other = add_school(deps.db)["school"]
+    assert await chat.say("入库 平板电脑 2", user="coord") == "已入库 平板电脑 2，本校现有 2。"
+    assert "1. 学生NEED0" in await chat.say("库存", user="coord")
+    with deps.db.begin() as conn:  # the student moved school since the list was shown
+        student = conn.execute(select(followups.c.student_id).where(followups.c.id == need))
+        conn.execute(
+            students.update().where(students.c.id == student.scalar_one()).values(school_id=other)
+        )
+    refused = await chat.say("发放 1", user="coord")
+    assert refused.startswith("第1项已经发放过、已经办结或已不在你的范围内。列表已更新：")
+    assert "学生NEED0" not in refused
+    assert stock_of(deps, school_id(deps)) == 2 and count(deps, aid_allocations) == 0
+    assert messages(deps) == []
