@@ -72,7 +72,12 @@ def conversation_over(
         unreached_after=settings.unreached_alert_after,
     )
     conversation = CheckIn(
-        form, settings.tz, cadence(settings, calendar), alerts, settings.public_url
+        form,
+        settings.tz,
+        cadence(settings, calendar),
+        alerts,
+        settings.public_url,
+        load_aid_items(settings.aid_path, form.followup_kinds),
     )
     engine = Engine(conversation, clock, settings.session_ttl)
     return Dispatcher(turns, engine, metrics)
@@ -105,7 +110,12 @@ def install_console(
         deps.clock,
         reachable,
         wecom_user,
-        SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds)),
+        SqlAid(
+            deps.db,
+            load_aid_items(settings.aid_path, deps.form.followup_kinds),
+            reachable,
+            lambda moment: settings.quiet_hours.release(moment, settings.tz),
+        ),
     )
     console.install(app, sub)
 

@@ -18,10 +18,12 @@ from sqlalchemy.engine import Connection
 from bot.core.types import FollowUpEvent, OutboxMessage
 from bot.deps import Deps, cadence
 from bot.outbox import OutboxDelivery
+from config.aid import load_aid_items
 from config.settings import Settings
 from handlers.ladder import plan_escalations
 from handlers.reminders import Plan, View, plan_digests, plan_reminders
 from storage import ladder, outbox
+from storage.aid import supply_by_school
 from storage.maintenance import Pruned, prune_inbound
 from storage.snapshot import has_run, last_run, load_snapshot, record_run
 
@@ -71,6 +73,7 @@ class Jobs:
         self.person_channels = [c for c in PERSON_CHANNELS if c in channels]
         self.channels = [*self.person_channels, *(c for c in channels if c not in PERSON_CHANNELS)]
         self.delivery = delivery
+        self.aid_items = load_aid_items(settings.aid_path, deps.form.followup_kinds)
 
     def quiet_until(self, at: datetime) -> datetime | None:
         """When `at` falls inside QUIET_HOURS, the moment the window ends; else None."""
@@ -135,6 +138,7 @@ class Jobs:
                 self.person_channels,
                 kinds,
                 self.settings.escalate_after_days,
+                supply_by_school(conn, self.aid_items),
             )
         notices = plan_escalations(
             snap,

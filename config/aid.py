@@ -12,6 +12,7 @@ from bot.core.errors import ConfigError
 
 DEFAULT_AID = Path(__file__).parent / "aid.yaml"
 MAX_NAME = 50
+MAX_ITEMS = 99  # a chat list numbers needs by follow-up and item place (handlers.states.AID_SLOT)
 
 
 def load_aid_items(path: str | Path, kinds: Collection[str]) -> tuple[AidItem, ...]:
@@ -25,6 +26,8 @@ def load_aid_items(path: str | Path, kinds: Collection[str]) -> tuple[AidItem, .
     entries = raw.get("items") if isinstance(raw, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: expected `items:`, a list of {{name, meets}}")
+    if len(entries) > MAX_ITEMS:
+        raise ConfigError(f"{path}: at most {MAX_ITEMS} item kinds")
     items: list[AidItem] = []
     for n, entry in enumerate(entries, start=1):
         name = entry.get("name") if isinstance(entry, dict) else None

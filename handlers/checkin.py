@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core.aid import SETTLED, AidItem
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
 from bot.core.ports import Store
@@ -36,6 +37,7 @@ from bot.core.types import (
 )
 from config.forms import CHECK_RESOLVED, CHECK_STILL, CHECKS_KEY, Form, QType
 from handlers import binding, coordinate, render, states, texts
+from handlers.aid import AidDesk
 from handlers.answers import clean_free_text, normalize, parse_answer, strip_edges
 from handlers.cadence import Cadence, last_attempt_unreached
 from handlers.commands import (
@@ -122,6 +124,7 @@ class CheckIn:
         cadence: Cadence | None = None,
         alerts: Alerts | None = None,
         public_url: str = "http://127.0.0.1:8080",
+        aid_items: Sequence[AidItem] = (),
     ) -> None:
         self.form = form
         self.tz = tz
@@ -154,6 +157,10 @@ class CheckIn:
             Cmd.ACK: self._coordinating,
             Cmd.REASSIGN: self._coordinating,
             Cmd.NUDGE: self._coordinating,
+            Cmd.STOCK: self._coordinating,
+            Cmd.ALLOCATE: self._coordinating,
+            Cmd.ARRIVAL: self._coordinating,
+            Cmd.DELIVERED: self._delivered,
         }
         self.coordination = Coordination(
             form.followup_kinds,
@@ -162,6 +169,7 @@ class CheckIn:
             self.alerts.quiet,
             self.cadence.default_days,
         )
+        self.aid = AidDesk(tuple(aid_items), form.followup_kinds, self.coordination)
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
@@ -367,6 +375,8 @@ class CheckIn:
         if item is None:
             shown = min(listing.shown, len(listing.items))
             return [texts.NOT_IN_LIST.format(n=n, count=shown) + self._list_hint(listing)]
+        if item.kind is ItemKind.AID_NEED:  # a 库存 list: numbers go with 发放 or 送达
+            return [texts.AID_NUMBER.format(n=n)]
         if item.kind is ItemKind.FOLLOWUP:
             found = self._followup(c, item.id)
             if found is None:  # (the list shows open ones: this one was done since)
@@ -561,6 +571,8 @@ class CheckIn:
                 f.detail,
                 f.closed_at.astimezone(self.tz).date() if f.closed_at else None,
                 f.note or "",
+                f.aid_item,
+                f.allocation_id,
             )
             for f in c.t.store.followups_to_check(student.id)
             if f.kind in self.form.check_kinds and str(f.id) not in answered
@@ -573,24 +585,36 @@ class CheckIn:
         else:
             note = f"：{check.note}" if check.note else ""
             status = texts.CHECK_DONE.format(date=render.md(check.done_on), note=note)
-        return self.form.check_prompt.format(need=need, status=status) + texts.CHECK_OPTIONS
+        asked = self.form.check_prompt.format(need=need, status=status)
+        if check.item:
+            return asked + texts.AID_CHECK.format(item=check.item) + texts.AID_CHECK_OPTIONS
+        return asked + texts.CHECK_OPTIONS
 
     def _check_answer(self, c: _Ctx, checking: Checking, raw: str) -> list[str]:
         word = strip_edges(normalize(raw))
-        if word in texts.CHECK_RESOLVED_WORDS:
+        check, rest = checking.checks[0], checking.checks[1:]
+        aid = ""
+        if check.item:  # 在用 settles the need; 没收到 / 用不了 keep it open
+            aid = next((k for k, w in texts.AID_CHECK_WORDS.items() if word in w), "")
+            if not aid:
+                return [self._with_prompt(c, texts.AID_CHECK_AGAIN)]
+            answer = CHECK_RESOLVED if aid == "in_use" else CHECK_STILL
+        elif word in texts.CHECK_RESOLVED_WORDS:
             answer = CHECK_RESOLVED
         elif word in texts.CHECK_STILL_WORDS:
             answer = CHECK_STILL
         else:
             return [self._with_prompt(c, texts.CHECK_AGAIN)]
-        check, rest = checking.checks[0], checking.checks[1:]
         done = dict(checking.draft.answers.get(CHECKS_KEY) or {})
-        done[str(check.followup)] = {
+        entry: dict[str, Any] = {
             "answer": answer,
             "kind": check.kind,
             "detail": check.detail,
             "was_done": check.done_on is not None,
         }
+        if aid:
+            entry |= {"aid": aid, "item": check.item, "allocation": check.allocation}
+        done[str(check.followup)] = entry
         saved = self._save(c, checking.draft, {CHECKS_KEY: done})
         if saved is None:
             return self._draft_gone(c, checking.draft)
@@ -734,6 +758,7 @@ class CheckIn:
             return self._advance(c, fresh, texts.DRAFT_CHANGED)
         for fid in resolved:  # (only if still the teacher's; a colleague's stays theirs)
             store.close_followup(c.staff.id, fid, texts.CHECK_CLOSED_NOTE, c.t.now)
+        aid_alerts = self._settle_aid(c, draft, answers)
         c.go(Idle())
         c.conv = replace(c.conv, last=LastAction(ItemKind.STUDENT, draft.visit_id, c.t.now))
         student = _label(draft.student)
@@ -742,19 +767,45 @@ class CheckIn:
         ]
         if found:
             lines.append(render.new_followups(self.form, found))
-        told = self._tell_the_school(c, draft, found, reached)
+        told = self._tell_the_school(c, draft, found, reached, aid_alerts)
         if told:
             lines.append(told)
         lines += [texts.UNDO_HINT, texts.NEXT_HINT]
         return ["\n".join(lines)]
 
+    def _settle_aid(
+        self, c: _Ctx, draft: OpenDraft, answers: Mapping[str, Any]
+    ) -> list[tuple[str, str]]:
+        """Record what the visit found of each allocated aid item; the coordinators' messages
+        for those not received or unusable, as (key part, text)."""
+        bodies = []
+        for entry in (answers.get(CHECKS_KEY) or {}).values():
+            allocation, outcome = entry.get("allocation"), entry.get("aid")
+            if not allocation or outcome not in SETTLED:
+                continue
+            settled = c.t.store.settle_allocation(int(allocation), outcome, c.t.now)
+            if settled and outcome != "in_use":
+                text = texts.ALERT_AID.format(
+                    teacher=c.staff.name,
+                    student=_label(draft.student),
+                    item=entry.get("item", ""),
+                    outcome=texts.AID_OUTCOME[outcome],
+                )
+                bodies.append((f"aid{int(allocation)}", text))
+        return bodies
+
     def _tell_the_school(
-        self, c: _Ctx, draft: OpenDraft, found: Sequence[NewFollowUp], reached: bool
+        self,
+        c: _Ctx,
+        draft: OpenDraft,
+        found: Sequence[NewFollowUp],
+        reached: bool,
+        aid_alerts: Sequence[tuple[str, str]] = (),
     ) -> str | None:
         """Queue the coordinators' messages this submission calls for; what to tell the
         teacher about it (None: nothing called for)."""
         student, store = draft.student, c.t.store
-        bodies: list[tuple[str, str]] = []  # (key part, text)
+        bodies: list[tuple[str, str]] = list(aid_alerts)  # (key part, text)
         if not reached:
             attempts = store.unreached_attempts(student.id)
             if len(attempts) == self.alerts.unreached_after:
@@ -862,7 +913,20 @@ class CheckIn:
                 return co.nudge(c, command.argument, self._due_students)
             case Cmd.OVERVIEW:
                 return co.overview(c)
+            case Cmd.STOCK:
+                return self.aid.stock(c)
+            case Cmd.ALLOCATE:
+                return self.aid.allocate(c, command.number, command.argument)
+            case Cmd.ARRIVAL:
+                return self.aid.arrival(c, command.number, command.argument)
         return co.unvisited(c)
+
+    def _delivered(self, c: _Ctx, command: Command, _raw: str) -> list[str] | None:
+        """送达 N: the item allocated to need N of the current list arrived."""
+        if isinstance(c.state, InVisit):
+            return None  # inside a visit it is an answer
+        lists = (ListKind.FOLLOWUPS, ListKind.AID, ListKind.ESCALATIONS)
+        return self.aid.delivered(c, command.number, lists)
 
     def _unvisited(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
         """未访: for a teacher, their students due (as 家访 未访)."""

@@ -40,10 +40,25 @@ class Cmd(StrEnum):
     ACK = "ack"  # 确认 N [备注]
     REASSIGN = "reassign"  # 转交 N 工号
     NUDGE = "nudge"  # 催办 工号
+    # aid (#15): 库存, 发放 N [快递 单号|上门|当面], 入库 物品 数量 (coordinators, bureau); 送达 N
+    STOCK = "stock"
+    ALLOCATE = "allocate"
+    ARRIVAL = "arrival"
+    DELIVERED = "delivered"
 
 
 COORDINATOR_CMDS = frozenset(
-    {Cmd.OVERVIEW, Cmd.OVERDUE, Cmd.ESCALATED, Cmd.ACK, Cmd.REASSIGN, Cmd.NUDGE}
+    {
+        Cmd.OVERVIEW,
+        Cmd.OVERDUE,
+        Cmd.ESCALATED,
+        Cmd.ACK,
+        Cmd.REASSIGN,
+        Cmd.NUDGE,
+        Cmd.STOCK,
+        Cmd.ALLOCATE,
+        Cmd.ARRIVAL,
+    }
 )
 
 
@@ -70,6 +85,10 @@ WORDS: dict[Cmd, tuple[str, ...]] = {
     Cmd.ESCALATED: ("上报", "escalated"),
     Cmd.REASSIGN: ("转交", "reassign"),
     Cmd.NUDGE: ("催办", "nudge"),
+    Cmd.STOCK: ("库存", "stock"),
+    Cmd.ALLOCATE: ("发放",),
+    Cmd.ARRIVAL: ("入库",),
+    Cmd.DELIVERED: ("送达",),
 }
 YES = frozenset({"是", "是的", "对", "对的", "确定", "确认", "好", "好的", "嗯", "y", "yes", "ok"})
 NO = frozenset({"不是", "不对", "不", "否", "错了", "n", "no"})
@@ -88,6 +107,9 @@ _ACK = re.compile(
 )
 _REASSIGN = re.compile(r"^(?:转交|reassign)\s*([0-9]+)\s*(\S*)\s*$", re.IGNORECASE)
 _NUDGE = re.compile(r"^(?:催办|nudge)\s+(\S+)$", re.IGNORECASE)
+_ALLOCATE = re.compile(r"^发放\s*([0-9]+)\s*(.*)$", re.DOTALL)
+_ARRIVAL = re.compile(r"^入库\s*(\S+?)\s*([0-9]+)$")
+_DELIVERED = re.compile(r"^送达\s*([0-9]+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +137,12 @@ def parse_command(text: str) -> Command | None:
         return Command(Cmd.REASSIGN, int(m.group(1)), m.group(2).upper())
     if m := _NUDGE.match(word):
         return Command(Cmd.NUDGE, argument=m.group(1).upper())
+    if m := _ALLOCATE.match(word):
+        return Command(Cmd.ALLOCATE, int(m.group(1)), m.group(2).strip())
+    if m := _ARRIVAL.match(word):
+        return Command(Cmd.ARRIVAL, int(m.group(2)), m.group(1))
+    if m := _DELIVERED.match(word):
+        return Command(Cmd.DELIVERED, int(m.group(1)))
     return None
 
 

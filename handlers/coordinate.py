@@ -45,6 +45,11 @@ HELP = (
     "完成 N 备注 — 把第 N 项跟进标记为完成，例如：完成 1 平板已送到\n"
     "转交 N 工号 — 把第 N 项交给同校的另一位老师，例如：转交 1 T002（会通知对方）\n"
     "催办 工号 — 现在提醒这位老师（每位老师每天一次），例如：催办 T001\n"
+    "库存 — 各物资的库存和它能解决的待发放需求（带序号，最急的在前）\n"
+    "发放 N — 把一件物资发给第 N 项需求（当面交付；“发放 N 快递 单号”“发放 N 上门”），"
+    "会通知负责老师\n"
+    "入库 物品 数量 — 登记到货，例如：入库 平板电脑 17\n"
+    "送达 N — 登记第 N 项发放的物资已送到\n"
     "后台 — 家访后台登录链接\n"
     "帮助 — 显示本说明"
 )
@@ -409,6 +414,10 @@ class Coordination:
         return "\n".join(lines), Listing(ListKind.REMINDER, items, len(items))
 
     # ------------------------------------------------------------------ telling people
+    def tell(self, c: Ctx, to: RosterStaff, key: str, kind: str, body: str) -> bool:
+        """`_tell_person` for the other chat desks (aid)."""
+        return self._tell_person(c, to, key, kind, body)
+
     def _tell_person(
         self,
         c: Ctx,

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core.aid import NeedSupply, totals
 from bot.core.channels import DINGTALK_GROUP as GROUP_CHANNEL
 from bot.core.types import (
     FOLLOWUP_EVENT_LABELS,
@@ -315,6 +316,7 @@ def school_digest(
     since: datetime,
     kind_labels: Mapping[str, str],
     escalate_after_days: int,
+    supply: Sequence[NeedSupply] = (),
 ) -> str:
     lines = [f"【家访日报】{fig.name} {md(view.today)}"]
     lines.append(f"家访覆盖：已访 {fig.visited}/{fig.total}（{_pct(fig.visited, fig.total)}）")
@@ -331,6 +333,9 @@ def school_digest(
         more = f"等{len(ids)}名" if len(ids) > NAMES_LIMIT else ""
         lines.append(f"· {kind_labels.get(kind, kind)}：{names}{more}")
     lines.append(f"待跟进 {fig.open} 项，其中逾期 {fig.overdue} 项。" if fig.open else "待跟进：无")
+    if supply:
+        lines.append("物资需求与发放：")
+        lines += [f"· {s.line()}" for s in supply]
     lines.append("各位老师：")
     teachers = set(fig.covered_by_teacher) | set(fig.open_by_teacher)
     for staff_id in sorted(
@@ -415,7 +420,9 @@ def history_line(snap: Snapshot, followup_id: int, tz: ZoneInfo) -> str:
     return " → ".join(parts)
 
 
-def bureau_digest(figures: Iterable[SchoolFigures], view: View) -> str:
+def bureau_digest(
+    figures: Iterable[SchoolFigures], view: View, supply: Sequence[NeedSupply] = ()
+) -> str:
     figs = list(figures)
     lines = [f"【家访日报】全区汇总 {md(view.today)}"]
     for f in figs:
@@ -430,6 +437,9 @@ def bureau_digest(figures: Iterable[SchoolFigures], view: View) -> str:
         f"待跟进 {sum(f.open for f in figs)}（逾期 {sum(f.overdue for f in figs)}），"
         f"上报 {sum(len(f.escalated) for f in figs)}"
     )
+    if supply:
+        lines.append("全区物资需求与发放（库存含教育局统筹）：")
+        lines += [f"· {s.line()}" for s in supply]
     return "\n".join(lines)
 
 
@@ -451,22 +461,28 @@ def plan_digests(
     person_channels: Sequence[str],
     kind_labels: Mapping[str, str],
     escalate_after_days: int,
+    supply: Mapping[int, Sequence[NeedSupply]] | None = None,
 ) -> Plan:
     """One digest per school coordinator, one summary per bureau member, one to the group robot.
 
     `channels`: every configured channel, in order of preference; `person_channels`: those that
-    reach one person (the group robot reaches nobody in particular).
+    reach one person (the group robot reaches nobody in particular). `supply`: need against
+    supply of aid items by school (`POOL` for the bureau's pool), for the digests.
     """
+    supply = supply or {}
+    district = totals(line for lines in supply.values() for line in lines)
     unreachable_staff = unreachable_teachers(snap, person_channels)
     figures = school_figures(snap, view, since, channels, unreachable_staff)
     day = view.today.isoformat()
     messages: list[Outgoing] = []
     unreachable: list[RosterStaff] = []
     school_texts = {
-        sid: school_digest(fig, snap, view, since, kind_labels, escalate_after_days)
+        sid: school_digest(
+            fig, snap, view, since, kind_labels, escalate_after_days, supply.get(sid, ())
+        )
         for sid, fig in figures.items()
     }
-    bureau_text = bureau_digest(figures.values(), view)
+    bureau_text = bureau_digest(figures.values(), view, district)
     for person in snap.staff.values():
         if person.role is StaffRole.COORDINATOR and person.school_id in school_texts:
             body, kind = school_texts[person.school_id], "digest"
@@ -484,6 +500,7 @@ def plan_digests(
     if GROUP_CHANNEL in channels:
         # A group chat is read by everyone in it: counts per school only, never a child's
         # name, a need's detail or a teacher's name (those go to each coordinator privately).
+        # (nor the kinds of need: the aid figures stay in the bureau's own digest)
         group_text = bureau_digest(figures.values(), view)
         messages.append(
             Outgoing(f"digest:group:{day}", GROUP_CHANNEL, "default", "digest", group_text)

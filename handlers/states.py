@@ -115,6 +115,8 @@ class Check:
     detail: str
     done_on: date | None = None
     note: str = ""
+    item: str = ""  # an aid item allocated against it (#15): asked whether it is in use
+    allocation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +138,16 @@ class ListKind(StrEnum):
     REMINDER = "reminder"
     DRAFTS = "drafts"
     ESCALATIONS = "escalations"  # a coordinator's 上报 / 逾期 list, or an escalation message
+    AID = "aid"  # 库存: the open needs each aid item can meet (#15)
 
 
 class ItemKind(StrEnum):
     STUDENT = "student"
     FOLLOWUP = "followup"
+    AID_NEED = "aid_need"  # id: follow-up id * AID_SLOT + the item's place in the aid items
+
+
+AID_SLOT = 100  # config.aid refuses more than 99 item kinds
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +213,15 @@ def dump(conversation: Conversation) -> tuple[str, dict[str, Any], dict[str, Any
         case Checking(draft=draft, checks=checks):
             data["draft"] = _dump_draft(draft)
             data["checks"] = [
-                [k.followup, k.kind, k.detail, k.done_on.isoformat() if k.done_on else None, k.note]
+                [
+                    k.followup,
+                    k.kind,
+                    k.detail,
+                    k.done_on.isoformat() if k.done_on else None,
+                    k.note,
+                    k.item,
+                    k.allocation,
+                ]
                 for k in checks
             ]
         case ConfirmCut():
@@ -285,8 +300,16 @@ def _load_state(name: StateName, data: Mapping[str, Any]) -> State:
             return ConfirmDiscard(_load_draft(data["draft"]), str(question) if question else None)
         case StateName.CHECKING:
             checks = tuple(
-                Check(int(i), str(k), str(d), date.fromisoformat(on) if on else None, str(n))
-                for i, k, d, on, n in data["checks"]
+                Check(
+                    int(i),
+                    str(k),
+                    str(d),
+                    date.fromisoformat(on) if on else None,
+                    str(n),
+                    str(aid[0]) if aid else "",
+                    int(aid[1]) if aid else 0,
+                )
+                for i, k, d, on, n, *aid in data["checks"]
             )
             return Checking(_load_draft(data["draft"]), checks) if checks else Idle()
         case StateName.CONFIRM_CUT:

@@ -33,6 +33,7 @@ HELP = (
     "上一题 — 回到上一题；跳过 — 跳过选填题；修改 N — 修改第 N 项回答\n"
     "待跟进 — 查看你的待跟进事项\n"
     "完成 N 备注 — 把列表第 N 项跟进标记为完成，例如：完成 1 平板已送到\n"
+    "送达 N — 学校为列表第 N 项发放的物资已送到家\n"
     "撤销 — 撤回10分钟内的“完成”或提交\n"
     "进度 — 查看你本周期的家访进度\n"
     "（English: visit, more, resume, later, cancel, discard, back, skip, edit N, todo, "
@@ -190,3 +191,18 @@ CHECK_RESOLVED_WORDS = frozenset({"1", "已解决", "解决", "解决了", "已�
 CHECK_STILL_WORDS = frozenset({"2", "仍需帮助", "还需要", "需要", "还需帮助", "没解决", "未解决"})
 CHECK_AGAIN = "请回复 1（已解决）或 2（仍需帮助）。"
 CHECK_CLOSED_NOTE = "下次家访确认已解决"
+AID_NUMBER = "要发放请回复“发放 {n}”，送到了请回复“送达 {n}”。"
+# An aid item allocated against the need (#15): arrived, in use?
+AID_CHECK = "学校已发放{item}：收到了吗？在用吗？"
+AID_CHECK_OPTIONS = "\n1. 在用\n2. 没收到\n3. 用不了"
+AID_CHECK_AGAIN = "请回复 1（在用）、2（没收到）或 3（用不了）。"
+AID_CHECK_WORDS = {
+    "in_use": frozenset({"1", "在用", "在用了", "收到了", "收到在用", "用上了", "能用"}),
+    "not_received": frozenset({"2", "没收到", "还没收到", "未收到", "没有收到"}),
+    "unusable": frozenset({"3", "用不了", "不能用", "坏了", "用不上"}),
+}
+AID_OUTCOME = {"not_received": "还没收到", "unusable": "收到了但用不了"}
+ALERT_AID = (
+    "【物资】{teacher}老师家访 {student} 时反馈：学校发放的{item}{outcome}，"
+    "这项需求仍未解决，请跟进。"
+)

@@ -14,6 +14,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
+from bot.core.aid import (
+    AID_CATEGORIES,
+    POOL,
+    SETTLED,
+    STANDING,
+    UNCHECKED,
+    OpenNeed,
+    Taken,
+)
 from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
@@ -120,6 +129,10 @@ class _Data:
     events: list[tuple[int, str, datetime, int | None, int | None, str | None]] = field(
         default_factory=list
     )
+    # aid allocations (#15) as (follow-up, item, status); allocated only by the console's
+    # `storage.aid.SqlAid`, so seeded here with `add_allocation`
+    allocations: dict[int, list[Any]] = field(default_factory=dict)
+    stock: dict[tuple[int, str], int] = field(default_factory=dict)  # (school or POOL, item)
     next_id: int = 1
 
 
@@ -402,10 +415,127 @@ class MemoryStore:
                 )
             )
         ]
+        unchecked = {
+            fid: (item, aid)
+            for aid, (fid, item, status) in self.data.allocations.items()
+            if status in UNCHECKED
+        }
         return [
-            FollowUpCheck(f.id, f.kind, f.detail, f.status, f.closed_at, f.note)
+            FollowUpCheck(
+                f.id, f.kind, f.detail, f.status, f.closed_at, f.note, *unchecked.get(f.id, ("", 0))
+            )
             for f in sorted(found, key=lambda f: (f.created_at, f.id))
         ]
+
+    def add_allocation(self, followup_id: int, item: str, status: str = "delivered") -> int:
+        """Seed an allocation of `item` against a follow-up (tests)."""
+        aid = self._new_id()
+        self.data.allocations[aid] = [followup_id, item, status]
+        return aid
+
+    def _holder(self, viewer: Staff) -> int:
+        return POOL if viewer.role is StaffRole.BUREAU else (viewer.school_id or -1)
+
+    def _school_id(self, student_id: int) -> int:
+        return self.data.schools.get(self.data.students[student_id].school, -1)
+
+    def aid_stock(self, viewer: Staff) -> dict[str, int]:
+        holder = self._holder(viewer)
+        return {item: n for (h, item), n in self.data.stock.items() if h == holder}
+
+    def aid_needs(
+        self,
+        viewer: Staff,
+        kinds: Sequence[str],
+        now: datetime,
+        limit: int,
+        followup_id: int | None = None,
+    ) -> list[OpenNeed]:
+        standing = {fid for fid, _, status in self.data.allocations.values() if status in STANDING}
+        names = {i: n for n, i in self.data.schools.items()}
+        needs = []
+        for f in self.data.followups.values():
+            s = self.data.students[f.student_id]
+            school = self._school_id(s.id)
+            if (
+                f.kind not in kinds
+                or f.status not in OPEN
+                or not s.active
+                or f.id in standing
+                or (followup_id is not None and f.id != followup_id)
+                or (viewer.role is not StaffRole.BUREAU and school != viewer.school_id)
+            ):
+                continue
+            cats = tuple(c for c in AID_CATEGORIES if c in s.categories)
+            needs.append(
+                OpenNeed(
+                    f.id,
+                    school,
+                    names.get(school, ""),
+                    s.name,
+                    s.class_name,
+                    f.kind,
+                    f.detail,
+                    cats,
+                    max(0, (now - f.created_at).days),
+                    self.data.staff[f.owner_staff_id].name,
+                    self.data.staff[f.owner_staff_id].staff_no,
+                )
+            )
+        needs.sort(key=lambda n: (-len(n.aid_categories), -n.days_open, n.followup_id))
+        return needs[:limit]
+
+    def change_aid_stock(self, viewer: Staff, item: str, change: int, now: datetime) -> int | None:
+        key = (self._holder(viewer), item)
+        have = self.data.stock.get(key, 0)
+        if have + change < 0:
+            return None
+        self.data.stock[key] = have + change
+        self.data.audit.append(
+            (now, viewer.staff_no, "aid_stock", {"item": item, "change": change})
+        )
+        return have + change
+
+    def allocate_aid(
+        self, viewer: Staff, item: str, followup_id: int, method: str, tracking: str, now: datetime
+    ) -> Taken:
+        if any(
+            fid == followup_id and status in STANDING
+            for fid, _, status in self.data.allocations.values()
+        ):
+            return Taken(0, 0, taken=True)
+        left = self.change_aid_stock(viewer, item, -1, now)
+        if left is None:
+            return Taken(0, self.aid_stock(viewer).get(item, 0))
+        return Taken(self.add_allocation(followup_id, item, "allocated"), left)
+
+    def deliver_aid(self, viewer: Staff, followup_id: int, now: datetime) -> str | None:
+        f = self.data.followups.get(followup_id)
+        if f is None:
+            return None
+        if viewer.role is StaffRole.TEACHER and f.owner_staff_id != viewer.id:
+            return None
+        if (
+            viewer.role is StaffRole.COORDINATOR
+            and self._school_id(f.student_id) != viewer.school_id
+        ):
+            return None
+        for found in reversed(list(self.data.allocations.values())):
+            if found[0] == followup_id and found[2] in UNCHECKED:
+                if found[2] != "allocated":
+                    return ""
+                found[2] = "delivered"
+                return str(found[1])
+        return None
+
+    def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
+        if outcome not in SETTLED:
+            raise ValueError(outcome)
+        found = self.data.allocations.get(allocation_id)
+        if found is None or found[2] not in UNCHECKED:
+            return False
+        found[2] = outcome
+        return True
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         mine = [

@@ -382,6 +382,30 @@ aid_ledger = Table(
     Index("ix_aid_ledger_school_at", "school_id", "at"),
 )
 
+# An aid item given to one student against one open need (#15): how it goes out, whether it
+# arrived, and what the next visit found. `active_followup_id` is the need while this allocation
+# stands (allocated, delivered, in use) and NULL once the visit found it not received or unusable:
+# being unique, it lets two coordinators at once never both allocate to one need.
+aid_allocations = Table(
+    "aid_allocations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("school_id", Integer, nullable=False),  # whose stock it came from (POOL: the bureau)
+    Column("item", String(50), nullable=False),
+    Column("followup_id", ForeignKey("followups.id"), nullable=False, index=True),
+    Column("active_followup_id", Integer, nullable=True, unique=True),
+    Column("student_id", ForeignKey("students.id"), nullable=False, index=True),
+    Column("method", String(20), nullable=False),  # courier | carrier | handed
+    Column("tracking", String(100), nullable=True),
+    # allocated | delivered | in_use | not_received | unusable
+    Column("status", String(20), nullable=False),
+    Column("allocated_at", UtcDateTime, nullable=False),
+    Column("allocated_by", String(64), nullable=False),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("delivered_by", String(64), nullable=True),
+    Column("checked_at", UtcDateTime, nullable=True),
+)
+
 # One row per scheduled job and local school day that completed: a job missed while the server was
 # down is run once at start-up, and "needs found since the last digest" starts at the last run.
 job_runs = Table(

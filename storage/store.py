@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from bot.core.aid import SETTLED, UNCHECKED, OpenNeed, Taken
 from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
@@ -50,10 +51,11 @@ from bot.core.types import (
     Unvisited,
     VisitStatus,
 )
-from storage import binding, outbox
+from storage import aid, binding, outbox
 from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
+    aid_allocations,
     assignments,
     console_tokens,
     conversations,
@@ -675,6 +677,15 @@ class SqlStore:
                 followups.c.status,
                 followups.c.closed_at,
                 followups.c.note,
+                aid_allocations.c.item,
+                aid_allocations.c.id.label("allocation_id"),
+            )
+            .outerjoin(
+                aid_allocations,
+                and_(
+                    aid_allocations.c.active_followup_id == followups.c.id,
+                    aid_allocations.c.status.in_(UNCHECKED),
+                ),
             )
             .where(
                 followups.c.student_id == student_id,
@@ -692,9 +703,54 @@ class SqlStore:
             .order_by(followups.c.created_at, followups.c.id)
         )
         return [
-            FollowUpCheck(r.id, r.kind, r.detail, FollowUpStatus(r.status), r.closed_at, r.note)
+            FollowUpCheck(
+                r.id,
+                r.kind,
+                r.detail,
+                FollowUpStatus(r.status),
+                r.closed_at,
+                r.note,
+                r.item or "",
+                r.allocation_id or 0,
+            )
             for r in rows
         ]
+
+    def aid_stock(self, viewer: Staff) -> dict[str, int]:
+        return aid.stock_counts(self.conn, viewer)
+
+    def aid_needs(
+        self,
+        viewer: Staff,
+        kinds: Sequence[str],
+        now: datetime,
+        limit: int,
+        followup_id: int | None = None,
+    ) -> list[OpenNeed]:
+        return aid.needs_in_scope(self.conn, viewer, kinds, now, limit, followup_id)
+
+    def change_aid_stock(self, viewer: Staff, item: str, change: int, now: datetime) -> int | None:
+        return aid.change_in_chat(self.conn, viewer, item, change, now)
+
+    def allocate_aid(
+        self, viewer: Staff, item: str, followup_id: int, method: str, tracking: str, now: datetime
+    ) -> Taken:
+        return aid.allocate_in_chat(self.conn, viewer, item, followup_id, method, tracking, now)
+
+    def deliver_aid(self, viewer: Staff, followup_id: int, now: datetime) -> str | None:
+        return aid.deliver_in_chat(self.conn, viewer, followup_id, now)
+
+    def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
+        if outcome not in SETTLED:
+            raise ValueError(outcome)
+        a = aid_allocations
+        values: dict[str, Any] = {"status": outcome, "checked_at": now}
+        if outcome != "in_use":  # the need is open for another allocation
+            values["active_followup_id"] = None
+        done = self.conn.execute(
+            update(a).where(a.c.id == allocation_id, a.c.status.in_(UNCHECKED)).values(values)
+        ).rowcount
+        return bool(done)
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:
         rows = self.conn.execute(

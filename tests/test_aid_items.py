@@ -33,6 +33,7 @@ def test_the_defaults_link_the_forms_follow_up_kinds() -> None:
         ("items:\n  - {name: '', meets: []}\n", "item 1: `name`"),
         ("items:\n  - {name: 牛奶}\n  - {name: 牛奶}\n", "item 2 (牛奶): named twice"),
         ("items: [\n", "cannot read the aid items (ParserError)"),
+        ("items:\n" + "".join(f"  - {{name: x{i}}}\n" for i in range(100)), "at most 99"),
     ],
 )
 def test_a_broken_file_is_named(tmp_path: Path, text: str, problem: str) -> None:

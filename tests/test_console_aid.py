@@ -153,13 +153,14 @@ async def test_arrivals_corrections_and_need_against_supply(
     await web.sign_in("C001")
     csrf = await web.csrf()
     page = await web.text("/console/aid")
-    assert re.search(r"<th>平板电脑</th><td>1</td><td>0</td><td>1</td>", page)
-    assert re.search(r"<th>牛奶</th><td>—</td><td>0</td><td>—</td>", page)
+    assert re.search(r"<th>平板电脑</th><td>1</td><td>0</td><td>1</td><td>0</td>", page)
+    assert re.search(r"<th>牛奶</th><td>—</td><td>0</td><td>—</td><td>—</td>", page)
 
     web.forget_cookies()
     await web.sign_in("B001")  # the bureau sees the need school by school
     page = await web.text("/console/aid")
-    assert f"<tr><td>{SCHOOL}</td><td>平板电脑</td><td>1</td><td>0</td><td>1</td></tr>" in page
+    zeros = "<td>0</td><td>0</td><td>0</td></tr>"
+    assert f"<tr><td>{SCHOOL}</td><td>平板电脑</td><td>1</td><td>0</td><td>1</td>{zeros}" in page
     web.forget_cookies()
     await web.sign_in("C001")
     csrf = await web.csrf()
@@ -168,7 +169,7 @@ async def test_arrivals_corrections_and_need_against_supply(
         web, csrf, school=mine, item="平板电脑", reason="arrival", change="17", note="第一批"
     )
     assert status == 303 and "已登记" in page
-    assert re.search(r"<th>平板电脑</th><td>1</td><td>17</td><td>0</td>", page)
+    assert re.search(r"<th>平板电脑</th><td>1</td><td>17</td><td>0</td><td>0</td>", page)
     status, page = await record(
         web, csrf, school=mine, item="平板电脑", reason="correction", change="-2", note="点错"
     )
@@ -222,8 +223,9 @@ async def test_the_bureau_keeps_a_pool_and_sees_every_school(
     assert status == 303
     assert "<tr><td>教育局统筹</td><td>4G流量卡</td><td>40</td></tr>" in page
     assert "<tr><td>第二实验小学</td><td>4G流量卡</td><td>5</td></tr>" in page
-    assert re.search(r"<th>4G流量卡</th><td>0</td><td>45</td><td>0</td>", page)
-    assert "<tr><td>第二实验小学</td><td>4G流量卡</td><td>0</td><td>5</td><td>0</td></tr>" in page
+    assert re.search(r"<th>4G流量卡</th><td>0</td><td>45</td><td>0</td><td>0</td>", page)
+    zeros = "<td>0</td><td>0</td><td>0</td></tr>"
+    assert f"<td>第二实验小学</td><td>4G流量卡</td><td>0</td><td>5</td><td>0</td>{zeros}" in page
     status, page = await record(
         web, csrf, school="99999", item="牛奶", reason="arrival", change="1"
     )

@@ -1,6 +1,7 @@
 """The aid pages in a real headless Chromium (SQLite), at 375 px like a chat app's browser: a
 coordinator screens a 民政 list (an error first, then preview and apply), then records tablets
-arriving and a correction, and reads need against supply."""
+arriving and a correction, and reads need against supply; then allocates a tablet to a need
+by courier and records its delivery."""
 
 from __future__ import annotations
 
@@ -95,3 +96,47 @@ async def test_screening_and_stock_in_the_browser(
     )
     assert wide == []
     assert [e for e in errors if "status of 400" not in e] == []  # (the refusals above)
+
+
+async def test_allocation_and_delivery_in_the_browser(
+    web: ConsoleClient, page: Page, bot: ChatDriver, deps: Deps
+) -> None:
+    """17 tablets, 周小禾's need ticked and couriered, then its delivery recorded."""
+    await visit_zhou(bot)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.goto(f"{web.base}/console/login?token={issue_link(deps.db, 'C001', deps)}")
+    await page.click("nav >> text=物资")
+    await page.select_option("#item", "平板电脑")
+    await page.fill("#change", "17")
+    await page.click("#record")
+    await expect(page.locator("#recorded")).to_be_visible()
+
+    need = page.locator("#needs tbody tr", has_text="周小禾")
+    await expect(need).to_contain_text("残疾")
+    await need.locator("input[type=checkbox]").check()
+    await page.select_option("#method", "courier")
+    await page.click("#allocate-button")  # no tracking number: refused, nothing given
+    await expect(page.locator("#error-summary")).to_contain_text("快递请填写快递单号")
+    await page.locator("#needs tbody tr", has_text="周小禾").locator("input").check()
+    await page.select_option("#method", "courier")
+    await page.fill("#tracking", "SF123456")
+    await page.click("#allocate-button")
+    await expect(page.locator("#recorded")).to_contain_text("已发放，已通知负责老师")
+    await expect(page.locator("#needs")).to_contain_text("没有待发放的需求")
+    given = page.locator("#allocation-list tbody tr", has_text="周小禾")
+    await expect(given).to_contain_text("SF123456")
+    await expect(given).to_contain_text("已发放，未送达")
+    await given.locator("button", has_text="登记送达").click()
+    await expect(page.locator("#recorded")).to_contain_text("已登记送达")
+    await expect(page.locator("#allocation-list tbody tr", has_text="周小禾")).to_contain_text(
+        "已送达"
+    )
+    row = page.locator("#supply tr", has_text="平板电脑")
+    await expect(row).to_have_text(re.compile(r"平板电脑\s*1\s*16\s*0\s*1\s*1\s*0"))
+    wide = await page.evaluate(
+        "[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 376"
+        " && !e.closest('.scroll')).map(e => e.tagName + '.' + e.className).slice(0, 5)"
+    )
+    assert wide == []
+    assert [e for e in errors if "status of 400" not in e] == []

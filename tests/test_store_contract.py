@@ -31,6 +31,7 @@ from bot.core.types import (
 from storage.demo import demo_roster, load_demo
 from storage.memory import MemoryStore, MemoryTurns
 from storage.schema import (
+    aid_allocations,
     assignments,
     console_tokens,
     followup_events,
@@ -58,6 +59,7 @@ class Backend:
     tokens: Callable[[], dict[str, tuple[int, datetime]]]  # hash -> (staff id, expires)
     escalate: Callable[[int], None]  # as the job's ladder step does
     events: Callable[[], list[tuple[int, str, int | None]]]  # (follow-up, event, person)
+    allocate: Callable[[int, str, str], int]  # an aid item against a follow-up, as the console
 
     async def run(self, fn: Callable[[Store], T]) -> T:
         return await self.turns.run(fn)
@@ -81,6 +83,7 @@ def _memory(clock: FakeClock) -> Iterator[Backend]:
         lambda: {h: (sid, exp) for h, (sid, _, exp) in store.data.console_tokens.items()},
         escalate,
         lambda: [(e[0], e[1], e[3]) for e in store.data.events],
+        store.add_allocation,
     )
 
 
@@ -136,9 +139,40 @@ def _sql(url: str, clock: FakeClock) -> Iterator[Backend]:
             )
             return [tuple(r) for r in rows]
 
+    def allocate(followup_id: int, item: str, status: str) -> int:
+        with db.begin() as conn:
+            student = conn.execute(
+                select(followups.c.student_id).where(followups.c.id == followup_id)
+            ).scalar_one()
+            return int(
+                conn.execute(
+                    insert(aid_allocations)
+                    .values(
+                        school_id=0,
+                        item=item,
+                        followup_id=followup_id,
+                        active_followup_id=followup_id,
+                        student_id=student,
+                        method="handed",
+                        status=status,
+                        allocated_at=clock.now(),
+                        allocated_by="C001",
+                    )
+                    .returning(aid_allocations.c.id)
+                ).scalar_one()
+            )
+
     try:
         yield Backend(
-            SqlTurns(db), staff_ids, student_ids, reassign, deactivate, tokens, escalate, events
+            SqlTurns(db),
+            staff_ids,
+            student_ids,
+            reassign,
+            deactivate,
+            tokens,
+            escalate,
+            events,
+            allocate,
         )
     finally:
         db.close()
@@ -546,6 +580,73 @@ async def test_followups_to_check_are_open_or_done_since_the_last_visit(
     checks = await backend.run(lambda s: s.followups_to_check(zhou))
     assert checks[0].id == fresh and len(checks) == 2
     assert await backend.run(lambda s: s.followups_to_check(backend.student_ids["DEMO0001"])) == []
+
+
+async def test_an_allocated_aid_item_is_asked_about_until_settled(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, fresh = await _two_needs(backend, clock)
+    zhou = backend.student_ids["DEMO0003"]
+    given = backend.allocate(late, "平板电脑", "delivered")
+    checks = await backend.run(lambda s: s.followups_to_check(zhou))
+    assert [(f.id, f.aid_item, f.allocation_id) for f in checks] == [
+        (late, "平板电脑", given),
+        (fresh, "", 0),
+    ]
+    assert await backend.run(lambda s: s.settle_allocation(given, "unusable", clock.now()))
+    assert not await backend.run(lambda s: s.settle_allocation(given, "in_use", clock.now()))
+    checks = await backend.run(lambda s: s.followups_to_check(zhou))
+    assert [(f.id, f.aid_item, f.allocation_id) for f in checks] == [(late, "", 0), (fresh, "", 0)]
+    assert not await backend.run(lambda s: s.settle_allocation(given + 999, "in_use", clock.now()))
+    with pytest.raises(ValueError):
+        await backend.run(lambda s: s.settle_allocation(given, "lost", clock.now()))
+    other = backend.allocate(fresh, "4G流量卡", "allocated")
+    assert await backend.run(lambda s: s.settle_allocation(other, "in_use", clock.now()))
+    checks = await backend.run(lambda s: s.followups_to_check(zhou))
+    assert [(f.id, f.aid_item) for f in checks] == [(late, ""), (fresh, "")]
+
+
+async def test_aid_stock_needs_allocation_and_delivery_in_chat(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, fresh = await _two_needs(backend, clock)
+    coord, bureau, teacher = [await _who(backend, n) for n in ("C001", "B001", "T001")]
+    now = clock.now()
+    assert await backend.run(lambda s: s.aid_stock(coord)) == {}
+    assert await backend.run(lambda s: s.change_aid_stock(coord, "平板电脑", 2, now)) == 2
+    assert await backend.run(lambda s: s.change_aid_stock(coord, "平板电脑", -3, now)) is None
+    assert await backend.run(lambda s: s.change_aid_stock(bureau, "平板电脑", 5, now)) == 5
+    assert await backend.run(lambda s: s.aid_stock(coord)) == {"平板电脑": 2}
+    assert await backend.run(lambda s: s.aid_stock(bureau)) == {"平板电脑": 5}  # the pool
+
+    needs = await backend.run(lambda s: s.aid_needs(coord, ["device"], now, 10))
+    assert [(n.followup_id, n.student_name, n.aid_categories, n.owner_no) for n in needs] == [
+        (late, "周小禾", ("残疾",), "T001")
+    ]
+    assert await backend.run(lambda s: s.aid_needs(coord, ["device"], now, 10, fresh)) == []
+    both = await backend.run(lambda s: s.aid_needs(bureau, ["device", "data"], now, 10))
+    assert {n.followup_id for n in both} == {late, fresh}
+    assert await backend.run(lambda s: s.deliver_aid(coord, late, now)) is None  # none yet
+
+    taken = await backend.run(lambda s: s.allocate_aid(coord, "平板电脑", late, "handed", "", now))
+    assert taken.allocation_id and taken.left == 1 and not taken.taken
+    assert await backend.run(lambda s: s.aid_needs(coord, ["device"], now, 10)) == []
+    again = await backend.run(lambda s: s.allocate_aid(coord, "平板电脑", late, "handed", "", now))
+    assert again.allocation_id == 0 and again.taken
+    assert await backend.run(lambda s: s.aid_stock(coord)) == {"平板电脑": 1}
+    short = await backend.run(lambda s: s.allocate_aid(coord, "流量包", fresh, "handed", "", now))
+    assert (short.allocation_id, short.left, short.taken) == (0, 0, False)
+
+    other = await _who(backend, "T002")
+    assert await backend.run(lambda s: s.deliver_aid(other, late, now)) is None  # not theirs
+    assert await backend.run(lambda s: s.deliver_aid(teacher, late, now)) == "平板电脑"
+    assert await backend.run(lambda s: s.deliver_aid(coord, late, now)) == ""  # twice
+    checks = await backend.run(lambda s: s.followups_to_check(backend.student_ids["DEMO0003"]))
+    assert (checks[0].id, checks[0].aid_item, checks[0].allocation_id) == (
+        late,
+        "平板电脑",
+        taken.allocation_id,
+    )
 
 
 async def test_a_teachers_done_is_history_and_undo_takes_it_back(

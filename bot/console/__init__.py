@@ -96,6 +96,8 @@ def build(
         r.add_post("/screen", aid_views.screen_post)
         r.add_get("/aid", aid_views.aid_page)
         r.add_post("/aid", aid_views.aid_post)
+        r.add_post("/aid/allocate", aid_views.allocate_post)
+        r.add_post("/aid/deliver", aid_views.deliver_post)
     r.add_static("/static/", HERE / "static", append_version=False)
     return console
 

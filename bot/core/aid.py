@@ -7,7 +7,7 @@ their scope: a coordinator their school, the bureau every school and the bureau'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -114,16 +114,111 @@ class LedgerLine:
 
 @dataclass(frozen=True, slots=True)
 class NeedSupply:
-    """Per item: open needs of the kinds it meets (in scope) against the stock in scope."""
+    """Per item, in scope: the needs it meets (open, or met by an allocation of it) against
+    what was allocated, delivered, found in use, and the stock still on hand."""
 
     item: str
     needs: int
     stock: int
     linked: bool = True  # False: the item meets no follow-up kind (given out by distribution)
+    allocated: int = 0
+    delivered: int = 0
+    in_use: int = 0
 
     @property
     def shortfall(self) -> int:
-        return max(0, self.needs - self.stock)
+        """Needs neither allocated nor coverable by the stock on hand."""
+        return max(0, self.needs - self.allocated - self.stock)
+
+    def line(self) -> str:
+        """平板电脑：需求 23 · 已发放 17 · 已送达 15 · 在用 14 · 缺口 6"""
+        text = (
+            f"{self.item}：需求 {self.needs} · 已发放 {self.allocated} · 已送达 {self.delivered}"
+            f" · 在用 {self.in_use}"
+        )
+        if self.stock:
+            text += f" · 库存 {self.stock}"
+        return text + f" · 缺口 {self.shortfall}"
+
+
+def totals(lines: Iterable[NeedSupply]) -> list[NeedSupply]:
+    """Per item, the sum of many holders' figures (the district's), in first-seen order."""
+    summed: dict[str, NeedSupply] = {}
+    for x in lines:
+        s = summed.get(x.item)
+        summed[x.item] = (
+            x
+            if s is None
+            else NeedSupply(
+                x.item,
+                s.needs + x.needs,
+                s.stock + x.stock,
+                s.linked,
+                s.allocated + x.allocated,
+                s.delivered + x.delivered,
+                s.in_use + x.in_use,
+            )
+        )
+    return list(summed.values())
+
+
+# Categories that put a need first in the allocation list (the more of them, the earlier).
+AID_CATEGORIES = ("建档立卡", "特困", "孤儿", "低保", "大病", "残疾")
+# How an allocation goes out.
+METHODS = {"courier": "快递", "carrier": "运营商上门安装", "handed": "当面交付"}
+UNCHECKED = ("allocated", "delivered")  # the next visit asks about these
+SETTLED = ("in_use", "not_received", "unusable")  # what it can find
+STANDING = ("allocated", "delivered", "in_use")  # an allocation that covers its need
+STATUS_LABELS = {
+    "allocated": "已发放，未送达",
+    "delivered": "已送达",
+    "in_use": "在用",
+    "not_received": "没收到",
+    "unusable": "用不了",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenNeed:
+    """An open follow-up an item can meet, with what makes it urgent."""
+
+    followup_id: int
+    school_id: int
+    school: str
+    student_name: str
+    class_name: str
+    kind: str
+    detail: str
+    aid_categories: tuple[str, ...]
+    days_open: int
+    owner_name: str
+    owner_no: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What `发放 N` did: the new allocation (0: none) and the stock left (as it is, when none
+    was left); `taken`: a colleague allocated to this need at the same moment."""
+
+    allocation_id: int
+    left: int
+    taken: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    id: int
+    item: str
+    school: str
+    student_name: str
+    class_name: str
+    method: str
+    tracking: str
+    status: str
+    allocated_at: datetime
+    allocated_by: str
+    delivered_at: datetime | None
+    owner_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,4 +263,36 @@ class AidStore(Protocol):
         """Add `change` (negative for a correction down) to a holder's count, ledgered and
         audited; return the new count. Raises `StockError` for an unknown item, a holder out
         of scope, or a count that would go below zero (then nothing changes)."""
+        ...
+
+    async def open_needs(self, principal: Principal, item: str, now: datetime) -> list[OpenNeed]:
+        """Open needs in scope that `item` meets and that no standing allocation covers, most
+        urgent first: more aid categories, then open longest. Raises `StockError` for an
+        unknown item."""
+        ...
+
+    async def allocate(
+        self,
+        principal: Principal,
+        school_id: int,
+        item: str,
+        followup_ids: Sequence[int],
+        method: str,
+        tracking: str,
+        now: datetime,
+    ) -> list[int]:
+        """Give one `item` from holder `school_id`'s stock to each need, all or nothing: the
+        stock goes down by one conditional UPDATE, each allocation is ledgered and audited and
+        its teacher told (an outbox row in the same transaction). Returns the allocation ids.
+        Raises `StockError` (nothing changes) for an unknown item or method, a need out of
+        scope, closed, of another school, already allocated, or more needs than stock."""
+        ...
+
+    async def allocations(self, principal: Principal, limit: int = 200) -> list[Allocation]:
+        """The latest allocations in scope, undelivered first."""
+        ...
+
+    async def deliver(self, principal: Principal, allocation_id: int, now: datetime) -> Allocation:
+        """Record that an allocation arrived. Raises `StockError` when it is out of scope or
+        was recorded already."""
         ...

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from bot.core.aid import OpenNeed, Taken
 from bot.core.binding import BindOutcome
 from bot.core.types import (
     ConversationKey,
@@ -146,6 +147,47 @@ class Store(Protocol):
     def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
         """The student's follow-ups still open, and those done since the last submitted visit
         that reached the family; oldest first."""
+        ...
+
+    def settle_allocation(self, allocation_id: int, outcome: str, now: datetime) -> bool:
+        """What a visit found of an allocated aid item: `in_use`, `not_received` or
+        `unusable` (the need is then free for another allocation). False when it was settled
+        already or is gone."""
+        ...
+
+    # -- aid in chat (#15): a coordinator's school's stock, the bureau's pool
+    def aid_stock(self, viewer: Staff) -> dict[str, int]:
+        """Item counts where this person records: their school, or the pool (the bureau)."""
+        ...
+
+    def aid_needs(
+        self,
+        viewer: Staff,
+        kinds: Sequence[str],
+        now: datetime,
+        limit: int,
+        followup_id: int | None = None,
+    ) -> list[OpenNeed]:
+        """Open needs of `kinds` in scope with no standing allocation, most urgent first (more
+        aid categories, then open longest); only `followup_id` when given."""
+        ...
+
+    def change_aid_stock(self, viewer: Staff, item: str, change: int, now: datetime) -> int | None:
+        """Add `change` to the count where this person records (ledgered, audited); the new
+        count, or None when it would go below zero (nothing changed)."""
+        ...
+
+    def allocate_aid(
+        self, viewer: Staff, item: str, followup_id: int, method: str, tracking: str, now: datetime
+    ) -> Taken:
+        """One `item` from where this person records to a need `aid_needs` just gave: the
+        stock down by one conditional UPDATE, the allocation recorded and audited."""
+        ...
+
+    def deliver_aid(self, viewer: Staff, followup_id: int, now: datetime) -> str | None:
+        """Record the delivery of the standing allocation of this need (its owner, or a
+        coordinator or bureau member in scope): the item; "" when recorded already; None when
+        there is none in scope."""
         ...
 
     def open_followups(self, staff_id: int) -> list[FollowUpListing]:

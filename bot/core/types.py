@@ -153,6 +153,10 @@ class FollowUpCheck:
     status: FollowUpStatus
     closed_at: datetime | None
     note: str | None
+    # An aid item allocated against this need and not yet checked (#15): the visit asks whether
+    # it arrived and is in use instead.
+    aid_item: str = ""
+    allocation_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
