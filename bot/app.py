@@ -37,6 +37,7 @@ from handlers.checkin import Alerts, CheckIn
 from storage import outbox
 from storage.aid import SqlAid
 from storage.console import SqlConsole
+from storage.distributions import SqlDistributions
 from storage.export import Sensitive
 from storage.store import SqlTurns
 
@@ -106,6 +107,7 @@ def install_console(
         reachable,
         wecom_user,
         SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds)),
+        SqlDistributions(deps.db, settings.tz),
     )
     console.install(app, sub)
 

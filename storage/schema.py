@@ -382,6 +382,29 @@ aid_ledger = Table(
     Index("ix_aid_ledger_school_at", "school_id", "at"),
 )
 
+# Batch distributions ("每人两箱牛奶"): who gets one is fixed when it is created (every student of
+# the chosen aid categories in scope, or a chosen list); each recipient is marked delivered once.
+distributions = Table(
+    "distributions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("school_id", ForeignKey("schools.id"), nullable=True),  # None: the bureau's, all schools
+    Column("title", String(100), nullable=False),
+    Column("categories", Text, nullable=False, server_default=""),  # "低保,孤儿"; "" for a list
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+distribution_recipients = Table(
+    "distribution_recipients",
+    metadata,
+    Column("distribution_id", ForeignKey("distributions.id", ondelete="CASCADE"), primary_key=True),
+    Column("student_id", ForeignKey("students.id", ondelete="CASCADE"), primary_key=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("delivered_by", String(64), nullable=True),
+    Index("ix_distribution_recipients_student", "student_id"),
+)
+
 # One row per scheduled job and local school day that completed: a job missed while the server was
 # down is run once at start-up, and "needs found since the last digest" starts at the last run.
 job_runs = Table(

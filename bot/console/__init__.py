@@ -15,7 +15,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from bot.console import aid_views, views
+from bot.console import aid_views, distribution_views, views
 from bot.console.auth import (
     CONFIG,
     LIMITER,
@@ -27,6 +27,7 @@ from bot.console.auth import (
 from bot.console.views import WIRING, Wiring
 from bot.core.aid import AidStore
 from bot.core.console_ports import ConsoleStore
+from bot.core.distributions import DistributionStore
 from bot.core.ports import Clock
 from config.forms import Form
 from config.settings import Settings
@@ -51,6 +52,7 @@ def build(
     channels: Sequence[str],
     wecom_user: UserForCode | None = None,
     aid: AidStore | None = None,
+    distributions: DistributionStore | None = None,
 ) -> web.Application:
     console = web.Application(middlewares=[console_middleware])
     console[CONFIG] = ConsoleConfig(store, clock, settings.public_url.startswith("https://"))
@@ -96,6 +98,13 @@ def build(
         r.add_post("/screen", aid_views.screen_post)
         r.add_get("/aid", aid_views.aid_page)
         r.add_post("/aid", aid_views.aid_post)
+    if distributions is not None:
+        console[distribution_views.DISTRIBUTIONS] = distributions
+        r.add_get("/distributions", distribution_views.distribution_list)
+        r.add_post("/distributions", distribution_views.distribution_create)
+        r.add_get("/distributions/{id}", distribution_views.distribution_page)
+        r.add_post("/distributions/{id}/deliver", distribution_views.distribution_deliver)
+        r.add_get("/distributions/{id}/ledger.xlsx", distribution_views.distribution_ledger)
     r.add_static("/static/", HERE / "static", append_version=False)
     return console
 
