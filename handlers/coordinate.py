@@ -43,6 +43,9 @@ HELP = (
     "完成 N 备注 — 把第 N 项跟进标记为完成，例如：完成 1 平板已送到\n"
     "转交 N 工号 — 把第 N 项交给同校的另一位老师，例如：转交 1 T002（会通知对方）\n"
     "催办 工号 — 现在提醒这位老师（每位老师每天一次），例如：催办 T001\n"
+    "待认定 — 等待资助认定的学生（家访发现的新困难、老师上报的新增学生）\n"
+    "认定 N 类别 — 认定第 N 名，例如：认定 1 低保（会通知上报的老师）\n"
+    "不认定 N 原因 — 不予认定，例如：不认定 1 家庭收入已恢复\n"
     "后台 — 家访后台登录链接\n"
     "帮助 — 显示本说明"
 )
@@ -362,6 +365,10 @@ class Coordination:
         return [NUDGED.format(name=to.name, no=to.staff_no, **figures)]
 
     # ------------------------------------------------------------------ telling people
+    def tell(self, c: Ctx, to: RosterStaff, key: str, kind: str, body: str) -> bool:
+        """Queue `body` for `to` (see `_tell_person`), for the other coordinators' words."""
+        return self._tell_person(c, to, key, kind, body)
+
     def _tell_person(self, c: Ctx, to: RosterStaff, key: str, kind: str, body: str) -> bool:
         """Queue `body` for `to` outside quiet hours; False when they cannot be reached or the
         key was there already."""

@@ -136,11 +136,13 @@ class ListKind(StrEnum):
     REMINDER = "reminder"
     DRAFTS = "drafts"
     ESCALATIONS = "escalations"  # a coordinator's 上报 / 逾期 list, or an escalation message
+    REVIEWS = "reviews"  # a coordinator's 待认定 list
 
 
 class ItemKind(StrEnum):
     STUDENT = "student"
     FOLLOWUP = "followup"
+    REVIEW = "review"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from bot.core.distributions import (
 from bot.core.text import xml_safe
 from storage import audit
 from storage.db import Database
+from storage.export import safe_cell
 from storage.schema import (
     distribution_recipients,
     distributions,
@@ -371,7 +372,7 @@ def ledger_xlsx(found: DistributionView, tz: tzinfo) -> bytes:
     sheet = book.active
     sheet.title = "发放台账"
     width = len(LEDGER_COLUMNS)
-    sheet.append([xml_safe(f"发放台账：{s.title}")])
+    sheet.append([safe_cell(xml_safe(f"发放台账：{s.title}"))])
     what = "、".join(s.categories) if s.categories else "指定名单"
     made = s.created_at.astimezone(tz).strftime("%Y-%m-%d")
     sheet.append([xml_safe(f"{s.school} · 对象：{what} · 共 {s.total} 人 · 创建 {made}")])
@@ -379,7 +380,8 @@ def ledger_xlsx(found: DistributionView, tz: tzinfo) -> bytes:
     for n, r in enumerate(found.recipients, start=1):
         done = r.delivered_at.astimezone(tz).strftime("%Y-%m-%d") if r.delivered_at else ""
         row = [n, r.school, r.class_name, r.student_no, r.name, "、".join(r.categories), s.title]
-        sheet.append([*(xml_safe(v) if isinstance(v, str) else v for v in row), done, "", ""])
+        cells = [safe_cell(xml_safe(v)) if isinstance(v, str) else v for v in row]
+        sheet.append([*cells, done, "", ""])
     for top in (1, 2):
         sheet.merge_cells(start_row=top, start_column=1, end_row=top, end_column=width)
     sheet["A1"].font = Font(bold=True, size=14)

@@ -28,6 +28,7 @@ from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store
+from bot.core.reviews import AidReview, ReviewStatus
 from bot.core.types import (
     ConversationKey,
     Coverage,
@@ -50,7 +51,7 @@ from bot.core.types import (
     Unvisited,
     VisitStatus,
 )
-from storage import binding, outbox
+from storage import binding, outbox, reviews
 from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
@@ -1079,6 +1080,32 @@ class SqlStore:
             ).all()
         )
         return RosterStaff(row.id, row.staff_no, row.name, StaffRole(row.role), row.school_id, ids)
+
+    # ---------------------------------------------------------------- aid reviews
+    def open_review(
+        self,
+        reporter: Staff,
+        student_id: int | None,
+        name: str,
+        class_name: str,
+        note: str,
+        now: datetime,
+    ) -> AidReview | None:
+        return reviews.open_review(self.conn, reporter, student_id, name, class_name, note, now)
+
+    def scoped_reviews(self, viewer: Staff, limit: int) -> list[AidReview]:
+        school = reviews.scope_of(viewer)
+        if school is False:
+            return []
+        return reviews.reviews(self.conn, school, (ReviewStatus.OPEN,), limit)
+
+    def decide_review(
+        self, viewer: Staff, review_id: int, category: str | None, reason: str, now: datetime
+    ) -> AidReview | None:
+        school = reviews.scope_of(viewer)
+        if school is False:
+            return None
+        return reviews.decide(self.conn, school, viewer.staff_no, review_id, category, reason, now)
 
     # ---------------------------------------------------------------- console
     def add_console_token(

@@ -1,4 +1,4 @@
-"""reviews: batch distributions and their recipients
+"""reviews: batch distributions and their recipients; aid reviews (资助认定)
 
 Revision ID: 0012
 Revises: 0010
@@ -58,9 +58,43 @@ def upgrade() -> None:
         ["student_id"],
         unique=False,
     )
+    op.create_table(
+        "aid_reviews",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("school_id", sa.Integer(), nullable=False),
+        sa.Column("student_id", sa.Integer(), nullable=True),
+        sa.Column("name", sa.String(length=100), nullable=True),
+        sa.Column("class_name", sa.String(length=100), nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("reporter_id", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("category", sa.String(length=50), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("decided_by", sa.String(length=64), nullable=True),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["reporter_id"], ["staff.id"], name=op.f("fk_aid_reviews_reporter_id_staff")
+        ),
+        sa.ForeignKeyConstraint(
+            ["school_id"], ["schools.id"], name=op.f("fk_aid_reviews_school_id_schools")
+        ),
+        sa.ForeignKeyConstraint(
+            ["student_id"],
+            ["students.id"],
+            name=op.f("fk_aid_reviews_student_id_students"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_aid_reviews")),
+    )
+    op.create_index(
+        "ix_aid_reviews_school_status", "aid_reviews", ["school_id", "status"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_aid_reviews_school_status", table_name="aid_reviews")
+    op.drop_table("aid_reviews")
     op.drop_index("ix_distribution_recipients_student", table_name="distribution_recipients")
     op.drop_table("distribution_recipients")
     op.drop_table("distributions")

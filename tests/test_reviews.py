@@ -1,0 +1,212 @@
+"""Aid reviews (资助认定) in chat over both databases and WeCom identities: a family found in
+new hardship on a visit, and a student a teacher reports, reach the school's coordinator
+(`待认定`), who approves (`认定 N 类别`) or declines (`不认定 N 原因`); the teacher is told either
+way; an approved reported student is on the teacher's list, in the spring aid list, and merged
+into the real one when the roster brings them. Bad input changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from bot.app import build_dispatcher
+from bot.core.reviews import FOUND_ON_VISIT
+from bot.core.types import StaffRole
+from bot.deps import Deps
+from config.settings import Secret, Settings, WeComSettings
+from storage.reviews import merge_provisional
+from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
+from storage.schema import (
+    aid_reviews,
+    audit_log,
+    identities,
+    outbox,
+    schools,
+    staff,
+    student_categories,
+    students,
+    visits,
+)
+from tests.conftest import ChatDriver
+from tests.console_kit import add_school
+
+WECOM = WeComSettings("corp", 1, Secret("s"), Secret("t"), Secret("k" * 43), "http://127.0.0.1:9")
+TEACHER, COORD = "zhanglaoshi", "coord"  # T001's WeCom id, and the one given to C001 here
+# method=电话, study=好, device_ok=是, life_hard=是, life_needs=父母无法返岗收入减少,
+# life_note, emotion=稳定, relation=融洽, guardian=父母, risks=没有, online=能, other=无
+HARDSHIP = ["3", "1", "1", "1", "1", "爸爸妈妈都没能返岗，家里断了收入", "1", "1", "1", "1"]
+HARDSHIP += ["1", "无"]
+
+
+@pytest.fixture
+def chat(settings: Settings, deps: Deps) -> ChatDriver:
+    with deps.db.begin() as conn:
+        coord = conn.execute(select(staff.c.id).where(staff.c.staff_no == "C001")).scalar_one()
+        conn.execute(insert(identities).values(staff_id=coord, channel="wecom", external_id=COORD))
+    return ChatDriver(build_dispatcher(replace(settings, wecom=WECOM), deps), "wecom")
+
+
+def rows(deps: Deps, table: Any) -> list[Any]:
+    with deps.db.begin() as conn:
+        return list(conn.execute(select(table)).all())
+
+
+def categories(deps: Deps, student_no: str) -> dict[str, tuple[str, Any]]:
+    with deps.db.begin() as conn:
+        found = conn.execute(
+            select(
+                student_categories.c.category,
+                student_categories.c.source,
+                student_categories.c.since,
+            )
+            .join(students, students.c.id == student_categories.c.student_id)
+            .where(students.c.student_no == student_no)
+        )
+        return {c: (s, since) for c, s, since in found}
+
+
+def told(deps: Deps, recipient: str = TEACHER) -> list[str]:
+    return [r.body for r in rows(deps, outbox) if r.kind == "review" and r.recipient == recipient]
+
+
+async def test_a_hardship_found_on_a_visit_is_approved(chat: ChatDriver, deps: Deps) -> None:
+    await chat.say("家访", TEACHER)
+    await chat.say("周小禾", TEACHER)
+    for answer in HARDSHIP:
+        reply = await chat.say(answer, TEACHER)
+    reply = await chat.say("提交", TEACHER)
+    assert "已提交" in reply and "已转学校资助专员做资助认定" in reply
+    [review] = rows(deps, aid_reviews)
+    assert review.status == "open" and review.note == "爸爸妈妈都没能返岗，家里断了收入"
+
+    # the teacher is told 待认定 is not theirs; the coordinator sees it numbered
+    assert "是学校资助协调员和教育局用的指令" in await chat.say("待认定", TEACHER)
+    listing = await chat.say("待认定", COORD)
+    assert "本校待资助认定1名" in listing
+    assert "1. 周小禾（三年级1班） · 家访发现新困难 · 登记：张示例" in listing
+    assert "爸爸妈妈都没能返岗" in listing
+
+    # bad input first: nothing changes
+    assert "没有“富裕”这个资助类别" in await chat.say("认定 1 富裕", COORD)
+    assert "例如：认定 1 低保" in await chat.say("认定 1", COORD)
+    assert "当前列表里没有第5项" in await chat.say("认定 5 低保", COORD)
+    assert "例如：不认定 1" in await chat.say("不认定 1", COORD)
+    assert rows(deps, aid_reviews)[0].status == "open"
+    assert set(categories(deps, "DEMO0003")) == {"残疾"}
+
+    reply = await chat.say("认定 1 临时困难", COORD)
+    assert "已认定：周小禾（三年级1班） · 临时困难（来源：家访发现）" in reply
+    assert "已通知张示例" in reply
+    got = categories(deps, "DEMO0003")
+    assert got["临时困难"][0] == FOUND_ON_VISIT and got["临时困难"][1] is not None
+    [message] = told(deps)
+    assert "周小禾（三年级1班）已认定为“临时困难”（甲协调认定）" in message
+    # decided once: a second decision is refused with the list, fresh
+    again = await chat.say("不认定 1 重复", COORD)
+    assert "第1项已经认定过了" in again and "本校目前没有待认定的学生" in again
+    assert len(told(deps)) == 1
+    with deps.db.begin() as conn:
+        actions = [a for (a,) in conn.execute(select(audit_log.c.action))]
+    assert actions.count("aid_review") == 1
+
+    # a second visit with the same answer while none is open opens a new one; the student stays
+    # in the teacher's list (in the cadence) with the new category
+    assert "周小禾" in await chat.say("家访", TEACHER)
+
+
+async def test_a_reported_student_is_added_then_merged_into_the_roster(
+    chat: ChatDriver, deps: Deps
+) -> None:
+    assert "请写成：新增学生 姓名 班级 说明" in await chat.say("新增学生", TEACHER)
+    assert "请写成" in await chat.say("新增学生 李小花 三年级2班", TEACHER)
+    assert "姓名最多20字" in await chat.say("新增学生 " + "李" * 21 + " 三年级2班 说明", TEACHER)
+    assert rows(deps, aid_reviews) == []
+    reply = await chat.say("新增学生 李小花 三年级2班 父母都没能返岗，家里没有收入", TEACHER)
+    assert "已登记：李小花（三年级2班）" in reply and "认定结果会通知你" in reply
+    twice = await chat.say("新增学生 李小花 三年级2班 又说一遍", TEACHER)
+    assert "已经在等待资助认定了" in twice and len(rows(deps, aid_reviews)) == 1
+    assert "李小花" not in await chat.say("家访", TEACHER)  # not on the list before approval
+
+    assert "老师上报的新增学生" in await chat.say("待认定", COORD)
+    reply = await chat.say("认定 1 低保", COORD)
+    assert "已加入名单（临时学籍号 临时" in reply and "班主任 张示例" in reply
+    [review] = rows(deps, aid_reviews)
+    with deps.db.begin() as conn:
+        added = conn.execute(select(students).where(students.c.id == review.student_id)).one()
+    provisional = added.student_no
+    assert provisional.startswith("临时") and added.name == "李小花" and added.active
+    assert categories(deps, provisional)["低保"][0] == FOUND_ON_VISIT
+    assert "这名学生已加入你的名单" in told(deps)[0]
+    assert "李小花" in await chat.say("家访", TEACHER)  # now in the teacher's list
+
+    # the teacher visits the new student; then the real roster brings her with her 学籍号
+    await chat.say("李小花", TEACHER)
+    for answer in ["3", "1", "1", "2", "1", "1", "1", "1", "1", "无"]:
+        await chat.say(answer, TEACHER)
+    assert "已提交" in await chat.say("提交", TEACHER)
+    with deps.db.begin() as conn:
+        school = conn.execute(select(schools.c.name).where(schools.c.id == added.school_id))
+        school_name = school.scalar_one()
+        report = import_roster(
+            conn,
+            Roster(
+                students=(
+                    StudentEntry(
+                        Origin("t", 2), "G2026001", "李小花", school_name, "三年级2班", (), "T001"
+                    ),
+                ),
+                staff=(
+                    StaffEntry(Origin("t", 2), "T001", "张示例", school_name, StaffRole.TEACHER),
+                ),
+            ),
+            now=datetime(2026, 3, 5, tzinfo=UTC),
+        )
+        merged = conn.execute(select(students).where(students.c.id == added.id)).one()
+        visit_count = len(conn.execute(select(visits).where(visits.c.student_id == added.id)).all())
+    assert merged.student_no == "G2026001" and merged.active and visit_count == 1
+    assert report.students_added == 0  # one student, not two
+    assert categories(deps, "G2026001")["低保"][0] == FOUND_ON_VISIT  # the roster keeps it
+
+
+async def test_declined_reports_tell_the_teacher_and_scope_holds(
+    chat: ChatDriver, deps: Deps
+) -> None:
+    add_school(deps.db)
+    await chat.say("新增学生 李小花 三年级2班 父母都没能返岗", TEACHER)
+    with deps.db.begin() as conn:  # a teacher of the other school reports one too
+        other = conn.execute(select(staff.c.id).where(staff.c.staff_no == "T101")).scalar_one()
+        conn.execute(insert(identities).values(staff_id=other, channel="wecom", external_id="t101"))
+    await chat.say("新增学生 王小明 一年级1班 父亲失业", "t101")
+    listing = await chat.say("待认定", COORD)
+    assert "李小花" in listing and "王小明" not in listing  # only the coordinator's school
+    assert "原因最多200字" in await chat.say("不认定 1 " + "长" * 201, COORD)
+    reply = await chat.say("不认定 1 已在民政低保名单，按原渠道资助", COORD)
+    assert "已不予认定：李小花（三年级2班）。原因：已在民政低保名单，按原渠道资助" in reply
+    assert "未予认定（甲协调）。原因：已在民政低保名单" in told(deps)[0]
+    assert sorted(r.status for r in rows(deps, aid_reviews)) == ["declined", "open"]
+    again = await chat.say("认定 1 低保", COORD)  # decided: refused, and the list shown fresh
+    assert "第1项已经认定过了" in again and "本校目前没有待认定的学生" in again
+
+
+def test_merging_never_guesses(deps: Deps) -> None:
+    with deps.db.begin() as conn:
+        school = conn.execute(select(schools.c.id)).scalars().first()
+        assert school is not None
+        for n in (1, 2):  # two provisional 李小花 in one class: neither is merged
+            conn.execute(
+                insert(students).values(
+                    student_no=f"临时00000{n}",
+                    name="李小花",
+                    school_id=school,
+                    class_name="三年级2班",
+                    active=True,
+                )
+            )
+        assert merge_provisional(conn, [("G1", "李小花", school, "三年级2班")]) == 0
+        assert merge_provisional(conn, [("G1", "李小花", school, "三年级3班")]) == 0
+        nos = set(conn.execute(select(students.c.student_no)).scalars())
+    assert {"临时000001", "临时000002"} <= nos and "G1" not in nos
