@@ -39,6 +39,7 @@ from storage.aid import SqlAid
 from storage.console import SqlConsole
 from storage.distributions import SqlDistributions
 from storage.export import Sensitive
+from storage.reviews import SqlReviews
 from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024
@@ -108,6 +109,7 @@ def install_console(
         wecom_user,
         SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds)),
         SqlDistributions(deps.db, settings.tz),
+        SqlReviews(deps.db, settings.tz),
     )
     console.install(app, sub)
 

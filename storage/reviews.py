@@ -263,7 +263,7 @@ _LIST_HEADER = ("学校", "班级", "学籍号", "姓名", "资助类别", "来�
 
 class SqlReviews:
     """The console's reviews page and the spring aid list (implements
-    `bot.core.reviews_port.ReviewStore`)."""
+    `bot.core.reviews.ReviewStore`)."""
 
     def __init__(self, db: Database, tz: tzinfo) -> None:
         self.db = db
@@ -271,8 +271,18 @@ class SqlReviews:
 
     async def reviews(self, principal: Principal, limit: int = 500) -> list[AidReview]:
         school = principal.scope.school_id
-        states = (ReviewStatus.OPEN, ReviewStatus.APPROVED, ReviewStatus.DECLINED)
-        return await self.db.run(lambda conn: reviews(conn, school, states, limit))
+
+        def work(conn: Connection) -> list[AidReview]:
+            waiting = reviews(conn, school, (ReviewStatus.OPEN,), limit)
+            decided = conn.execute(
+                _query(school)
+                .where(aid_reviews.c.status != ReviewStatus.OPEN.value)
+                .order_by(aid_reviews.c.decided_at.desc(), aid_reviews.c.id.desc())
+                .limit(limit)
+            )
+            return waiting + [_review(r) for r in decided]
+
+        return await self.db.run(work)
 
     async def aid_list(self, principal: Principal, now: datetime) -> bytes:
         """Every active student in scope with an aid category, a row per category with its

@@ -6,6 +6,10 @@ into the real one when the roster brings them. Bad input changes nothing."""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +36,7 @@ from storage.schema import (
     visits,
 )
 from tests.conftest import ChatDriver
-from tests.console_kit import add_school
+from tests.console_kit import ConsoleClient, add_school, start_console
 
 WECOM = WeComSettings("corp", 1, Secret("s"), Secret("t"), Secret("k" * 43), "http://127.0.0.1:9")
 TEACHER, COORD = "zhanglaoshi", "coord"  # T001's WeCom id, and the one given to C001 here
@@ -210,3 +214,47 @@ def test_merging_never_guesses(deps: Deps) -> None:
         assert merge_provisional(conn, [("G1", "李小花", school, "三年级3班")]) == 0
         nos = set(conn.execute(select(students.c.student_no)).scalars())
     assert {"临时000001", "临时000002"} <= nos and "G1" not in nos
+
+
+# ---------------------------------------------------------------------------- the console
+@pytest.fixture
+async def web(settings: Settings, deps: Deps) -> AsyncIterator[ConsoleClient]:
+    async for client in start_console(settings, deps):
+        yield client
+
+
+async def test_the_console_lists_reviews_and_the_spring_aid_list(
+    web: ConsoleClient, bot: ChatDriver, deps: Deps
+) -> None:
+    other = add_school(deps.db)
+    await bot.say("新增学生 李小花 三年级2班 父母都没能返岗，家里没有收入")
+    await bot.say("新增学生 赵小北 四年级2班 母亲生病住院")
+    await bot.say("新增学生 外校甲 一年级1班 父亲失业", "T101")
+    await bot.say("待认定", "C001")
+    assert "已认定" in await bot.say("认定 1 低保", "C001")
+
+    await web.sign_in("C001")
+    page = await web.text("/console/reviews")
+    assert "待认定（1）" in page and "赵小北" in page and "母亲生病住院" in page
+    assert re.search(r"<td>李小花</td><td>三年级2班</td><td>临时\d{6}</td><td>已认定</td>", page)
+    assert "外校甲" not in page  # another school's
+    async with await web.get("/console/reviews/aid-list.csv") as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/csv")
+        text = (await r.read()).decode("utf-8-sig")
+    lines = list(csv.reader(io.StringIO(text)))
+    assert lines[0] == ["学校", "班级", "学籍号", "姓名", "资助类别", "来源", "认定日期"]
+    by_name = {(row[3], row[4]): row for row in lines[1:]}
+    li = by_name[("李小花", "低保")]
+    assert li[5] == FOUND_ON_VISIT and re.fullmatch(r"\d{4}-\d\d-\d\d", li[6])
+    assert by_name[("周小禾", "残疾")][5] == "名单导入"
+    assert all(row[0] != "第二实验小学" for row in lines[1:]) and other
+    with deps.db.begin() as conn:
+        assert "aid_list" in set(conn.execute(select(audit_log.c.action)).scalars())
+
+    web.forget_cookies()
+    await web.sign_in("B001")
+    page = await web.text("/console/reviews")
+    assert "外校甲" in page and "待认定（2）" in page
+    web.forget_cookies()
+    async with await web.get("/console/reviews/aid-list.csv") as r:
+        assert r.status == 303  # no session: nothing

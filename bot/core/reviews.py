@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
+
+from bot.core.console_ports import Principal
 
 FOUND_ON_VISIT = "家访发现"  # the source of a category a review approved
 PROVISIONAL_PREFIX = "临时"
@@ -46,3 +49,16 @@ class AidReview:
     category: str | None = None
     reason: str | None = None
     student_no: str | None = None
+
+
+class ReviewStore(Protocol):
+    """The console's reviews page and spring aid list, in the signed-in user's scope."""
+
+    async def reviews(self, principal: Principal, limit: int = 500) -> list[AidReview]:
+        """Open reviews first (oldest first), then decided ones (newest first)."""
+        ...
+
+    async def aid_list(self, principal: Principal, now: datetime) -> bytes:
+        """The spring aid list as CSV: every active student with an aid category, a row per
+        category with its source and since when; audited."""
+        ...
