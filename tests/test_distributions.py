@@ -7,21 +7,26 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import AsyncIterator
+from datetime import date
 
 import openpyxl
 import pytest
 from sqlalchemy import func, select
 
+from bot.core.console_ports import Principal
+from bot.core.types import StaffRole
 from bot.deps import Deps
 from config.settings import Settings
-from storage.distributions import LEDGER_COLUMNS
-from storage.schema import audit_log, distribution_recipients, distributions, students
+from storage.distributions import LEDGER_COLUMNS, SqlDistributions
+from storage.schema import audit_log, distribution_recipients, distributions, staff, students
 from tests.conftest import FakeClock
 from tests.console_kit import ConsoleClient, add_school, start_console
+from tests.test_schedule import World, local, world
 
 AID_CATEGORIES = ("建档立卡", "孤儿", "低保", "大病", "残疾")
 MILK_TO = {"DEMO0001", "DEMO0002", "DEMO0003", "DEMO0005", "DEMO0006", "DEMO0007"}
 MILK_TO |= {"DEMO0008", "DEMO0009", "DEMO0012"}
+__all__ = ["world"]  # the fixture, used by name
 
 
 @pytest.fixture
@@ -213,3 +218,27 @@ async def test_pages_without_a_session_show_nothing(web: ConsoleClient) -> None:
     for path in ("/console/distributions", "/console/distributions/1/ledger.xlsx"):
         async with await web.get(path) as r:
             assert r.status == 303 and r.headers["Location"] == "/console/signin"
+
+
+async def test_teachers_reminders_list_what_is_still_to_deliver(
+    world: World, deps: Deps, settings: Settings
+) -> None:
+    with deps.db.begin() as conn:
+        coord = conn.execute(select(staff).where(staff.c.staff_no == "C001")).one()
+    me = Principal(
+        coord.id, "C001", coord.name, StaffRole.COORDINATOR, coord.school_id, "", "x", "y"
+    )
+    store = SqlDistributions(deps.db, settings.tz)
+    did = await store.create(me, "每人两箱牛奶", ["孤儿", "建档立卡"], [], None, deps.clock.now())
+    monday, tuesday = date(2026, 3, 2), date(2026, 3, 3)
+    await world.at(local(monday, 9), "remind")
+    [first] = world.wecom.to("zhanglaoshi")  # T001: 王小雨 (建档立卡) is theirs
+    assert "待送达的发放" in first and "· 每人两箱牛奶：王小雨（三年级1班）" in first
+    assert "孙小川" not in first  # T002's student
+    [li] = world.wecom.to("li")  # T002: 孙小川 (孤儿), and as carer of 郑小石 (建档立卡)
+    assert "孙小川（四年级2班）" in li and "郑小石（五年级1班）" in li
+
+    await store.deliver(me, did, ids_of(deps, "DEMO0001"), deps.clock.now())
+    await world.at(local(tuesday, 9), "remind")
+    second = world.wecom.to("zhanglaoshi")[-1]
+    assert second != first and "每人两箱牛奶" not in second

@@ -319,6 +319,8 @@ class Snapshot:
     followups: list[TrackedFollowUp]  # open or escalated, plus any created since `since`
     failures: list[DeliveryFailure]  # reminders/digests a platform refused for good, recently
     fell_back: list[FallbackReach] = field(default_factory=list)  # reached only by fallback
+    # Batch distributions not yet marked delivered: (student id, what is given), for reminders.
+    undelivered: list[tuple[int, str]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------ the outbox (see `ports.Outbox`)
