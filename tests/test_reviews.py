@@ -11,7 +11,7 @@ import io
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +22,8 @@ from bot.core.reviews import FOUND_ON_VISIT
 from bot.core.types import StaffRole
 from bot.deps import Deps
 from config.settings import Secret, Settings, WeComSettings
+from storage.erasure import erase_student, student_record
+from storage.maintenance import apply_retention
 from storage.reviews import merge_provisional
 from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
 from storage.schema import (
@@ -258,3 +260,25 @@ async def test_the_console_lists_reviews_and_the_spring_aid_list(
     web.forget_cookies()
     async with await web.get("/console/reviews/aid-list.csv") as r:
         assert r.status == 303  # no session: nothing
+
+
+async def test_erasure_and_retention_reach_the_reviews(bot: ChatDriver, deps: Deps) -> None:
+    await bot.say("新增学生 李小花 三年级2班 父母都没能返岗")
+    await bot.say("新增学生 赵小北 四年级2班 母亲生病住院")
+    await bot.say("待认定", "C001")
+    assert "已认定" in await bot.say("认定 1 低保", "C001")
+    [approved] = [r for r in rows(deps, aid_reviews) if r.student_id is not None]
+    with deps.db.begin() as conn:
+        no = conn.execute(
+            select(students.c.student_no).where(students.c.id == approved.student_id)
+        ).scalar_one()
+        record = student_record(conn, no)
+        assert record["aid_reviews"][0]["note"] == "父母都没能返岗"
+        erase_student(conn, no, "家长申请", deps.clock.now())
+    [left] = rows(deps, aid_reviews)
+    assert left.name == "赵小北" and left.note == "母亲生病住院"
+    with deps.db.begin() as conn:
+        later = deps.clock.now() + timedelta(days=800)
+        apply_retention(conn, later, 730, frozenset(), lambda kind, detail: detail)
+    [left] = rows(deps, aid_reviews)
+    assert left.note is None and left.name != "赵小北"
