@@ -34,6 +34,7 @@ from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
+from handlers.reminders import reach_order
 from storage import outbox
 from storage.aid import SqlAid
 from storage.console import SqlConsole
@@ -109,7 +110,12 @@ def install_console(
         wecom_user,
         SqlAid(deps.db, load_aid_items(settings.aid_path, deps.form.followup_kinds)),
         SqlDistributions(deps.db, settings.tz),
-        SqlReviews(deps.db, settings.tz),
+        SqlReviews(
+            deps.db,
+            settings.tz,
+            lambda person: reach_order(person, reachable),
+            lambda moment: settings.quiet_hours.release(moment, settings.tz),
+        ),
     )
     console.install(app, sub)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.core.reviews import REVIEW_CATEGORIES, AidReview
+from bot.core.reviews import MAX_REASON, REVIEW_CATEGORIES, AidReview, teacher_message
 from bot.core.types import StaffRole
 from handlers.coordinate import SCOPE, Coordination, Ctx
 from handlers.render import student_label
@@ -20,7 +20,6 @@ LIST_LIMIT = 30
 MAX_NAME = 20
 MAX_CLASS = 30
 MAX_NOTE = 300
-MAX_REASON = 200
 
 REPORT_HOW = (
     "请写成：新增学生 姓名 班级 说明，例如：新增学生 李小花 三年级2班 父母都没能返岗，"
@@ -51,12 +50,6 @@ ADDED = "，已加入名单（临时学籍号 {no}，班主任 {teacher}）"
 DECLINED = "已不予认定：{student}。原因：{reason}。{told}"
 TEACHER_TOLD = "已通知{teacher}。"
 TEACHER_NOT_TOLD = "{teacher}没有绑定企业微信/钉钉账号，未能通知。"
-APPROVED_MESSAGE = (
-    "资助认定结果：{student}已认定为“{category}”（{who}认定）。{added}"
-    "以后的家访提醒会包括这名学生。"
-)
-APPROVED_ADDED = "这名学生已加入你的名单。"
-DECLINED_MESSAGE = "资助认定结果：{student}未予认定（{who}）。原因：{reason}"
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -139,13 +132,7 @@ class Reviews:
         added = ""
         if decided.reported:
             added = ADDED.format(no=decided.student_no, teacher=decided.reporter_name)
-        body = APPROVED_MESSAGE.format(
-            student=student,
-            category=category,
-            who=c.staff.name,
-            added=APPROVED_ADDED if decided.reported else "",
-        )
-        told = self._tell(c, decided, body)
+        told = self._tell(c, decided, teacher_message(decided, c.staff.name))
         return [APPROVED.format(student=student, category=category, added=added, told=told)]
 
     def decline(self, c: Ctx, n: int | None, reason: str) -> list[str]:
@@ -160,8 +147,7 @@ class Reviews:
         if decided is None:
             return self.pending(c, GONE.format(n=n))
         student = student_label(decided.student_name, decided.class_name)
-        body = DECLINED_MESSAGE.format(student=student, who=c.staff.name, reason=reason)
-        told = self._tell(c, decided, body)
+        told = self._tell(c, decided, teacher_message(decided, c.staff.name))
         return [DECLINED.format(student=student, reason=reason, told=told)]
 
     def _tell(self, c: Ctx, decided: AidReview, body: str) -> str:

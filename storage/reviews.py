@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -21,24 +21,30 @@ from sqlalchemy.engine import Connection
 from bot.core.console_ports import Principal
 from bot.core.reviews import (
     FOUND_ON_VISIT,
+    MAX_REASON,
     PROVISIONAL_PREFIX,
+    REVIEW_CATEGORIES,
     AidReview,
+    ReviewError,
     ReviewStatus,
     provisional_no,
+    teacher_message,
 )
 from bot.core.text import xml_safe
-from bot.core.types import Staff, StaffRole
-from storage import audit
+from bot.core.types import RosterStaff, Staff, StaffRole
+from storage import audit, outbox
 from storage.db import Database
 from storage.export import safe_cell
 from storage.schema import (
     aid_reviews,
     assignments,
+    identities,
     schools,
     staff,
     student_categories,
     students,
 )
+from storage.snapshot import last_seen
 
 _COLS = (
     aid_reviews,
@@ -261,13 +267,90 @@ def merge_provisional(conn: Connection, real: Sequence[tuple[str, str, int, str]
 _LIST_HEADER = ("学校", "班级", "学籍号", "姓名", "资助类别", "来源", "认定日期")
 
 
+_GONE = "这项认定已经处理过了，或不在你的范围内 / already decided, or not in your scope"
+_BAD_CATEGORY = "请选择资助类别：{categories} / choose a category"
+_NO_REASON = "不予认定请写明原因（最多 {n} 个字） / a reason please, at most {n} characters"
+
+Reach = Callable[[RosterStaff], list[tuple[str, str]]]
+Quiet = Callable[[datetime], datetime | None]
+
+
+def _person(conn: Connection, staff_id: int) -> RosterStaff | None:
+    row = conn.execute(
+        select(staff.c.id, staff.c.staff_no, staff.c.name, staff.c.role, staff.c.school_id).where(
+            staff.c.id == staff_id, staff.c.active.is_(True)
+        )
+    ).first()
+    if row is None:
+        return None
+    ids = dict(
+        conn.execute(
+            select(identities.c.channel, identities.c.external_id).where(
+                identities.c.staff_id == staff_id
+            )
+        ).all()
+    )
+    seen = last_seen(conn, [staff_id]).get(staff_id, {})
+    return RosterStaff(
+        row.id, row.staff_no, row.name, StaffRole(row.role), row.school_id, ids, seen
+    )
+
+
 class SqlReviews:
     """The console's reviews page and the spring aid list (implements
-    `bot.core.reviews.ReviewStore`)."""
+    `bot.core.reviews.ReviewStore`). `reach` orders a person's channels (the composition root
+    passes the conversation's rule); `quiet` holds a message back over quiet hours."""
 
-    def __init__(self, db: Database, tz: tzinfo) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tz: tzinfo,
+        reach: Reach = lambda person: [],
+        quiet: Quiet = lambda moment: None,
+    ) -> None:
         self.db = db
         self.tz = tz
+        self.reach = reach
+        self.quiet = quiet
+
+    async def decide(
+        self,
+        principal: Principal,
+        review_id: int,
+        category: str | None,
+        reason: str,
+        now: datetime,
+    ) -> tuple[AidReview, bool]:
+        reason = reason.strip()
+        if category is not None and category not in REVIEW_CATEGORIES:
+            raise ReviewError(_BAD_CATEGORY.format(categories="、".join(REVIEW_CATEGORIES)))
+        if category is None and (not reason or len(reason) > MAX_REASON):
+            raise ReviewError(_NO_REASON.format(n=MAX_REASON))
+        school = principal.scope.school_id
+
+        def work(conn: Connection) -> tuple[AidReview, bool]:
+            decided = decide(conn, school, principal.staff_no, review_id, category, reason, now)
+            if decided is None:
+                raise ReviewError(_GONE)
+            person = _person(conn, decided.reporter_id)
+            order = self.reach(person) if person is not None else []
+            if not order:
+                return decided, False
+            (channel, recipient), *rest = order
+            outbox.enqueue(
+                conn,
+                key=f"review:{review_id}",
+                channel=channel,
+                recipient=recipient,
+                kind="review",
+                body=teacher_message(decided, principal.name),
+                not_before=self.quiet(now) or now,
+                now=now,
+                fallbacks=rest,
+            )
+            return decided, True
+
+        return await self.db.run(work)
 
     async def reviews(self, principal: Principal, limit: int = 500) -> list[AidReview]:
         school = principal.scope.school_id

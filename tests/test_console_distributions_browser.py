@@ -88,4 +88,11 @@ async def test_a_milk_distribution_and_the_reviews_in_the_browser(
     await page.click("nav >> text=资助认定")
     await expect(page.locator("#waiting")).to_contain_text("李小花")
     await expect(page.locator("#waiting")).to_contain_text("老师上报的新增学生")
-    assert [e for e in errors if "status of 400" not in e] == []  # (the refusal above)
+    await page.click("#waiting button.decline")  # no reason: refused, nothing decided
+    await expect(page.locator("#error-summary")).to_contain_text("不予认定请写明原因")
+    await page.select_option("#waiting select[name=category]", "低保")
+    await page.click("#waiting button.approve")
+    await expect(page.locator("#decided-note")).to_contain_text("已认定")
+    await expect(page.locator("#decided")).to_contain_text("李小花")
+    await expect(page.locator("#waiting")).to_contain_text("没有待认定的学生")
+    assert [e for e in errors if "status of 400" not in e] == []  # (the refusals above)

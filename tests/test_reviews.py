@@ -18,13 +18,14 @@ import pytest
 from sqlalchemy import insert, select
 
 from bot.app import build_dispatcher
-from bot.core.reviews import FOUND_ON_VISIT
-from bot.core.types import StaffRole
+from bot.core.console_ports import Principal
+from bot.core.reviews import FOUND_ON_VISIT, ReviewError
+from bot.core.types import RosterStaff, Staff, StaffRole
 from bot.deps import Deps
 from config.settings import Secret, Settings, WeComSettings
 from storage.erasure import erase_student, student_record
 from storage.maintenance import apply_retention
-from storage.reviews import merge_provisional
+from storage.reviews import SqlReviews, merge_provisional, open_review
 from storage.roster import Origin, Roster, StaffEntry, StudentEntry, import_roster
 from storage.schema import (
     aid_reviews,
@@ -282,3 +283,60 @@ async def test_erasure_and_retention_reach_the_reviews(bot: ChatDriver, deps: De
         apply_retention(conn, later, 730, frozenset(), lambda kind, detail: detail)
     [left] = rows(deps, aid_reviews)
     assert left.note is None and left.name != "赵小北"
+
+
+async def test_deciding_in_the_console(web: ConsoleClient, bot: ChatDriver, deps: Deps) -> None:
+    add_school(deps.db)
+    await bot.say("新增学生 李小花 三年级2班 父母都没能返岗")
+    await bot.say("新增学生 外校甲 一年级1班 父亲失业", "T101")
+    by_name = {r.name: r.id for r in rows(deps, aid_reviews)}
+    await web.sign_in("C001")
+    csrf = await web.csrf()
+
+    async def decide(review: int, token: str | None = csrf, **fields: str) -> tuple[int, str]:
+        data = {**fields, **({"csrf_token": token} if token else {})}
+        async with await web.post(f"/console/reviews/{review}", data=data) as r:
+            return r.status, r.headers.get("Location", "") or await r.text()
+
+    li = by_name["李小花"]
+    assert (await decide(li, None, decision="approve", category="低保"))[0] == 403
+    status, page = await decide(li, decision="approve", category="富裕")
+    assert status == 400 and "请选择资助类别" in page
+    status, page = await decide(li, decision="decline", reason="  ")
+    assert status == 400 and "不予认定请写明原因" in page
+    status, page = await decide(by_name["外校甲"], decision="approve", category="低保")
+    assert status == 400 and "不在你的范围内" in page  # another school's
+    assert {r.status for r in rows(deps, aid_reviews)} == {"open"}
+
+    status, location = await decide(li, decision="approve", category="低保")
+    assert (status, location) == (303, "/console/reviews?done=approved&told=0")
+    page = await web.text(location)
+    assert "已认定" in page and "未能通知" in page
+    assert categories(deps, next(r.student_no for r in rows(deps, students) if r.name == "李小花"))
+    status, page = await decide(li, decision="decline", reason="重复")
+    assert status == 400 and "已经处理过了" in page
+
+
+async def test_a_console_decision_tells_the_teacher_once(deps: Deps, settings: Settings) -> None:
+    with deps.db.begin() as conn:
+        me = conn.execute(select(staff).where(staff.c.staff_no == "C001")).one()
+        teacher = conn.execute(select(staff).where(staff.c.staff_no == "T001")).one()
+    coord = Principal(me.id, "C001", me.name, StaffRole.COORDINATOR, me.school_id, "", "x", "y")
+    reporter = Staff(teacher.id, "T001", teacher.name, StaffRole.TEACHER, teacher.school_id)
+    reached: list[str] = []
+
+    def reach(person: RosterStaff) -> list[tuple[str, str]]:
+        reached.append(person.staff_no)
+        return [(c, u) for c, u in person.identities.items()]
+
+    store = SqlReviews(deps.db, settings.tz, reach)
+    with deps.db.begin() as conn:
+        opened = open_review(conn, reporter, None, "李小花", "三年级2班", "无", deps.clock.now())
+    assert opened is not None
+    decided, told_teacher = await store.decide(coord, opened.id, None, "已有低保", deps.clock.now())
+    assert told_teacher and reached == ["T001"] and decided.reason == "已有低保"
+    [message] = told(deps)
+    assert "李小花（三年级2班）未予认定（甲协调）。原因：已有低保" in message
+    with pytest.raises(ReviewError):
+        await store.decide(coord, opened.id, "低保", "", deps.clock.now())
+    assert len(told(deps)) == 1

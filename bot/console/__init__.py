@@ -110,6 +110,7 @@ def build(
     if reviews is not None:
         console[review_views.REVIEWS] = reviews
         r.add_get("/reviews", review_views.review_list)
+        r.add_post("/reviews/{id}", review_views.review_decide)
         r.add_get("/reviews/aid-list.csv", review_views.aid_list)
     r.add_static("/static/", HERE / "static", append_version=False)
     return console

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.console.auth import CONFIG, PRINCIPAL, page, signed_in
-from bot.console.views import WIRING, _disposition
+from bot.console.auth import CONFIG, PREFIX, PRINCIPAL, check_csrf, page, signed_in
+from bot.console.views import WIRING, _disposition, _int
 from bot.core.console_ports import Principal
-from bot.core.reviews import REVIEW_CATEGORIES, ReviewStatus, ReviewStore
+from bot.core.reviews import REVIEW_CATEGORIES, ReviewError, ReviewStatus, ReviewStore
 
 REVIEWS = web.AppKey("console_reviews", ReviewStore)
 STATUS_LABELS = {
@@ -22,8 +22,7 @@ STATUS_LABELS = {
 }
 
 
-@signed_in
-async def review_list(request: web.Request) -> web.StreamResponse:
+async def _list_page(request: web.Request, error: str = "", status: int = 200) -> web.Response:
     me: Principal = request[PRINCIPAL]
     found = await request.config_dict[REVIEWS].reviews(me)
     return page(
@@ -35,8 +34,42 @@ async def review_list(request: web.Request) -> web.StreamResponse:
             "labels": STATUS_LABELS,
             "categories": REVIEW_CATEGORIES,
             "tz": request.config_dict[WIRING].tz,
+            "error": error,
+            "done": request.query.get("done", "") if not error else "",
+            "told": request.query.get("told") == "1",
         },
+        status=status,
     )
+
+
+@signed_in
+async def review_list(request: web.Request) -> web.StreamResponse:
+    return await _list_page(request)
+
+
+@signed_in
+async def review_decide(request: web.Request) -> web.StreamResponse:
+    """认定 (a category) or 不认定 (a reason) one review, as `认定 N 类别` does in chat."""
+    form = await request.post()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    check_csrf(request, fields.get("csrf_token"))
+    review_id = _int(request.match_info["id"])
+    if review_id is None:
+        raise web.HTTPNotFound()
+    approve = fields.get("decision") == "approve"
+    category = fields.get("category", "")[:50] if approve else None
+    try:
+        decided, told = await request.config_dict[REVIEWS].decide(
+            request[PRINCIPAL],
+            review_id,
+            category,
+            fields.get("reason", "")[:1000] if not approve else "",
+            request.config_dict[CONFIG].clock.now(),
+        )
+    except ReviewError as exc:
+        return await _list_page(request, str(exc), 400)
+    done = decided.status.value
+    raise web.HTTPSeeOther(f"{PREFIX}/reviews?done={done}&told={int(told)}")
 
 
 @signed_in

@@ -22,6 +22,19 @@ PROVISIONAL_PREFIX = "临时"
 REVIEW_CATEGORIES = ("建档立卡", "低保", "特困", "孤儿", "残疾", "大病", "留守", "临时困难")
 
 
+APPROVED_MESSAGE = (
+    "资助认定结果：{student}已认定为“{category}”（{who}认定）。{added}"
+    "以后的家访提醒会包括这名学生。"
+)
+APPROVED_ADDED = "这名学生已加入你的名单。"
+DECLINED_MESSAGE = "资助认定结果：{student}未予认定（{who}）。原因：{reason}"
+MAX_REASON = 200
+
+
+class ReviewError(Exception):
+    """A decision that cannot be made (its message is shown as it is)."""
+
+
 def provisional_no(review_id: int) -> str:
     return f"{PROVISIONAL_PREFIX}{review_id:06d}"
 
@@ -58,7 +71,31 @@ class ReviewStore(Protocol):
         """Open reviews first (oldest first), then decided ones (newest first)."""
         ...
 
+    async def decide(
+        self,
+        principal: Principal,
+        review_id: int,
+        category: str | None,
+        reason: str,
+        now: datetime,
+    ) -> tuple[AidReview, bool]:
+        """Approve (`category`, one of REVIEW_CATEGORIES) or decline (`reason`) an open review
+        in scope, and queue the reporting teacher's message; (the review, whether the teacher
+        could be told). Raises `ReviewError` (nothing changed) otherwise."""
+        ...
+
     async def aid_list(self, principal: Principal, now: datetime) -> bytes:
         """The spring aid list as CSV: every active student with an aid category, a row per
         category with its source and since when; audited."""
         ...
+
+
+def teacher_message(decided: AidReview, who: str) -> str:
+    """What the reporting teacher is told of a decision (chat and console alike)."""
+    student = f"{decided.student_name}（{decided.class_name}）"
+    if decided.status is ReviewStatus.APPROVED:
+        added = APPROVED_ADDED if decided.reported else ""
+        return APPROVED_MESSAGE.format(
+            student=student, category=decided.category, who=who, added=added
+        )
+    return DECLINED_MESSAGE.format(student=student, who=who, reason=decided.reason or "")
