@@ -120,9 +120,13 @@ async def test_a_hardship_found_on_a_visit_is_approved(chat: ChatDriver, deps: D
         actions = [a for (a,) in conn.execute(select(audit_log.c.action))]
     assert actions.count("aid_review") == 1
 
-    # a second visit with the same answer while none is open opens a new one; the student stays
-    # in the teacher's list (in the cadence) with the new category
+    # in the teacher's list (the cadence) and, two steps after the visit, in the spring aid list
     assert "周小禾" in await chat.say("家访", TEACHER)
+    with deps.db.begin() as conn:
+        c001 = conn.execute(select(staff).where(staff.c.staff_no == "C001")).one()
+    me = Principal(c001.id, "C001", c001.name, StaffRole.COORDINATOR, c001.school_id, "", "", "")
+    listed = (await SqlReviews(deps.db, UTC).aid_list(me, deps.clock.now())).decode("utf-8-sig")
+    assert re.search(r"DEMO0003,周小禾,临时困难,家访发现,\d{4}-\d\d-\d\d", listed)
 
 
 async def test_a_reported_student_is_added_then_merged_into_the_roster(
