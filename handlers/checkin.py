@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
+from bot.core.ports import Store
 from bot.core.reviews import REVIEW_CATEGORIES
 from bot.core.signin import TOKEN_TTL, login_url, new_secret, secret_hash
 from bot.core.types import (
@@ -271,6 +272,13 @@ class CheckIn:
         return self._pick_name(c, text)
 
     # ------------------------------------------------------------------ helpers
+    def _due_students(
+        self, store: Store, staff_id: int, today: date
+    ) -> tuple[list[StudentListing], Callable[[StudentListing], date | None]]:
+        """A teacher's students due a visit, most urgent first (what a 催办 lists)."""
+        students = self._filtered(store.my_students(staff_id), NOT_VISITED[0], today)
+        return self._by_urgency(students, today), self._due
+
     def _due(self, s: StudentListing) -> date | None:
         local = [
             None if v is None else v.astimezone(self.tz).date()
@@ -876,7 +884,7 @@ class CheckIn:
             case Cmd.REASSIGN:
                 return co.reassign(c, command.number, command.argument)
             case Cmd.NUDGE:
-                return co.nudge(c, command.argument)
+                return co.nudge(c, command.argument, self._due_students)
             case Cmd.OVERVIEW:
                 return co.overview(c)
         return co.unvisited(c)

@@ -16,6 +16,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from bot.core.engine import Turn
+from bot.core.ports import Store
 from bot.core.types import (
     FollowUpListing,
     FollowUpStatus,
@@ -24,10 +25,11 @@ from bot.core.types import (
     ScopedFollowUp,
     Staff,
     StaffRole,
+    StudentListing,
 )
 from handlers.reminders import pick_channel, reach_order
-from handlers.render import md, student_label
-from handlers.states import Conversation, Item, ItemKind, Listing, ListKind
+from handlers.render import followup_line, md, student_label, student_lines
+from handlers.states import Conversation, Item, ItemKind, Listing, ListKind, dump_listing
 
 LIST_LIMIT = 30
 MAX_NOTE = 500
@@ -89,8 +91,17 @@ NUDGE_UNREACHABLE = "{name}（{no}）没有绑定企业微信/钉钉账号，无
 NUDGED = "已催办{name}（{no}）：已访 {visited}/{total}，待跟进 {open} 项（逾期 {overdue} 项）。"
 NUDGE_MESSAGE = (
     "【催办】{who}提醒你：你名下的学生已访 {visited}/{total}，待跟进 {open} 项"
-    "（逾期 {overdue} 项）。回复“家访”开始家访，回复“待跟进”查看跟进。"
+    "（逾期 {overdue} 项）。"
 )
+NUDGE_LIMIT = 15  # as many students, and follow-ups, as a reminder lists
+NUDGE_STUDENTS = "待家访学生{count}名（最久未访在前）："
+NUDGE_FOLLOWUPS = "待办跟进{count}项："
+NUDGE_PICK = "回复序号开始家访，例如回复 1"
+NUDGE_DONE = "办完跟进回复“完成 序号 备注”，例如：完成 {n} 平板已送到"
+# the teacher's due students (most urgent first) and the function that gives each one's due date
+DueList = Callable[
+    [Store, int, date], tuple[list[StudentListing], Callable[[StudentListing], date | None]]
+]
 
 
 OVERVIEW_HEAD = "{scope}家访概况（近{days}天）："
@@ -339,7 +350,10 @@ class Coordination:
             )
         ]
 
-    def nudge(self, c: Ctx, staff_no: str) -> list[str]:
+    def nudge(self, c: Ctx, staff_no: str, due: DueList | None = None) -> list[str]:
+        """Send that teacher their reminder now: the students due and the open follow-ups,
+        numbered as a reminder is, so that replying 1 or 完成 N works on it once delivered.
+        `due` gives the teacher's due students, most urgent first, and each one's due date."""
         if not staff_no:
             return [NUDGE_HOW]
         store = c.t.store
@@ -359,17 +373,58 @@ class Coordination:
             "overdue": cov.overdue_followups,
         }
         body = NUDGE_MESSAGE.format(who=c.staff.name, **figures)
+        listing = None
+        if due is not None:
+            body, listing = self._nudge_list(c, to, body, due, today)
         # One a teacher a day, whoever sends it: the outbox key says so.
-        if not self._tell_person(c, to, f"nudge:{to.staff_no}:{today.isoformat()}", "nudge", body):
+        key = f"nudge:{to.staff_no}:{today.isoformat()}"
+        if not self._tell_person(c, to, key, "nudge", body, listing):
             return [NUDGE_TWICE.format(name=to.name, no=to.staff_no)]
         return [NUDGED.format(name=to.name, no=to.staff_no, **figures)]
+
+    def _nudge_list(
+        self, c: Ctx, to: RosterStaff, head: str, due: DueList, today: date
+    ) -> tuple[str, Listing | None]:
+        students, due_date = due(c.t.store, to.id, today)
+        followups = c.t.store.open_followups(to.id)
+        shown = students[:NUDGE_LIMIT]
+        lines = [head]
+        if shown:
+            lines.append(NUDGE_STUDENTS.format(count=len(students)))
+            lines += student_lines(shown, 1, today, self.tz, due_date)
+        first_followup = len(shown) + 1
+        shown_fus = followups[:NUDGE_LIMIT]
+        if shown_fus:
+            lines.append(NUDGE_FOLLOWUPS.format(count=len(followups)))
+            lines += [
+                followup_line(n, f, self.kinds, today)
+                for n, f in enumerate(shown_fus, first_followup)
+            ]
+        if not shown and not shown_fus:
+            return head, None
+        hints = [NUDGE_PICK] if shown else []
+        hints += [NUDGE_DONE.format(n=first_followup)] if shown_fus else []
+        lines.append("；".join(hints) + "。")
+        items = (
+            *(Item(ItemKind.STUDENT, s.id) for s in shown),
+            *(Item(ItemKind.FOLLOWUP, f.id) for f in shown_fus),
+        )
+        return "\n".join(lines), Listing(ListKind.REMINDER, items, len(items))
 
     # ------------------------------------------------------------------ telling people
     def tell(self, c: Ctx, to: RosterStaff, key: str, kind: str, body: str) -> bool:
         """Queue `body` for `to` (see `_tell_person`), for the other coordinators' words."""
         return self._tell_person(c, to, key, kind, body)
 
-    def _tell_person(self, c: Ctx, to: RosterStaff, key: str, kind: str, body: str) -> bool:
+    def _tell_person(
+        self,
+        c: Ctx,
+        to: RosterStaff,
+        key: str,
+        kind: str,
+        body: str,
+        listing: Listing | None = None,
+    ) -> bool:
         """Queue `body` for `to` outside quiet hours; False when they cannot be reached or the
         key was there already."""
         order = reach_order(to, self.channels)
@@ -377,5 +432,13 @@ class Coordination:
             return False
         not_before = self.quiet(c.t.now) or c.t.now
         (channel, recipient), *rest = order
-        message = OutboxMessage(key, channel, recipient, kind, body, fallbacks=tuple(rest))
+        message = OutboxMessage(
+            key,
+            channel,
+            recipient,
+            kind,
+            body,
+            dump_listing(listing) if listing is not None else None,
+            tuple(rest),
+        )
         return c.t.store.queue_message(message, not_before, c.t.now)

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from bot.core.channels import DINGTALK_GROUP as GROUP_CHANNEL
 from bot.core.types import (
+    FOLLOWUP_EVENT_LABELS,
     FollowUpStatus,
     RosterStaff,
     RosterStudent,
@@ -394,6 +395,8 @@ def school_digest(
                     f"· {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)} · "
                     f"逾期{late}天 · 负责：{holder.name if holder else '-'}{climbed}"
                 )
+                if steps := history_line(snap, f.id, view.tz):
+                    lines.append(f"  经过：{steps}")
     if fig.unreachable:
         lines.append(
             "收不到提醒的老师（没有可用的聊天账号，可发绑定码让其绑定）："
@@ -426,6 +429,18 @@ def school_digest(
             )
         )
     return "\n".join(lines)
+
+
+def history_line(snap: Snapshot, followup_id: int, tz: ZoneInfo) -> str:
+    """ "3月11日 上报学校 → 3月12日 确认负责 甲协调": the steps, without their notes (free text
+    stays out of digests)."""
+    parts = []
+    for step in snap.steps.get(followup_id, ()):
+        day = step.at.astimezone(tz).date()
+        person = snap.staff.get(step.staff_id) if step.staff_id is not None else None
+        label = FOLLOWUP_EVENT_LABELS.get(step.event, step.event)
+        parts.append(f"{md(day)} {label}" + (f" {person.name}" if person else ""))
+    return " → ".join(parts)
 
 
 def bureau_digest(figures: Iterable[SchoolFigures], view: View) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy import Select, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.core.types import FollowUpEvent, FollowUpStatus
+from bot.core.types import FOLLOWUP_EVENT_LABELS, FollowUpEvent, FollowUpStatus
 from storage.schema import followup_events, followups, staff
 
 ESCALATED = FollowUpStatus.ESCALATED.value
@@ -102,14 +102,7 @@ def record(
         conn.execute(insert(followup_events), values)
 
 
-EVENT_LABELS = {
-    FollowUpEvent.ESCALATED.value: "上报学校",
-    FollowUpEvent.NOTIFIED.value: "已通知",
-    FollowUpEvent.ACKNOWLEDGED.value: "确认负责",
-    FollowUpEvent.CLIMBED.value: "上报教育局",
-    FollowUpEvent.REASSIGNED.value: "转交给",
-    FollowUpEvent.DONE.value: "完成",
-}
+EVENT_LABELS = FOLLOWUP_EVENT_LABELS
 
 
 def histories(

@@ -39,8 +39,10 @@ def enqueue(
     not_before: datetime,
     now: datetime,
     fallbacks: Sequence[tuple[str, str]] = (),
+    listing: dict[str, Any] | None = None,
 ) -> bool:
-    """Store a message unless one with `key` exists. True when this call stored it."""
+    """Store a message unless one with `key` exists. True when this call stored it. `listing`:
+    the numbered list the message shows, the recipient's current list once it is delivered."""
     values = {
         "idempotency_key": key,
         "channel": channel,
@@ -53,6 +55,7 @@ def enqueue(
         "created_at": now,
         "fallbacks": [list(f) for f in fallbacks] or None,
         "channel_since": not_before,
+        "listing": listing,
     }
     dialect = conn.dialect.name
     if dialect not in ("postgresql", "sqlite"):  # pragma: no cover - the two supported databases

@@ -15,6 +15,7 @@ from bot.core.types import (
     FallbackReach,
     FollowUpEvent,
     FollowUpStatus,
+    FollowUpStep,
     RosterStaff,
     RosterStudent,
     Snapshot,
@@ -84,6 +85,7 @@ def load_snapshot(conn: Connection, since: datetime, now: datetime) -> Snapshot:
         followups=_followups(conn, since),
         failures=_failures(conn, now - FAILURE_WINDOW),
         fell_back=_fell_back(conn, now - FAILURE_WINDOW),
+        steps=_escalation_steps(conn),
         undelivered=_undelivered(conn),
     )
 
@@ -218,6 +220,25 @@ def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
     for r in rows:
         seen[(r.staff_id, r.channel)] = DeliveryFailure(r.staff_id, r.channel, r.last_error or "")
     return list(seen.values())
+
+
+def _escalation_steps(conn: Connection) -> dict[int, list[FollowUpStep]]:
+    """The history of every follow-up still escalated (the digest shows who did what when)."""
+    escalated = select(followups.c.id).where(followups.c.status == FollowUpStatus.ESCALATED.value)
+    rows = conn.execute(
+        select(
+            followup_events.c.followup_id,
+            followup_events.c.event,
+            followup_events.c.at,
+            followup_events.c.staff_id,
+        )
+        .where(followup_events.c.followup_id.in_(escalated.scalar_subquery()))
+        .order_by(followup_events.c.followup_id, followup_events.c.id)
+    )
+    steps: dict[int, list[FollowUpStep]] = defaultdict(list)
+    for r in rows:
+        steps[r.followup_id].append(FollowUpStep(r.event, r.at, r.staff_id))
+    return dict(steps)
 
 
 def _fell_back(conn: Connection, since: datetime) -> list[FallbackReach]:

@@ -808,6 +808,7 @@ class SqlStore:
             not_before=not_before,
             now=now,
             fallbacks=message.fallbacks,
+            listing=message.listing,
         )
 
     def withdraw_messages(self, key_prefix: str) -> int:

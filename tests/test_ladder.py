@@ -256,6 +256,12 @@ async def test_bad_coordinator_inputs_change_nothing(
     await world.at(world.clock.current)
     [nudge] = [t for t in world.wecom.to("li") if t.startswith("【催办】")]
     assert "甲协调提醒你" in nudge
+    # The nudge is T002's reminder: the students due, numbered; replying 1 starts the first.
+    assert "待家访学生4名（最久未访在前）：" in nudge and "回复序号开始家访" in nudge
+    first = nudge.split("\n1. ", 1)[1].split(" · ", 1)[0]
+    assert (await chat.say("1", user="li")).startswith(f"开始登记 {first}（")
+    await chat.say("放弃", user="li")
+    await chat.say("是", user="li")
     # A stale number: T001 closes the tablet; the coordinator's 确认 2 is refused, list again.
     await bot.say("待跟进")
     await bot.say("完成 2 送到了")
@@ -387,6 +393,9 @@ async def test_reminders_and_digests_show_who_holds_what(
     )
     assert "负责：李示例" in digest
     assert "已确认 1 项：\n· 周小禾（三年级1班） · 平板/电脑 · 逾期7天 · 负责：甲协调" in digest
+    # each escalation's history, without the notes (free text stays out of digests)
+    assert "  经过：3月11日 上报学校 → 3月11日 已通知 甲协调 → 3月11日 转交给 李示例\n" in digest
+    assert digest.count("确认负责 甲协调") == 1 and "我来跟进" not in digest
 
 
 # ---------------------------------------------------------------------------- three weeks

@@ -5,36 +5,53 @@ over WeCom (encrypted callbacks), the generic JSON channel and the console chat;
 bad signatures, malformed and oversized bodies, a wrong bearer token; a crash inside a turn whose
 exception message quotes a child's name and note; reminders and digests; the coordinator console
 (sign-in, student page, export); the CLI's exports, student export and erasure and their error
-paths. No log record (message, arguments, exception text) may hold a student's or a staff
-member's name, an answer, a note, a platform user id or a token. Names are fictional.
+paths. Then each other channel on its own, against its local fake platform: DingTalk's HTTP
+callbacks, the WeChat Official Account (safe mode) and Feishu (webhook and long connection), the
+last two also with binding by code (`绑定 工号 码`), a reply or reminder pushed through the fake
+server API after a failed first send, and refused callbacks or frames quoting a note. No log
+record (message, arguments, exception text) may hold a student's or a staff member's name, an
+answer, a note, a platform user id (OpenID, open_id), a binding code, an app secret or a token.
+Names are fictional.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import pytest
-from aiohttp import ClientSession, CookieJar
+from aiohttp import ClientSession, CookieJar, web
 from aiohttp.test_utils import TestServer
 from alembic import command
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
+from bot.app import JOBS, create_app
+from bot.channels import wechat
 from bot.cli import main as homevisit
+from bot.core.binding import ALPHABET
 from bot.deps import Deps
 from bot.jobs import DIGEST, REMIND
+from bot.web import DELIVERY
 from config.forms import Form
 from config.settings import Settings
 from handlers import texts
 from storage.migrate import alembic_config
-from storage.schema import visits
+from storage.schema import identities, staff, visits
+from tests import fake_wechat
 from tests import test_dingtalk as dt
+from tests import test_feishu as fs
+from tests import test_wechat as wc
 from tests.conftest import ChatDriver, FakeClock
 from tests.console_kit import ConsoleClient, issue_link
 from tests.fake_dingtalk import FakeDingTalk
+from tests.fake_feishu import FakeFeishu
 from tests.fake_wecom import SECRET
+from tests.test_binding import code_for
 from tests.test_schedule import World, local, world  # noqa: F401  (fixtures)
 from tests.test_sensitive import CHECKIN, NOTE, OTHER
 from tests.test_wecom import (  # noqa: F401  (fixtures)
@@ -256,3 +273,247 @@ async def test_no_personal_data_in_dingtalk_logs(
         if secret in formatted(r)
     ]
     assert leaks == []
+
+
+def leaks_in(records: list[logging.LogRecord], secrets: list[str]) -> list[tuple[str, str]]:
+    return [(s, formatted(r)[:300]) for r in records for s in secrets if s in formatted(r)]
+
+
+# ---------------------------------------------------------------------------- WeChat
+async def test_no_personal_data_in_wechat_logs(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    bot: ChatDriver,
+    clock: FakeClock,
+) -> None:
+    """The same over the WeChat Official Account in safe mode: a check-in with a note, binding
+    by code, refused callbacks, a crash inside a turn, a reply and a reminder pushed through the
+    fake server API (the reminder after a failed first try)."""
+    newcomer = "oTeacherLi00000000000000003"
+    code = await code_for(bot, "T002")
+    wrong_code = next(c for c in ALPHABET if c != code[0]) + code[1:]
+    secrets = [*STUDENTS, *STAFF, *ANSWERS, NOTE, OTHER, CRASH_NOTE, wc.OPENID, newcomer]
+    secrets += [code, code.lower(), wrong_code, fake_wechat.APP_SECRET, wc.TOKEN, wc.AES_KEY]
+    quoted = f"周小禾 {CRASH_NOTE} {wc.OPENID}"
+
+    def crash(self: Form, answers: object, today: date) -> list[object]:
+        raise RuntimeError(quoted)
+
+    with deps.db.begin() as conn:  # T001 bound as `wc.bound` does it
+        staff_id = conn.execute(select(staff.c.id).where(staff.c.staff_no == "T001")).scalar_one()
+        conn.execute(
+            insert(identities).values(channel="wechat", external_id=wc.OPENID, staff_id=staff_id)
+        )
+    async with fake_wechat.running() as api, ClientSession() as web_client:
+        api.followers |= {wc.OPENID, newcomer}
+        api.in_window |= {wc.OPENID, newcomer}
+        conf = replace(settings, wechat=wc.wechat_config(api))
+        app = create_app(conf, deps)
+        async with TestServer(app, host="127.0.0.1") as server:
+            wx = wc.Peer(web_client, server, clock)
+            for text in ["家访", "周小禾", "99", *CHECKIN, "提交"]:
+                await wx.say(text)
+            # binding by code: first a wrong code, then the right one
+            assert await wx.say(f"绑定 T002 {wrong_code}", user=newcomer) == texts.BIND_WRONG
+            done = await wx.say(f"绑定 T002 {code.lower()}", user=newcomer)
+            assert done.startswith(texts.BIND_DONE.format(name="李示例"))
+            # refused: bad signatures, a plain body, malformed and undecryptable envelopes
+            params = wx.query(wx.timestamp()) | {"signature": "f" * 40}
+            body = wc.message_xml(NOTE, msg_id="1").encode()
+            assert (await wx.post_raw(params, body))[0] == 403
+            assert (await wx.post_raw(wx.query(wx.timestamp()), body))[0] == 403
+            ts = wx.timestamp()
+            aes = wx.query(ts) | {"encrypt_type": "aes", "msg_signature": "0" * 40}
+            assert (await wx.post_raw(aes, f"<xml><oops>{NOTE}".encode()))[0] == 400
+            assert (await wx.post_raw(aes, b"<xml><Encrypt>QUJD</Encrypt></xml>"))[0] == 403
+            entity = f'<!DOCTYPE xml [<!ENTITY a "{NOTE}">]><xml><Content>&a;</Content></xml>'
+            assert (await wx.post(entity))[0] == 400
+            stranger = wx.query(wx.timestamp(), "oSomeoneElse000000000000004")
+            assert (await wx.post_raw(stranger, body))[0] == 403
+            verify = wx.query(wx.timestamp()) | {"signature": "0" * 40, "echostr": NOTE}
+            async with web_client.get(server.make_url(wechat.PATH), params=verify) as r:
+                assert r.status == 403
+            # a crash inside a turn, its exception quoting a child's name, a note and the OpenID
+            monkeypatch.setattr(Form, "followups", crash)
+            for text in ["家访", "陈小树", *CHECKIN]:
+                await wx.say(text)
+            assert await wx.say("提交") == texts.APOLOGY
+            monkeypatch.undo()
+            # a turn over the reply budget: its reply goes by customer-service message
+            channel, budget = app[wechat.WECHAT_CHANNEL], app[wechat.WECHAT_CHANNEL].reply_budget
+            channel.reply_budget = 0.0
+            assert (await wx.send("家访")) == (200, "success")
+            await wc.eventually(lambda: len(api.texts(wc.OPENID)) == 2)  # "draft kept", list
+            channel.reply_budget = budget
+            # the reminder, its first try failing
+            api.failures.append("http 502")
+            assert (await app[JOBS].run(REMIND, clock.now())).queued >= 1
+            async with asyncio.timeout(10):  # (the app's own delivery loop runs as well)
+                while any(row.status != "sent" for row in wc.outbox_rows(deps)):
+                    await app[DELIVERY].run_once()
+                    clock.advance(seconds=31)  # past the retry's back-off
+            assert len(api.texts(wc.OPENID)) == 3 and api.failures == []
+    tokens = [f"stable-{n}" for n in range(1, api.token_calls + 1)]
+    with deps.db.begin() as conn:
+        submitted = select(func.count()).where(visits.c.status == "submitted")
+        assert conn.execute(submitted).scalar_one() == 1  # the crashed one stays a draft
+    assert any("turn failed" in r.getMessage() for r in caplog.records)
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    assert leaks_in(caplog.records, [*secrets, *tokens]) == []
+
+
+# ---------------------------------------------------------------------------- Feishu
+@pytest.fixture
+async def feishu_fake(clock: FakeClock) -> AsyncIterator[FakeFeishu]:
+    peer = FakeFeishu(
+        app_id=fs.APP_ID,
+        app_secret=fs.APP_SECRET,
+        encrypt_key=fs.ENCRYPT_KEY,
+        verification_token=fs.VERIFICATION_TOKEN,
+        now=lambda: clock.now().timestamp(),
+    )
+    await peer.start()
+    yield peer
+    await peer.close()
+    assert peer.problems == []
+
+
+FEISHU_NEWCOMER = "ou_0123456789abcdef0123456789abcdef"
+
+
+async def feishu_scenario(
+    lark: FakeFeishu,
+    bot_app: web.Application,
+    push: Callable[[dict[str, object]], Awaitable[object]],
+    bot: ChatDriver,
+    deps: Deps,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[str]:
+    """What both Feishu modes go through once the events are in: a check-in with a note,
+    binding by code, a crash inside a turn quoting a child, and a reminder whose first send
+    fails. Returns what must not be logged."""
+    teacher, newcomer = fs.Teacher(), fs.Teacher(FEISHU_NEWCOMER)
+    code = await code_for(bot, "T002")
+    wrong_code = next(c for c in ALPHABET if c != code[0]) + code[1:]
+    quoted = f"周小禾 {CRASH_NOTE} {fs.OPEN_ID}"
+
+    def crash(self: Form, answers: object, today: date) -> list[object]:
+        raise RuntimeError(quoted)
+
+    async def say(who: fs.Teacher, text: str) -> str:
+        """Push the event; the first reply it gets."""
+        before = len(lark.messages)
+        await push(who.says(text))
+        await lark.wait_for(before + 1)
+        await fs.eventually(lambda: all(r.status == "sent" for r in fs.outbox_rows(deps)))
+        return lark.messages[before].text
+
+    for text in ["家访", "周小禾", "99", *CHECKIN]:
+        await say(teacher, text)
+    assert "已提交 周小禾" in await say(teacher, "提交")
+    assert await say(newcomer, f"绑定 T002 {wrong_code}") == texts.BIND_WRONG
+    assert (await say(newcomer, f"绑定 T002 {code.lower()}")).startswith("绑定成功")
+    monkeypatch.setattr(Form, "followups", crash)
+    for text in ["家访", "陈小树", *CHECKIN]:
+        await say(teacher, text)
+    assert await say(teacher, "提交") == texts.APOLOGY
+    monkeypatch.undo()
+    # the reminder, its first send failing
+    lark.send_errors.append((500, {"code": 1, "msg": f"internal error for {fs.OPEN_ID}"}))
+    assert (await bot_app[JOBS].run(REMIND, clock.now())).queued >= 1
+    async with asyncio.timeout(10):  # (the app's own delivery loop runs as well)
+        while any(row.status != "sent" for row in fs.outbox_rows(deps)):
+            await bot_app[DELIVERY].run_once()
+            clock.advance(seconds=31)  # past the retry's back-off
+    assert lark.send_errors == [] and any(m.receive_id == FEISHU_NEWCOMER for m in lark.messages)
+    with deps.db.begin() as conn:
+        submitted = select(func.count()).where(visits.c.status == "submitted")
+        assert conn.execute(submitted).scalar_one() == 1  # the crashed one stays a draft
+    return [*STUDENTS, *STAFF, *ANSWERS, NOTE, OTHER, CRASH_NOTE, fs.OPEN_ID, FEISHU_NEWCOMER,
+            "zhang1", code, code.lower(), wrong_code, fs.APP_SECRET, fs.ENCRYPT_KEY,
+            fs.VERIFICATION_TOKEN, *lark.issued]  # fmt: skip
+
+
+async def test_no_personal_data_in_feishu_webhook_logs(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    bot: ChatDriver,
+    clock: FakeClock,
+    feishu_fake: FakeFeishu,
+) -> None:
+    """Feishu's webhook: the scenario above, and refused callbacks (signatures, bodies that
+    are not encrypted, not JSON or not an event, a wrong Verification Token), each quoting a
+    note."""
+    fs.give_feishu_id(deps)
+    lark = feishu_fake
+    async with (
+        ClientSession() as web_client,
+        fs.serving(fs.with_feishu(settings, lark), deps) as fs_server,
+    ):
+
+        async def push(payload: dict[str, object]) -> None:
+            assert await fs.deliver(web_client, fs_server, lark, payload) == (200, {})
+
+        async def refused(body: bytes, headers: dict[str, str]) -> int:
+            return (await fs.post(web_client, fs_server, body, headers))[0]
+
+        secrets = await feishu_scenario(lark, fs_server.app, push, bot, deps, clock, monkeypatch)
+        event = fs.message_event(NOTE, event_id="ev-refused")
+        body, headers = lark.webhook_request(event)
+        assert await refused(body, {**headers, "X-Lark-Signature": "0" * 64}) == 403
+        assert await refused(body.replace(b'"}', b'A"}'), headers) == 403
+        assert await refused(*lark.webhook_request(event, key="not-our-key")) == 403
+        stale = int(clock.now().timestamp()) - 7200
+        assert await refused(*lark.webhook_request(event, timestamp=stale)) == 403
+        plain = json.dumps(event, ensure_ascii=False).encode()
+        assert await refused(plain, fs._signed_body(lark, clock, plain)) == 400
+        broken = f'{{"encrypt": "{NOTE}'.encode()
+        assert await refused(broken, fs._signed_body(lark, clock, broken)) == 400
+        assert await refused(*lark.webhook_request(f"{{{NOTE}")) == 400
+        assert await refused(*lark.webhook_request(fs.message_event(NOTE, token="x"))) == 403
+        no_sender = fs.message_event(NOTE, event_id="ev-no-sender")
+        del no_sender["event"]["sender"]["sender_id"]
+        assert await refused(*lark.webhook_request(no_sender)) == 400
+        challenge = {"challenge": NOTE, "token": "not-ours", "type": "url_verification"}
+        assert await refused(*lark.webhook_request(challenge)) == 403
+    assert any("turn failed" in r.getMessage() for r in caplog.records)
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    assert leaks_in(caplog.records, secrets) == []
+
+
+async def test_no_personal_data_in_feishu_long_connection_logs(
+    debug_everything: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    deps: Deps,
+    bot: ChatDriver,
+    clock: FakeClock,
+    feishu_fake: FakeFeishu,
+) -> None:
+    """Feishu's long connection: the scenario above, and frames that are not protobuf, events
+    that are not JSON or not readable, each quoting a note."""
+    fs.give_feishu_id(deps)
+    lark = feishu_fake
+    async with fs.serving(fs.with_feishu(settings, lark, "ws"), deps) as fs_server:
+        secrets = await feishu_scenario(
+            lark, fs_server.app, lark.push_event, bot, deps, clock, monkeypatch
+        )
+        acks = len(lark.acks)
+        await lark.send_raw(b"\xff\xff" + NOTE.encode())
+        [broken] = lark.data_frames(f"{{{NOTE}".encode(), "ws-broken", 1)
+        await lark.send_raw(broken)
+        no_sender = fs.message_event(NOTE, event_id="ev-no-sender")
+        del no_sender["event"]["sender"]["sender_id"]
+        await lark.push_event(no_sender)
+        await fs.eventually(lambda: len(lark.acks) == acks + 2)
+    assert any("turn failed" in r.getMessage() for r in caplog.records)
+    assert any("ignored" in r.getMessage() for r in caplog.records)
+    assert leaks_in(caplog.records, secrets) == []

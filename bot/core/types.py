@@ -293,6 +293,26 @@ class FollowUpEvent(StrEnum):
     DONE = "done"
 
 
+# what each step is called wherever a follow-up's history is shown (digest, export, console)
+FOLLOWUP_EVENT_LABELS = {
+    FollowUpEvent.ESCALATED.value: "上报学校",
+    FollowUpEvent.NOTIFIED.value: "已通知",
+    FollowUpEvent.ACKNOWLEDGED.value: "确认负责",
+    FollowUpEvent.CLIMBED.value: "上报教育局",
+    FollowUpEvent.REASSIGNED.value: "转交给",
+    FollowUpEvent.DONE.value: "完成",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpStep:
+    """One step of a follow-up's history: what, when, and the person it names (if any)."""
+
+    event: str
+    at: datetime
+    staff_id: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryFailure:
     staff_id: int
@@ -319,6 +339,8 @@ class Snapshot:
     followups: list[TrackedFollowUp]  # open or escalated, plus any created since `since`
     failures: list[DeliveryFailure]  # reminders/digests a platform refused for good, recently
     fell_back: list[FallbackReach] = field(default_factory=list)  # reached only by fallback
+    # the history of each escalated follow-up of `followups`, oldest step first
+    steps: dict[int, list[FollowUpStep]] = field(default_factory=dict)
     # Batch distributions not yet marked delivered: (student id, what is given), for reminders.
     undelivered: list[tuple[int, str]] = field(default_factory=list)
 
