@@ -6,6 +6,7 @@ into the real one when the roster brings them. Bad input changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -23,6 +24,7 @@ from bot.core.reviews import FOUND_ON_VISIT, ReviewError
 from bot.core.types import RosterStaff, Staff, StaffRole
 from bot.deps import Deps
 from config.settings import Secret, Settings, WeComSettings
+from storage.db import Database
 from storage.erasure import erase_student, student_record
 from storage.maintenance import apply_retention
 from storage.reviews import SqlReviews, merge_provisional, open_review
@@ -344,3 +346,34 @@ async def test_a_console_decision_tells_the_teacher_once(deps: Deps, settings: S
     with pytest.raises(ReviewError):
         await store.decide(coord, opened.id, "低保", "", deps.clock.now())
     assert len(told(deps)) == 1
+
+
+async def test_two_coordinators_deciding_at_once_decide_once(deps: Deps, db_url: str) -> None:
+    """Three deciders, each on their own connection pool, decide one review at the same moment:
+    one decision stands, the others are told it is decided; the student gains one category."""
+    with deps.db.begin() as conn:
+        me = conn.execute(select(staff).where(staff.c.staff_no == "C001")).one()
+        teacher = conn.execute(select(staff).where(staff.c.staff_no == "T001")).one()
+        reporter = Staff(teacher.id, "T001", teacher.name, StaffRole.TEACHER, teacher.school_id)
+        opened = open_review(conn, reporter, None, "李小花", "三年级2班", "无", deps.clock.now())
+    assert opened is not None
+    coord = Principal(me.id, "C001", me.name, StaffRole.COORDINATOR, me.school_id, "", "x", "y")
+    others = [Database(db_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(
+            *(
+                SqlReviews(db, UTC).decide(coord, opened.id, category, "", deps.clock.now())
+                for db, category in zip(others, ("低保", "特困", "孤儿"), strict=True)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        for db in others:
+            db.close()
+    done = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(done) == 1 and len(refused) == 2
+    assert all(isinstance(r, ReviewError) for r in refused)
+    assert len(rows(deps, students)) == 13  # the demo's 12 and one added, once
+    [review] = rows(deps, aid_reviews)
+    assert review.status == "approved" and review.category == done[0][0].category
