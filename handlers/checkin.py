@@ -771,7 +771,10 @@ class CheckIn:
             return False
         note = str(answers.get(form.review_note_key) or "") if form.review_note_key else ""
         opened = c.t.store.open_review(c.staff, draft.student.id, "", "", note, c.t.now)
-        return opened is not None
+        if opened is None:
+            return False
+        self.reviews.tell_school(c, opened)
+        return True
 
     def _tell_the_school(
         self, c: _Ctx, draft: OpenDraft, found: Sequence[NewFollowUp], reached: bool

@@ -31,6 +31,9 @@ REPORT_TWICE = "{student}已经在等待资助认定了，不用重复登记。"
 REPORTED = "已登记：{student}，说明：{note}。已转学校资助专员做资助认定，认定结果会通知你。"
 VISIT_REVIEW_OPENED = "家庭有新的经济困难：已转学校资助专员做资助认定，结果会通知你。"
 FOR_COORDINATORS = "“{word}”是学校资助协调员和教育局用的指令。"
+NEW_REVIEW_MESSAGE = (
+    "【资助认定】{teacher}登记了{student}（{origin}）：{note}。回复“待认定”查看并认定。"
+)
 NONE_OPEN = "{scope}目前没有待认定的学生。"
 HEAD = "{scope}待资助认定{count}名："
 LINE = "{n}. {student} · {origin} · 登记：{reporter} · 说明：{note}"
@@ -74,7 +77,20 @@ class Reviews:
         student = student_label(name, class_name)
         if opened is None:
             return [REPORT_TWICE.format(student=student)]
+        self.tell_school(c, opened)
         return [REPORTED.format(student=student, note=note)]
+
+    def tell_school(self, c: Ctx, opened: AidReview) -> int:
+        """Tell the school's coordinators of a new review (once each); how many were told."""
+        body = NEW_REVIEW_MESSAGE.format(
+            teacher=opened.reporter_name,
+            student=student_label(opened.student_name, opened.class_name),
+            origin=REPORTED_ORIGIN if opened.reported else VISIT_ORIGIN,
+            note=_clip(opened.note, 60) or "无",
+        )
+        people = c.t.store.coordinators_of(opened.school_id)
+        key = f"review-new:{opened.id}"
+        return sum(self.co.tell(c, p, f"{key}:{p.staff_no}", "review", body) for p in people)
 
     # ------------------------------------------------------------------ coordinators
     def allowed(self, c: Ctx) -> bool:

@@ -447,6 +447,9 @@ class MemoryStore:
         school_id = self.data.schools.get(self.data.students[student_id].school)
         if school_id is None:
             return []
+        return self.coordinators_of(school_id)
+
+    def coordinators_of(self, school_id: int) -> list[RosterStaff]:
         people = [
             s
             for s in self.data.staff.values()

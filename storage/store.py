@@ -766,6 +766,12 @@ class SqlStore:
 
     def school_coordinators(self, student_id: int) -> list[RosterStaff]:
         school = select(students.c.school_id).where(students.c.id == student_id).scalar_subquery()
+        return self._coordinators(school)
+
+    def coordinators_of(self, school_id: int) -> list[RosterStaff]:
+        return self._coordinators(school_id)
+
+    def _coordinators(self, school: Any) -> list[RosterStaff]:
         people = self.conn.execute(
             select(staff.c.id, staff.c.staff_no, staff.c.name, staff.c.school_id)
             .where(

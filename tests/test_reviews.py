@@ -91,6 +91,8 @@ async def test_a_hardship_found_on_a_visit_is_approved(chat: ChatDriver, deps: D
     assert "已提交" in reply and "已转学校资助专员做资助认定" in reply
     [review] = rows(deps, aid_reviews)
     assert review.status == "open" and review.note == "爸爸妈妈都没能返岗，家里断了收入"
+    [notice] = told(deps, COORD)  # the school's coordinator hears of it at once
+    assert notice.startswith("【资助认定】张示例登记了周小禾（三年级1班）（家访发现新困难）")
 
     # the teacher is told 待认定 is not theirs; the coordinator sees it numbered
     assert "是学校资助协调员和教育局用的指令" in await chat.say("待认定", TEACHER)
@@ -142,6 +144,8 @@ async def test_a_reported_student_is_added_then_merged_into_the_roster(
     assert "已登记：李小花（三年级2班）" in reply and "认定结果会通知你" in reply
     twice = await chat.say("新增学生 李小花 三年级2班 又说一遍", TEACHER)
     assert "已经在等待资助认定了" in twice and len(rows(deps, aid_reviews)) == 1
+    [notice] = told(deps, COORD)
+    assert "李小花（三年级2班）（老师上报的新增学生）：父母都没能返岗" in notice
     assert "李小花" not in await chat.say("家访", TEACHER)  # not on the list before approval
 
     assert "老师上报的新增学生" in await chat.say("待认定", COORD)

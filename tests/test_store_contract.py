@@ -625,6 +625,11 @@ async def test_aid_reviews_are_opened_once_listed_in_scope_and_decided_once(
     nobody = Staff(bureau.id, "B001", bureau.name, StaffRole.BUREAU, None)
     assert await backend.run(lambda s: s.open_review(nobody, None, "甲", "乙", "丙", now)) is None
 
+    assert teacher.school_id is not None
+    school = teacher.school_id
+    heads = await backend.run(lambda s: s.coordinators_of(school))
+    assert [p.staff_no for p in heads] == ["C001"]
+    assert await backend.run(lambda s: s.coordinators_of(999)) == []
     listed = await backend.run(lambda s: s.scoped_reviews(coord, 10))
     assert [r.id for r in listed] == [found.id, told.id]
     assert [r.id for r in await backend.run(lambda s: s.scoped_reviews(bureau, 1))] == [found.id]

@@ -175,6 +175,10 @@ class Store(Protocol):
         """The active coordinators of the student's school, with their channel identities."""
         ...
 
+    def coordinators_of(self, school_id: int) -> list[RosterStaff]:
+        """The active coordinators of this school (as `school_coordinators`)."""
+        ...
+
     def queue_message(self, message: OutboxMessage, not_before: datetime, now: datetime) -> bool:
         """Put a proactive message in the outbox unless its key is there; True if it was new."""
         ...
