@@ -34,10 +34,13 @@ from config.calendar import SchoolCalendar
 from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
+from handlers.reminders import reach_order
 from storage import outbox
 from storage.aid import SqlAid
 from storage.console import SqlConsole
+from storage.distributions import SqlDistributions
 from storage.export import Sensitive
+from storage.reviews import SqlReviews
 from storage.store import SqlTurns
 
 MAX_BODY = 64 * 1024
@@ -114,6 +117,13 @@ def install_console(
             deps.db,
             load_aid_items(settings.aid_path, deps.form.followup_kinds),
             reachable,
+            lambda moment: settings.quiet_hours.release(moment, settings.tz),
+        ),
+        SqlDistributions(deps.db, settings.tz),
+        SqlReviews(
+            deps.db,
+            settings.tz,
+            lambda person: reach_order(person, reachable),
             lambda moment: settings.quiet_hours.release(moment, settings.tz),
         ),
     )

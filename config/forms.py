@@ -144,6 +144,11 @@ class Form:
     check_kinds: frozenset[str] = frozenset()
     check_prompt: str = CHECK_PROMPT
     check_due_days: int = CHECK_DUE_DAYS  # "仍需帮助": the new follow-up is due in this many days
+    # `aid_review`: this answer to this question opens an aid review (资助认定) for the school's
+    # coordinator, with the answer to `review_note_key` as the teacher's note.
+    review_key: str | None = None
+    review_answer: str = "是"
+    review_note_key: str | None = None
 
     @property
     def sensitive_keys(self) -> frozenset[str]:
@@ -341,6 +346,18 @@ def _parse_form(raw: Any) -> Form:
     due_days = checks.get("due_days", CHECK_DUE_DAYS)
     if not isinstance(due_days, int) or isinstance(due_days, bool) or not 0 <= due_days <= 366:
         raise _FormError(_line(checks, raw.line), "`followup_checks.due_days` must be 0 to 366")
+    review = raw.get("aid_review") or _Map()
+    review_keys = {q.key for q in questions}
+    if not isinstance(review, _Map) or (
+        review
+        and (
+            review.get("question") not in review_keys
+            or review.get("note", None) not in (review_keys | {None})
+        )
+    ):
+        raise _FormError(
+            _line(review, raw.line), "`aid_review` needs `question` (and `note`) question keys"
+        )
     form = Form(
         id=_str(raw, "id"),
         version=_str(raw, "version"),
@@ -353,6 +370,9 @@ def _parse_form(raw: Any) -> Form:
         check_kinds=frozenset(str(k) for k in check_kinds),
         check_prompt=check_prompt,
         check_due_days=due_days,
+        review_key=str(review["question"]) if review else None,
+        review_answer=str(review.get("answer", "是")) if review else "是",
+        review_note_key=str(review["note"]) if review and review.get("note") else None,
     )
     keys = {q.key for q in questions}
     for item, q in zip(items, questions, strict=True):

@@ -23,6 +23,7 @@ from bot.core.aid import SETTLED, AidItem
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
 from bot.core.ports import Store
+from bot.core.reviews import REVIEW_CATEGORIES
 from bot.core.signin import TOKEN_TTL, login_url, new_secret, secret_hash
 from bot.core.types import (
     Draft,
@@ -36,7 +37,7 @@ from bot.core.types import (
     StudentRef,
 )
 from config.forms import CHECK_RESOLVED, CHECK_STILL, CHECKS_KEY, Form, QType
-from handlers import binding, coordinate, render, states, texts
+from handlers import binding, coordinate, render, reviews, states, texts
 from handlers.aid import AidDesk
 from handlers.answers import clean_free_text, normalize, parse_answer, strip_edges
 from handlers.cadence import Cadence, last_attempt_unreached
@@ -49,9 +50,11 @@ from handlers.commands import (
     is_no,
     is_yes,
     parse_command,
+    review_text,
 )
 from handlers.coordinate import Coordination
 from handlers.reminders import reach_order
+from handlers.reviews import Reviews
 from handlers.states import (
     Answering,
     Check,
@@ -161,6 +164,10 @@ class CheckIn:
             Cmd.ALLOCATE: self._coordinating,
             Cmd.ARRIVAL: self._coordinating,
             Cmd.DELIVERED: self._delivered,
+            Cmd.REPORT: self._reviewing,
+            Cmd.REVIEWS: self._reviewing,
+            Cmd.APPROVE: self._reviewing,
+            Cmd.DECLINE: self._reviewing,
         }
         self.coordination = Coordination(
             form.followup_kinds,
@@ -170,6 +177,7 @@ class CheckIn:
             self.cadence.default_days,
         )
         self.aid = AidDesk(tuple(aid_items), form.followup_kinds, self.coordination)
+        self.reviews = Reviews(self.coordination)
 
     # ------------------------------------------------------------------ entry
     def __call__(self, t: Turn) -> list[str]:
@@ -377,6 +385,8 @@ class CheckIn:
             return [texts.NOT_IN_LIST.format(n=n, count=shown) + self._list_hint(listing)]
         if item.kind is ItemKind.AID_NEED:  # a 库存 list: numbers go with 发放 or 送达
             return [texts.AID_NUMBER.format(n=n)]
+        if item.kind is ItemKind.REVIEW:
+            return [reviews.FOOT.format(categories="、".join(REVIEW_CATEGORIES))]
         if item.kind is ItemKind.FOLLOWUP:
             found = self._followup(c, item.id)
             if found is None:  # (the list shows open ones: this one was done since)
@@ -759,6 +769,7 @@ class CheckIn:
         for fid in resolved:  # (only if still the teacher's; a colleague's stays theirs)
             store.close_followup(c.staff.id, fid, texts.CHECK_CLOSED_NOTE, c.t.now)
         aid_alerts = self._settle_aid(c, draft, answers)
+        review_opened = self._open_review(c, draft, answers)
         c.go(Idle())
         c.conv = replace(c.conv, last=LastAction(ItemKind.STUDENT, draft.visit_id, c.t.now))
         student = _label(draft.student)
@@ -770,6 +781,8 @@ class CheckIn:
         told = self._tell_the_school(c, draft, found, reached, aid_alerts)
         if told:
             lines.append(told)
+        if review_opened:
+            lines.append(reviews.VISIT_REVIEW_OPENED)
         lines += [texts.UNDO_HINT, texts.NEXT_HINT]
         return ["\n".join(lines)]
 
@@ -793,6 +806,21 @@ class CheckIn:
                 )
                 bodies.append((f"aid{int(allocation)}", text))
         return bodies
+
+    def _open_review(self, c: _Ctx, draft: OpenDraft, answers: Mapping[str, Any]) -> bool:
+        """The form's `aid_review` answer: an aid review for the school's coordinator (one open
+        a student; a second 是 while one waits adds none)."""
+        form = self.form
+        given = answers.get(form.review_key) if form.review_key else None
+        chosen = given if isinstance(given, list) else [given]
+        if form.review_key is None or form.review_answer not in chosen:
+            return False
+        note = str(answers.get(form.review_note_key) or "") if form.review_note_key else ""
+        opened = c.t.store.open_review(c.staff, draft.student.id, "", "", note, c.t.now)
+        if opened is None:
+            return False
+        self.reviews.tell_school(c, opened)
+        return True
 
     def _tell_the_school(
         self,
@@ -927,6 +955,23 @@ class CheckIn:
             return None  # inside a visit it is an answer
         lists = (ListKind.FOLLOWUPS, ListKind.AID, ListKind.ESCALATIONS)
         return self.aid.delivered(c, command.number, lists)
+
+    def _reviewing(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
+        """新增学生 (anyone with a school), 待认定, 认定 N 类别, 不认定 N 原因 (coordinators)."""
+        if isinstance(c.state, InVisit):
+            return None  # inside a visit these are answers
+        r = self.reviews
+        if command.cmd is Cmd.REPORT:
+            return r.report(c, review_text(clean_free_text(raw)))
+        if not r.allowed(c):
+            word = strip_edges(normalize(raw)).split(" ")[0]
+            return [self._with_prompt(c, reviews.FOR_COORDINATORS.format(word=word[:10]))]
+        match command.cmd:
+            case Cmd.APPROVE:
+                return r.approve(c, command.number, command.argument)
+            case Cmd.DECLINE:
+                return r.decline(c, command.number, review_text(clean_free_text(raw)))
+        return r.pending(c)
 
     def _unvisited(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
         """未访: for a teacher, their students due (as 家访 未访)."""

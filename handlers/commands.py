@@ -45,6 +45,11 @@ class Cmd(StrEnum):
     ALLOCATE = "allocate"
     ARRIVAL = "arrival"
     DELIVERED = "delivered"
+    # aid reviews (#15): teachers report, coordinators and bureau decide
+    REPORT = "report"  # 新增学生 姓名 班级 说明
+    REVIEWS = "reviews"  # 待认定
+    APPROVE = "approve"  # 认定 N 类别
+    DECLINE = "decline"  # 不认定 N 原因
 
 
 COORDINATOR_CMDS = frozenset(
@@ -89,6 +94,10 @@ WORDS: dict[Cmd, tuple[str, ...]] = {
     Cmd.ALLOCATE: ("发放",),
     Cmd.ARRIVAL: ("入库",),
     Cmd.DELIVERED: ("送达",),
+    Cmd.REPORT: ("新增学生",),
+    Cmd.REVIEWS: ("待认定", "reviews"),
+    Cmd.APPROVE: ("认定",),
+    Cmd.DECLINE: ("不认定",),
 }
 YES = frozenset({"是", "是的", "对", "对的", "确定", "确认", "好", "好的", "嗯", "y", "yes", "ok"})
 NO = frozenset({"不是", "不对", "不", "否", "错了", "n", "no"})
@@ -110,6 +119,10 @@ _NUDGE = re.compile(r"^(?:催办|nudge)\s+(\S+)$", re.IGNORECASE)
 _ALLOCATE = re.compile(r"^发放\s*([0-9]+)\s*(.*)$", re.DOTALL)
 _ARRIVAL = re.compile(r"^入库\s*(\S+?)\s*([0-9]+)$")
 _DELIVERED = re.compile(r"^送达\s*([0-9]+)$")
+# `新增学生 李小花 三年级2班 父母都没返岗`, `认定 1 低保`, `不认定 1 已在低保名单`
+_REPORT = re.compile(r"^新增学生\s*(.*)$", re.DOTALL)
+_APPROVE = re.compile(r"^认定\s*([0-9]+)\s*[。.、，,:：;；]?\s*(.*)$", re.DOTALL)
+_DECLINE = re.compile(r"^不认定\s*([0-9]+)\s*[。.、，,:：;；]?\s*(.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +156,22 @@ def parse_command(text: str) -> Command | None:
         return Command(Cmd.ARRIVAL, int(m.group(2)), m.group(1))
     if m := _DELIVERED.match(word):
         return Command(Cmd.DELIVERED, int(m.group(1)))
+    if m := _REPORT.match(text.strip()):
+        return Command(Cmd.REPORT, argument=m.group(1).strip())
+    if m := _DECLINE.match(text.strip()):
+        return Command(Cmd.DECLINE, int(m.group(1)))
+    if m := _APPROVE.match(text.strip()):
+        return Command(Cmd.APPROVE, int(m.group(1)), strip_edges(m.group(2)))
     return None
+
+
+def review_text(raw: str) -> str:
+    """What follows `新增学生` or `不认定 N`, as typed (normalising would change it)."""
+    text = raw.strip()
+    if m := _REPORT.match(text):
+        return m.group(1).strip()
+    m = _DECLINE.match(text)
+    return (m.group(2) or "").strip() if m else ""
 
 
 def is_yes(text: str) -> bool:

@@ -50,6 +50,9 @@ HELP = (
     "会通知负责老师\n"
     "入库 物品 数量 — 登记到货，例如：入库 平板电脑 17\n"
     "送达 N — 登记第 N 项发放的物资已送到\n"
+    "待认定 — 等待资助认定的学生（家访发现的新困难、老师上报的新增学生）\n"
+    "认定 N 类别 — 认定第 N 名，例如：认定 1 低保（会通知上报的老师）\n"
+    "不认定 N 原因 — 不予认定，例如：不认定 1 家庭收入已恢复\n"
     "后台 — 家访后台登录链接\n"
     "帮助 — 显示本说明"
 )
@@ -415,7 +418,7 @@ class Coordination:
 
     # ------------------------------------------------------------------ telling people
     def tell(self, c: Ctx, to: RosterStaff, key: str, kind: str, body: str) -> bool:
-        """`_tell_person` for the other chat desks (aid)."""
+        """Queue `body` for `to` (see `_tell_person`), for the other coordinators' words."""
         return self._tell_person(c, to, key, kind, body)
 
     def _tell_person(

@@ -125,8 +125,13 @@ def plan_reminders(
         due = f.due_date <= view.today or f.reassigned_by is not None  # (handed over: at once)
         if f.status in OPEN and due and f.student_id in view.students:
             fu_by_staff[f.owner_staff_id].append(f)
+    to_deliver: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for student_id, title in snap.undelivered:
+        if student_id in view.students:
+            for staff_id in view.students[student_id].staff_ids:
+                to_deliver[staff_id].append((student_id, title))
     messages, unreachable = [], []
-    for staff_id in sorted(set(due_by_staff) | set(fu_by_staff)):
+    for staff_id in sorted(set(due_by_staff) | set(fu_by_staff) | set(to_deliver)):
         person = snap.staff.get(staff_id)
         if person is None:
             continue
@@ -135,7 +140,12 @@ def plan_reminders(
             unreachable.append(person)
             continue
         body, listing = reminder_text(
-            person, due_by_staff[staff_id], fu_by_staff[staff_id], view, kind_labels
+            person,
+            due_by_staff[staff_id],
+            fu_by_staff[staff_id],
+            view,
+            kind_labels,
+            to_deliver[staff_id],
         )
         key = f"reminder:{person.staff_no}:{view.today.isoformat()}"
         (channel, recipient), *rest = order
@@ -159,9 +169,11 @@ def reminder_text(
     fus: list[TrackedFollowUp],
     view: View,
     kind_labels: Mapping[str, str],
+    to_deliver: Sequence[tuple[int, str]] = (),
 ) -> tuple[str, Listing]:
     """The reminder, and its numbered items as the list `1` or `完成 N` will refer to once it
-    is delivered: the students due first, then the follow-ups, in one numbering."""
+    is delivered: the students due first, then the follow-ups, in one numbering; then, not
+    numbered, what batch distributions still have to bring to the teacher's students."""
     lines = [f"{person.name}老师，你好！{md(view.today)}的家访提醒："]
     items: list[Item] = []
     if due:
@@ -187,13 +199,29 @@ def reminder_text(
         items += [Item(ItemKind.FOLLOWUP, f.id) for f in shown_fus]
         if len(fus) > REMINDER_LIST_LIMIT:
             lines.append(f"……等共{len(fus)}项，回复“待跟进”查看全部")
+    if to_deliver:
+        lines += _deliveries(to_deliver, view)
     hints = []
     if due:
         hints.append("回复序号开始家访，例如回复 1")
     if fus:
         hints.append(f"办完跟进回复“完成 序号 备注”，例如：完成 {first_followup} 平板已送到")
-    lines.append("；".join(hints) + "。")
+    if hints:
+        lines.append("；".join(hints) + "。")
     return "\n".join(lines), Listing(ListKind.REMINDER, tuple(items), len(items))
+
+
+def _deliveries(to_deliver: Sequence[tuple[int, str]], view: View) -> list[str]:
+    by_title: dict[str, list[int]] = defaultdict(list)
+    for student_id, title in to_deliver:
+        if student_id not in by_title[title]:
+            by_title[title].append(student_id)
+    lines = ["待送达的发放（送到后请告诉学校资助协调员，在后台登记送达）："]
+    for title, ids in by_title.items():
+        names = "、".join(view.label(i) for i in ids[:NAMES_LIMIT])
+        more = f"等{len(ids)}名" if len(ids) > NAMES_LIMIT else ""
+        lines.append(f"· {title}：{names}{more}")
+    return lines
 
 
 def _handed(f: TrackedFollowUp, view: View) -> str:

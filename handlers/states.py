@@ -139,12 +139,14 @@ class ListKind(StrEnum):
     DRAFTS = "drafts"
     ESCALATIONS = "escalations"  # a coordinator's 上报 / 逾期 list, or an escalation message
     AID = "aid"  # 库存: the open needs each aid item can meet (#15)
+    REVIEWS = "reviews"  # a coordinator's 待认定 list
 
 
 class ItemKind(StrEnum):
     STUDENT = "student"
     FOLLOWUP = "followup"
     AID_NEED = "aid_need"  # id: follow-up id * AID_SLOT + the item's place in the aid items
+    REVIEW = "review"
 
 
 AID_SLOT = 100  # config.aid refuses more than 99 item kinds

@@ -36,6 +36,7 @@ HELP = (
     "送达 N — 学校为列表第 N 项发放的物资已送到家\n"
     "撤销 — 撤回10分钟内的“完成”或提交\n"
     "进度 — 查看你本周期的家访进度\n"
+    "新增学生 姓名 班级 说明 — 上报不在名单上的困难学生，转学校资助专员认定\n"
     "（English: visit, more, resume, later, cancel, discard, back, skip, edit N, todo, "
     "done N note, undo, progress, help）"
 )

@@ -3,10 +3,11 @@
 `student_record` gathers everything held about one student (the roster entry, the staff assigned,
 every visit with its answers, every follow-up with its notes, and the audit entries about them).
 `erase_student` removes it: the student, their categories and assignments, visits and
-follow-ups, the conversation sessions that still hold a draft or a list with them, and the
-stored texts of messages that named them. What stays is one audit entry with a pseudonym (a hash
-of the 学籍号, so that a later question "was this student erased?" can be answered) and counts;
-earlier audit entries keep the bare 学籍号 they were written with (a hash chain cannot be edited).
+follow-ups, aid reviews and distribution rows, the conversation sessions that still hold a draft
+or a list with them, and the stored texts of messages that named them. What stays is one audit
+entry with a pseudonym (a hash of the 学籍号, so that a later question "was this student erased?"
+can be answered) and counts; earlier audit entries keep the bare 学籍号 they were written with (a
+hash chain cannot be edited).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from sqlalchemy.engine import Connection
 from bot.core.errors import HomevisitError
 from storage.audit import record
 from storage.schema import (
+    aid_reviews,
     assignments,
     audit_log,
     conversations,
+    distribution_recipients,
+    distributions,
     followups,
     inbound_messages,
     outbox,
@@ -121,6 +125,32 @@ def student_record(conn: Connection, student_no: str) -> dict[str, Any]:
             }
             for f in followup_rows
         ],
+        "aid_reviews": [
+            {
+                "status": r.status,
+                "note": r.note,
+                "category": r.category,
+                "reason": r.reason,
+                "created_at": _when(r.created_at),
+                "decided_at": _when(r.decided_at),
+            }
+            for r in conn.execute(select(aid_reviews).where(aid_reviews.c.student_id == s.id))
+        ],
+        "distributions": [
+            {"title": d.title, "created_at": _when(d.created_at), "delivered_at": _when(d.at)}
+            for d in conn.execute(
+                select(
+                    distributions.c.title,
+                    distributions.c.created_at,
+                    distribution_recipients.c.delivered_at.label("at"),
+                )
+                .join(
+                    distribution_recipients,
+                    distribution_recipients.c.distribution_id == distributions.c.id,
+                )
+                .where(distribution_recipients.c.student_id == s.id)
+            )
+        ],
         "audit": [
             {"at": _when(a.at), "actor": a.actor, "action": a.action}
             for a in conn.execute(
@@ -199,6 +229,10 @@ def erase_student(
     conn.execute(delete(followups).where(followups.c.student_id == s.id))
     conn.execute(delete(visits).where(visits.c.student_id == s.id))
     conn.execute(delete(student_categories).where(student_categories.c.student_id == s.id))
+    conn.execute(delete(aid_reviews).where(aid_reviews.c.student_id == s.id))
+    conn.execute(
+        delete(distribution_recipients).where(distribution_recipients.c.student_id == s.id)
+    )
     conn.execute(delete(assignments).where(assignments.c.student_id == s.id))
     conn.execute(delete(students).where(students.c.id == s.id))
     erased = Erased(len(visit_ids), len(followup_ids), sessions, messages)

@@ -17,12 +17,20 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, null, select, update
+from sqlalchemy import delete, func, null, or_, select, update
 from sqlalchemy.engine import Connection
 
 from storage.audit import record
 from storage.erasure import ERASED_TEXT, blank_messages, forget_sessions, pseudonym
-from storage.schema import assignments, followups, inbound_messages, outbox, students, visits
+from storage.schema import (
+    aid_reviews,
+    assignments,
+    followups,
+    inbound_messages,
+    outbox,
+    students,
+    visits,
+)
 
 KEEP_REPLIES = timedelta(days=1)
 KEEP_MESSAGE_IDS = timedelta(days=30)
@@ -95,6 +103,19 @@ def apply_retention(
         .limit(RETENTION_BATCH)
     ).all()
     _redact_visits(conn, aged, sensitive_keys, redact_detail, now)
+    # Aid reviews that old: the teacher's note and the reason go; a reported student never
+    # approved (so not on the roster) loses the name too.
+    old_review = aid_reviews.c.created_at < cutoff
+    conn.execute(
+        update(aid_reviews)
+        .where(old_review, or_(aid_reviews.c.note.is_not(None), aid_reviews.c.reason.is_not(None)))
+        .values(note=null(), reason=null())
+    )
+    conn.execute(
+        update(aid_reviews)
+        .where(old_review, aid_reviews.c.name.is_not(None), aid_reviews.c.name != ERASED_TEXT)
+        .values(name=ERASED_TEXT)
+    )
     messages = conn.execute(
         update(outbox)
         .where(

@@ -27,6 +27,7 @@ from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store
+from bot.core.reviews import FOUND_ON_VISIT, AidReview, ReviewStatus, provisional_no
 from bot.core.types import (
     ConversationKey,
     Coverage,
@@ -133,6 +134,9 @@ class _Data:
     # `storage.aid.SqlAid`, so seeded here with `add_allocation`
     allocations: dict[int, list[Any]] = field(default_factory=dict)
     stock: dict[tuple[int, str], int] = field(default_factory=dict)  # (school or POOL, item)
+    reviews: dict[int, AidReview] = field(default_factory=dict)
+    # (student, category) -> (source, since) of categories a review added
+    found: dict[tuple[int, str], tuple[str, datetime]] = field(default_factory=dict)
     next_id: int = 1
 
 
@@ -573,6 +577,9 @@ class MemoryStore:
         school_id = self.data.schools.get(self.data.students[student_id].school)
         if school_id is None:
             return []
+        return self.coordinators_of(school_id)
+
+    def coordinators_of(self, school_id: int) -> list[RosterStaff]:
         people = [
             s
             for s in self.data.staff.values()
@@ -789,6 +796,90 @@ class MemoryStore:
                 ids = {c: e for (c, e), sid in d.identities.items() if sid == s.id}
                 return RosterStaff(s.id, s.staff_no, s.name, s.role, s.school_id, ids)
         return None
+
+    # ---------------------------------------------------------------- aid reviews
+    def open_review(
+        self,
+        reporter: Staff,
+        student_id: int | None,
+        name: str,
+        class_name: str,
+        note: str,
+        now: datetime,
+    ) -> AidReview | None:
+        d = self.data
+        if student_id is not None:
+            if student_id not in d.students:
+                return None
+            school: int | None = self._school_of(student_id)
+            s = d.students[student_id]
+            name, class_name = s.name, s.class_name
+        else:
+            school = reporter.school_id
+        if school is None:
+            return None
+        for r in d.reviews.values():
+            same = (
+                r.student_id == student_id
+                if student_id is not None
+                else r.reported
+                and (r.student_name, r.class_name, r.school_id) == (name, class_name, school)
+            )
+            if same and r.status is ReviewStatus.OPEN:
+                return None
+        review = AidReview(
+            self._new_id(), school, student_id, name, class_name, note, reporter.id,
+            reporter.staff_no, reporter.name, ReviewStatus.OPEN, now, student_id is None,
+        )  # fmt: skip
+        d.reviews[review.id] = review
+        return review
+
+    def _decides(self, viewer: Staff, r: AidReview) -> bool:
+        if viewer.role is StaffRole.BUREAU:
+            return True
+        return viewer.role is StaffRole.COORDINATOR and viewer.school_id == r.school_id
+
+    def scoped_reviews(self, viewer: Staff, limit: int) -> list[AidReview]:
+        found = [
+            r
+            for r in self.data.reviews.values()
+            if r.status is ReviewStatus.OPEN and self._decides(viewer, r)
+        ]
+        return sorted(found, key=lambda r: (r.created_at, r.id))[:limit]
+
+    def decide_review(
+        self, viewer: Staff, review_id: int, category: str | None, reason: str, now: datetime
+    ) -> AidReview | None:
+        d = self.data
+        r = d.reviews.get(review_id)
+        if r is None or r.status is not ReviewStatus.OPEN or not self._decides(viewer, r):
+            return None
+        student_id, student_no = r.student_id, None
+        if category:
+            if student_id is None:
+                student_id, student_no = self._new_id(), provisional_no(review_id)
+                school = next(n for n, i in d.schools.items() if i == r.school_id)
+                d.students[student_id] = _Student(
+                    student_id, student_no, r.student_name, school, r.class_name, ()
+                )
+                d.assignments[(student_id, "head_teacher")] = r.reporter_id
+            s = d.students[student_id]
+            student_no = s.student_no
+            if category not in s.categories:
+                s.categories = (*s.categories, category)
+                d.found[(student_id, category)] = (FOUND_ON_VISIT, now)
+        elif student_id is not None:
+            student_no = d.students[student_id].student_no
+        status = ReviewStatus.APPROVED if category else ReviewStatus.DECLINED
+        decided = AidReview(
+            r.id, r.school_id, student_id, r.student_name, r.class_name, r.note, r.reporter_id,
+            r.reporter_no, r.reporter_name, status, r.created_at, r.reported, category,
+            None if category else reason, student_no,
+        )  # fmt: skip
+        d.reviews[review_id] = decided
+        detail: dict[str, object] = {"review": review_id, "decision": status.value}
+        d.audit.append((now, viewer.staff_no, "aid_review", detail))
+        return decided
 
     def add_console_token(
         self, staff_id: int, token_hash: str, expires_at: datetime, now: datetime

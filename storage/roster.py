@@ -21,9 +21,11 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from bot.core.errors import RosterError
+from bot.core.reviews import PROVISIONAL_PREFIX
 from bot.core.types import StaffRole
 from storage.audit import record
 from storage.db import Database
+from storage.reviews import merge_provisional
 from storage.roster_files import (
     CARER,
     COLUMN,
@@ -399,6 +401,17 @@ def _upsert_students(
     now: datetime,
 ) -> tuple[int, int, int]:
     """Insert, update and deactivate students; return (added, updated, deactivated)."""
+    # A student a review added with a provisional 学籍号 takes the real one of a new row with
+    # the same name, school and class (one each, never guessed), keeping their visits.
+    known = set(conn.execute(select(students.c.student_no)).scalars())
+    merge_provisional(
+        conn,
+        [
+            (e.student_no, e.name, school_ids[e.school], e.class_name)
+            for e in entries
+            if e.student_no not in known
+        ],
+    )
     existing = {
         r.student_no: _StudentRow(r.id, r.name, r.school_id, r.class_name, r.active)
         for r in conn.execute(
@@ -531,10 +544,13 @@ def _deactivate_missing(
     """Deactivate active students of the listed schools that the roster no longer lists."""
     listed_schools = {school_ids[e.school] for e in entries}
     listed = {e.student_no for e in entries}
-    gone = [
+    gone = [  # (a provisional student, added by a review, is on no roster yet: kept)
         {"b_id": row.id, "b_now": now}
         for no, row in existing.items()
-        if row.active and row.school_id in listed_schools and no not in listed
+        if row.active
+        and row.school_id in listed_schools
+        and no not in listed
+        and not no.startswith(PROVISIONAL_PREFIX)
     ]
     if gone:
         conn.execute(_DEACTIVATE_STUDENT, gone)

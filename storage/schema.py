@@ -406,6 +406,51 @@ aid_allocations = Table(
     Column("checked_at", UtcDateTime, nullable=True),
 )
 
+# Batch distributions ("每人两箱牛奶"): who gets one is fixed when it is created (every student of
+# the chosen aid categories in scope, or a chosen list); each recipient is marked delivered once.
+distributions = Table(
+    "distributions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("school_id", ForeignKey("schools.id"), nullable=True),  # None: the bureau's, all schools
+    Column("title", String(100), nullable=False),
+    Column("categories", Text, nullable=False, server_default=""),  # "低保,孤儿"; "" for a list
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+distribution_recipients = Table(
+    "distribution_recipients",
+    metadata,
+    Column("distribution_id", ForeignKey("distributions.id", ondelete="CASCADE"), primary_key=True),
+    Column("student_id", ForeignKey("students.id", ondelete="CASCADE"), primary_key=True),
+    Column("delivered_at", UtcDateTime, nullable=True),
+    Column("delivered_by", String(64), nullable=True),
+    Index("ix_distribution_recipients_student", "student_id"),
+)
+
+# Aid reviews (资助认定): a family in new hardship found on a visit (`student_id` set), or a
+# student a teacher reported who is on no list (`name`/`class_name`; `student_id` set once
+# approved, to the student added with a provisional 学籍号). Decided once by a coordinator.
+aid_reviews = Table(
+    "aid_reviews",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("school_id", ForeignKey("schools.id"), nullable=False),
+    Column("student_id", ForeignKey("students.id", ondelete="CASCADE"), nullable=True),
+    Column("name", String(100), nullable=True),
+    Column("class_name", String(100), nullable=True),
+    Column("note", Text, nullable=True),
+    Column("reporter_id", ForeignKey("staff.id"), nullable=False),
+    Column("status", String(20), nullable=False),  # open | approved | declined
+    Column("category", String(50), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("decided_by", String(64), nullable=True),
+    Column("decided_at", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_aid_reviews_school_status", "school_id", "status"),
+)
+
 # One row per scheduled job and local school day that completed: a job missed while the server was
 # down is run once at start-up, and "needs found since the last digest" starts at the last run.
 job_runs = Table(

@@ -25,6 +25,8 @@ from bot.core.types import (
 )
 from storage.schema import (
     assignments,
+    distribution_recipients,
+    distributions,
     followup_events,
     followups,
     identities,
@@ -84,7 +86,20 @@ def load_snapshot(conn: Connection, since: datetime, now: datetime) -> Snapshot:
         failures=_failures(conn, now - FAILURE_WINDOW),
         fell_back=_fell_back(conn, now - FAILURE_WINDOW),
         steps=_escalation_steps(conn),
+        undelivered=_undelivered(conn),
     )
+
+
+def _undelivered(conn: Connection) -> list[tuple[int, str]]:
+    """Recipients of batch distributions not yet marked delivered (active students)."""
+    rows = conn.execute(
+        select(distribution_recipients.c.student_id, distributions.c.title)
+        .join(distributions, distributions.c.id == distribution_recipients.c.distribution_id)
+        .join(students, students.c.id == distribution_recipients.c.student_id)
+        .where(distribution_recipients.c.delivered_at.is_(None), students.c.active.is_(True))
+        .order_by(distributions.c.id, distribution_recipients.c.student_id)
+    )
+    return [(int(r.student_id), str(r.title)) for r in rows]
 
 
 def _last_visits(conn: Connection) -> dict[int, tuple[datetime | None, datetime | None]]:

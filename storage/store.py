@@ -29,6 +29,7 @@ from bot.core.binding import BindOutcome
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.errors import ConcurrentUpdate, DuplicateMessage
 from bot.core.ports import Store
+from bot.core.reviews import AidReview, ReviewStatus
 from bot.core.types import (
     ConversationKey,
     Coverage,
@@ -51,7 +52,7 @@ from bot.core.types import (
     Unvisited,
     VisitStatus,
 )
-from storage import aid, binding, outbox
+from storage import aid, binding, outbox, reviews
 from storage.db import Database
 from storage.fastsql import Prepared
 from storage.schema import (
@@ -821,6 +822,12 @@ class SqlStore:
 
     def school_coordinators(self, student_id: int) -> list[RosterStaff]:
         school = select(students.c.school_id).where(students.c.id == student_id).scalar_subquery()
+        return self._coordinators(school)
+
+    def coordinators_of(self, school_id: int) -> list[RosterStaff]:
+        return self._coordinators(school_id)
+
+    def _coordinators(self, school: Any) -> list[RosterStaff]:
         people = self.conn.execute(
             select(staff.c.id, staff.c.staff_no, staff.c.name, staff.c.school_id)
             .where(
@@ -1136,6 +1143,32 @@ class SqlStore:
             ).all()
         )
         return RosterStaff(row.id, row.staff_no, row.name, StaffRole(row.role), row.school_id, ids)
+
+    # ---------------------------------------------------------------- aid reviews
+    def open_review(
+        self,
+        reporter: Staff,
+        student_id: int | None,
+        name: str,
+        class_name: str,
+        note: str,
+        now: datetime,
+    ) -> AidReview | None:
+        return reviews.open_review(self.conn, reporter, student_id, name, class_name, note, now)
+
+    def scoped_reviews(self, viewer: Staff, limit: int) -> list[AidReview]:
+        school = reviews.scope_of(viewer)
+        if school is False:
+            return []
+        return reviews.reviews(self.conn, school, (ReviewStatus.OPEN,), limit)
+
+    def decide_review(
+        self, viewer: Staff, review_id: int, category: str | None, reason: str, now: datetime
+    ) -> AidReview | None:
+        school = reviews.scope_of(viewer)
+        if school is False:
+            return None
+        return reviews.decide(self.conn, school, viewer.staff_no, review_id, category, reason, now)
 
     # ---------------------------------------------------------------- console
     def add_console_token(

@@ -169,6 +169,12 @@ BROKEN = [
         "used twice",
     ),
     ("id: x\nquestions:\n  - {key: a, prompt: p, type: text}\n", 1, "missing `version`"),
+    (
+        "id: x\nversion: '1'\naid_review: {question: nope}\nquestions:\n"
+        "  - {key: a, prompt: p, type: yesno}\n",
+        3,
+        "`aid_review` needs `question`",
+    ),
 ]
 
 
@@ -198,3 +204,6 @@ def test_safety_answers_and_danger_words_open_an_urgent_safety_followup(form: Fo
     risks = form.followups({**base, "risks": ["用电用气不安全", "附近有水塘河道"]}, today)
     assert [f.detail for f in risks] == ["用电用气不安全、附近有水塘河道"]
     assert {"safety", "psych", "medical"} == form.urgent_kinds
+    # (a family newly in hardship opens an aid review: `aid_review`, see tests/test_reviews.py)
+    assert (form.review_key, form.review_answer) == ("life_needs", "父母无法返岗收入减少")
+    assert form.review_note_key == "life_note"

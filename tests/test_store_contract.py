@@ -707,3 +707,46 @@ async def test_reads_in_a_turn_see_its_own_writes(backend: Backend, clock: FakeC
     draft, session = await backend.run(write_then_read)
     assert draft is not None and draft.answers == {"method": "电话"} and draft.revision == 1
     assert session is not None and session.data["visit"] == draft.visit_id
+
+
+async def test_aid_reviews_are_opened_once_listed_in_scope_and_decided_once(
+    backend: Backend, clock: FakeClock
+) -> None:
+    now = clock.now()
+    coord, bureau, teacher = [await _who(backend, n) for n in ("C001", "B001", "T001")]
+    elsewhere = Staff(coord.id, "C001", coord.name, StaffRole.COORDINATOR, 999)
+    zhou = backend.student_ids["DEMO0003"]
+    found = await backend.run(lambda s: s.open_review(teacher, zhou, "", "", "父母未返岗", now))
+    assert found is not None and not found.reported and found.student_name == "周小禾"
+    assert await backend.run(lambda s: s.open_review(teacher, zhou, "", "", "又一次", now)) is None
+    told = await backend.run(
+        lambda s: s.open_review(teacher, None, "李小花", "三年级2班", "无", now)
+    )
+    assert told is not None and told.reported and told.student_id is None
+    nobody = Staff(bureau.id, "B001", bureau.name, StaffRole.BUREAU, None)
+    assert await backend.run(lambda s: s.open_review(nobody, None, "甲", "乙", "丙", now)) is None
+
+    assert teacher.school_id is not None
+    school = teacher.school_id
+    heads = await backend.run(lambda s: s.coordinators_of(school))
+    assert [p.staff_no for p in heads] == ["C001"]
+    assert await backend.run(lambda s: s.coordinators_of(999)) == []
+    listed = await backend.run(lambda s: s.scoped_reviews(coord, 10))
+    assert [r.id for r in listed] == [found.id, told.id]
+    assert [r.id for r in await backend.run(lambda s: s.scoped_reviews(bureau, 1))] == [found.id]
+    assert await backend.run(lambda s: s.scoped_reviews(teacher, 10)) == []
+    assert await backend.run(lambda s: s.scoped_reviews(elsewhere, 10)) == []
+    assert (
+        await backend.run(lambda s: s.decide_review(elsewhere, found.id, "低保", "", now)) is None
+    )
+    assert await backend.run(lambda s: s.decide_review(teacher, found.id, "低保", "", now)) is None
+
+    approved = await backend.run(lambda s: s.decide_review(coord, told.id, "低保", "", now))
+    assert approved is not None and approved.student_id is not None
+    assert approved.student_no is not None and approved.student_no.startswith("临时")
+    mine = await backend.run(lambda s: s.my_students(teacher.id))
+    assert "李小花" in {m.name for m in mine}  # assigned to the teacher who reported her
+    declined = await backend.run(lambda s: s.decide_review(bureau, found.id, None, "已恢复", now))
+    assert declined is not None and declined.reason == "已恢复" and declined.category is None
+    assert await backend.run(lambda s: s.decide_review(coord, found.id, "低保", "", now)) is None
+    assert await backend.run(lambda s: s.scoped_reviews(coord, 10)) == []

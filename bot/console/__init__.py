@@ -15,7 +15,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from bot.console import aid_views, views
+from bot.console import aid_views, distribution_views, review_views, views
 from bot.console.auth import (
     CONFIG,
     LIMITER,
@@ -27,7 +27,9 @@ from bot.console.auth import (
 from bot.console.views import WIRING, Wiring
 from bot.core.aid import AidStore
 from bot.core.console_ports import ConsoleStore
+from bot.core.distributions import DistributionStore
 from bot.core.ports import Clock
+from bot.core.reviews import ReviewStore
 from config.forms import Form
 from config.settings import Settings
 from handlers.cadence import Cadence
@@ -51,6 +53,8 @@ def build(
     channels: Sequence[str],
     wecom_user: UserForCode | None = None,
     aid: AidStore | None = None,
+    distributions: DistributionStore | None = None,
+    reviews: ReviewStore | None = None,
 ) -> web.Application:
     console = web.Application(middlewares=[console_middleware])
     console[CONFIG] = ConsoleConfig(store, clock, settings.public_url.startswith("https://"))
@@ -98,6 +102,18 @@ def build(
         r.add_post("/aid", aid_views.aid_post)
         r.add_post("/aid/allocate", aid_views.allocate_post)
         r.add_post("/aid/deliver", aid_views.deliver_post)
+    if distributions is not None:
+        console[distribution_views.DISTRIBUTIONS] = distributions
+        r.add_get("/distributions", distribution_views.distribution_list)
+        r.add_post("/distributions", distribution_views.distribution_create)
+        r.add_get("/distributions/{id}", distribution_views.distribution_page)
+        r.add_post("/distributions/{id}/deliver", distribution_views.distribution_deliver)
+        r.add_get("/distributions/{id}/ledger.xlsx", distribution_views.distribution_ledger)
+    if reviews is not None:
+        console[review_views.REVIEWS] = reviews
+        r.add_get("/reviews", review_views.review_list)
+        r.add_post("/reviews/{id}", review_views.review_decide)
+        r.add_get("/reviews/aid-list.csv", review_views.aid_list)
     r.add_static("/static/", HERE / "static", append_version=False)
     return console
 

@@ -49,6 +49,11 @@ AUDIT_ACTIONS = {
     "retention": "到期删除",
     "screen_import": "写入筛查名单",
     "aid_stock": "登记物资库存",
+    "distribution_create": "创建发放",
+    "distribution_deliver": "登记发放送达",
+    "distribution_ledger": "下载发放台账",
+    "aid_review": "资助认定",
+    "aid_list": "下载资助名单",
 }
 ROSTER_COUNTS = {
     "staff_added": "教师新增",

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from bot.core.aid import OpenNeed, Taken
 from bot.core.binding import BindOutcome
+from bot.core.reviews import AidReview
 from bot.core.types import (
     ConversationKey,
     Coverage,
@@ -216,6 +217,10 @@ class Store(Protocol):
         """The active coordinators of the student's school, with their channel identities."""
         ...
 
+    def coordinators_of(self, school_id: int) -> list[RosterStaff]:
+        """The active coordinators of this school (as `school_coordinators`)."""
+        ...
+
     def queue_message(self, message: OutboxMessage, not_before: datetime, now: datetime) -> bool:
         """Put a proactive message in the outbox unless its key is there; True if it was new."""
         ...
@@ -284,6 +289,34 @@ class Store(Protocol):
 
     def staff_member(self, staff_no: str) -> RosterStaff | None:
         """The active staff member with this 工号, with their channel identities."""
+        ...
+
+    # -- aid reviews (资助认定, #15)
+    def open_review(
+        self,
+        reporter: Staff,
+        student_id: int | None,
+        name: str,
+        class_name: str,
+        note: str,
+        now: datetime,
+    ) -> AidReview | None:
+        """Open a review for the student's school (a roster student), or for the reporter's
+        school (a reported student: `name`, `class_name`); None when that student already has
+        an open review, or a reported student's reporter has no school."""
+        ...
+
+    def scoped_reviews(self, viewer: Staff, limit: int) -> list[AidReview]:
+        """Open reviews a coordinator (their school) or bureau member (all) decides, oldest
+        first; none for a teacher."""
+        ...
+
+    def decide_review(
+        self, viewer: Staff, review_id: int, category: str | None, reason: str, now: datetime
+    ) -> AidReview | None:
+        """Approve with `category` (the student gains it, source 家访发现, since `now`; a
+        reported student is added with a provisional 学籍号, assigned to the reporter) or
+        decline with `reason`; audited. None when not open or out of scope."""
         ...
 
     # -- the coordinators' console

@@ -345,6 +345,8 @@ class Snapshot:
     fell_back: list[FallbackReach] = field(default_factory=list)  # reached only by fallback
     # the history of each escalated follow-up of `followups`, oldest step first
     steps: dict[int, list[FollowUpStep]] = field(default_factory=dict)
+    # Batch distributions not yet marked delivered: (student id, what is given), for reminders.
+    undelivered: list[tuple[int, str]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------ the outbox (see `ports.Outbox`)
