@@ -251,7 +251,7 @@ async def test_bad_coordinator_inputs_change_nothing(
         "今天已经催办过李示例（T002）了，每位老师每天一次。"
     )
     assert await chat.say("催办 T003", user="coord") == (
-        "赵示例（T003）没有绑定企业微信/钉钉账号，无法催办。"
+        "赵示例（T003）没有可用的聊天账号，无法催办。可发送“绑定码 T003”生成绑定码，请其绑定。"
     )
     await world.at(world.clock.current)
     [nudge] = [t for t in world.wecom.to("li") if t.startswith("【催办】")]
