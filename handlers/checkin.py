@@ -184,7 +184,11 @@ class CheckIn:
     def _reply(self, c: _Ctx) -> list[str]:
         msg = c.t.message
         if msg.kind is MessageKind.EVENT:
-            return [texts.GREETING.format(name=c.staff.name) + "\n\n" + texts.HELP]
+            return [
+                texts.GREETING.format(name=c.staff.name)
+                + "\n\n"
+                + coordinate.help_for(c.staff.role)
+            ]
         if msg.kind is MessageKind.UNSUPPORTED:
             return [self._with_prompt(c, texts.TEXT_ONLY)]
         if len(msg.text) > MAX_MESSAGE:
@@ -827,9 +831,7 @@ class CheckIn:
         return self._start(c, draft.student, draft)
 
     def _help(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
-        if c.staff.role in (StaffRole.COORDINATOR, StaffRole.BUREAU):
-            return [self._with_prompt(c, coordinate.HELP)]
-        return [self._with_prompt(c, texts.HELP)]
+        return [self._with_prompt(c, coordinate.help_for(c.staff.role))]
 
     # ------------------------------------------------------------------ coordinators (#14)
     def _coordinating(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:

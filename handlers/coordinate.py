@@ -25,6 +25,7 @@ from bot.core.types import (
     Staff,
     StaffRole,
 )
+from handlers import texts
 from handlers.reminders import pick_channel, reach_order
 from handlers.render import md, student_label
 from handlers.states import Conversation, Item, ItemKind, Listing, ListKind
@@ -43,9 +44,17 @@ HELP = (
     "完成 N 备注 — 把第 N 项跟进标记为完成，例如：完成 1 平板已送到\n"
     "转交 N 工号 — 把第 N 项交给同校的另一位老师，例如：转交 1 T002（会通知对方）\n"
     "催办 工号 — 现在提醒这位老师（每位老师每天一次），例如：催办 T001\n"
+    "绑定码 工号 — 生成一次性绑定码，老师发“绑定 工号 绑定码”绑定聊天账号，例如：绑定码 T002\n"
     "后台 — 家访后台登录链接\n"
     "帮助 — 显示本说明"
 )
+
+
+def help_for(role: StaffRole) -> str:
+    """`帮助` and the help after a greeting or a binding: each role its own commands."""
+    return HELP if role in (StaffRole.COORDINATOR, StaffRole.BUREAU) else texts.HELP
+
+
 SCOPE = {StaffRole.COORDINATOR: "本校", StaffRole.BUREAU: "全区"}
 ESCALATED_HEAD = "{scope}已上报的跟进{count}项："
 OVERDUE_HEAD = "{scope}逾期未办的跟进{count}项："

@@ -6,8 +6,10 @@ the real dispatcher with the demo roster and no chat platform configured.
 
 from __future__ import annotations
 
+from bot.core.types import MessageKind
+from handlers import coordinate, texts
 from tests.conftest import ChatDriver, FakeClock
-from tests.test_binding import any_bot  # noqa: F401 (the fixture)
+from tests.test_binding import any_bot, code_for, wechat  # noqa: F401 (the fixture)
 from tests.test_conversation import TABLET_VISIT, start
 
 
@@ -30,3 +32,27 @@ async def test_an_unreachable_teacher_is_said_to_have_no_usable_chat_account(
     assert moved.endswith("对方没有可用的聊天账号，未能通知，请另行告知。")
     for reply in [moved, await any_bot.say("催办 T001", user="C001")]:
         assert "企业微信/钉钉" not in reply
+
+
+async def test_coordinators_help_names_the_binding_code(any_bot: ChatDriver) -> None:  # noqa: F811
+    """The README lists `绑定码 工号` for coordinators and the bureau; their 帮助 did not."""
+    for user in ("C001", "B001"):
+        help_text = await any_bot.say("帮助", user=user)
+        assert "绑定码 工号 — " in help_text and "绑定码 T002" in help_text
+    assert "绑定码" not in await any_bot.say("帮助", user="T001")
+
+
+async def test_a_coordinator_who_binds_is_shown_the_coordinators_commands(
+    any_bot: ChatDriver,  # noqa: F811
+) -> None:
+    """Binding (or following the account) showed everyone the teachers' help, so a coordinator
+    who had just bound WeChat was told about 家访 and not about 上报 or 确认."""
+    wx = wechat(any_bot)
+    coordinator = await wx.say(f"绑定 C001 {await code_for(any_bot, 'C001')}", user="oJia")
+    assert coordinator == texts.BIND_DONE.format(name="甲协调") + "\n\n" + coordinate.HELP
+    bureau = await wx.say(f"绑定 B001 {await code_for(any_bot, 'B001', 'B001')}", user="oJu")
+    assert bureau.endswith(coordinate.HELP)
+    teacher = await wx.say(f"绑定 T002 {await code_for(any_bot, 'T002')}", user="oLi")
+    assert teacher.endswith(texts.HELP)
+    greeting = await wx.say("", user="oJia", kind=MessageKind.EVENT)
+    assert greeting == texts.GREETING.format(name="甲协调") + "\n\n" + coordinate.HELP
