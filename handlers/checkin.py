@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
 from bot.core.signin import TOKEN_TTL, login_url, new_secret, secret_hash
@@ -171,6 +172,8 @@ class CheckIn:
             if t.staff is not None and binding.is_issue(text):
                 return binding.issue(t, t.staff, text)
         if t.staff is None:
+            if t.message.channel in STAFF_NO_CHANNELS:  # a binding code would not help here
+                return [texts.UNKNOWN_STAFF_NO.format(user_id=t.message.user_id)]
             unknown = texts.NOT_REGISTERED.format(user_id=t.message.user_id)
             if t.message.kind is MessageKind.EVENT:  # following the account, not yet bound
                 return [texts.WELCOME + "\n\n" + unknown]

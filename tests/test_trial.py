@@ -56,3 +56,21 @@ async def test_a_coordinator_who_binds_is_shown_the_coordinators_commands(
     assert teacher.endswith(texts.HELP)
     greeting = await wx.say("", user="oJia", kind=MessageKind.EVENT)
     assert greeting == texts.GREETING.format(name="甲协调") + "\n\n" + coordinate.HELP
+
+
+async def test_an_unknown_staff_number_on_the_console_or_json_channel_is_not_sent_to_bind(
+    any_bot: ChatDriver,  # noqa: F811
+) -> None:
+    """There the user id is the staff number: the advice to get a binding code led to
+    "这里直接按工号使用，不需要绑定", and "把你的ID【T404】发给协调员" named no platform id."""
+    for channel in ("console", "api"):
+        driver = ChatDriver(any_bot.dispatcher, channel)
+        reply = await driver.say("家访", user="T404")
+        assert (
+            reply
+            == "工号【T404】不在名单里或已停用，请核对工号，或请学校的资助协调员把你加进名单。"
+        )
+        assert "绑定" not in reply
+    assert await wechat(any_bot).say("家访", user="oNew") == texts.NOT_REGISTERED.format(
+        user_id="oNew"
+    )
