@@ -89,7 +89,8 @@ async def test_an_escalation_is_told_once_and_climbs_to_the_bureau(
     await world.at(local(fri2, 9), "remind")  # two: climbs to the bureau, told once
     await world.at(local(fri2, 17), "digest")
     [climbed] = [t for t in world.dingtalk.to("bureau") if t.startswith("【跟进上报")]
-    assert climbed.startswith("【跟进上报·教育局】") and "周小禾" in climbed
+    assert climbed.startswith("【跟进上报·教育局】以下跟进上报学校后2个上学日仍无人确认")
+    assert "周小禾" in climbed
     assert history(world) == [
         ("escalated", None),
         ("notified", "C001"),
