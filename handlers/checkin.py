@@ -389,8 +389,9 @@ class CheckIn:
     def _list(self, c: _Ctx, command: Command, _raw: str) -> list[str]:
         parked = self._park(c)
         mine = c.t.store.my_students(c.staff.id)
-        if not mine:
-            return [*parked, texts.NO_STUDENTS]
+        if not mine:  # (a coordinator is not sent to the coordinator)
+            teacher = c.staff.role is StaffRole.TEACHER
+            return [*parked, texts.NO_STUDENTS if teacher else texts.NO_STUDENTS_COORDINATOR]
         today = self.today(c)
         students = self._by_urgency(self._filtered(mine, command.argument, today), today)
         if not students:

@@ -47,6 +47,9 @@ UNKNOWN_WITH_DRAFTS = "没听懂这句话。你有{count}份未完成的家访�
 DRAFTS_FOOT = "回复序号接着填，或回复“家访”查看全部学生。"
 
 NO_STUDENTS = "你的名下还没有学生。如有疑问请联系学校的资助协调员。"
+NO_STUDENTS_COORDINATOR = (
+    "你的名下没有要家访的学生。回复“概况”“未访”查看家访情况，“帮助”查看全部指令。"
+)
 LIST_HEADER = "你负责的学生共{count}名（最需要先访的在前）："
 LIST_HEADER_FILTERED = "你负责的学生中“{filter}”共{count}名："
 LIST_PAGE = "（第{first}–{last}名，共{count}名；回复“更多”看下一页）"

@@ -74,3 +74,13 @@ async def test_an_unknown_staff_number_on_the_console_or_json_channel_is_not_sen
     assert await wechat(any_bot).say("家访", user="oNew") == texts.NOT_REGISTERED.format(
         user_id="oNew"
     )
+
+
+async def test_a_coordinator_with_no_students_of_their_own_is_not_sent_to_the_coordinator(
+    any_bot: ChatDriver,  # noqa: F811
+) -> None:
+    """`家访` from a coordinator answered "如有疑问请联系学校的资助协调员"."""
+    for user in ("C001", "B001"):
+        reply = await any_bot.say("家访", user=user)
+        assert reply == texts.NO_STUDENTS_COORDINATOR
+        assert "联系学校的资助协调员" not in reply and "概况" in reply
