@@ -520,6 +520,6 @@ async def test_three_weeks_of_needs_that_close(
     steps = {row[2]: row[-1] for row in sheet[1:] if row[4] == "平板/电脑" and row[8] == "已完成"}
     assert steps["周小禾"] == (
         "3月11日 上报学校；3月11日 已通知 甲协调；3月11日 确认负责 甲协调（已联系家长）；"
-        "3月11日 转交给 李示例；3月11日 完成 李示例（平板已借到）"
+        "3月11日 甲协调 转交给 李示例；3月11日 完成 李示例（平板已借到）"
     )
     assert steps["沈小云"] == "3月3日 完成 张示例（平板已送到）"
