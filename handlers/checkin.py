@@ -927,6 +927,8 @@ class CheckIn:
         draft = c.t.store.reopen_visit(c.staff.id, last.id, c.t.now)
         if draft is None:
             return [self._with_prompt(c, texts.CANNOT_UNDO_VISIT)]
+        for fid in self._settle_checks(draft.answers, self.today(c))[1]:
+            c.t.store.reopen_followup(c.staff.id, fid)  # what its "已解决" closed is open again
         c.t.store.withdraw_messages(f"alert:{last.id}:")  # what it told the school, if still unsent
         parked = self._park(c)
         head = texts.UNDONE_VISIT.format(student=_label(draft.student))

@@ -84,3 +84,27 @@ async def test_a_coordinator_with_no_students_of_their_own_is_not_sent_to_the_co
         reply = await any_bot.say("家访", user=user)
         assert reply == texts.NO_STUDENTS_COORDINATOR
         assert "联系学校的资助协调员" not in reply and "概况" in reply
+
+
+async def test_undoing_a_submission_reopens_what_its_already_resolved_answer_closed(
+    any_bot: ChatDriver,  # noqa: F811
+    clock: FakeClock,
+) -> None:
+    """ "撤销" took the visit back to a draft but left the follow-up its "已解决" had closed
+    done, so the teacher's undo half-happened (and the draft cannot change that answer)."""
+    await start(any_bot)
+    for answer in [*TABLET_VISIT, "提交"]:
+        await any_bot.say(answer)
+    clock.advance(days=1)
+    asked = await start(any_bot)
+    assert "上次登记的需求：平板/电脑（还未办结" in asked
+    for answer in ["1", "3", "1", "1", "2", "1", "1", "1", "1", "1", "无"]:
+        await any_bot.say(answer)
+    assert "已提交" in await any_bot.say("提交")
+    assert texts.FOLLOWUPS_NONE in await any_bot.say("待跟进")
+    assert "请核对 周小禾（三年级1班）" in await any_bot.say("撤销")  # a draft again
+    todo = await any_bot.say("待跟进")
+    assert "1. 周小禾（三年级1班） · 平板/电脑：平板或电脑" in todo
+    await any_bot.say("继续")
+    assert "已提交" in await any_bot.say("提交")
+    assert texts.FOLLOWUPS_NONE in await any_bot.say("待跟进")  # closed again on resubmission
