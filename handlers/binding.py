@@ -24,7 +24,7 @@ from bot.core.binding import (
 from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.engine import Turn
 from bot.core.types import Staff, StaffRole
-from handlers import texts
+from handlers import coordinate, texts
 
 _BIND = re.compile(r"^(?:绑定|bind)\s+(\S{1,64})\s+(\S{1,32})$", re.IGNORECASE)
 _BIND_BARE = re.compile(r"^(?:绑定|bind)(?:\s.*)?$", re.IGNORECASE)
@@ -64,7 +64,7 @@ def bind(t: Turn, text: str) -> list[str]:
     assert staff is not None
     if outcome is BindOutcome.ALREADY:
         return [texts.BIND_ALREADY.format(name=staff.name)]
-    return [texts.BIND_DONE.format(name=staff.name) + "\n\n" + texts.HELP]
+    return [texts.BIND_DONE.format(name=staff.name) + "\n\n" + coordinate.help_for(staff.role)]
 
 
 def issue(t: Turn, staff: Staff, text: str) -> list[str]:

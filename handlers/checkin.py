@@ -20,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.core.aid import SETTLED, AidItem
+from bot.core.channels import STAFF_NO_CHANNELS
 from bot.core.engine import Turn
 from bot.core.errors import InvalidAnswer
 from bot.core.ports import Store
@@ -188,6 +189,8 @@ class CheckIn:
             if t.staff is not None and binding.is_issue(text):
                 return binding.issue(t, t.staff, text)
         if t.staff is None:
+            if t.message.channel in STAFF_NO_CHANNELS:  # a binding code would not help here
+                return [texts.UNKNOWN_STAFF_NO.format(user_id=t.message.user_id)]
             unknown = texts.NOT_REGISTERED.format(user_id=t.message.user_id)
             if t.message.kind is MessageKind.EVENT:  # following the account, not yet bound
                 return [texts.WELCOME + "\n\n" + unknown]
@@ -201,7 +204,11 @@ class CheckIn:
     def _reply(self, c: _Ctx) -> list[str]:
         msg = c.t.message
         if msg.kind is MessageKind.EVENT:
-            return [texts.GREETING.format(name=c.staff.name) + "\n\n" + texts.HELP]
+            return [
+                texts.GREETING.format(name=c.staff.name)
+                + "\n\n"
+                + coordinate.help_for(c.staff.role)
+            ]
         if msg.kind is MessageKind.UNSUPPORTED:
             return [self._with_prompt(c, texts.TEXT_ONLY)]
         if len(msg.text) > MAX_MESSAGE:
@@ -410,8 +417,9 @@ class CheckIn:
     def _list(self, c: _Ctx, command: Command, _raw: str) -> list[str]:
         parked = self._park(c)
         mine = c.t.store.my_students(c.staff.id)
-        if not mine:
-            return [*parked, texts.NO_STUDENTS]
+        if not mine:  # (a coordinator is not sent to the coordinator)
+            teacher = c.staff.role is StaffRole.TEACHER
+            return [*parked, texts.NO_STUDENTS if teacher else texts.NO_STUDENTS_COORDINATOR]
         today = self.today(c)
         students = self._by_urgency(self._filtered(mine, command.argument, today), today)
         if not students:
@@ -914,9 +922,7 @@ class CheckIn:
         return self._start(c, draft.student, draft)
 
     def _help(self, c: _Ctx, _c: Command, _raw: str) -> list[str]:
-        if c.staff.role in (StaffRole.COORDINATOR, StaffRole.BUREAU):
-            return [self._with_prompt(c, coordinate.HELP)]
-        return [self._with_prompt(c, texts.HELP)]
+        return [self._with_prompt(c, coordinate.help_for(c.staff.role))]
 
     # ------------------------------------------------------------------ coordinators (#14)
     def _coordinating(self, c: _Ctx, command: Command, raw: str) -> list[str] | None:
@@ -1038,6 +1044,8 @@ class CheckIn:
         draft = c.t.store.reopen_visit(c.staff.id, last.id, c.t.now)
         if draft is None:
             return [self._with_prompt(c, texts.CANNOT_UNDO_VISIT)]
+        for fid in self._settle_checks(draft.answers, self.today(c))[1]:
+            c.t.store.reopen_followup(c.staff.id, fid)  # what its "已解决" closed is open again
         c.t.store.withdraw_messages(f"alert:{last.id}:")  # what it told the school, if still unsent
         parked = self._park(c)
         head = texts.UNDONE_VISIT.format(student=_label(draft.student))

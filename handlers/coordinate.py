@@ -27,6 +27,7 @@ from bot.core.types import (
     StaffRole,
     StudentListing,
 )
+from handlers import texts
 from handlers.reminders import pick_channel, reach_order
 from handlers.render import followup_line, md, student_label, student_lines
 from handlers.states import Conversation, Item, ItemKind, Listing, ListKind, dump_listing
@@ -53,9 +54,17 @@ HELP = (
     "待认定 — 等待资助认定的学生（家访发现的新困难、老师上报的新增学生）\n"
     "认定 N 类别 — 认定第 N 名，例如：认定 1 低保（会通知上报的老师）\n"
     "不认定 N 原因 — 不予认定，例如：不认定 1 家庭收入已恢复\n"
+    "绑定码 工号 — 生成一次性绑定码，老师发“绑定 工号 绑定码”绑定聊天账号，例如：绑定码 T002\n"
     "后台 — 家访后台登录链接\n"
     "帮助 — 显示本说明"
 )
+
+
+def help_for(role: StaffRole) -> str:
+    """`帮助` and the help after a greeting or a binding: each role its own commands."""
+    return HELP if role in (StaffRole.COORDINATOR, StaffRole.BUREAU) else texts.HELP
+
+
 SCOPE = {StaffRole.COORDINATOR: "本校", StaffRole.BUREAU: "全区"}
 ESCALATED_HEAD = "{scope}已上报的跟进{count}项："
 OVERDUE_HEAD = "{scope}逾期未办的跟进{count}项："
@@ -72,7 +81,7 @@ NOT_ESCALATED = "第{n}项还没有上报，不需要确认；办完请回复“
 TAKEN = "第{n}项已由{holder}确认负责，不用再确认。"
 ACKED = "已确认由你负责第{n}项：{student} · {kind}：{detail}。{told}"
 TEACHER_TOLD = "已告知负责老师{owner}。"
-TEACHER_NOT_TOLD = "负责老师{owner}没有绑定企业微信/钉钉账号，未能通知。"
+TEACHER_NOT_TOLD = "负责老师{owner}没有可用的聊天账号，未能通知。"
 ACK_MESSAGE = "{holder}已确认负责你的跟进：{student} · {kind}：{detail}。{note}"
 NOTE = "备注：{note}"
 NOTE_NEEDED = "请写上备注，例如：完成 {n} 平板已送到。"
@@ -84,7 +93,7 @@ OTHER_SCHOOL = "{name}（{no}）不是这名学生学校的老师；只能转交
 SAME_OWNER = "第{n}项本来就由{name}负责。"
 REASSIGNED = "已把第{n}项转交给{name}（{no}）：{student} · {kind}。{told}"
 NEW_OWNER_TOLD = "已通知对方。"
-NEW_OWNER_NOT_TOLD = "对方没有绑定企业微信/钉钉账号，未能通知，请另行告知。"
+NEW_OWNER_NOT_TOLD = "对方没有可用的聊天账号，未能通知，请另行告知。"
 REASSIGN_MESSAGE = (
     "{who}把一项跟进转交给你：{student} · {kind}：{detail}（{due}前）。"
     "回复“待跟进”查看，办完回复“完成 序号 备注”。"
@@ -92,7 +101,9 @@ REASSIGN_MESSAGE = (
 NUDGE_HOW = "请写上老师的工号，例如：催办 T001。"
 NUDGE_OTHER_SCHOOL = "{name}（{no}）不是本校老师。"
 NUDGE_TWICE = "今天已经催办过{name}（{no}）了，每位老师每天一次。"
-NUDGE_UNREACHABLE = "{name}（{no}）没有绑定企业微信/钉钉账号，无法催办。"
+NUDGE_UNREACHABLE = (
+    "{name}（{no}）没有可用的聊天账号，无法催办。可发送“绑定码 {no}”生成绑定码，请其绑定。"
+)
 NUDGED = "已催办{name}（{no}）：已访 {visited}/{total}，待跟进 {open} 项（逾期 {overdue} 项）。"
 NUDGE_MESSAGE = (
     "【催办】{who}提醒你：你名下的学生已访 {visited}/{total}，待跟进 {open} 项"

@@ -20,7 +20,7 @@ from handlers.reminders import Outgoing, View, reach_order
 from handlers.states import Item, ItemKind, Listing, ListKind
 
 SCHOOL_HEAD = "【跟进上报】以下跟进已逾期超过{days}个上学日，请确认由谁负责："
-BUREAU_HEAD = "【跟进上报·教育局】以下跟进逾期后{days}个上学日无人确认，已上报教育局："
+BUREAU_HEAD = "【跟进上报·教育局】以下跟进上报学校后{days}个上学日仍无人确认，已上报教育局："
 LINE = "{n}. {student}{school} · {kind}：{detail} · 逾期{late}天 · 负责老师：{owner}"
 FOOT = "回复“确认 序号 备注”表示由你负责，例如：确认 1 已联系家长；“转交 序号 工号”转给同校老师。"
 MORE = "……等共{count}项，回复“上报”查看全部。"

@@ -52,7 +52,7 @@ APPROVED = "已认定：{student} · {category}（来源：家访发现）{added
 ADDED = "，已加入名单（临时学籍号 {no}，班主任 {teacher}）"
 DECLINED = "已不予认定：{student}。原因：{reason}。{told}"
 TEACHER_TOLD = "已通知{teacher}。"
-TEACHER_NOT_TOLD = "{teacher}没有绑定企业微信/钉钉账号，未能通知。"
+TEACHER_NOT_TOLD = "{teacher}没有可用的聊天账号，未能通知。"
 
 
 def _clip(text: str, limit: int = 40) -> str:

@@ -7,6 +7,10 @@ NOT_REGISTERED = (
     "请向学校的资助协调员要一个绑定码，然后发送：绑定 工号 绑定码（例如：绑定 T001 K7M2P9QX）。\n"
     "也可以把你的ID【{user_id}】发给协调员登记。"
 )
+# (the console and the JSON channel: the user id is the staff number, there is nothing to bind)
+UNKNOWN_STAFF_NO = (
+    "工号【{user_id}】不在名单里或已停用，请核对工号，或请学校的资助协调员把你加进名单。"
+)
 WELCOME = "欢迎关注！我是家访助手，帮老师们逐一登记学生的网上家访情况。"
 APOLOGY = "抱歉，系统刚才出了点问题，这条消息没有处理成功。你填过的内容都已保存，请稍后再发一次。"
 UNAVAILABLE = "抱歉，系统暂时繁忙（数据库连接不上），这条消息没有处理。请过几分钟再发一次。"
@@ -45,6 +49,9 @@ UNKNOWN_WITH_DRAFTS = "没听懂这句话。你有{count}份未完成的家访�
 DRAFTS_FOOT = "回复序号接着填，或回复“家访”查看全部学生。"
 
 NO_STUDENTS = "你的名下还没有学生。如有疑问请联系学校的资助协调员。"
+NO_STUDENTS_COORDINATOR = (
+    "你的名下没有要家访的学生。回复“概况”“未访”查看家访情况，“帮助”查看全部指令。"
+)
 LIST_HEADER = "你负责的学生共{count}名（最需要先访的在前）："
 LIST_HEADER_FILTERED = "你负责的学生中“{filter}”共{count}名："
 LIST_PAGE = "（第{first}–{last}名，共{count}名；回复“更多”看下一页）"

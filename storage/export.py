@@ -190,8 +190,8 @@ def exporter_scope(conn: Connection, staff_no: str) -> int | None:
     if row.role == StaffRole.COORDINATOR.value and row.school_id is not None:
         return int(row.school_id)
     raise HomevisitError(
-        f"工号 {staff_no} 无权导出敏感信息（仅协调员和教育局）/ staff {staff_no!r} may not export: "
-        "only coordinators (their school) and bureau staff"
+        f"工号 {staff_no} 无权导出（只有协调员导出本校的、教育局导出全区的）/ staff {staff_no!r} "
+        "may not export: only coordinators (their school) and bureau staff"
     )
 
 

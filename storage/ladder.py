@@ -108,10 +108,11 @@ EVENT_LABELS = FOLLOWUP_EVENT_LABELS
 def histories(
     conn: Connection, followup_ids: Select[Any], tz: ZoneInfo, *, notes: bool = True
 ) -> dict[int, str]:
-    """Each follow-up's steps as one line ("3月11日 上报学校；3月11日 确认负责 甲协调（备注）…"),
+    """Each follow-up's steps as one line ("3月11日 上报学校；3月11日 确认负责 甲协调（备注）；
+    3月11日 甲协调 转交给 李示例…"),
     for the follow-ups `followup_ids` selects; one query. `notes=False`: without the notes
     (free text is sensitive: an export without sensitive answers leaves them out)."""
-    person = staff.alias("person")
+    person, actor = staff.alias("person"), staff.alias("actor")
     rows = conn.execute(
         select(
             followup_events.c.followup_id,
@@ -119,15 +120,20 @@ def histories(
             followup_events.c.at,
             followup_events.c.note,
             person.c.name,
+            actor.c.name,
         )
         .outerjoin(person, person.c.id == followup_events.c.staff_id)
+        .outerjoin(actor, actor.c.id == followup_events.c.actor_id)
         .where(followup_events.c.followup_id.in_(followup_ids.scalar_subquery()))
         .order_by(followup_events.c.followup_id, followup_events.c.id)
     )
     lines: dict[int, list[str]] = {}
-    for fid, event, at, note, name in rows:
+    for fid, event, at, note, name, by in rows:
         day = at.astimezone(tz).date()
-        text = f"{day.month}月{day.day}日 {EVENT_LABELS.get(event, event)}"
+        text = f"{day.month}月{day.day}日 "
+        # (who handed it over: the person of the event is whom it went to)
+        text += f"{by} " if by and event == FollowUpEvent.REASSIGNED.value else ""
+        text += EVENT_LABELS.get(event, event)
         text += f" {name}" if name else ""
         text += f"（{note}）" if note and notes else ""
         lines.setdefault(fid, []).append(text)

@@ -134,9 +134,9 @@ async def test_a_student_who_is_not_yours_cannot_be_visited(bot: ChatDriver, dep
     assert "孙小川" in listing and "周小禾" not in listing
 
 
-async def test_unknown_staff_number_is_told_to_register(bot: ChatDriver, deps: Deps) -> None:
+async def test_unknown_staff_number_is_told_to_check_it(bot: ChatDriver, deps: Deps) -> None:
     reply = await bot.say("家访", user="X999")
-    assert reply == texts.NOT_REGISTERED.format(user_id="X999")
+    assert reply == texts.UNKNOWN_STAFF_NO.format(user_id="X999")
     assert rows(deps, conversations) == []
 
 

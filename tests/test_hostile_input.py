@@ -51,7 +51,7 @@ async def test_a_reused_message_id_never_answers_another_user_with_the_first_one
 
     status, other = await say(api, {"user": "NOPE", "text": "帮助", "message_id": "msg-1"})
     assert status == 200
-    assert other == {"replies": [texts.NOT_REGISTERED.format(user_id="NOPE")]}
+    assert other == {"replies": [texts.UNKNOWN_STAFF_NO.format(user_id="NOPE")]}
 
     status, teacher = await say(api, {"user": "T002", "text": "家访", "message_id": "msg-1"})
     assert "孙小川" in str(teacher) and "周小禾" not in str(teacher)  # T002's own list

@@ -89,7 +89,8 @@ async def test_an_escalation_is_told_once_and_climbs_to_the_bureau(
     await world.at(local(fri2, 9), "remind")  # two: climbs to the bureau, told once
     await world.at(local(fri2, 17), "digest")
     [climbed] = [t for t in world.dingtalk.to("bureau") if t.startswith("【跟进上报")]
-    assert climbed.startswith("【跟进上报·教育局】") and "周小禾" in climbed
+    assert climbed.startswith("【跟进上报·教育局】以下跟进上报学校后2个上学日仍无人确认")
+    assert "周小禾" in climbed
     assert history(world) == [
         ("escalated", None),
         ("notified", "C001"),
@@ -251,7 +252,7 @@ async def test_bad_coordinator_inputs_change_nothing(
         "今天已经催办过李示例（T002）了，每位老师每天一次。"
     )
     assert await chat.say("催办 T003", user="coord") == (
-        "赵示例（T003）没有绑定企业微信/钉钉账号，无法催办。"
+        "赵示例（T003）没有可用的聊天账号，无法催办。可发送“绑定码 T003”生成绑定码，请其绑定。"
     )
     await world.at(world.clock.current)
     [nudge] = [t for t in world.wecom.to("li") if t.startswith("【催办】")]
@@ -528,6 +529,6 @@ async def test_three_weeks_of_needs_that_close(
     steps = {row[2]: row[-1] for row in sheet[1:] if row[4] == "平板/电脑" and row[8] == "已完成"}
     assert steps["周小禾"] == (
         "3月11日 上报学校；3月11日 已通知 甲协调；3月11日 确认负责 甲协调（已联系家长）；"
-        "3月11日 转交给 李示例；3月11日 完成 李示例（平板已借到）"
+        "3月11日 甲协调 转交给 李示例；3月11日 完成 李示例（平板已借到）"
     )
     assert steps["沈小云"] == "3月3日 完成 张示例（平板已送到）"

@@ -97,6 +97,8 @@ async def test_cli_export_leaves_sensitive_answers_out_unless_asked(
         (["--include-sensitive", "--user", "C001"], "--reason"),
         (["--include-sensitive", "--reason", "个案会商"], "--user"),
         (["--include-sensitive", "--user", "T001", "--reason", "x"], "may not export"),
+        # (a teacher's --user alone: not "无权导出敏感信息", nothing sensitive was asked for)
+        (["--user", "T001"], "工号 T001 无权导出（只有协调员导出本校的、教育局导出全区的）"),
         (["--include-sensitive", "--user", "NOPE", "--reason", "x"], "not found"),
     ):
         refused = await run_bot(env, tmp_path, "export", "--out", "no.xlsx", *args)

@@ -176,7 +176,7 @@ async def test_unknown_staff_number_gets_the_register_reply(
 ) -> None:
     status, body = await post(http, server, {"user": "NOBODY", "text": "家访"})
     assert status == 200
-    assert body["replies"] == [texts.NOT_REGISTERED.format(user_id="NOBODY")]
+    assert body["replies"] == [texts.UNKNOWN_STAFF_NO.format(user_id="NOBODY")]
 
 
 async def test_retry_with_the_same_message_id_is_processed_once(
