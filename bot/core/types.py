@@ -63,10 +63,8 @@ def clean_input(value: str) -> str:
     """Text as it enters from a platform: half an emoji (a lone surrogate, which JSON's \\ud83d
     escapes allow and no database driver can encode) becomes U+FFFD; see `_INVISIBLE` for what
     is dropped."""
-    if value.isascii():
-        # (printable ASCII holds nothing to drop: ids, numbers, most commands; saves a regex)
-        return value if value.isprintable() else _INVISIBLE.sub("", value)
-    value = _LONE_SURROGATE.sub("\ufffd", value)
+    if not value.isascii():
+        value = _LONE_SURROGATE.sub("\ufffd", value)
     return _INVISIBLE.sub("", value)
 
 
