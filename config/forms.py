@@ -141,17 +141,17 @@ class Form:
         raise KeyError(key)
 
     def visible(self, answers: Mapping[str, Any]) -> list[Question]:
-        return [q for q in self.questions if q.visible(answers)]
+        return [q for q in self.questions if not q.when or q.visible(answers)]
 
     def expected(self, answers: Mapping[str, Any]) -> list[Question]:
         """The questions this visit will likely ask, as far as the answers so far tell: what
         "第3题/共9题" counts."""
-        return [q for q in self.questions if not q.when or q.likely(answers)]
+        return [q for q in self.questions if q.likely(answers)]
 
     def next_question(self, answers: Mapping[str, Any]) -> Question | None:
         """The first visible question not answered yet; None when the form is complete."""
         for q in self.questions:
-            if q.key not in answers and (not q.when or q.visible(answers)):
+            if q.key not in answers and q.visible(answers):
                 return q
         return None
 
@@ -159,7 +159,7 @@ class Form:
         """Drop answers to questions that earlier answers have made irrelevant."""
         kept: Answers = {}
         for q in self.questions:  # in order, so conditions see only kept earlier answers
-            if q.key in answers and q.visible(kept):
+            if q.key in answers and (not q.when or q.visible(kept)):
                 kept[q.key] = answers[q.key]
         return kept
 
