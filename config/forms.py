@@ -146,12 +146,12 @@ class Form:
     def expected(self, answers: Mapping[str, Any]) -> list[Question]:
         """The questions this visit will likely ask, as far as the answers so far tell: what
         "第3题/共9题" counts."""
-        return [q for q in self.questions if q.likely(answers)]
+        return [q for q in self.questions if not q.when or q.likely(answers)]
 
     def next_question(self, answers: Mapping[str, Any]) -> Question | None:
         """The first visible question not answered yet; None when the form is complete."""
         for q in self.questions:
-            if q.key not in answers and q.visible(answers):
+            if q.key not in answers and (not q.when or q.visible(answers)):
                 return q
         return None
 

@@ -290,7 +290,7 @@ def _load_draft(raw: Mapping[str, Any]) -> OpenDraft:
         _load_student(raw["student"]),
         freeze(raw["answers"]),
         int(raw["revision"]),
-        tuple(str(k) for k in raw["history"]),
+        tuple(map(str, raw["history"])),
     )
 
 

@@ -377,7 +377,7 @@ class SqlStore:
         params: dict[str, Any] = {}
         for _, p in held:
             params.update(p)
-        names = tuple(name for name, _ in held)
+        names = tuple([name for name, _ in held])
         rows, _ = _held_batch(names).execute(self._conn, params)
         changed = dict(zip(names, rows[0], strict=True))
         if changed.get("remember") == 0:
