@@ -109,9 +109,18 @@ class Question:
     sensitive: bool = False
 
     def visible(self, answers: Mapping[str, Any]) -> bool:
-        if not self.when:  # most questions: no generator to build, once per question per turn
-            return True
-        return all(c.holds(answers) for c in self.when)
+        # (a plain loop, not all(): runs several times a turn, see bench/RESULTS.md)
+        for c in self.when:  # noqa: SIM110
+            if not c.holds(answers):
+                return False
+        return True
+
+    def likely(self, answers: Mapping[str, Any]) -> bool:
+        """Every condition `likely` holds: a question `Form.expected` counts."""
+        for c in self.when:  # noqa: SIM110
+            if not c.likely(answers):
+                return False
+        return True
 
     @property
     def option_texts(self) -> tuple[str, ...]:
@@ -175,17 +184,17 @@ class Form:
         raise KeyError(key)
 
     def visible(self, answers: Mapping[str, Any]) -> list[Question]:
-        return [q for q in self.questions if q.visible(answers)]
+        return [q for q in self.questions if not q.when or q.visible(answers)]
 
     def expected(self, answers: Mapping[str, Any]) -> list[Question]:
         """The questions this visit will likely ask, as far as the answers so far tell: what
         "第3题/共9题" counts."""
-        return [q for q in self.questions if all(c.likely(answers) for c in q.when)]
+        return [q for q in self.questions if not q.when or q.likely(answers)]
 
     def next_question(self, answers: Mapping[str, Any]) -> Question | None:
         """The first visible question not answered yet; None when the form is complete."""
-        for q in self.visible(answers):
-            if q.key not in answers:
+        for q in self.questions:
+            if q.key not in answers and (not q.when or q.visible(answers)):
                 return q
         return None
 
@@ -196,7 +205,7 @@ class Form:
         if CHECKS_KEY in answers:
             kept[CHECKS_KEY] = answers[CHECKS_KEY]
         for q in self.questions:  # in order, so conditions see only kept earlier answers
-            if q.key in answers and q.visible(kept):
+            if q.key in answers and (not q.when or q.visible(kept)):
                 kept[q.key] = answers[q.key]
         return kept
 

@@ -104,11 +104,12 @@ class _Ctx:
     def state(self) -> State:
         return self.conv.state
 
+    # (explicit constructors: `dataclasses.replace` costs several times more, every turn)
     def go(self, state: State) -> None:
-        self.conv = replace(self.conv, state=state)
+        self.conv = Conversation(state, self.conv.listing, self.conv.last)
 
     def show(self, listing: Listing | None) -> None:
-        self.conv = replace(self.conv, listing=listing)
+        self.conv = Conversation(self.conv.state, listing, self.conv.last)
 
 
 Handler = Callable[[_Ctx, Command, str], list[str] | None]
@@ -679,7 +680,9 @@ class CheckIn:
         if saved is None:
             return self._draft_gone(c, draft)
         if not saved.history or saved.history[-1] != key:
-            saved = replace(saved, history=(*saved.history, key))
+            saved = OpenDraft(
+                saved.visit_id, saved.student, saved.answers, saved.revision, (*saved.history, key)
+            )
         return self._advance(c, saved)
 
     def _ask_cut(self, c: _Ctx, cut: ConfirmCut, limit: int) -> list[str]:

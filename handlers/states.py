@@ -152,6 +152,12 @@ class ItemKind(StrEnum):
 AID_SLOT = 100  # config.aid refuses more than 99 item kinds
 
 
+# `StateName(x)` is a Python-level call through EnumMeta; a dict lookup is what every turn needs.
+_STATE_NAMES = {s.value: s for s in StateName}
+_LIST_KINDS = {k.value: k for k in ListKind}
+_ITEM_KINDS = {k.value: k for k in ItemKind}
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     kind: ItemKind
@@ -166,6 +172,9 @@ class Listing:
     kind: ListKind
     items: tuple[Item, ...]
     shown: int = 0
+    # The session column this listing was loaded from: saved as it was when the turn left the
+    # listing alone (most turns). Not an init field, so a `replace` never carries it over.
+    raw: dict[str, Any] | None = field(default=None, init=False, compare=False, repr=False)
 
     def item(self, number: int) -> Item | None:
         """Item `number` (1-based) if it was shown to the teacher."""
@@ -241,6 +250,8 @@ def dump(conversation: Conversation) -> tuple[str, dict[str, Any], dict[str, Any
 
 
 def dump_listing(listing: Listing) -> dict[str, Any]:
+    if listing.raw is not None:
+        return listing.raw
     return {
         "kind": listing.kind.value,
         "items": [[i.kind.value, i.id] for i in listing.items],
@@ -268,8 +279,8 @@ def load(
         current = None
     try:
         if data.get("v") == FORMAT:
-            return Conversation(_load_state(StateName(state), data), current, _load_last(data))
-        old = _load_before_v2(StateName(state), data)
+            return Conversation(_load_state(_STATE_NAMES[state], data), current, _load_last(data))
+        old = _load_before_v2(_STATE_NAMES[state], data)
         # (a session the outbox created to hold a delivered list has no data yet: its list is
         # the `listing` column's)
         return old if old.listing is not None else replace(old, listing=current)
@@ -278,15 +289,19 @@ def load(
 
 
 def _load_listing(raw: Mapping[str, Any]) -> Listing:
-    items = tuple(Item(ItemKind(kind), int(i)) for kind, i in raw["items"])
-    return Listing(ListKind(raw["kind"]), items, int(raw.get("shown", len(items))))
+    kinds = _ITEM_KINDS
+    items = tuple([Item(kinds[kind], int(i)) for kind, i in raw["items"]])
+    listing = Listing(_LIST_KINDS[raw["kind"]], items, int(raw.get("shown", len(items))))
+    if isinstance(raw, dict):
+        object.__setattr__(listing, "raw", raw)  # (frozen)
+    return listing
 
 
 def _load_last(data: Mapping[str, Any]) -> LastAction | None:
     raw = data.get("last")
     if not raw:
         return None
-    return LastAction(ItemKind(raw["kind"]), int(raw["id"]), datetime.fromisoformat(raw["at"]))
+    return LastAction(_ITEM_KINDS[raw["kind"]], int(raw["id"]), datetime.fromisoformat(raw["at"]))
 
 
 def _load_state(name: StateName, data: Mapping[str, Any]) -> State:
@@ -338,7 +353,7 @@ def _load_draft(raw: Mapping[str, Any]) -> OpenDraft:
         _load_student(raw["student"]),
         freeze(raw["answers"]),
         int(raw["revision"]),
-        tuple(str(k) for k in raw["history"]),
+        tuple(map(str, raw["history"])),
     )
 
 

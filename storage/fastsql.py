@@ -32,7 +32,7 @@ class _Compiled:
     positional: bool
     binds: Mapping[str, Processor]
     defaults: Mapping[str, Any]  # values fixed in the statement (e.g. status == 'draft')
-    results: tuple[Processor, ...]
+    results: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column, processor), where one is
     returns_rows: bool
 
 
@@ -78,9 +78,8 @@ class Prepared:
             positional = bool(c.positional)
             names = tuple(c.positiontup or ()) if positional else tuple(binds)
             defaults = {name: b.value for name, b in c.binds.items() if not b.required}
-            results = tuple(
-                col.type._cached_result_processor(dialect, None) for col in self.columns
-            )
+            processors = [col.type._cached_result_processor(dialect, None) for col in self.columns]
+            results = tuple((i, p) for i, p in enumerate(processors) if p is not None)
             is_dml = c.isinsert or c.isupdate or c.isdelete
             returns_rows = not is_dml or bool(c.effective_returning)
             compiled = _Compiled(
@@ -122,9 +121,12 @@ class Prepared:
         if not rows:
             return [], count
         make = self._make
-        if any(c.results):
-            return [
-                make(p(v) if p is not None else v for p, v in zip(c.results, row, strict=True))
-                for row in rows
-            ], count
+        if c.results:  # (a loop over the processed columns only: no generator per row)
+            out = []
+            for row in rows:
+                cells = list(row)
+                for i, p in c.results:
+                    cells[i] = p(cells[i])
+                out.append(make(cells))
+            return out, count
         return [make(row) for row in rows], count

@@ -376,7 +376,8 @@ class SqlStore:
 
     def _hold_write(self, name: str, params: dict[str, Any]) -> None:
         for held_name, held in self._held:
-            clash = held_name == name or any(k in held and held[k] != v for k, v in params.items())
+            # (the keys both share, intersected in C: only `now` in practice)
+            clash = held_name == name or any(held[k] != params[k] for k in held.keys() & params)
             if clash:  # one statement cannot carry both: send what is held first
                 self.flush()
                 break
@@ -390,7 +391,7 @@ class SqlStore:
         params: dict[str, Any] = {}
         for _, p in held:
             params.update(p)
-        names = tuple(name for name, _ in held)
+        names = tuple([name for name, _ in held])
         rows, _ = _held_batch(names).execute(self._conn, params)
         changed = dict(zip(names, rows[0], strict=True))
         if changed.get("remember") == 0:

@@ -61,13 +61,14 @@ class Engine:
         """Handle one message; the caller commits (or rolls back on an exception)."""
         now = self.clock.now()
         staff = self._find_staff(store, message)
-        session = store.load_session(message.key) if staff else None  # locks the row
+        key = message.key  # (built once: a new ConversationKey per use)
+        session = store.load_session(key) if staff else None  # locks the row
         expired = bool(session and session.expires_at and session.expires_at <= now)
         turn = Turn(store, message, staff, session or Session(), now, expired)
         replies = self.conversation(turn)
         if staff is not None:
             turn.session.expires_at = now + self.session_ttl
-            store.save_session(message.key, turn.session, now)
+            store.save_session(key, turn.session, now)
         # A retried delivery is found here rather than with a read up front (one statement less
         # per message): the store raises DuplicateMessage, the turn is rolled back and the first
         # reply is given again.

@@ -63,8 +63,10 @@ def clean_input(value: str) -> str:
     """Text as it enters from a platform: half an emoji (a lone surrogate, which JSON's \\ud83d
     escapes allow and no database driver can encode) becomes U+FFFD; see `_INVISIBLE` for what
     is dropped."""
-    if not value.isascii():
-        value = _LONE_SURROGATE.sub("\ufffd", value)
+    if value.isascii():
+        # (printable ASCII holds nothing to drop: ids, numbers, most commands; saves a regex)
+        return value if value.isprintable() else _INVISIBLE.sub("", value)
+    value = _LONE_SURROGATE.sub("\ufffd", value)
     return _INVISIBLE.sub("", value)
 
 
@@ -80,10 +82,13 @@ class InboundMessage:
 
     def __post_init__(self) -> None:
         # The last line of defence: each channel refuses ids with control characters itself.
-        for name in ("user_id", "text", "message_id"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, clean_input(value))
+        # (spelt out, not a loop over getattr: every message passes here)
+        if self.user_id is not None:  # (typed str; kept as the loop had it)
+            object.__setattr__(self, "user_id", clean_input(self.user_id))
+        if self.text is not None:
+            object.__setattr__(self, "text", clean_input(self.text))
+        if self.message_id is not None:
+            object.__setattr__(self, "message_id", clean_input(self.message_id))
 
     @property
     def key(self) -> ConversationKey:
