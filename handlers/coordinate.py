@@ -10,7 +10,7 @@ school) is refused and the list shown again, fresh.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -30,7 +30,15 @@ from bot.core.types import (
 from handlers import texts
 from handlers.reminders import pick_channel, reach_order
 from handlers.render import followup_line, md, student_label, student_lines
-from handlers.states import Conversation, Item, ItemKind, Listing, ListKind, dump_listing
+from handlers.states import (
+    Conversation,
+    Item,
+    ItemKind,
+    LastAction,
+    Listing,
+    ListKind,
+    dump_listing,
+)
 
 LIST_LIMIT = 30
 MAX_NOTE = 500
@@ -322,6 +330,7 @@ class Coordination:
         )
         if closed is None:
             return self._again(c, ALREADY_DONE.format(n=n))
+        c.conv = replace(c.conv, last=LastAction(ItemKind.FOLLOWUP, f.id, c.t.now))  # 撤销
         return [
             DONE.format(
                 n=n,

@@ -101,6 +101,7 @@ class _FollowUp:
     acknowledged_by: int | None = None
     climbed_at: datetime | None = None
     reopens: int | None = None
+    escalated_at: datetime | None = None
 
 
 @dataclass
@@ -399,7 +400,8 @@ class MemoryStore:
         f = self.data.followups.get(followup_id)
         if f is None or f.closed_by != staff_id or f.status is not FollowUpStatus.DONE:
             return None
-        f.status, f.closed_at, f.closed_by, f.note = FollowUpStatus.OPEN, None, None, None
+        reopened = FollowUpStatus.ESCALATED if f.escalated_at else FollowUpStatus.OPEN
+        f.status, f.closed_at, f.closed_by, f.note = reopened, None, None, None
         done = FollowUpEvent.DONE.value
         self.data.events = [e for e in self.data.events if not (e[0] == f.id and e[1] == done)]
         return self._listing(f)

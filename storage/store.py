@@ -788,7 +788,16 @@ class SqlStore:
                 followups.c.closed_by == staff_id,
                 followups.c.status == FollowUpStatus.DONE.value,
             )
-            .values(status=FollowUpStatus.OPEN.value, closed_at=None, closed_by=None, note=None)
+            .values(
+                # an escalated one goes back on the ladder where it was, not to the bottom
+                status=case(
+                    (followups.c.escalated_at.is_not(None), FollowUpStatus.ESCALATED.value),
+                    else_=FollowUpStatus.OPEN.value,
+                ),
+                closed_at=None,
+                closed_by=None,
+                note=None,
+            )
         )
         if result.rowcount != 1:
             return None

@@ -218,6 +218,13 @@ async def test_a_coordinator_acknowledges_reassigns_and_the_teacher_is_told(
         ("done", "T002"),
         ("done", "C001"),
     ]
+    # 撤销 takes the coordinator's 完成 back (10 minutes, as for a teacher): escalated again.
+    undone = await chat.say("撤销", user="coord")
+    assert undone.startswith("已撤销：周小禾（三年级1班） · 平板/电脑")
+    with world.deps.db.begin() as conn:
+        statuses = dict(conn.execute(select(followups.c.kind, followups.c.status)).all())
+    assert statuses == {"device": "escalated", "psych": "done"}
+    assert "上报的跟进1项" in await chat.say("上报", user="coord")
 
 
 async def test_bad_coordinator_inputs_change_nothing(

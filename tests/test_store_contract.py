@@ -72,7 +72,8 @@ def _memory(clock: FakeClock) -> Iterator[Backend]:
     student_ids = {s.student_no: s.id for s in store.data.students.values()}
 
     def escalate(followup_id: int) -> None:
-        store.data.followups[followup_id].status = FollowUpStatus.ESCALATED
+        f = store.data.followups[followup_id]
+        f.status, f.escalated_at = FollowUpStatus.ESCALATED, f.created_at
 
     yield Backend(
         MemoryTurns(store),
@@ -658,6 +659,23 @@ async def test_a_teachers_done_is_history_and_undo_takes_it_back(
     assert backend.events() == [(late, "done", t001)]
     await backend.run(lambda s: s.reopen_followup(t001, late))
     assert backend.events() == []
+
+
+async def test_undo_puts_an_escalated_follow_up_back_on_the_ladder(
+    backend: Backend, clock: FakeClock
+) -> None:
+    late, fresh = await _two_needs(backend, clock)
+    t001, now = backend.staff_ids["T001"], clock.now()
+    backend.escalate(late)
+    for fid in (late, fresh):
+
+        def close_and_undo(s: Store, fid: int = fid) -> None:
+            s.close_followup(t001, fid, "送到", now)
+            s.reopen_followup(t001, fid)
+
+        await backend.run(close_and_undo)
+    statuses = {f.id: f.status for f in await backend.run(lambda s: s.open_followups(t001))}
+    assert statuses == {late: FollowUpStatus.ESCALATED, fresh: FollowUpStatus.OPEN}
 
 
 # ---------------------------------------------------------------------------- console links
