@@ -191,6 +191,7 @@ def test_driver_errors_on_the_fast_path_hide_their_parameters(db: Database) -> N
     row = {"student_no": "S1", "school_id": 1, "class_name": "一班", "active": True}
     # (a prepared insert names all)
     row |= {"last_reached_at": None, "last_unreached_at": None, "deactivated_at": None}
+    row |= {"categories": ""}
     with db.begin() as conn:
         add.execute(conn, {**row, "id": 1, "name": "王小雨"})
     with pytest.raises(IntegrityError) as info, db.begin() as conn:
