@@ -249,6 +249,44 @@ _SUBMIT = (
     .returning(visits.c.student_id, visits.c.staff_id)
 )
 _ADD_FOLLOWUPS = insert(followups)
+# A student's follow-ups the next visit asks about: open ones, and those done since the last
+# visit that reached the family, with an aid item allocated against each and not checked yet.
+# (Comparisons spelt out rather than IN lists, so that the statement can be prepared.)
+_LAST_REACHED = (
+    select(students.c.last_reached_at)
+    .where(students.c.id == bindparam("student_id"))
+    .scalar_subquery()
+)
+_FOLLOWUPS_TO_CHECK = (
+    select(
+        followups.c.id,
+        followups.c.kind,
+        followups.c.detail,
+        followups.c.status,
+        followups.c.closed_at,
+        followups.c.note,
+        aid_allocations.c.item,
+        aid_allocations.c.id.label("allocation_id"),
+    )
+    .outerjoin(
+        aid_allocations,
+        and_(
+            aid_allocations.c.active_followup_id == followups.c.id,
+            or_(*(aid_allocations.c.status == state for state in UNCHECKED)),
+        ),
+    )
+    .where(
+        followups.c.student_id == bindparam("student_id"),
+        or_(
+            *(followups.c.status == state for state in OPEN_STATES),
+            and_(
+                followups.c.status == FollowUpStatus.DONE.value,
+                or_(_LAST_REACHED.is_(None), followups.c.closed_at > _LAST_REACHED),
+            ),
+        ),
+    )
+    .order_by(followups.c.created_at, followups.c.id)
+)
 # An active student of the teacher's, with the teacher's open draft for them if there is one.
 _STUDENT_AND_DRAFT = (
     select(
@@ -311,6 +349,8 @@ _FAST_MY_STUDENTS = Prepared(_MY_STUDENTS, _MY_STUDENTS.selected_columns)
 _FAST_LATEST_DRAFT = Prepared(_LATEST_DRAFT, _LATEST_DRAFT.selected_columns)
 _FAST_STUDENT_AND_DRAFT = Prepared(_STUDENT_AND_DRAFT, _STUDENT_AND_DRAFT.selected_columns)
 _FAST_START_VISIT = Prepared(_START_VISIT, [visits.c.id])
+# ... and of the next visit's questions about earlier follow-ups (each pick of a student)
+_FAST_FOLLOWUPS_TO_CHECK = Prepared(_FOLLOWUPS_TO_CHECK, _FOLLOWUPS_TO_CHECK.selected_columns)
 _FAST_REMEMBER = {
     name: Prepared(stmt, [inbound_messages.c.message_id]) for name, stmt in _REMEMBER.items()
 }
@@ -670,52 +710,19 @@ class SqlStore:
         )
 
     def followups_to_check(self, student_id: int) -> list[FollowUpCheck]:
-        last = select(students.c.last_reached_at).where(students.c.id == student_id)
-        rows = self.conn.execute(
-            select(
-                followups.c.id,
-                followups.c.kind,
-                followups.c.detail,
-                followups.c.status,
-                followups.c.closed_at,
-                followups.c.note,
-                aid_allocations.c.item,
-                aid_allocations.c.id.label("allocation_id"),
-            )
-            .outerjoin(
-                aid_allocations,
-                and_(
-                    aid_allocations.c.active_followup_id == followups.c.id,
-                    aid_allocations.c.status.in_(UNCHECKED),
-                ),
-            )
-            .where(
-                followups.c.student_id == student_id,
-                or_(
-                    followups.c.status.in_(OPEN_STATES),
-                    and_(
-                        followups.c.status == FollowUpStatus.DONE.value,
-                        or_(
-                            last.scalar_subquery().is_(None),
-                            followups.c.closed_at > last.scalar_subquery(),
-                        ),
-                    ),
-                ),
-            )
-            .order_by(followups.c.created_at, followups.c.id)
-        )
+        rows, _ = _FAST_FOLLOWUPS_TO_CHECK.execute(self.conn, {"student_id": student_id})
         return [
             FollowUpCheck(
-                r.id,
-                r.kind,
-                r.detail,
-                FollowUpStatus(r.status),
-                r.closed_at,
-                r.note,
-                r.item or "",
-                r.allocation_id or 0,
+                fid,
+                kind,
+                detail,
+                FollowUpStatus(status),
+                closed_at,
+                note,
+                item or "",
+                allocation_id or 0,
             )
-            for r in rows
+            for fid, kind, detail, status, closed_at, note, item, allocation_id in rows
         ]
 
     def aid_stock(self, viewer: Staff) -> dict[str, int]:

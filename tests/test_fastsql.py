@@ -68,6 +68,16 @@ def test_a_prepared_read_returns_what_sqlalchemy_returns(
         assert f._asdict() == s._asdict()
 
 
+def test_the_next_visits_follow_ups_read_prepared_as_sqlalchemy_reads_them(
+    deps: Deps, ids: dict[str, int]
+) -> None:
+    with deps.db.begin() as conn:
+        zhou = conn.execute(select(students.c.id).where(students.c.name == "周小禾")).scalar_one()
+        fast, slow = both(conn, sql._FAST_FOLLOWUPS_TO_CHECK, {"student_id": zhou})
+    assert len(fast) == 2 and [tuple(r) for r in fast] == [tuple(r) for r in slow]
+    assert [f._asdict() for f in fast] == [s._asdict() for s in slow]
+
+
 @pytest.mark.parametrize(
     ("name", "params"),
     [
