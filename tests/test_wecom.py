@@ -481,8 +481,13 @@ async def test_no_userid_text_or_forged_line_reaches_the_log(
     app[wecom.WECOM].reply_budget = 0.0  # every turn over budget: the log line quotes its id
     status, _ = await wx.post(message_xml(msg_type="event", event="subscribe"))
     assert status == 200
+    # One message at a time, as one sender's arrive: each answered (through the outbox) before
+    # the next is posted, or the turns could run in either order and answer differently.
+    await eventually(lambda: len(fake.sent) == 1)
     await wx.send("家访", msg_id=None)  # a numbered MsgId
+    await eventually(lambda: len(fake.sent) == 2)
     await wx.post(message_xml("周小禾"))  # no MsgId at all: sender and CreateTime
+    await eventually(lambda: len(fake.sent) == 3)
     forged = f"{USER}\n2026-03-02 01:00:00 INFO forged line"
     await wx.post(message_xml("继续", msg_id=forged, create_time=1772413201))
     await eventually(lambda: len(fake.sent) == 4)
