@@ -17,13 +17,13 @@ from zoneinfo import ZoneInfo
 from bot.core.aid import NeedSupply, totals
 from bot.core.channels import DINGTALK_GROUP as GROUP_CHANNEL
 from bot.core.types import (
-    FOLLOWUP_EVENT_LABELS,
     FollowUpStatus,
     RosterStaff,
     RosterStudent,
     Snapshot,
     StaffRole,
     TrackedFollowUp,
+    followup_step,
 )
 from handlers import states
 from handlers.cadence import Cadence, is_due, last_attempt_unreached, overdue_days, urgency_key
@@ -443,8 +443,7 @@ def history_line(snap: Snapshot, followup_id: int, tz: ZoneInfo) -> str:
     for step in snap.steps.get(followup_id, ()):
         day = step.at.astimezone(tz).date()
         person = snap.staff.get(step.staff_id) if step.staff_id is not None else None
-        label = FOLLOWUP_EVENT_LABELS.get(step.event, step.event)
-        parts.append(f"{md(day)} {label}" + (f" {person.name}" if person else ""))
+        parts.append(followup_step(step.event, day, person.name if person else None))
     return " → ".join(parts)
 
 

@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core.text import md as md  # (re-exported: handlers say render.md)
 from bot.core.types import FollowUpListing, FollowUpStatus, NewFollowUp, StudentListing
 from config.forms import Form, QType, Question
 from handlers import texts
@@ -18,11 +19,6 @@ MESSAGE_BUDGET = 600  # characters of one chat message (WeCom: 2,048 bytes, 3 a 
 
 def student_label(name: str, class_name: str) -> str:
     return f"{name}（{class_name}）"
-
-
-def md(day: date) -> str:
-    """A date as teachers write it: 3月9日 (the one date format of every message)."""
-    return f"{day.month}月{day.day}日"
 
 
 def format_value(value: Any) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy import Select, insert, literal, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.core.types import FOLLOWUP_EVENT_LABELS, FollowUpEvent, FollowUpStatus
+from bot.core.types import FollowUpEvent, FollowUpStatus, followup_step
 from storage.schema import followup_events, followups, staff
 
 ESCALATED = FollowUpStatus.ESCALATED.value
@@ -102,9 +102,6 @@ def record(
         conn.execute(insert(followup_events), values)
 
 
-EVENT_LABELS = FOLLOWUP_EVENT_LABELS
-
-
 def histories(
     conn: Connection, followup_ids: Select[Any], tz: ZoneInfo, *, notes: bool = True
 ) -> dict[int, str]:
@@ -130,11 +127,6 @@ def histories(
     lines: dict[int, list[str]] = {}
     for fid, event, at, note, name, by in rows:
         day = at.astimezone(tz).date()
-        text = f"{day.month}月{day.day}日 "
-        # (who handed it over: the person of the event is whom it went to)
-        text += f"{by} " if by and event == FollowUpEvent.REASSIGNED.value else ""
-        text += EVENT_LABELS.get(event, event)
-        text += f" {name}" if name else ""
-        text += f"（{note}）" if note and notes else ""
+        text = followup_step(event, day, name, by=by, note=note if notes else None)
         lines.setdefault(fid, []).append(text)
     return {fid: "；".join(steps) for fid, steps in lines.items()}

@@ -8,6 +8,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from bot.core.text import md
+
 
 class MessageKind(StrEnum):
     TEXT = "text"
@@ -311,6 +313,19 @@ FOLLOWUP_EVENT_LABELS = {
     FollowUpEvent.REASSIGNED.value: "转交给",
     FollowUpEvent.DONE.value: "完成",
 }
+
+
+def followup_step(
+    event: str, day: date, person: str | None, *, by: str | None = None, note: str | None = None
+) -> str:
+    """One step of a follow-up's history as the export, the console and the digest show it:
+    "3月11日 甲协调 转交给 李示例（备注）" (`by`, who did it, is named for a handover only: the
+    step's `person` is whom it went to)."""
+    text = f"{md(day)} "
+    text += f"{by} " if by and event == FollowUpEvent.REASSIGNED.value else ""
+    text += FOLLOWUP_EVENT_LABELS.get(event, event)
+    text += f" {person}" if person else ""
+    return text + (f"（{note}）" if note else "")
 
 
 @dataclass(frozen=True, slots=True)
