@@ -203,16 +203,16 @@ def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
     ]
 
 
+# the staff member an outbox row went to (through their identity on its channel)
+_RECIPIENT = and_(
+    identities.c.channel == outbox.c.channel, identities.c.external_id == outbox.c.recipient
+)
+
+
 def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
     rows = conn.execute(
         select(identities.c.staff_id, outbox.c.channel, outbox.c.last_error)
-        .join(
-            identities,
-            and_(
-                identities.c.channel == outbox.c.channel,
-                identities.c.external_id == outbox.c.recipient,
-            ),
-        )
+        .join(identities, _RECIPIENT)
         .where(outbox.c.status == "failed", outbox.c.created_at >= since)
         .order_by(outbox.c.id)
     )
@@ -246,13 +246,7 @@ def _fell_back(conn: Connection, since: datetime) -> list[FallbackReach]:
     channel needs fixing), once per person and pair of channels."""
     rows = conn.execute(
         select(identities.c.staff_id, outbox.c.channel, outbox.c.fallback_from)
-        .join(
-            identities,
-            and_(
-                identities.c.channel == outbox.c.channel,
-                identities.c.external_id == outbox.c.recipient,
-            ),
-        )
+        .join(identities, _RECIPIENT)
         .where(
             outbox.c.status == "sent",
             outbox.c.fallback_from.is_not(None),
