@@ -118,10 +118,6 @@ NUDGE_MESSAGE = (
     "（逾期 {overdue} 项）。"
 )
 NUDGE_LIMIT = 15  # as many students, and follow-ups, as a reminder lists
-NUDGE_STUDENTS = "待家访学生{count}名（最久未访在前）："
-NUDGE_FOLLOWUPS = "待办跟进{count}项："
-NUDGE_PICK = "回复序号开始家访，例如回复 1"
-NUDGE_DONE = "办完跟进回复“完成 序号 备注”，例如：完成 {n} 平板已送到"
 # the teacher's due students (most urgent first) and the function that gives each one's due date
 DueList = Callable[
     [Store, int, date], tuple[list[StudentListing], Callable[[StudentListing], date | None]]
@@ -415,20 +411,20 @@ class Coordination:
         shown = students[:NUDGE_LIMIT]
         lines = [head]
         if shown:
-            lines.append(NUDGE_STUDENTS.format(count=len(students)))
+            lines.append(texts.REMINDER_STUDENTS.format(count=len(students)))
             lines += student_lines(shown, 1, today, self.tz, due_date)
         first_followup = len(shown) + 1
         shown_fus = followups[:NUDGE_LIMIT]
         if shown_fus:
-            lines.append(NUDGE_FOLLOWUPS.format(count=len(followups)))
+            lines.append(texts.REMINDER_FOLLOWUPS.format(count=len(followups)))
             lines += [
                 followup_line(n, f, self.kinds, today)
                 for n, f in enumerate(shown_fus, first_followup)
             ]
         if not shown and not shown_fus:
             return head, None
-        hints = [NUDGE_PICK] if shown else []
-        hints += [NUDGE_DONE.format(n=first_followup)] if shown_fus else []
+        hints = [texts.REMINDER_PICK] if shown else []
+        hints += [texts.REMINDER_DONE.format(n=first_followup)] if shown_fus else []
         lines.append("；".join(hints) + "。")
         items = (
             *(Item(ItemKind.STUDENT, s.id) for s in shown),

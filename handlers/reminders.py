@@ -25,7 +25,7 @@ from bot.core.types import (
     TrackedFollowUp,
     followup_step,
 )
-from handlers import states
+from handlers import states, texts
 from handlers.cadence import Cadence, is_due, last_attempt_unreached, overdue_days, urgency_key
 from handlers.render import md, student_label
 from handlers.states import Item, ItemKind, Listing, ListKind
@@ -179,7 +179,7 @@ def reminder_text(
     if due:
         due = sorted(due, key=lambda s: (urgency_key(view.due[s.id]), s.class_name, s.name))
         shown = due[:REMINDER_LIST_LIMIT]
-        lines.append(f"待家访学生{len(due)}名（最久未访在前）：")
+        lines.append(texts.REMINDER_STUDENTS.format(count=len(due)))
         lines += [
             f"{i}. {view.label(s.id)} · {view.visit_status(s)}"
             for i, s in enumerate(shown, len(items) + 1)
@@ -190,7 +190,7 @@ def reminder_text(
     first_followup = len(items) + 1
     if fus:
         shown_fus = fus[:REMINDER_LIST_LIMIT]
-        lines.append(f"待办跟进{len(fus)}项：")
+        lines.append(texts.REMINDER_FOLLOWUPS.format(count=len(fus)))
         lines += [
             f"{i}. {view.label(f.student_id)} · {kind_labels.get(f.kind, f.kind)}：{f.detail} · "
             f"{view.followup_status(f)}{_handed(f, view)}"
@@ -203,9 +203,9 @@ def reminder_text(
         lines += _deliveries(to_deliver, view)
     hints = []
     if due:
-        hints.append("回复序号开始家访，例如回复 1")
+        hints.append(texts.REMINDER_PICK)
     if fus:
-        hints.append(f"办完跟进回复“完成 序号 备注”，例如：完成 {first_followup} 平板已送到")
+        hints.append(texts.REMINDER_DONE.format(n=first_followup))
     if hints:
         lines.append("；".join(hints) + "。")
     return "\n".join(lines), Listing(ListKind.REMINDER, tuple(items), len(items))

@@ -214,3 +214,10 @@ ALERT_AID = (
     "【物资】{teacher}老师家访 {student} 时反馈：学校发放的{item}{outcome}，"
     "这项需求仍未解决，请跟进。"
 )
+
+
+# -- a reminder's lists (handlers/reminders.py), and a 催办, which is the same reminder sent now
+REMINDER_STUDENTS = "待家访学生{count}名（最久未访在前）："
+REMINDER_FOLLOWUPS = "待办跟进{count}项："
+REMINDER_PICK = "回复序号开始家访，例如回复 1"
+REMINDER_DONE = "办完跟进回复“完成 序号 备注”，例如：完成 {n} 平板已送到"
