@@ -232,21 +232,6 @@ def reroute(
     )
 
 
-def reached_by_fallback(conn: Connection, since: datetime) -> dict[str, int]:
-    """The count hook for the digest: messages sent since `since` only by a fallback channel,
-    by kind (a reminder, a digest ...)."""
-    rows = conn.execute(
-        select(outbox.c.kind, func.count())
-        .where(
-            outbox.c.status == SENT,
-            outbox.c.fallback_from.is_not(None),
-            outbox.c.sent_at >= since,
-        )
-        .group_by(outbox.c.kind)
-    ).all()
-    return {kind: int(n) for kind, n in rows}
-
-
 def ids_of(conn: Connection, keys: Sequence[str]) -> list[int]:
     """The ids of the rows with these keys."""
     return list(
