@@ -45,6 +45,9 @@ CHUNK = 100_000  # students per round of COPYs
 TEACHERS_PER_SCHOOL = 50
 DEFAULT_PG = "postgresql://root@127.0.0.1:5432/test"
 NULL = "\\N"
+# The generator's version, kept in bench_roster: a province written by an older one is rewritten
+# (2: a student's carer teaches at the student's own school, as a roster import requires).
+SHAPE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +177,11 @@ def student_chunks(size: Size) -> Iterator[_Chunk]:
             for category in rnd.sample(CATEGORIES, rnd.choice((1, 1, 2))):
                 chunk.row("student_categories", i + 1, category)
             chunk.row("assignments", i + 1, "head_teacher", teacher)
-            if i % 3 == 0:
-                chunk.row("assignments", i + 1, "carer", (i + 7) % size.teachers + 1)
+            if i % 3 == 0:  # another teacher of the same school (the roster's rule)
+                carer = i % size.teachers + 7 * size.schools
+                if carer >= size.teachers:
+                    carer -= 14 * size.schools
+                chunk.row("assignments", i + 1, "carer", carer + 1)
             if visit is None:
                 continue
             at, reached = visit
@@ -269,12 +275,17 @@ def holds(pg: str, schema: str) -> Size | None:
         ).fetchone()
         if found is None:
             return None
-        row = conn.execute(
-            sql.SQL("SELECT students, teachers, seed FROM {}.bench_roster").format(
-                sql.Identifier(schema)
-            )
-        ).fetchone()
-    return Size(*row) if row else None
+        try:
+            row = conn.execute(
+                sql.SQL("SELECT students, teachers, seed, shape FROM {}.bench_roster").format(
+                    sql.Identifier(schema)
+                )
+            ).fetchone()
+        except psycopg.errors.UndefinedColumn:  # written by an older generator
+            return None
+    if row is None or row[3] != SHAPE:
+        return None
+    return Size(*row[:3])
 
 
 def generate(pg: str, schema: str, size: Size, *, log: Any = print) -> None:
@@ -319,11 +330,14 @@ def generate(pg: str, schema: str, size: Size, *, log: Any = print) -> None:
                     " (SELECT coalesce(max(id), 0) + 1 FROM {i}), false)"
                 ).format(t=sql.Literal(table), i=sql.Identifier(table))
             )
-        cur.execute("ANALYZE")
-        cur.execute("CREATE TABLE bench_roster (students bigint, teachers int, seed int)")
+        for table in COLUMNS:  # (a database-wide ANALYZE can deadlock with other schemas' DDL)
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
         cur.execute(
-            "INSERT INTO bench_roster VALUES (%s, %s, %s)",
-            (size.students, size.teachers, size.seed),
+            "CREATE TABLE bench_roster (students bigint, teachers int, seed int, shape int)"
+        )
+        cur.execute(
+            "INSERT INTO bench_roster VALUES (%s, %s, %s, %s)",
+            (size.students, size.teachers, size.seed, SHAPE),
         )
         conn.commit()
 
@@ -341,9 +355,10 @@ def ensure(pg: str, schema: str, size: Size, *, log: Any = print) -> bool:
 def reset(pg: str, schema: str) -> None:
     """Undo what the jobs write: the outbox, the runs, the escalations."""
     with _connect(pg, schema) as conn:
-        conn.execute("TRUNCATE outbox, job_runs")
+        conn.execute("TRUNCATE outbox, job_runs, job_chunks, followup_events")
         conn.execute(
-            "UPDATE followups SET status = 'open', escalated_at = NULL WHERE status = 'escalated'"
+            "UPDATE followups SET status = 'open', escalated_at = NULL, climbed_at = NULL"
+            " WHERE status = 'escalated'"
         )
         conn.commit()
 

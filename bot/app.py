@@ -25,7 +25,7 @@ from bot.core.ports import Clock, Sender, Turns
 from bot.deps import Deps, cadence
 from bot.dispatcher import Dispatcher
 from bot.jobs import PERSON_CHANNELS, Jobs
-from bot.metrics import METRICS, Metrics, OutboxDepth
+from bot.metrics import METRICS, JobProgress, Metrics, OutboxDepth
 from bot.outbox import OutboxDelivery
 from bot.scheduler import JobScheduler
 from bot.web import DELIVERY, DISPATCHER, SERVING, SETTINGS, error_middleware, json_response
@@ -35,7 +35,7 @@ from config.forms import Form
 from config.settings import Settings
 from handlers.checkin import Alerts, CheckIn
 from handlers.reminders import reach_order
-from storage import outbox
+from storage import chunks, outbox
 from storage.aid import SqlAid
 from storage.console import SqlConsole
 from storage.distributions import SqlDistributions
@@ -165,7 +165,11 @@ def install_metrics(app: web.Application, settings: Settings, deps: Deps) -> Non
         now = deps.clock.now()
         return await deps.db.run(lambda conn: outbox.depth(conn, now), deadline=5)
 
-    metrics.install(app, settings.metrics_token.value, read_outbox)
+    async def read_jobs() -> JobProgress:
+        day = deps.clock.now().astimezone(settings.tz).date()
+        return await deps.db.run(lambda conn: chunks.progress(conn, day), deadline=5)
+
+    metrics.install(app, settings.metrics_token.value, read_outbox, read_jobs)
 
 
 async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
@@ -206,7 +210,7 @@ def create_app(
         metrics=app[METRICS],
         fallback_after=settings.fallback_after,
     )
-    app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY])
+    app[JOBS] = Jobs(settings, deps, list(senders), app[DELIVERY], app[METRICS])
     if serving:
         app.cleanup_ctx.append(_deliver_outbox)
     if scheduler:

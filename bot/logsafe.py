@@ -18,6 +18,18 @@ def log_failure(log: logging.Logger, message: str, *args: object, exc: BaseExcep
     log.error(message + " [%s]\n%s", *args, type(exc).__name__, frames.rstrip())
 
 
+def failure_place(exc: BaseException) -> str:
+    """ "KeyError at handlers/reminders.py:412": the exception's type and innermost frame,
+    never its message (which may quote a student's data), for a record an operator reads."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    parts = last.filename.replace("\\", "/").split("/")
+    short = "/".join(parts[-2:])
+    return f"{type(exc).__name__} at {short}:{last.lineno}"
+
+
 _OURS = "homevisit_handler"
 # The attributes every LogRecord has; anything else on a record came in through `extra=`.
 _RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}

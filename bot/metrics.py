@@ -26,6 +26,8 @@ from bot.core.errors import StorageUnavailable
 
 # (status, channel, rows) of the outbox, and the age in seconds of its oldest due row
 OutboxDepth = tuple[Iterable[tuple[str, str, int]], float | None]
+# (job, status, chunks) of today's job runs
+JobProgress = Iterable[tuple[str, str, int]]
 TURN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 JOB_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 # The classic text format every Prometheus understands (what generate_latest writes for these
@@ -72,6 +74,18 @@ class Metrics:
             "1 when the database answered the last scrape's outbox query, else 0",
             registry=registry,
         )
+        self.job_chunks = Counter(
+            "homevisit_job_chunks",
+            "Chunks of job runs this instance finished, by job and outcome",
+            ["job", "outcome"],
+            registry=registry,
+        )
+        self.job_progress = Gauge(
+            "homevisit_job_run_chunks",
+            "Chunks of today's job runs (all instances) by status, read at each scrape",
+            ["job", "status"],
+            registry=registry,
+        )
         self.job_seconds = Histogram(
             "homevisit_job_seconds",
             "Duration of scheduled jobs, by job and outcome",
@@ -79,6 +93,11 @@ class Metrics:
             buckets=JOB_BUCKETS,
             registry=registry,
         )
+
+    def job_chunk(self, job: str, outcome: str) -> None:
+        """A chunk of a job run finished here: done, retried, failed (for good) or lost (taken
+        over by another instance after this one's lease expired)."""
+        self.job_chunks.labels(job, outcome).inc()
 
     def turn(self, channel: str, outcome: str, started: float) -> None:
         """A message handled; `started` is its `perf_counter()` on arrival."""
@@ -99,6 +118,11 @@ class Metrics:
             self.outbox.labels(status, channel).set(count)
         self.outbox_oldest_due.set(oldest or 0.0)
 
+    def set_jobs(self, progress: JobProgress) -> None:
+        self.job_progress.clear()
+        for job, status, count in progress:
+            self.job_progress.labels(job, status).set(count)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -107,9 +131,13 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 def install(
-    app: web.Application, token: str, read_outbox: Callable[[], Awaitable[OutboxDepth]]
+    app: web.Application,
+    token: str,
+    read_outbox: Callable[[], Awaitable[OutboxDepth]],
+    read_jobs: Callable[[], Awaitable[JobProgress]] | None = None,
 ) -> None:
-    """Serve `GET /metrics` behind the bearer `token`; the outbox is read at each scrape."""
+    """Serve `GET /metrics` behind the bearer `token`; the outbox (and today's job runs) are
+    read at each scrape."""
     expected = f"Bearer {token}".encode()
 
     async def scrape(request: web.Request) -> web.Response:
@@ -119,6 +147,8 @@ def install(
         metrics = app[METRICS]
         try:
             metrics.set_outbox(await read_outbox())
+            if read_jobs is not None:
+                metrics.set_jobs(await read_jobs())
         except StorageUnavailable:  # the rest is still worth a scrape; the outbox keeps its last
             metrics.database_up.set(0)
         else:

@@ -152,6 +152,11 @@ class Settings:
     backup_keep: int = 14
     # a proactive message still failing on one channel after this goes out on the next
     fallback_after: timedelta = timedelta(minutes=60)
+    # A scheduled job works in chunks of schools of about this many active students (memory
+    # and transaction size are a chunk's); instances share the chunks under leases of
+    # `job_lease`, renewed while they work: a dead instance's chunk is taken over after it.
+    job_chunk_students: int = 20_000
+    job_lease: timedelta = timedelta(seconds=30)
 
 
 _WECOM_VARS = ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY")
@@ -253,6 +258,12 @@ class _Parser:
         if "HOMEVISIT_FALLBACK_AFTER_MINUTES" in env:
             minutes = self.whole_number("HOMEVISIT_FALLBACK_AFTER_MINUTES", 24 * 60)
             kwargs["fallback_after"] = timedelta(minutes=minutes or 60)
+        if "HOMEVISIT_JOB_CHUNK_STUDENTS" in env:
+            size = self.whole_number("HOMEVISIT_JOB_CHUNK_STUDENTS", 10_000_000)
+            kwargs["job_chunk_students"] = size or 20_000
+        if "HOMEVISIT_JOB_LEASE_SECONDS" in env:
+            lease = self.whole_number("HOMEVISIT_JOB_LEASE_SECONDS", 3600, low=3)
+            kwargs["job_lease"] = timedelta(seconds=lease or 30)
         if "HOMEVISIT_AID_ITEMS" in env:
             aid = Path(env["HOMEVISIT_AID_ITEMS"])
             if not aid.is_file():

@@ -42,12 +42,16 @@ def plan_escalations(
     kind_labels: Mapping[str, str],
     after_days: int,
     bureau_after_days: int,
+    tell: Set[StaffRole] = frozenset({StaffRole.COORDINATOR, StaffRole.BUREAU}),
 ) -> Notices:
     """One message to each coordinator (their school's escalations) and bureau member (every
-    climbed one) who has not been told of them yet."""
+    climbed one) who has not been told of them yet; only to the roles in `tell` (a job run
+    chunk by chunk tells coordinators school by school and the bureau once, at the end)."""
     coordinators: dict[int, list[RosterStaff]] = defaultdict(list)
     bureau: list[RosterStaff] = []
     for person in snap.staff.values():
+        if person.role not in tell:
+            continue
         if person.role is StaffRole.COORDINATOR and person.school_id is not None:
             coordinators[person.school_id].append(person)
         elif person.role is StaffRole.BUREAU:

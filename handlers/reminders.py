@@ -14,10 +14,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.core.aid import NeedSupply, totals
+from bot.core.aid import NeedSupply
 from bot.core.channels import DINGTALK_GROUP as GROUP_CHANNEL
 from bot.core.types import (
     FollowUpStatus,
+    JobGap,
     RosterStaff,
     RosterStudent,
     Snapshot,
@@ -33,6 +34,11 @@ from handlers.states import Item, ItemKind, Listing, ListKind
 REMINDER_LIST_LIMIT = 15
 ESCALATION_LIST_LIMIT = 10
 NAMES_LIMIT = 10  # children named per need kind in a coordinator's digest
+BUREAU_SCHOOLS_LIMIT = 30  # schools listed one by one in the bureau's summary
+JOB_GAP_LABELS = {
+    "remind": "家访提醒没有发给这些学校的老师",
+    "digest": "日报没有发给这些学校的协调员",
+}
 CHANNEL_LABELS = {"wecom": "企业微信", "dingtalk": "钉钉", "wechat": "微信公众号", "feishu": "飞书"}
 OPEN = (FollowUpStatus.OPEN, FollowUpStatus.ESCALATED)
 
@@ -256,6 +262,50 @@ class SchoolFigures:
     def overdue(self) -> int:
         return sum(d for _, d in self.open_by_teacher.values())
 
+    def line(self) -> SchoolLine:
+        return SchoolLine(
+            self.school_id,
+            self.name,
+            self.visited,
+            self.total,
+            sum(self.new_needs.values()),
+            self.open,
+            self.overdue,
+            len(self.escalated),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SchoolLine:
+    """A school's counts in the bureau's summary: what a digest chunk keeps of each school (as
+    a JSON list, `dump`/`load`) for the run's last step, which writes the summary."""
+
+    school_id: int
+    name: str
+    visited: int
+    total: int
+    needs: int
+    open: int
+    overdue: int
+    escalated: int
+
+    def dump(self) -> list[int | str]:
+        return [
+            self.school_id,
+            self.name,
+            self.visited,
+            self.total,
+            self.needs,
+            self.open,
+            self.overdue,
+            self.escalated,
+        ]
+
+    @classmethod
+    def load(cls, row: Sequence[Any]) -> SchoolLine:
+        sid, name, *counts = row
+        return cls(int(sid), str(name), *(int(n) for n in counts))
+
 
 def school_figures(
     snap: Snapshot,
@@ -448,26 +498,44 @@ def history_line(snap: Snapshot, followup_id: int, tz: ZoneInfo) -> str:
 
 
 def bureau_digest(
-    figures: Iterable[SchoolFigures], view: View, supply: Sequence[NeedSupply] = ()
+    lines: Iterable[SchoolLine],
+    view: View,
+    supply: Sequence[NeedSupply] = (),
+    gaps: Sequence[JobGap] = (),
 ) -> str:
-    figs = list(figures)
-    lines = [f"【家访日报】全区汇总 {md(view.today)}"]
-    for f in figs:
-        lines.append(
-            f"· {f.name}：已访 {f.visited}/{f.total}，新需求 {sum(f.new_needs.values())}，"
-            f"待跟进 {f.open}（逾期 {f.overdue}），上报 {len(f.escalated)}"
+    """The district's (or province's) summary: every school up to `BUREAU_SCHOOLS_LIMIT`,
+    beyond that the schools with the lowest coverage; totals; aid; and, for the operators, the
+    chunks of today's jobs that failed (`gaps`: the group digest gets none)."""
+    figs = sorted(lines, key=lambda f: f.school_id)
+    head = f"【家访日报】全区汇总 {md(view.today)}"
+    out = [head]
+    shown = figs
+    if len(figs) > BUREAU_SCHOOLS_LIMIT:
+        shown = sorted(figs, key=lambda f: (f.visited / f.total if f.total else 1.0, f.school_id))
+        shown = shown[:BUREAU_SCHOOLS_LIMIT]
+        out.append(f"共 {len(figs)} 所学校，家访覆盖率最低的 {len(shown)} 所：")
+    for f in shown:
+        out.append(
+            f"· {f.name}：已访 {f.visited}/{f.total}，新需求 {f.needs}，"
+            f"待跟进 {f.open}（逾期 {f.overdue}），上报 {f.escalated}"
         )
     visited, total = sum(f.visited for f in figs), sum(f.total for f in figs)
-    lines.append(
+    out.append(
         f"合计：已访 {visited}/{total}（{_pct(visited, total)}），"
-        f"新需求 {sum(sum(f.new_needs.values()) for f in figs)}，"
+        f"新需求 {sum(f.needs for f in figs)}，"
         f"待跟进 {sum(f.open for f in figs)}（逾期 {sum(f.overdue for f in figs)}），"
-        f"上报 {sum(len(f.escalated) for f in figs)}"
+        f"上报 {sum(f.escalated for f in figs)}"
     )
     if supply:
-        lines.append("全区物资需求与发放（库存含教育局统筹）：")
-        lines += [f"· {s.line()}" for s in supply]
-    return "\n".join(lines)
+        out.append("全区物资需求与发放（库存含教育局统筹）：")
+        out += [f"· {s.line()}" for s in supply]
+    if gaps:
+        out.append("今天的定时任务有部分没有完成（已写入日志，请运维人员处理）：")
+        for gap in gaps:
+            names = "、".join(gap.names)
+            more = f"等{gap.schools}所学校" if gap.schools > len(gap.names) else ""
+            out.append(f"· {JOB_GAP_LABELS.get(gap.job, gap.job)}：{names}{more}")
+    return "\n".join(out)
 
 
 def unreachable_teachers(snap: Snapshot, person_channels: Sequence[str]) -> list[RosterStaff]:
@@ -480,7 +548,7 @@ def unreachable_teachers(snap: Snapshot, person_channels: Sequence[str]) -> list
     ]
 
 
-def plan_digests(
+def plan_school_digests(
     snap: Snapshot,
     view: View,
     since: datetime,
@@ -489,15 +557,15 @@ def plan_digests(
     kind_labels: Mapping[str, str],
     escalate_after_days: int,
     supply: Mapping[int, Sequence[NeedSupply]] | None = None,
-) -> Plan:
-    """One digest per school coordinator, one summary per bureau member, one to the group robot.
+) -> tuple[Plan, list[SchoolLine]]:
+    """One digest per coordinator of the snapshot's schools, and each school's line for the
+    bureau's summary (`plan_bureau_digests`, once every school's line is in).
 
     `channels`: every configured channel, in order of preference; `person_channels`: those that
     reach one person (the group robot reaches nobody in particular). `supply`: need against
-    supply of aid items by school (`POOL` for the bureau's pool), for the digests.
+    supply of aid items by school, for the digests.
     """
     supply = supply or {}
-    district = totals(line for lines in supply.values() for line in lines)
     unreachable_staff = unreachable_teachers(snap, person_channels)
     figures = school_figures(snap, view, since, channels, unreachable_staff)
     day = view.today.isoformat()
@@ -509,26 +577,51 @@ def plan_digests(
         )
         for sid, fig in figures.items()
     }
-    bureau_text = bureau_digest(figures.values(), view, district)
     for person in snap.staff.values():
-        if person.role is StaffRole.COORDINATOR and person.school_id in school_texts:
-            body, kind = school_texts[person.school_id], "digest"
-        elif person.role is StaffRole.BUREAU:
-            body, kind = bureau_text, "bureau_digest"
-        else:
+        if person.role is not StaffRole.COORDINATOR or person.school_id not in school_texts:
             continue
         order = reach_order(person, channels)
         if not order:
             unreachable.append(person)
             continue
         (channel, recipient), *rest = order
-        key = f"{kind}:{person.staff_no}:{day}"
-        messages.append(Outgoing(key, channel, recipient, kind, body, fallbacks=tuple(rest)))
+        key = f"digest:{person.staff_no}:{day}"
+        body = school_texts[person.school_id]
+        messages.append(Outgoing(key, channel, recipient, "digest", body, fallbacks=tuple(rest)))
+    return Plan(messages, unreachable), [f.line() for f in figures.values()]
+
+
+def plan_bureau_digests(
+    bureau: Iterable[RosterStaff],
+    lines: Sequence[SchoolLine],
+    view: View,
+    channels: Sequence[str],
+    supply: Sequence[NeedSupply] = (),
+    gaps: Sequence[JobGap] = (),
+) -> Plan:
+    """One summary per bureau member, with the district's aid figures (`supply`) and the day's
+    failed job chunks (`gaps`); one to the group robot with counts only."""
+    day = view.today.isoformat()
+    text = bureau_digest(lines, view, supply, gaps)
+    messages: list[Outgoing] = []
+    unreachable: list[RosterStaff] = []
+    for person in bureau:
+        if person.role is not StaffRole.BUREAU:
+            continue
+        order = reach_order(person, channels)
+        if not order:
+            unreachable.append(person)
+            continue
+        (channel, recipient), *rest = order
+        key = f"bureau_digest:{person.staff_no}:{day}"
+        messages.append(
+            Outgoing(key, channel, recipient, "bureau_digest", text, fallbacks=tuple(rest))
+        )
     if GROUP_CHANNEL in channels:
         # A group chat is read by everyone in it: counts per school only, never a child's
         # name, a need's detail or a teacher's name (those go to each coordinator privately).
         # (nor the kinds of need: the aid figures stay in the bureau's own digest)
-        group_text = bureau_digest(figures.values(), view)
+        group_text = bureau_digest(lines, view)
         messages.append(
             Outgoing(f"digest:group:{day}", GROUP_CHANNEL, "default", "digest", group_text)
         )

@@ -175,13 +175,16 @@ def _move(
 
 
 def _figures(
-    conn: Connection, school_id: int | None
+    conn: Connection, school_id: int | None, between: tuple[int, int] | None = None
 ) -> tuple[dict[tuple[int, str], int], dict[tuple[int, str], tuple[int, int, int, int]]]:
     """Open needs by (school, kind), and by (school, item): needs it met that are closed
-    now, allocated, delivered, in use (each counted once a need)."""
+    now, allocated, delivered, in use (each counted once a need); of one school, of the
+    schools in an inclusive id range, or of all."""
     where: list[Any] = [followups.c.status.in_(OPEN), students.c.active.is_(True)]
     if school_id is not None:
         where.append(students.c.school_id == school_id)
+    if between is not None:
+        where.append(students.c.school_id.between(*between))
     open_by: dict[tuple[int, str], int] = {
         (school, kind): n
         for school, kind, n in conn.execute(
@@ -198,6 +201,8 @@ def _figures(
     alloc_where: list[Any] = [students.c.active.is_(True)]
     if school_id is not None:
         alloc_where.append(students.c.school_id == school_id)
+    if between is not None:
+        alloc_where.append(students.c.school_id.between(*between))
     given: dict[tuple[int, str], tuple[int, int, int, int]] = {
         (r.school_id, r.item): (r.closed, r.allocated, r.delivered, r.in_use)
         for r in conn.execute(
@@ -234,12 +239,17 @@ def _need_supply(
     )
 
 
-def supply_by_school(conn: Connection, items: Sequence[AidItem]) -> dict[int, list[NeedSupply]]:
+def supply_by_school(
+    conn: Connection, items: Sequence[AidItem], schools: tuple[int, int] | None = None
+) -> dict[int, list[NeedSupply]]:
     """Need against supply of every item that meets a need, school by school (the digests):
     only the items a school has a need, an allocation or stock of; `POOL` for the bureau's
-    pool (its stock only)."""
-    open_by, given = _figures(conn, None)
-    counts = {(r.school_id, r.item): r.quantity for r in conn.execute(select(aid_stock))}
+    pool (its stock only). `schools`: only those of an inclusive id range (no pool)."""
+    open_by, given = _figures(conn, None, schools)
+    stock = select(aid_stock)
+    if schools is not None:
+        stock = stock.where(aid_stock.c.school_id.between(*schools))
+    counts = {(r.school_id, r.item): r.quantity for r in conn.execute(stock)}
     holders = {s for s, _ in open_by} | {s for s, _ in given} | {s for s, _ in counts}
     found: dict[int, list[NeedSupply]] = {}
     for school in sorted(holders):

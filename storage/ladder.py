@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.core.types import FollowUpEvent, FollowUpStatus, followup_step
-from storage.schema import followup_events, followups, staff
+from storage.schema import followup_events, followups, staff, students
 
 ESCALATED = FollowUpStatus.ESCALATED.value
 
@@ -64,9 +64,10 @@ def _events_for(
     )
 
 
-def notified(conn: Connection) -> set[tuple[int, int]]:
-    """(follow-up, person) pairs already told of an escalation still open."""
-    rows = conn.execute(
+def notified(conn: Connection, schools: tuple[int, int] | None = None) -> set[tuple[int, int]]:
+    """(follow-up, person) pairs already told of an escalation still open (of students of the
+    schools in the inclusive id range `schools`, if given)."""
+    stmt = (
         select(followup_events.c.followup_id, followup_events.c.staff_id)
         .join(followups, followups.c.id == followup_events.c.followup_id)
         .where(
@@ -74,6 +75,11 @@ def notified(conn: Connection) -> set[tuple[int, int]]:
             followups.c.status == ESCALATED,
         )
     )
+    if schools is not None:
+        stmt = stmt.join(students, students.c.id == followups.c.student_id).where(
+            students.c.school_id.between(*schools)
+        )
+    rows = conn.execute(stmt)
     return {(r.followup_id, r.staff_id) for r in rows}
 
 

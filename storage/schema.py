@@ -461,6 +461,32 @@ job_runs = Table(
     Column("ran_at", UtcDateTime, nullable=False),
 )
 
+# A job run split into chunks of schools that instances claim with leases (`storage.chunks`):
+# chunk 0 is the run's last step (the bureau's summary and the run's record), claimable once
+# every other chunk is done or failed. `figures`: what a digest chunk found per school, for the
+# bureau's summary; `error`: the exception type and place when it failed (never its message).
+job_chunks = Table(
+    "job_chunks",
+    metadata,
+    Column("job", String(30), primary_key=True),
+    Column("run_date", Date, primary_key=True),
+    Column("chunk", Integer, primary_key=True),
+    Column("first_school", Integer, nullable=True),
+    Column("last_school", Integer, nullable=True),
+    Column("schools", Integer, nullable=False, default=0),
+    Column("students", Integer, nullable=False, default=0),
+    Column("status", String(20), nullable=False),  # pending | running | done | failed
+    Column("owner", String(100), nullable=True),
+    Column("lease_until", UtcDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("planned", Integer, nullable=False, default=0),
+    Column("queued", Integer, nullable=False, default=0),
+    Column("unreachable", Integer, nullable=False, default=0),
+    Column("figures", JSON, nullable=True),
+    Column("error", String(200), nullable=True),
+    Column("finished_at", UtcDateTime, nullable=True),
+)
+
 
 # ---------------------------------------------------------------- triggers
 # students.last_reached_at / last_unreached_at follow every write of a submitted visit, whoever

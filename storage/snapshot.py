@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.core.types import (
     DeliveryFailure,
@@ -21,7 +23,6 @@ from bot.core.types import (
     Snapshot,
     StaffRole,
     TrackedFollowUp,
-    VisitStatus,
 )
 from storage.schema import (
     assignments,
@@ -33,92 +34,133 @@ from storage.schema import (
     inbound_messages,
     job_runs,
     outbox,
-    schools,
     staff,
-    student_categories,
     students,
-    visits,
 )
+from storage.schema import schools as schools_t
 
 OPEN = (FollowUpStatus.OPEN.value, FollowUpStatus.ESCALATED.value)
 FAILURE_WINDOW = timedelta(days=7)
 
 
-def load_snapshot(conn: Connection, since: datetime, now: datetime) -> Snapshot:
-    """Active students with their visits, staff with identities, follow-ups, recent failures."""
-    school_names = {r.id: r.name for r in conn.execute(select(schools.c.id, schools.c.name))}
-    categories: dict[int, list[str]] = defaultdict(list)
-    for sid, cat in conn.execute(
-        select(student_categories.c.student_id, student_categories.c.category).order_by(
-            student_categories.c.student_id, student_categories.c.category
+SchoolRange = tuple[int, int]  # inclusive ids: the schools of one chunk of a job run
+
+
+def _of(column: ColumnElement[Any], schools: SchoolRange | None) -> ColumnElement[bool]:
+    """`column` (a school id) inside the range; always true without one."""
+    return true() if schools is None else column.between(*schools)
+
+
+def load_snapshot(
+    conn: Connection, since: datetime, now: datetime, schools: SchoolRange | None = None
+) -> Snapshot:
+    """Active students with their visits, staff with identities, follow-ups, recent failures:
+    of every school, or of the schools in `schools` (one chunk of a job run: the staff are
+    those schools' and the bureau's, who may hold their follow-ups)."""
+    school_names = {
+        r.id: r.name
+        for r in conn.execute(
+            select(schools_t.c.id, schools_t.c.name).where(_of(schools_t.c.id, schools))
         )
-    ).all():
-        categories[sid].append(cat)
+    }
+    in_range = _of(students.c.school_id, schools)
+    roster = _roster(conn, in_range)
+    people = or_(staff.c.school_id.is_(None), _of(staff.c.school_id, schools))
+    return Snapshot(
+        schools=school_names,
+        students=roster,
+        staff=_staff(conn, people),
+        followups=_followups(conn, since, in_range),
+        failures=_failures(conn, now - FAILURE_WINDOW, people),
+        fell_back=_fell_back(conn, now - FAILURE_WINDOW, people),
+        steps=_escalation_steps(conn, in_range),
+        undelivered=_undelivered(conn, in_range),
+    )
+
+
+def _roster(conn: Connection, where: ColumnElement[bool]) -> list[RosterStudent]:
+    """The active students `where` selects, with their categories, teachers and last visits."""
     assigned: dict[int, list[int]] = defaultdict(list)
     for sid, staff_id in conn.execute(
-        select(assignments.c.student_id, assignments.c.staff_id).order_by(assignments.c.role)
+        select(assignments.c.student_id, assignments.c.staff_id)
+        .join(students, students.c.id == assignments.c.student_id)
+        .where(where, students.c.active.is_(True))
+        .order_by(assignments.c.role)
     ).all():
         if staff_id not in assigned[sid]:
             assigned[sid].append(staff_id)
-    last = _last_visits(conn)
-    no_visits = (None, None)
-    roster = [
+    return [
         RosterStudent(
             sid,
             name,
             class_name,
             school_id,
-            tuple(categories.get(sid, ())),
+            tuple(categories.strip(",").split(",")) if categories else (),
             tuple(assigned.get(sid, ())),
-            *last.get(sid, no_visits),
+            reached,
+            unreached,
         )
-        for sid, name, class_name, school_id in conn.execute(
+        for sid, name, class_name, school_id, categories, reached, unreached in conn.execute(
             select(
-                students.c.id, students.c.name, students.c.class_name, students.c.school_id
-            ).where(students.c.active.is_(True))
+                students.c.id,
+                students.c.name,
+                students.c.class_name,
+                students.c.school_id,
+                students.c.categories,
+                students.c.last_reached_at,
+                students.c.last_unreached_at,
+            ).where(students.c.active.is_(True), where)
         ).all()
     ]
+
+
+def load_bureau_snapshot(conn: Connection, since: datetime) -> Snapshot:
+    """What the bureau is told of at the end of a job run: the escalations that climbed to it
+    and nobody acknowledged, with their students and schools; the bureau's staff and the
+    follow-ups' owners (names in the message)."""
+    climbed = and_(
+        followups.c.status == FollowUpStatus.ESCALATED.value,
+        followups.c.climbed_at.is_not(None),
+        followups.c.acknowledged_by.is_(None),
+    )
+    who = students.c.id.in_(select(followups.c.student_id).where(climbed))
+    roster = _roster(conn, who)
+    school_ids = {s.school_id for s in roster}
+    school_names = {
+        r.id: r.name
+        for r in conn.execute(
+            select(schools_t.c.id, schools_t.c.name).where(schools_t.c.id.in_(school_ids))
+        )
+    }
+    owners = select(followups.c.owner_staff_id).where(climbed)
+    people = or_(staff.c.school_id.is_(None), staff.c.id.in_(owners))
     return Snapshot(
         schools=school_names,
         students=roster,
-        staff=_staff(conn),
-        followups=_followups(conn, since),
-        failures=_failures(conn, now - FAILURE_WINDOW),
-        fell_back=_fell_back(conn, now - FAILURE_WINDOW),
-        steps=_escalation_steps(conn),
-        undelivered=_undelivered(conn),
+        staff=_staff(conn, people),
+        followups=[f for f in _followups(conn, since, who) if f.climbed_at is not None],
+        failures=[],
     )
 
 
-def _undelivered(conn: Connection) -> list[tuple[int, str]]:
+def _undelivered(conn: Connection, in_range: ColumnElement[bool]) -> list[tuple[int, str]]:
     """Recipients of batch distributions not yet marked delivered (active students)."""
     rows = conn.execute(
         select(distribution_recipients.c.student_id, distributions.c.title)
         .join(distributions, distributions.c.id == distribution_recipients.c.distribution_id)
         .join(students, students.c.id == distribution_recipients.c.student_id)
-        .where(distribution_recipients.c.delivered_at.is_(None), students.c.active.is_(True))
+        .where(
+            distribution_recipients.c.delivered_at.is_(None),
+            students.c.active.is_(True),
+            in_range,
+        )
         .order_by(distributions.c.id, distribution_recipients.c.student_id)
     )
     return [(int(r.student_id), str(r.title)) for r in rows]
 
 
-def _last_visits(conn: Connection) -> dict[int, tuple[datetime | None, datetime | None]]:
-    reached = func.max(case((visits.c.reached.is_(True), visits.c.submitted_at)))
-    unreached = func.max(case((visits.c.reached.is_(False), visits.c.submitted_at)))
-    rows = conn.execute(
-        select(
-            visits.c.student_id,
-            reached.label("reached"),
-            unreached.label("unreached"),
-        )
-        .where(visits.c.status == VisitStatus.SUBMITTED.value)
-        .group_by(visits.c.student_id)
-    )
-    return {sid: (reached, unreached) for sid, reached, unreached in rows.all()}
-
-
 def last_seen(
-    conn: Connection, staff_ids: list[int] | None = None
+    conn: Connection, staff_ids: list[int] | Select[Any] | None = None
 ) -> dict[int, dict[str, datetime]]:
     """When each staff member last wrote from each of their identities (the inbound table keeps
     a message id for a month): the channel they used last is where they are reached first."""
@@ -142,13 +184,15 @@ def last_seen(
     return seen
 
 
-def _staff(conn: Connection) -> dict[int, RosterStaff]:
+def _staff(conn: Connection, people: ColumnElement[bool]) -> dict[int, RosterStaff]:
     ids: dict[int, dict[str, str]] = defaultdict(dict)
     for staff_id, channel, external in conn.execute(
         select(identities.c.staff_id, identities.c.channel, identities.c.external_id)
+        .join(staff, staff.c.id == identities.c.staff_id)
+        .where(people)
     ):
         ids[staff_id][channel] = external
-    seen = last_seen(conn)
+    seen = last_seen(conn, select(staff.c.id).where(people))
     return {
         r.id: RosterStaff(
             r.id, r.staff_no, r.name, StaffRole(r.role), r.school_id, ids[r.id], seen[r.id]
@@ -156,21 +200,25 @@ def _staff(conn: Connection) -> dict[int, RosterStaff]:
         for r in conn.execute(
             select(
                 staff.c.id, staff.c.staff_no, staff.c.name, staff.c.role, staff.c.school_id
-            ).where(staff.c.active.is_(True))
+            ).where(staff.c.active.is_(True), people)
         )
     }
 
 
-def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
+def _followups(
+    conn: Connection, since: datetime, in_range: ColumnElement[bool]
+) -> list[TrackedFollowUp]:
     handed: dict[int, tuple[int, int | None]] = {}  # follow-up -> (new owner, by whom), latest
     for fid, owner, actor in conn.execute(
         select(
             followup_events.c.followup_id, followup_events.c.staff_id, followup_events.c.actor_id
         )
         .join(followups, followups.c.id == followup_events.c.followup_id)
+        .join(students, students.c.id == followups.c.student_id)
         .where(
             followup_events.c.event == FollowUpEvent.REASSIGNED.value,
             followups.c.status.in_(OPEN),
+            in_range,
         )
         .order_by(followup_events.c.id)
     ):
@@ -180,6 +228,7 @@ def _followups(conn: Connection, since: datetime) -> list[TrackedFollowUp]:
         .join(students, students.c.id == followups.c.student_id)
         .where(
             students.c.active.is_(True),
+            in_range,
             or_(followups.c.status.in_(OPEN), followups.c.created_at >= since),
         )
         .order_by(followups.c.due_date, followups.c.id)
@@ -209,11 +258,14 @@ _RECIPIENT = and_(
 )
 
 
-def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
+def _failures(
+    conn: Connection, since: datetime, people: ColumnElement[bool]
+) -> list[DeliveryFailure]:
     rows = conn.execute(
         select(identities.c.staff_id, outbox.c.channel, outbox.c.last_error)
         .join(identities, _RECIPIENT)
-        .where(outbox.c.status == "failed", outbox.c.created_at >= since)
+        .join(staff, staff.c.id == identities.c.staff_id)
+        .where(outbox.c.status == "failed", outbox.c.created_at >= since, people)
         .order_by(outbox.c.id)
     )
     seen: dict[tuple[int, str], DeliveryFailure] = {}
@@ -222,9 +274,15 @@ def _failures(conn: Connection, since: datetime) -> list[DeliveryFailure]:
     return list(seen.values())
 
 
-def _escalation_steps(conn: Connection) -> dict[int, list[FollowUpStep]]:
+def _escalation_steps(
+    conn: Connection, in_range: ColumnElement[bool]
+) -> dict[int, list[FollowUpStep]]:
     """The history of every follow-up still escalated (the digest shows who did what when)."""
-    escalated = select(followups.c.id).where(followups.c.status == FollowUpStatus.ESCALATED.value)
+    escalated = (
+        select(followups.c.id)
+        .join(students, students.c.id == followups.c.student_id)
+        .where(followups.c.status == FollowUpStatus.ESCALATED.value, in_range)
+    )
     rows = conn.execute(
         select(
             followup_events.c.followup_id,
@@ -241,16 +299,20 @@ def _escalation_steps(conn: Connection) -> dict[int, list[FollowUpStep]]:
     return dict(steps)
 
 
-def _fell_back(conn: Connection, since: datetime) -> list[FallbackReach]:
+def _fell_back(
+    conn: Connection, since: datetime, people: ColumnElement[bool]
+) -> list[FallbackReach]:
     """Who was reached only by a fallback channel recently (the digest names them: their first
     channel needs fixing), once per person and pair of channels."""
     rows = conn.execute(
         select(identities.c.staff_id, outbox.c.channel, outbox.c.fallback_from)
         .join(identities, _RECIPIENT)
+        .join(staff, staff.c.id == identities.c.staff_id)
         .where(
             outbox.c.status == "sent",
             outbox.c.fallback_from.is_not(None),
             outbox.c.sent_at >= since,
+            people,
         )
         .distinct()
         .order_by(identities.c.staff_id)

@@ -25,7 +25,8 @@ from bot.scheduler import JobScheduler, first_fire_on, job_trigger
 from config.calendar import SchoolCalendar
 from config.cron import weekdays
 from config.settings import QuietHours, Settings
-from storage.schema import followups, identities, outbox, staff
+from storage.chunks import MAX_ATTEMPTS
+from storage.schema import followups, identities, job_chunks, outbox, staff
 from tests.conftest import ChatDriver, FakeClock
 from tests.test_conversation import COUNSELLING, TABLET_VISIT
 
@@ -249,10 +250,15 @@ async def test_a_job_that_dies_half_way_leaves_nothing_and_runs_again(
 
     monday = date(2026, 3, 2)
     monkeypatch.setattr(outbox_module, "enqueue_many", crash_after_writing)
-    with pytest.raises(RuntimeError, match="killed"):
-        await world.at(local(monday, 9), "remind")
+    await world.at(local(monday, 9), "remind")  # each chunk fails its attempts; the run ends
     with world.deps.db.begin() as conn:
         assert conn.execute(select(outbox)).all() == []  # rolled back with the transaction
+        errors = conn.execute(
+            select(job_chunks.c.status, job_chunks.c.attempts, job_chunks.c.error)
+        ).all()
+    assert {(status, attempts) for status, attempts, _ in errors} == {("failed", MAX_ATTEMPTS)}
+    assert all(e.startswith("RuntimeError at ") and "killed" not in e for *_, e in errors)
+    assert not await world.jobs.has_run("remind", monday)  # (so that it runs again)
     monkeypatch.setattr(outbox_module, "enqueue_many", real)
 
     restarted = JobScheduler(world.jobs, world.clock)

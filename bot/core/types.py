@@ -369,6 +369,17 @@ class Snapshot:
     undelivered: list[tuple[int, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class JobGap:
+    """A chunk of a job run that failed for good: the schools whose teachers (reminders) or
+    coordinators (digests) it left out, for the operators' digest."""
+
+    job: str
+    schools: int
+    names: tuple[str, ...]  # the first few school names of the chunk
+    error: str  # the exception's type and place, never its message
+
+
 # ------------------------------------------------------------ the outbox (see `ports.Outbox`)
 
 
