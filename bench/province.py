@@ -46,8 +46,9 @@ TEACHERS_PER_SCHOOL = 50
 DEFAULT_PG = "postgresql://root@127.0.0.1:5432/test"
 NULL = "\\N"
 # The generator's version, kept in bench_roster: a province written by an older one is rewritten
-# (2: a student's carer teaches at the student's own school, as a roster import requires).
-SHAPE = 2
+# (2: a student's carer teaches at the student's own school, as a roster import requires;
+# 3: a school's students are stored together, as imported school by school).
+SHAPE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +147,19 @@ def staff_chunk(size: Size) -> _Chunk:
 
 def student_chunks(size: Size) -> Iterator[_Chunk]:
     """Chunks of students with their categories, assignments, visits and follow-ups. Visits go to
-    every second student; ids are fixed by the student's number, so chunks are independent."""
+    every second student; ids are fixed by the student's number, so chunks are independent.
+
+    A school's students come one after another (consecutive ids, so stored together), as a
+    roster imported school by school leaves them; each has a head teacher of the school (the
+    school's teachers in turn) and every third a carer, another teacher of the school."""
     rnd = random.Random(size.seed)
     followup_id = 0
+    per_school = size.teachers // size.schools  # teachers of school s: s - 1 + k * schools
     for start in range(0, size.students, CHUNK):
         chunk = _Chunk()
         for i in range(start, min(start + CHUNK, size.students)):
-            teacher = i % size.teachers + 1
+            school = i * size.schools // size.students + 1
+            teacher = school + (i % per_school) * size.schools
             reached_at = unreached_at = None
             visit: tuple[datetime, bool] | None = None
             if i % 2 == 0:
@@ -162,7 +169,6 @@ def student_chunks(size: Size) -> Iterator[_Chunk]:
                     reached_at = at
                 else:
                     unreached_at = at
-            school = (i % size.teachers) % size.schools + 1
             chunk.row(
                 "students",
                 i + 1,
@@ -178,10 +184,8 @@ def student_chunks(size: Size) -> Iterator[_Chunk]:
                 chunk.row("student_categories", i + 1, category)
             chunk.row("assignments", i + 1, "head_teacher", teacher)
             if i % 3 == 0:  # another teacher of the same school (the roster's rule)
-                carer = i % size.teachers + 7 * size.schools
-                if carer >= size.teachers:
-                    carer -= 14 * size.schools
-                chunk.row("assignments", i + 1, "carer", carer + 1)
+                carer = school + ((i + 7) % per_school) * size.schools
+                chunk.row("assignments", i + 1, "carer", carer)
             if visit is None:
                 continue
             at, reached = visit

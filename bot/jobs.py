@@ -219,6 +219,7 @@ class Jobs:
         due_before = calendar.school_days_before(today, self.settings.escalate_after_days)
         escalated = ladder.escalate(conn, due_before, at)
         climbed = ladder.climb(conn, self._climb_before(today), at)
+        ladder.refresh_statistics(conn, escalated + climbed)
         chunks.set_figures(conn, job, today, {"escalated": escalated, "climbed": climbed})
 
     async def _work(self, chunk: Chunk, at: datetime, today: date) -> int | None:

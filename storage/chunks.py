@@ -34,6 +34,7 @@ from storage.schema import job_chunks, schools, students
 FINAL = 0  # the number of a run's last step
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 MAX_ATTEMPTS = 3
+PLAN_WAIT = "120s"  # how long an instance waits for another one's planning of the same run
 FAILED_NAMES_LIMIT = 10  # schools named per failed chunk in a digest
 
 
@@ -110,7 +111,10 @@ def plan(
     """Write the run's chunks unless they are there; True when this call wrote them (the
     caller then does the run's one-off steps in the same transaction). `figures` go on the last
     step's row. A second instance planning at the same moment waits for the first to commit
-    (the primary key), then finds the run there."""
+    (the primary key), then finds the run there: on PostgreSQL up to `PLAN_WAIT`, beyond the
+    usual lock timeout (a province's ladder steps take seconds)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.set_config("lock_timeout", PLAN_WAIT, True)))
     first = conn.execute(
         _insert(conn)
         .values(

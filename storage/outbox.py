@@ -70,6 +70,9 @@ def enqueue(
     return conn.execute(stmt).first() is not None  # rowcount is -1 with RETURNING on psycopg
 
 
+INSERT_BATCH = 500  # rows per multi-row INSERT (12 values each: well inside every bind limit)
+
+
 def enqueue_many(
     conn: Connection, messages: Sequence[OutboxMessage], *, not_before: datetime, now: datetime
 ) -> int:
@@ -91,26 +94,31 @@ def enqueue_many(
     fresh = [m for m in messages if m.key not in existing]
     if fresh:
         make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(
-            make_insert(outbox).on_conflict_do_nothing(index_elements=["idempotency_key"]),
-            [
-                {
-                    "idempotency_key": m.key,
-                    "channel": m.channel,
-                    "recipient": m.recipient,
-                    "kind": m.kind,
-                    "body": m.body,
-                    "listing": m.listing,
-                    "status": PENDING,
-                    "attempts": 0,
-                    "next_attempt_at": not_before,
-                    "created_at": now,
-                    "fallbacks": [list(f) for f in m.fallbacks] or None,
-                    "channel_since": not_before,
-                }
-                for m in fresh
-            ],
-        )
+        rows = [
+            {
+                "idempotency_key": m.key,
+                "channel": m.channel,
+                "recipient": m.recipient,
+                "kind": m.kind,
+                "body": m.body,
+                "listing": m.listing,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": not_before,
+                "created_at": now,
+                "fallbacks": [list(f) for f in m.fallbacks] or None,
+                "channel_since": not_before,
+            }
+            for m in fresh
+        ]
+        # one multi-row INSERT per batch: as a driver-level executemany each row was a
+        # statement of its own (a province's job writes tens of thousands per chunk)
+        for i in range(0, len(rows), INSERT_BATCH):
+            conn.execute(
+                make_insert(outbox)
+                .values(rows[i : i + INSERT_BATCH])
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            )
     return len(fresh)
 
 

@@ -64,27 +64,54 @@ def load_snapshot(
         )
     }
     in_range = _of(students.c.school_id, schools)
-    roster = _roster(conn, in_range)
+    roster = _roster(conn, in_range, schools is not None)
+    span = (min(s.id for s in roster), max(s.id for s in roster)) if schools and roster else None
     people = or_(staff.c.school_id.is_(None), _of(staff.c.school_id, schools))
     return Snapshot(
         schools=school_names,
         students=roster,
         staff=_staff(conn, people),
-        followups=_followups(conn, since, in_range),
+        followups=_followups(conn, since, in_range, span),
         failures=_failures(conn, now - FAILURE_WINDOW, people),
         fell_back=_fell_back(conn, now - FAILURE_WINDOW, people),
-        steps=_escalation_steps(conn, in_range),
-        undelivered=_undelivered(conn, in_range),
+        steps=_escalation_steps(conn, in_range, span),
+        undelivered=_undelivered(conn, in_range, span),
     )
 
 
-def _roster(conn: Connection, where: ColumnElement[bool]) -> list[RosterStudent]:
-    """The active students `where` selects, with their categories, teachers and last visits."""
+# The lowest and highest id of a chunk's students. Added to every query on a table keyed by
+# student (`_within`), it lets PostgreSQL read just that part of the table's index: a roster
+# imported school by school keeps a school's students together, and the planner does not carry
+# the range on `students.school_id` across a join (it scanned every assignment, every chunk).
+StudentSpan = tuple[int, int] | None
+
+
+def _within(column: ColumnElement[Any], span: StudentSpan) -> ColumnElement[bool]:
+    return true() if span is None else column.between(*span)
+
+
+def _roster(
+    conn: Connection, where: ColumnElement[bool], spanned: bool = False
+) -> list[RosterStudent]:
+    """The active students `where` selects, with their categories, teachers and last visits
+    (`spanned`: their assignments are read within the span of their ids)."""
+    rows = conn.execute(
+        select(
+            students.c.id,
+            students.c.name,
+            students.c.class_name,
+            students.c.school_id,
+            students.c.categories,
+            students.c.last_reached_at,
+            students.c.last_unreached_at,
+        ).where(students.c.active.is_(True), where)
+    ).all()
+    span = (min(r[0] for r in rows), max(r[0] for r in rows)) if spanned and rows else None
     assigned: dict[int, list[int]] = defaultdict(list)
     for sid, staff_id in conn.execute(
         select(assignments.c.student_id, assignments.c.staff_id)
         .join(students, students.c.id == assignments.c.student_id)
-        .where(where, students.c.active.is_(True))
+        .where(where, students.c.active.is_(True), _within(assignments.c.student_id, span))
         .order_by(assignments.c.role)
     ).all():
         if staff_id not in assigned[sid]:
@@ -100,17 +127,7 @@ def _roster(conn: Connection, where: ColumnElement[bool]) -> list[RosterStudent]
             reached,
             unreached,
         )
-        for sid, name, class_name, school_id, categories, reached, unreached in conn.execute(
-            select(
-                students.c.id,
-                students.c.name,
-                students.c.class_name,
-                students.c.school_id,
-                students.c.categories,
-                students.c.last_reached_at,
-                students.c.last_unreached_at,
-            ).where(students.c.active.is_(True), where)
-        ).all()
+        for sid, name, class_name, school_id, categories, reached, unreached in rows
     ]
 
 
@@ -143,7 +160,9 @@ def load_bureau_snapshot(conn: Connection, since: datetime) -> Snapshot:
     )
 
 
-def _undelivered(conn: Connection, in_range: ColumnElement[bool]) -> list[tuple[int, str]]:
+def _undelivered(
+    conn: Connection, in_range: ColumnElement[bool], span: StudentSpan
+) -> list[tuple[int, str]]:
     """Recipients of batch distributions not yet marked delivered (active students)."""
     rows = conn.execute(
         select(distribution_recipients.c.student_id, distributions.c.title)
@@ -153,6 +172,7 @@ def _undelivered(conn: Connection, in_range: ColumnElement[bool]) -> list[tuple[
             distribution_recipients.c.delivered_at.is_(None),
             students.c.active.is_(True),
             in_range,
+            _within(distribution_recipients.c.student_id, span),
         )
         .order_by(distributions.c.id, distribution_recipients.c.student_id)
     )
@@ -206,7 +226,7 @@ def _staff(conn: Connection, people: ColumnElement[bool]) -> dict[int, RosterSta
 
 
 def _followups(
-    conn: Connection, since: datetime, in_range: ColumnElement[bool]
+    conn: Connection, since: datetime, in_range: ColumnElement[bool], span: StudentSpan = None
 ) -> list[TrackedFollowUp]:
     handed: dict[int, tuple[int, int | None]] = {}  # follow-up -> (new owner, by whom), latest
     for fid, owner, actor in conn.execute(
@@ -219,6 +239,7 @@ def _followups(
             followup_events.c.event == FollowUpEvent.REASSIGNED.value,
             followups.c.status.in_(OPEN),
             in_range,
+            _within(followups.c.student_id, span),
         )
         .order_by(followup_events.c.id)
     ):
@@ -229,6 +250,7 @@ def _followups(
         .where(
             students.c.active.is_(True),
             in_range,
+            _within(followups.c.student_id, span),
             or_(followups.c.status.in_(OPEN), followups.c.created_at >= since),
         )
         .order_by(followups.c.due_date, followups.c.id)
@@ -275,13 +297,17 @@ def _failures(
 
 
 def _escalation_steps(
-    conn: Connection, in_range: ColumnElement[bool]
+    conn: Connection, in_range: ColumnElement[bool], span: StudentSpan
 ) -> dict[int, list[FollowUpStep]]:
     """The history of every follow-up still escalated (the digest shows who did what when)."""
     escalated = (
         select(followups.c.id)
         .join(students, students.c.id == followups.c.student_id)
-        .where(followups.c.status == FollowUpStatus.ESCALATED.value, in_range)
+        .where(
+            followups.c.status == FollowUpStatus.ESCALATED.value,
+            in_range,
+            _within(followups.c.student_id, span),
+        )
     )
     rows = conn.execute(
         select(

@@ -91,6 +91,14 @@ def test_a_small_province_is_generated_reused_and_run(schema: str, tmp_path: Pat
                 )
             ).scalar_one()
             assert wrong == 0
+            # every teacher of a student teaches at the student's school (the roster's rule)
+            elsewhere = conn.execute(
+                text(
+                    "SELECT count(*) FROM assignments a JOIN students s ON s.id = a.student_id"
+                    " JOIN staff t ON t.id = a.staff_id WHERE t.school_id <> s.school_id"
+                )
+            ).scalar_one()
+            assert elsewhere == 0
             assert conn.execute(text("SELECT count(*) FROM followups")).scalar_one() > 50
             generated = shape(conn, schema)
     finally:
@@ -116,7 +124,9 @@ def test_a_small_province_is_generated_reused_and_run(schema: str, tmp_path: Pat
     jobs = bench("bench/jobs.py", "--province", schema, "--students", str(STUDENTS),
                  "--teachers", str(TEACHERS))  # fmt: skip
     assert jobs.returncode == 0, jobs.stderr
-    assert "reused" in jobs.stdout and "remind" in jobs.stdout and "outbox rows" in jobs.stdout
+    assert "reused" in jobs.stdout and "remind" in jobs.stdout and "rows/s" in jobs.stdout
+    assert "1 instance(s):" in jobs.stdout and "2 instance(s):" in jobs.stdout
+    assert "an instance failed" not in jobs.stdout + jobs.stderr
     again = bench("bench/province.py", *size)
     assert again.returncode == 0 and "reused" in again.stdout, again.stderr
     eng = engine(schema)
