@@ -144,6 +144,10 @@ async def test_outbox_depth_delivery_failures_and_job_durations(
     key = (("channel", "wecom"), ("error", error), ("final", "yes"))
     assert got[("homevisit_delivery_failures_total", key)] == 3
     assert got[("homevisit_job_seconds_count", (("job", "remind"), ("outcome", "done")))] == 1
+    # the run's chunks (one school: one chunk and the last step), here and for all instances
+    done = (("job", "remind"), ("outcome", "done"))
+    assert got[("homevisit_job_chunks_total", done)] == 2
+    assert got[("homevisit_job_run_chunks", (("job", "remind"), ("status", "done")))] == 1
     assert "wecom-user" not in text and "ding-user" not in text
 
 
