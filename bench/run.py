@@ -247,7 +247,9 @@ def pg_version() -> str:
         eng.dispose()
 
 
-def seed(url: str, teachers: int, per_teacher: int, prefix: str) -> None:
+def seed(
+    url: str, teachers: int, per_teacher: int, prefix: str, school: str = "压测实验学校"
+) -> None:
     """Migrate, then insert one school, `teachers` teachers and their students directly."""
     from sqlalchemy import insert, select
 
@@ -259,7 +261,7 @@ def seed(url: str, teachers: int, per_teacher: int, prefix: str) -> None:
         db.upgrade()
         with db.begin() as conn:
             school_id = conn.execute(
-                insert(schools).values(name="压测实验学校").returning(schools.c.id)
+                insert(schools).values(name=school).returning(schools.c.id)
             ).scalar_one()
             conn.execute(
                 insert(staff),
@@ -281,7 +283,7 @@ def seed(url: str, teachers: int, per_teacher: int, prefix: str) -> None:
                     n = (t - 1) * per_teacher + k + 1
                     rows.append(
                         {
-                            "student_no": f"BENCH{n:07d}",
+                            "student_no": f"{prefix}BENCH{n:07d}",
                             "name": f"学生{n}",
                             "school_id": school_id,
                             "class_name": f"{k % 6 + 1}年级{t % 9 + 1}班",
@@ -295,7 +297,7 @@ def seed(url: str, teachers: int, per_teacher: int, prefix: str) -> None:
             for t in range(1, teachers + 1):
                 for k in range(per_teacher):
                     n = (t - 1) * per_teacher + k + 1
-                    sid = student_ids[f"BENCH{n:07d}"]
+                    sid = student_ids[f"{prefix}BENCH{n:07d}"]
                     assign.append(
                         {
                             "student_id": sid,
@@ -359,6 +361,8 @@ def _run_loadgen(server: Server, args: argparse.Namespace, *, check: bool) -> Re
         str(args.connections),
         "--teachers",
         str(args.teachers),
+        "--prefix",
+        getattr(args, "prefix", "BT"),
     ]
     if check:
         argv.append("--check")
@@ -483,7 +487,14 @@ def run_wrk_checkin(server: Server, args: argparse.Namespace) -> Result:
     def wrk(seconds: float, run_id: str) -> subprocess.CompletedProcess[str]:
         argv = ["wrk", f"-t{threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s"]
         argv += ["--latency", "-s", str(BENCH / "checkin.lua"), server.url + "/api/messages"]
-        argv += ["--", str(args.teachers), "BT", TOKEN, run_id, str(threads)]
+        argv += [
+            "--",
+            str(args.teachers),
+            getattr(args, "prefix", "BT"),
+            TOKEN,
+            run_id,
+            str(threads),
+        ]
         return subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
 
     busy = wait_for_quiet(args.wait_idle)
@@ -771,6 +782,12 @@ def main() -> int:
         default=120,
         help="before each target wait up to this many seconds for other processes to go quiet",
     )
+    p.add_argument(
+        "--province",
+        metavar="SCHEMA",
+        help="also run on PostgreSQL inside this province (bench/province.py, e.g. "
+        "province_1000000): the same teachers, in one more school of it, next to the small one",
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the temp dir and PG schemas")
     args = p.parse_args()
@@ -824,15 +841,24 @@ def main() -> int:
                 finally:
                     server.stop()
 
-        for backend in backends:
+        targets = [*backends, *(["province"] if args.province else [])]
+        for backend in targets:
             name = f"homevisit/{backend}"
             print(f"running {name} ... (seeding)", flush=True)
             if backend == "sqlite":
                 url = f"sqlite:///{work / 'homevisit.db'}"
+                seed(url, args.teachers, args.students, "BT")
+            elif backend == "province":
+                # The bench's teachers join the province as one more school (left there: a
+                # later bench/province.py run with another seed or size writes it afresh).
+                url = f"{PG_BASE}?options=-csearch_path%3D{args.province}"
+                tag = uuid.uuid4().hex[:6]
+                args.prefix = f"P{tag}"  # (the load generators' teacher numbers)
+                seed(url, args.teachers, args.students, args.prefix, f"压测实验学校{tag}")
             else:
                 schema, url = pg_create_schema()
                 schemas.append(schema)
-            seed(url, args.teachers, args.students, "BT")
+                seed(url, args.teachers, args.students, "BT")
             port = free_port()
             env = clean_env(DATABASE_URL=url, API_TOKEN=TOKEN)
             argv = [HOMEVISIT, "serve", "--host", "127.0.0.1", "--port", str(port)]

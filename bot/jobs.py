@@ -43,7 +43,7 @@ from bot.metrics import Metrics
 from bot.outbox import OutboxDelivery
 from config.aid import load_aid_items
 from config.settings import Settings
-from handlers.ladder import plan_escalations
+from handlers.ladder import LIST_LIMIT, plan_escalations
 from handlers.reminders import (
     Outgoing,
     Plan,
@@ -57,7 +57,15 @@ from storage import chunks, ladder, outbox
 from storage.aid import supply_by_school
 from storage.chunks import Chunk, LeaseLost, RunState
 from storage.maintenance import Pruned, prune_inbound
-from storage.snapshot import has_run, last_run, load_bureau_snapshot, load_snapshot, record_run
+from storage.snapshot import (
+    bureau_ids,
+    has_run,
+    last_run,
+    load_bureau_snapshot,
+    load_snapshot,
+    record_run,
+    student_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +296,8 @@ class Jobs:
         if chunk.schools is None:
             return self._last_step(conn, chunk, at, today)
         since = self._since(conn, at, today)
-        snap = load_snapshot(conn, since, at, chunk.schools)
+        span = student_span(conn, chunk.schools)
+        snap = load_snapshot(conn, since, at, chunk.schools, digest=chunk.job == DIGEST, span=span)
         view = View(snap, today, self.settings.tz, self.cadence)
         kinds = self.deps.form.followup_kinds
         plan: Plan
@@ -304,13 +313,13 @@ class Jobs:
                 self.person_channels,
                 kinds,
                 self.settings.escalate_after_days,
-                supply_by_school(conn, self.aid_items, chunk.schools),
+                supply_by_school(conn, self.aid_items, chunk.schools, span),
             )
             figures = {"schools": [line.dump() for line in lines]}
         notices = plan_escalations(
             snap,
             view,
-            ladder.notified(conn, chunk.schools),
+            ladder.notified(conn, chunk.schools, span),
             self.person_channels,
             kinds,
             self.settings.escalate_after_days,
@@ -336,19 +345,24 @@ class Jobs:
         """The bureau's notices of climbed escalations and, for the digest, its summary; then
         the run's record (unless a chunk failed: it is tried again at the next start)."""
         since = self._since(conn, at, today)
-        snap = load_bureau_snapshot(conn, since)
+        untold = ladder.untold_climbed(conn, bureau_ids(conn), LIST_LIMIT)
+        shown = {f for _, first in untold.values() for f in first}
+        snap = load_bureau_snapshot(conn, since, shown)
         view = View(snap, today, self.settings.tz, self.cadence)
         notices = plan_escalations(
             snap,
             view,
-            ladder.notified(conn),
+            {(f, p) for p, (_, first) in untold.items() for f in shown - set(first)},
             self.person_channels,
             self.deps.form.followup_kinds,
             self.settings.escalate_after_days,
             self.settings.escalate_bureau_after_days,
             tell=BUREAU,
+            totals={p: count for p, (count, _) in untold.items()},
         )
         ladder.record(conn, FollowUpEvent.NOTIFIED, notices.told, at)
+        for person in {p for _, p in notices.told}:  # told of all of them, twenty by name
+            ladder.tell_climbed(conn, person, at)
         messages = list(notices.messages)
         unreachable = 0
         if chunk.job == DIGEST:

@@ -43,10 +43,13 @@ def plan_escalations(
     after_days: int,
     bureau_after_days: int,
     tell: Set[StaffRole] = frozenset({StaffRole.COORDINATOR, StaffRole.BUREAU}),
+    totals: Mapping[int, int] | None = None,
 ) -> Notices:
     """One message to each coordinator (their school's escalations) and bureau member (every
     climbed one) who has not been told of them yet; only to the roles in `tell` (a job run
-    chunk by chunk tells coordinators school by school and the bureau once, at the end)."""
+    chunk by chunk tells coordinators school by school and the bureau once, at the end).
+    `totals`: how many each person has to be told of, when the snapshot holds only the first
+    few (the bureau at the end of a run; the caller records the rest as told)."""
     coordinators: dict[int, list[RosterStaff]] = defaultdict(list)
     bureau: list[RosterStaff] = []
     for person in snap.staff.values():
@@ -96,8 +99,9 @@ def plan_escalations(
                     owner=f"{owner.name}（{owner.staff_no}）" if owner else "-",
                 )
             )
-        if len(fus) > LIST_LIMIT:
-            lines.append(MORE.format(count=len(fus)))
+        count = (totals or {}).get(staff_id, len(fus))  # (counted in the database)
+        if count > len(shown):
+            lines.append(MORE.format(count=count))
         lines.append(FOOT)
         ids = ",".join(str(f.id) for f in fus)
         digest = hashlib.sha256(ids.encode()).hexdigest()[:16]

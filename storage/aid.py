@@ -175,7 +175,10 @@ def _move(
 
 
 def _figures(
-    conn: Connection, school_id: int | None, between: tuple[int, int] | None = None
+    conn: Connection,
+    school_id: int | None,
+    between: tuple[int, int] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> tuple[dict[tuple[int, str], int], dict[tuple[int, str], tuple[int, int, int, int]]]:
     """Open needs by (school, kind), and by (school, item): needs it met that are closed
     now, allocated, delivered, in use (each counted once a need); of one school, of the
@@ -185,6 +188,8 @@ def _figures(
         where.append(students.c.school_id == school_id)
     if between is not None:
         where.append(students.c.school_id.between(*between))
+    if span is not None:  # (the span of the students' ids: see storage.snapshot.StudentSpan)
+        where.append(followups.c.student_id.between(*span))
     open_by: dict[tuple[int, str], int] = {
         (school, kind): n
         for school, kind, n in conn.execute(
@@ -203,6 +208,8 @@ def _figures(
         alloc_where.append(students.c.school_id == school_id)
     if between is not None:
         alloc_where.append(students.c.school_id.between(*between))
+    if span is not None:
+        alloc_where.append(a.c.student_id.between(*span))
     given: dict[tuple[int, str], tuple[int, int, int, int]] = {
         (r.school_id, r.item): (r.closed, r.allocated, r.delivered, r.in_use)
         for r in conn.execute(
@@ -240,12 +247,15 @@ def _need_supply(
 
 
 def supply_by_school(
-    conn: Connection, items: Sequence[AidItem], schools: tuple[int, int] | None = None
+    conn: Connection,
+    items: Sequence[AidItem],
+    schools: tuple[int, int] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> dict[int, list[NeedSupply]]:
     """Need against supply of every item that meets a need, school by school (the digests):
     only the items a school has a need, an allocation or stock of; `POOL` for the bureau's
     pool (its stock only). `schools`: only those of an inclusive id range (no pool)."""
-    open_by, given = _figures(conn, None, schools)
+    open_by, given = _figures(conn, None, schools, span)
     stock = select(aid_stock)
     if schools is not None:
         stock = stock.where(aid_stock.c.school_id.between(*schools))

@@ -13,12 +13,12 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, insert, literal, select, text, update
+from sqlalchemy import Select, and_, func, insert, literal, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.core.types import FollowUpEvent, FollowUpStatus, followup_step
-from storage.schema import followup_events, followups, staff, students
+from storage.schema import UtcDateTime, followup_events, followups, staff, students
 
 ESCALATED = FollowUpStatus.ESCALATED.value
 
@@ -77,9 +77,74 @@ def _events_for(
     )
 
 
-def notified(conn: Connection, schools: tuple[int, int] | None = None) -> set[tuple[int, int]]:
+CLIMBED_UNTOLD_LIMIT = 20  # (handlers.ladder.LIST_LIMIT: what one message lists)
+
+
+def _climbed_untold(person_id: int) -> ColumnElement[bool]:
+    """Climbed to the bureau, nobody acknowledged it, and `person_id` was not told of it."""
+    told = (
+        select(followup_events.c.id)
+        .where(
+            followup_events.c.followup_id == followups.c.id,
+            followup_events.c.event == FollowUpEvent.NOTIFIED.value,
+            followup_events.c.staff_id == person_id,
+        )
+        .exists()
+    )
+    return and_(
+        followups.c.status == ESCALATED,
+        followups.c.climbed_at.is_not(None),
+        followups.c.acknowledged_by.is_(None),
+        ~told,
+    )
+
+
+def untold_climbed(
+    conn: Connection, person_ids: Iterable[int], limit: int = CLIMBED_UNTOLD_LIMIT
+) -> dict[int, tuple[int, list[int]]]:
+    """For each bureau member: how many escalations climbed to the bureau that they were not
+    told of, and the first `limit` (earliest due first). Counted in the database: a province's
+    first climb is tens of thousands, of which a message lists twenty."""
+    found: dict[int, tuple[int, list[int]]] = {}
+    for person in person_ids:
+        count = conn.execute(
+            select(func.count()).select_from(followups).where(_climbed_untold(person))
+        ).scalar_one()
+        if count:
+            first = conn.execute(
+                select(followups.c.id)
+                .where(_climbed_untold(person))
+                .order_by(followups.c.due_date, followups.c.id)
+                .limit(limit)
+            ).scalars()
+            found[person] = (int(count), list(first))
+    return found
+
+
+def tell_climbed(conn: Connection, person_id: int, now: datetime) -> None:
+    """Record that `person_id` was told of every climbed escalation they had not been told of
+    (one INSERT ... SELECT: the message counted them all)."""
+    conn.execute(
+        insert(followup_events).from_select(
+            ["followup_id", "event", "at", "staff_id"],
+            select(
+                followups.c.id,
+                literal(FollowUpEvent.NOTIFIED.value),
+                literal(now, UtcDateTime),
+                literal(person_id),
+            ).where(_climbed_untold(person_id)),
+        )
+    )
+
+
+def notified(
+    conn: Connection,
+    schools: tuple[int, int] | None = None,
+    span: tuple[int, int] | None = None,
+) -> set[tuple[int, int]]:
     """(follow-up, person) pairs already told of an escalation still open (of students of the
-    schools in the inclusive id range `schools`, if given)."""
+    schools in the inclusive id range `schools`, if given, whose ids lie in `span`: see
+    `storage.snapshot.StudentSpan`)."""
     stmt = (
         select(followup_events.c.followup_id, followup_events.c.staff_id)
         .join(followups, followups.c.id == followup_events.c.followup_id)
@@ -92,6 +157,8 @@ def notified(conn: Connection, schools: tuple[int, int] | None = None) -> set[tu
         stmt = stmt.join(students, students.c.id == followups.c.student_id).where(
             students.c.school_id.between(*schools)
         )
+    if span is not None:
+        stmt = stmt.where(followups.c.student_id.between(*span))
     rows = conn.execute(stmt)
     return {(r.followup_id, r.staff_id) for r in rows}
 

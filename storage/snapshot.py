@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Set
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -52,11 +53,19 @@ def _of(column: ColumnElement[Any], schools: SchoolRange | None) -> ColumnElemen
 
 
 def load_snapshot(
-    conn: Connection, since: datetime, now: datetime, schools: SchoolRange | None = None
+    conn: Connection,
+    since: datetime,
+    now: datetime,
+    schools: SchoolRange | None = None,
+    *,
+    digest: bool = True,
+    span: StudentSpan = None,
 ) -> Snapshot:
     """Active students with their visits, staff with identities, follow-ups, recent failures:
     of every school, or of the schools in `schools` (one chunk of a job run: the staff are
-    those schools' and the bureau's, who may hold their follow-ups)."""
+    those schools' and the bureau's, who may hold their follow-ups). `digest=False` (for the
+    reminders) leaves out what only a digest shows: delivery failures, fallback reaches and
+    the escalations' histories."""
     school_names = {
         r.id: r.name
         for r in conn.execute(
@@ -64,17 +73,18 @@ def load_snapshot(
         )
     }
     in_range = _of(students.c.school_id, schools)
-    roster = _roster(conn, in_range, schools is not None)
-    span = (min(s.id for s in roster), max(s.id for s in roster)) if schools and roster else None
+    if schools is not None and span is None:
+        span = student_span(conn, schools)
+    roster = _roster(conn, in_range, span)
     people = or_(staff.c.school_id.is_(None), _of(staff.c.school_id, schools))
     return Snapshot(
         schools=school_names,
         students=roster,
         staff=_staff(conn, people),
         followups=_followups(conn, since, in_range, span),
-        failures=_failures(conn, now - FAILURE_WINDOW, people),
-        fell_back=_fell_back(conn, now - FAILURE_WINDOW, people),
-        steps=_escalation_steps(conn, in_range, span),
+        failures=_failures(conn, now - FAILURE_WINDOW, people) if digest else [],
+        fell_back=_fell_back(conn, now - FAILURE_WINDOW, people) if digest else [],
+        steps=_escalation_steps(conn, in_range, span) if digest else {},
         undelivered=_undelivered(conn, in_range, span),
     )
 
@@ -86,15 +96,28 @@ def load_snapshot(
 StudentSpan = tuple[int, int] | None
 
 
+def student_span(conn: Connection, schools: SchoolRange | None) -> StudentSpan:
+    """The span of the ids of the schools' students (grouped by school: a plain min/max was
+    planned as a walk of the primary key until a student of the range turned up)."""
+    if schools is None:
+        return None
+    rows = conn.execute(
+        select(func.min(students.c.id), func.max(students.c.id))
+        .where(students.c.school_id.between(*schools))
+        .group_by(students.c.school_id)
+    ).all()
+    return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else None
+
+
 def _within(column: ColumnElement[Any], span: StudentSpan) -> ColumnElement[bool]:
     return true() if span is None else column.between(*span)
 
 
 def _roster(
-    conn: Connection, where: ColumnElement[bool], spanned: bool = False
+    conn: Connection, where: ColumnElement[bool], span: StudentSpan = None
 ) -> list[RosterStudent]:
     """The active students `where` selects, with their categories, teachers and last visits
-    (`spanned`: their assignments are read within the span of their ids)."""
+    (`span`: the span of their ids, if known)."""
     rows = conn.execute(
         select(
             students.c.id,
@@ -106,7 +129,6 @@ def _roster(
             students.c.last_unreached_at,
         ).where(students.c.active.is_(True), where)
     ).all()
-    span = (min(r[0] for r in rows), max(r[0] for r in rows)) if spanned and rows else None
     assigned: dict[int, list[int]] = defaultdict(list)
     for sid, staff_id in conn.execute(
         select(assignments.c.student_id, assignments.c.staff_id)
@@ -131,17 +153,24 @@ def _roster(
     ]
 
 
-def load_bureau_snapshot(conn: Connection, since: datetime) -> Snapshot:
-    """What the bureau is told of at the end of a job run: the escalations that climbed to it
-    and nobody acknowledged, with their students and schools; the bureau's staff and the
-    follow-ups' owners (names in the message)."""
-    climbed = and_(
-        followups.c.status == FollowUpStatus.ESCALATED.value,
-        followups.c.climbed_at.is_not(None),
-        followups.c.acknowledged_by.is_(None),
+def bureau_ids(conn: Connection) -> list[int]:
+    """The active bureau members."""
+    return list(
+        conn.execute(
+            select(staff.c.id)
+            .where(staff.c.role == StaffRole.BUREAU.value, staff.c.active.is_(True))
+            .order_by(staff.c.id)
+        ).scalars()
     )
-    who = students.c.id.in_(select(followups.c.student_id).where(climbed))
-    roster = _roster(conn, who)
+
+
+def load_bureau_snapshot(conn: Connection, since: datetime, followup_ids: Set[int]) -> Snapshot:
+    """What the bureau is told of at the end of a job run: the escalations `followup_ids` that
+    climbed to it (the first few each member has not been told of: `ladder.untold_climbed`),
+    with their students and schools; the bureau's staff and the follow-ups' owners."""
+    chosen = followups.c.id.in_(sorted(followup_ids))
+    who = students.c.id.in_(select(followups.c.student_id).where(chosen))
+    roster = _roster(conn, who) if followup_ids else []
     school_ids = {s.school_id for s in roster}
     school_names = {
         r.id: r.name
@@ -149,13 +178,14 @@ def load_bureau_snapshot(conn: Connection, since: datetime) -> Snapshot:
             select(schools_t.c.id, schools_t.c.name).where(schools_t.c.id.in_(school_ids))
         )
     }
-    owners = select(followups.c.owner_staff_id).where(climbed)
+    owners = select(followups.c.owner_staff_id).where(chosen)
     people = or_(staff.c.school_id.is_(None), staff.c.id.in_(owners))
+    found = _followups(conn, since, who) if followup_ids else []
     return Snapshot(
         schools=school_names,
         students=roster,
         staff=_staff(conn, people),
-        followups=[f for f in _followups(conn, since, who) if f.climbed_at is not None],
+        followups=[f for f in found if f.id in followup_ids],
         failures=[],
     )
 

@@ -24,6 +24,7 @@ from storage import chunks
 from storage.db import Database
 from storage.schema import (
     assignments,
+    followup_events,
     followups,
     identities,
     job_chunks,
@@ -255,3 +256,50 @@ async def test_two_runs_planned_at_the_same_moment_write_one_set_of_chunks(
         ).scalar_one()
         assert conn.execute(select(job_runs)).all() == []
     assert n == SCHOOLS + 1
+
+
+async def test_the_bureau_hears_of_every_climbed_escalation_once_twenty_by_name(
+    province_settings: Settings, province: Deps
+) -> None:
+    db = province.db
+    yesterday = MONDAY_9 - timedelta(days=1)
+    with db.begin() as conn:
+        conn.execute(
+            insert(visits),
+            [
+                {"id": n, "student_id": 110 + n % 3, "staff_id": 11, "form_id": "f"}
+                | {"form_version": "1", "status": "submitted", "reached": True, "answers": {}}
+                | {"started_at": yesterday, "updated_at": yesterday, "submitted_at": yesterday}
+                for n in range(1, 26)
+            ],
+        )
+        conn.execute(
+            insert(followups),
+            [
+                {"visit_id": n, "student_id": 110 + n % 3, "owner_staff_id": 11, "kind": "device"}
+                | {"detail": f"需要{n}", "due_date": MONDAY - timedelta(days=30 - n)}
+                | {"status": "escalated", "created_at": yesterday, "escalated_at": yesterday}
+                | {"climbed_at": yesterday}
+                for n in range(1, 26)
+            ],
+        )
+    jobs = instance(province_settings, province, "one")
+    await jobs.run("remind", MONDAY_9)
+    [told] = [r.body for r in outbox_rows(db) if r.recipient == "b1"]
+    assert "已上报教育局" in told and "……等共25项" in told
+    assert told.count("· 第1小学 ·") == 20  # the earliest due twenty, by name
+    with db.begin() as conn:
+        assert told_to_bureau(conn) == 25  # every one of them is "notified" to B1
+    again = await jobs.run("remind", MONDAY_9 + timedelta(days=1))  # Tuesday: nothing new
+    assert again.queued == 10  # the teachers' reminders only
+    assert [r.body for r in outbox_rows(db) if r.recipient == "b1"] == [told]
+
+
+def told_to_bureau(conn: Any) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                followup_events.c.event == "notified", followup_events.c.staff_id == 1
+            )
+        ).scalar_one()
+    )
