@@ -184,8 +184,8 @@ def record(
         }
         for fid, sid in rows
     ]
-    for i in range(0, len(values), 1000):  # (one multi-row INSERT per thousand)
-        conn.execute(insert(followup_events).values(values[i : i + 1000]))
+    if values:
+        conn.execute(insert(followup_events), values)
 
 
 def histories(

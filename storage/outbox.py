@@ -12,18 +12,19 @@ when the lease runs out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from bot.core.types import OutboxItem, OutboxMessage
 from storage.db import Database
-from storage.schema import conversations, outbox
+from storage.schema import UtcDateTime, conversations, outbox
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 
@@ -70,7 +71,17 @@ def enqueue(
     return conn.execute(stmt).first() is not None  # rowcount is -1 with RETURNING on psycopg
 
 
-INSERT_BATCH = 500  # rows per multi-row INSERT (12 values each: well inside every bind limit)
+_PG_ENQUEUE = text(
+    "INSERT INTO outbox (idempotency_key, channel, recipient, kind, body, listing, status,"
+    " attempts, next_attempt_at, created_at, fallbacks, channel_since)"
+    " SELECT k, c, r, kd, b, l::json, :pending, 0, :not_before, :now, f::json, :not_before"
+    " FROM unnest(CAST(:keys AS varchar[]), CAST(:channels AS varchar[]),"
+    " CAST(:recipients AS varchar[]), CAST(:kinds AS varchar[]), CAST(:bodies AS text[]),"
+    " CAST(:listings AS text[]), CAST(:fallbacks AS text[])) AS t(k, c, r, kd, b, l, f)"
+    " ON CONFLICT (idempotency_key) DO NOTHING"
+).bindparams(bindparam("not_before", type_=UtcDateTime), bindparam("now", type_=UtcDateTime))
+# JSON as the engine writes it (storage.db): compact, non-ASCII kept
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def enqueue_many(
@@ -92,33 +103,48 @@ def enqueue_many(
             ).scalars()
         )
     fresh = [m for m in messages if m.key not in existing]
-    if fresh:
-        make_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        rows = [
+    if fresh and conn.dialect.name == "postgresql":
+        # One statement for the lot, the same SQL every time: arrays unnested (a province's
+        # job writes a thousand rows a chunk; as an executemany each row was a statement, as
+        # a multi-row VALUES the statement was compiled and parsed anew for every batch).
+        conn.execute(
+            _PG_ENQUEUE,
             {
-                "idempotency_key": m.key,
-                "channel": m.channel,
-                "recipient": m.recipient,
-                "kind": m.kind,
-                "body": m.body,
-                "listing": m.listing,
-                "status": PENDING,
-                "attempts": 0,
-                "next_attempt_at": not_before,
-                "created_at": now,
-                "fallbacks": [list(f) for f in m.fallbacks] or None,
-                "channel_since": not_before,
-            }
-            for m in fresh
-        ]
-        # one multi-row INSERT per batch: as a driver-level executemany each row was a
-        # statement of its own (a province's job writes tens of thousands per chunk)
-        for i in range(0, len(rows), INSERT_BATCH):
-            conn.execute(
-                make_insert(outbox)
-                .values(rows[i : i + INSERT_BATCH])
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            )
+                "keys": [m.key for m in fresh],
+                "channels": [m.channel for m in fresh],
+                "recipients": [m.recipient for m in fresh],
+                "kinds": [m.kind for m in fresh],
+                "bodies": [m.body for m in fresh],
+                "listings": [None if m.listing is None else _json(m.listing) for m in fresh],
+                "fallbacks": [
+                    _json([list(f) for f in m.fallbacks]) if m.fallbacks else None for m in fresh
+                ],
+                "pending": PENDING,
+                "not_before": not_before,
+                "now": now,
+            },
+        )
+    elif fresh:
+        conn.execute(
+            sqlite_insert(outbox).on_conflict_do_nothing(index_elements=["idempotency_key"]),
+            [
+                {
+                    "idempotency_key": m.key,
+                    "channel": m.channel,
+                    "recipient": m.recipient,
+                    "kind": m.kind,
+                    "body": m.body,
+                    "listing": m.listing,
+                    "status": PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": not_before,
+                    "created_at": now,
+                    "fallbacks": [list(f) for f in m.fallbacks] or None,
+                    "channel_since": not_before,
+                }
+                for m in fresh
+            ],
+        )
     return len(fresh)
 
 
