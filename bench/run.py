@@ -841,8 +841,8 @@ def main() -> int:
                 finally:
                     server.stop()
 
-        targets = [*backends, *(["province"] if args.province else [])]
-        for backend in targets:
+        runs = [*backends, *(["province"] if args.province else [])]
+        for backend in runs:
             name = f"homevisit/{backend}"
             print(f"running {name} ... (seeding)", flush=True)
             if backend == "sqlite":

@@ -328,18 +328,7 @@ class Jobs:
         )
         ladder.record(conn, FollowUpEvent.NOTIFIED, notices.told, at)
         messages = [*notices.messages, *plan.messages]
-        queued = self._enqueue(conn, messages, at)
-        chunks.finish(
-            conn,
-            chunk,
-            self.owner,
-            wall_clock(),
-            planned=len(messages),
-            queued=queued,
-            unreachable=len(plan.unreachable),
-            figures=figures,
-        )
-        return queued
+        return self._finish(conn, chunk, messages, at, len(plan.unreachable), figures)
 
     def _last_step(self, conn: Connection, chunk: Chunk, at: datetime, today: date) -> int:
         """The bureau's notices of climbed escalations and, for the digest, its summary; then
@@ -382,9 +371,22 @@ class Jobs:
             )
             messages += plan.messages
             unreachable = len(plan.unreachable)
-        queued = self._enqueue(conn, messages, at)
         if not chunks.state(conn, chunk.job, today).failed:
             record_run(conn, chunk.job, today, at)
+        return self._finish(conn, chunk, messages, at, unreachable)
+
+    def _finish(
+        self,
+        conn: Connection,
+        chunk: Chunk,
+        messages: Sequence[Outgoing],
+        at: datetime,
+        unreachable: int,
+        figures: object = None,
+    ) -> int:
+        """Enqueue the chunk's messages and mark it done (while the lease is ours); how many
+        messages were new."""
+        queued = self._enqueue(conn, messages, at)
         chunks.finish(
             conn,
             chunk,
@@ -393,6 +395,7 @@ class Jobs:
             planned=len(messages),
             queued=queued,
             unreachable=unreachable,
+            figures=figures,
         )
         return queued
 

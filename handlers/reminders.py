@@ -578,17 +578,30 @@ def plan_school_digests(
         for sid, fig in figures.items()
     }
     for person in snap.staff.values():
-        if person.role is not StaffRole.COORDINATOR or person.school_id not in school_texts:
-            continue
-        order = reach_order(person, channels)
-        if not order:
-            unreachable.append(person)
-            continue
-        (channel, recipient), *rest = order
-        key = f"digest:{person.staff_no}:{day}"
-        body = school_texts[person.school_id]
-        messages.append(Outgoing(key, channel, recipient, "digest", body, fallbacks=tuple(rest)))
+        if person.role is StaffRole.COORDINATOR and person.school_id in school_texts:
+            body = school_texts[person.school_id]
+            _address(person, channels, "digest", body, day, messages, unreachable)
     return Plan(messages, unreachable), [f.line() for f in figures.values()]
+
+
+def _address(
+    person: RosterStaff,
+    channels: Sequence[str],
+    kind: str,
+    body: str,
+    day: str,
+    messages: list[Outgoing],
+    unreachable: list[RosterStaff],
+) -> None:
+    """The person's `kind` message of `day` on their first channel (the rest as fallbacks),
+    or the person among the unreachable."""
+    order = reach_order(person, channels)
+    if not order:
+        unreachable.append(person)
+        return
+    (channel, recipient), *rest = order
+    key = f"{kind}:{person.staff_no}:{day}"
+    messages.append(Outgoing(key, channel, recipient, kind, body, fallbacks=tuple(rest)))
 
 
 def plan_bureau_digests(
@@ -606,17 +619,8 @@ def plan_bureau_digests(
     messages: list[Outgoing] = []
     unreachable: list[RosterStaff] = []
     for person in bureau:
-        if person.role is not StaffRole.BUREAU:
-            continue
-        order = reach_order(person, channels)
-        if not order:
-            unreachable.append(person)
-            continue
-        (channel, recipient), *rest = order
-        key = f"bureau_digest:{person.staff_no}:{day}"
-        messages.append(
-            Outgoing(key, channel, recipient, "bureau_digest", text, fallbacks=tuple(rest))
-        )
+        if person.role is StaffRole.BUREAU:
+            _address(person, channels, "bureau_digest", text, day, messages, unreachable)
     if GROUP_CHANNEL in channels:
         # A group chat is read by everyone in it: counts per school only, never a child's
         # name, a need's detail or a teacher's name (those go to each coordinator privately).

@@ -35,6 +35,7 @@ FINAL = 0  # the number of a run's last step
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 MAX_ATTEMPTS = 3
 PLAN_WAIT = "120s"  # how long an instance waits for another one's planning of the same run
+PLAN_STATEMENTS = "600s"  # statement timeout while planning (the usual one is 15 s)
 FAILED_NAMES_LIMIT = 10  # schools named per failed chunk in a digest
 
 
@@ -112,9 +113,12 @@ def plan(
     caller then does the run's one-off steps in the same transaction). `figures` go on the last
     step's row. A second instance planning at the same moment waits for the first to commit
     (the primary key), then finds the run there: on PostgreSQL up to `PLAN_WAIT`, beyond the
-    usual lock timeout (a province's ladder steps take seconds)."""
+    usual lock timeout (a province's ladder steps take seconds, and their statements may run
+    up to `PLAN_STATEMENTS`)."""
     if conn.dialect.name == "postgresql":
         conn.execute(select(func.set_config("lock_timeout", PLAN_WAIT, True)))
+        # the planner's one-off ladder steps update a province's follow-ups in one statement
+        conn.execute(select(func.set_config("statement_timeout", PLAN_STATEMENTS, True)))
     first = conn.execute(
         _insert(conn)
         .values(
@@ -169,7 +173,7 @@ def set_figures(conn: Connection, job: str, day: date, figures: Any) -> None:
     """Store the run's one-off figures on its last step (the planner's escalation counts)."""
     conn.execute(
         update(job_chunks)
-        .where(job_chunks.c.job == job, job_chunks.c.run_date == day, job_chunks.c.chunk == FINAL)
+        .where(_of_run(job, day), job_chunks.c.chunk == FINAL)
         .values(figures=figures)
     )
 
@@ -178,33 +182,24 @@ def retry_failed(conn: Connection, job: str, day: date) -> int:
     """Give a finished run's failed chunks another round of attempts, and its last step
     another run; how many chunks (a run asked for again, at start-up or by an operator). A run
     still going keeps its failures: its instances are still at work."""
-    last = conn.execute(
-        select(job_chunks.c.status).where(
-            job_chunks.c.job == job, job_chunks.c.run_date == day, job_chunks.c.chunk == FINAL
-        )
-    ).scalar()
-    if last not in (DONE, FAILED):
+    of_run = _of_run(job, day)
+    last = conn.execute(select(job_chunks.c.status).where(of_run, job_chunks.c.chunk == FINAL))
+    if last.scalar() not in (DONE, FAILED):
         return 0
-    again = conn.execute(
-        update(job_chunks)
-        .where(
-            job_chunks.c.job == job,
-            job_chunks.c.run_date == day,
-            job_chunks.c.status == FAILED,
-        )
-        .values(status=PENDING, attempts=0, owner=None, lease_until=None)
-    ).rowcount
-    if again and last == DONE:  # (a failed last step was among them)
+    failed = conn.execute(
+        select(func.count()).where(of_run, job_chunks.c.status == FAILED)
+    ).scalar_one()
+    if failed:
         conn.execute(
             update(job_chunks)
-            .where(
-                job_chunks.c.job == job,
-                job_chunks.c.run_date == day,
-                job_chunks.c.chunk == FINAL,
-            )
+            .where(of_run, or_(job_chunks.c.status == FAILED, job_chunks.c.chunk == FINAL))
             .values(status=PENDING, attempts=0, owner=None, lease_until=None)
         )
-    return int(again)
+    return int(failed)
+
+
+def _of_run(job: str, day: date) -> Any:
+    return and_(job_chunks.c.job == job, job_chunks.c.run_date == day)
 
 
 def _claimable(now: datetime) -> Any:
@@ -227,7 +222,7 @@ def claim(
         job_chunks.c.status,
         job_chunks.c.owner,
     )
-    of_run = and_(job_chunks.c.job == job, job_chunks.c.run_date == day)
+    of_run = _of_run(job, day)
     row = conn.execute(
         select(*columns)
         .where(of_run, job_chunks.c.chunk != FINAL, _claimable(now))
@@ -337,7 +332,7 @@ def state(conn: Connection, job: str, day: date) -> RunState:
             job_chunks.c.queued,
             job_chunks.c.unreachable,
             job_chunks.c.figures,
-        ).where(job_chunks.c.job == job, job_chunks.c.run_date == day)
+        ).where(_of_run(job, day))
     ).all()
     parts = [r for r in rows if r.chunk != FINAL]
     last = next((r for r in rows if r.chunk == FINAL), None)
@@ -360,12 +355,7 @@ def figures(conn: Connection, job: str, day: date) -> list[Any]:
         f
         for (f,) in conn.execute(
             select(job_chunks.c.figures)
-            .where(
-                job_chunks.c.job == job,
-                job_chunks.c.run_date == day,
-                job_chunks.c.chunk != FINAL,
-                job_chunks.c.status == DONE,
-            )
+            .where(_of_run(job, day), job_chunks.c.chunk != FINAL, job_chunks.c.status == DONE)
             .order_by(job_chunks.c.chunk)
         )
         if f is not None
