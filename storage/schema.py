@@ -77,6 +77,9 @@ staff = Table(
     Column("school_id", ForeignKey("schools.id"), nullable=True),
     Column("role", String(20), nullable=False),
     Column("active", Boolean, nullable=False, default=True),
+    # A job chunk reads its schools' staff (and the bureau's, whose school is NULL): without it,
+    # every chunk of a province scanned all of them.
+    Index("ix_staff_school", "school_id"),
 )
 
 # One row per platform identity of a staff member (WeCom userid, DingTalk userid, ...).

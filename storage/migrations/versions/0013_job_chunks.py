@@ -1,4 +1,4 @@
-"""job chunks: a scheduled job's run split into chunks of schools, claimed with leases
+"""job chunks: a scheduled job's run split into chunks of schools, claimed with leases; staff by school
 
 Revision ID: 0013
 Revises: 0012
@@ -38,7 +38,9 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("job", "run_date", "chunk", name=op.f("pk_job_chunks")),
     )
+    op.create_index("ix_staff_school", "staff", ["school_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_staff_school", table_name="staff")
     op.drop_table("job_chunks")
