@@ -70,8 +70,9 @@ def engine_url(url: str) -> str:
 
 
 # Chinese as itself, not \uXXXX: a session or a visit is a third of the bytes to send. One
-# encoder for all: `json.dumps` with options builds a new one for every value.
-_json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# encoder for all (the engine's JSON columns, and storage.outbox's bulk insert): `json.dumps`
+# with options builds a new one for every value.
+json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def create_db_engine(url: str, *, pool_timeout: float = 5.0, pooled: bool = False) -> Engine:
@@ -88,7 +89,7 @@ def create_db_engine(url: str, *, pool_timeout: float = 5.0, pooled: bool = Fals
         engine = create_engine(
             sync_url,
             hide_parameters=True,
-            json_serializer=_json_dumps,
+            json_serializer=json_dumps,
             connect_args={"timeout": 10, "check_same_thread": False},
         )
         event.listen(engine, "connect", _sqlite_on_connect)
@@ -114,7 +115,7 @@ def create_db_engine(url: str, *, pool_timeout: float = 5.0, pooled: bool = Fals
         engine = create_engine(
             parsed.difference_update_query(["options"]),
             hide_parameters=True,  # never let student data into an exception message or a log
-            json_serializer=_json_dumps,
+            json_serializer=json_dumps,
             pool_size=PG_POOL_SIZE,
             max_overflow=0,
             pool_timeout=pool_timeout,

@@ -77,9 +77,6 @@ def _events_for(
     )
 
 
-CLIMBED_UNTOLD_LIMIT = 20  # (handlers.ladder.LIST_LIMIT: what one message lists)
-
-
 def _climbed_untold(person_id: int) -> ColumnElement[bool]:
     """Climbed to the bureau, nobody acknowledged it, and `person_id` was not told of it."""
     told = (
@@ -100,11 +97,11 @@ def _climbed_untold(person_id: int) -> ColumnElement[bool]:
 
 
 def untold_climbed(
-    conn: Connection, person_ids: Iterable[int], limit: int = CLIMBED_UNTOLD_LIMIT
+    conn: Connection, person_ids: Iterable[int], limit: int
 ) -> dict[int, tuple[int, list[int]]]:
     """For each bureau member: how many escalations climbed to the bureau that they were not
-    told of, and the first `limit` (earliest due first). Counted in the database: a province's
-    first climb is tens of thousands, of which a message lists twenty."""
+    told of, and the first `limit` (earliest due first: what one message lists). Counted in
+    the database: a province's first climb is tens of thousands, of which a message lists 20."""
     found: dict[int, tuple[int, list[int]]] = {}
     for person in person_ids:
         count = conn.execute(

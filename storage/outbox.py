@@ -12,7 +12,6 @@ when the lease runs out.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from bot.core.types import OutboxItem, OutboxMessage
-from storage.db import Database
+from storage.db import Database, json_dumps
 from storage.schema import UtcDateTime, conversations, outbox
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
@@ -80,8 +79,6 @@ _PG_ENQUEUE = text(
     " CAST(:listings AS text[]), CAST(:fallbacks AS text[])) AS t(k, c, r, kd, b, l, f)"
     " ON CONFLICT (idempotency_key) DO NOTHING"
 ).bindparams(bindparam("not_before", type_=UtcDateTime), bindparam("now", type_=UtcDateTime))
-# JSON as the engine writes it (storage.db): compact, non-ASCII kept
-_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def enqueue_many(
@@ -115,9 +112,10 @@ def enqueue_many(
                 "recipients": [m.recipient for m in fresh],
                 "kinds": [m.kind for m in fresh],
                 "bodies": [m.body for m in fresh],
-                "listings": [None if m.listing is None else _json(m.listing) for m in fresh],
+                "listings": [None if m.listing is None else json_dumps(m.listing) for m in fresh],
                 "fallbacks": [
-                    _json([list(f) for f in m.fallbacks]) if m.fallbacks else None for m in fresh
+                    json_dumps([list(f) for f in m.fallbacks]) if m.fallbacks else None
+                    for m in fresh
                 ],
                 "pending": PENDING,
                 "not_before": not_before,

@@ -47,9 +47,10 @@ FAILURE_WINDOW = timedelta(days=7)
 SchoolRange = tuple[int, int]  # inclusive ids: the schools of one chunk of a job run
 
 
-def _of(column: ColumnElement[Any], schools: SchoolRange | None) -> ColumnElement[bool]:
-    """`column` (a school id) inside the range; always true without one."""
-    return true() if schools is None else column.between(*schools)
+def _between(column: ColumnElement[Any], bounds: tuple[int, int] | None) -> ColumnElement[bool]:
+    """`column` inside the inclusive `bounds` (a chunk's school ids, or its students' span);
+    always true without them."""
+    return true() if bounds is None else column.between(*bounds)
 
 
 def load_snapshot(
@@ -69,14 +70,14 @@ def load_snapshot(
     school_names = {
         r.id: r.name
         for r in conn.execute(
-            select(schools_t.c.id, schools_t.c.name).where(_of(schools_t.c.id, schools))
+            select(schools_t.c.id, schools_t.c.name).where(_between(schools_t.c.id, schools))
         )
     }
-    in_range = _of(students.c.school_id, schools)
+    in_range = _between(students.c.school_id, schools)
     if schools is not None and span is None:
         span = student_span(conn, schools)
     roster = _roster(conn, in_range, span)
-    people = or_(staff.c.school_id.is_(None), _of(staff.c.school_id, schools))
+    people = or_(staff.c.school_id.is_(None), _between(staff.c.school_id, schools))
     return Snapshot(
         schools=school_names,
         students=roster,
@@ -109,10 +110,6 @@ def student_span(conn: Connection, schools: SchoolRange | None) -> StudentSpan:
     return (min(r[0] for r in rows), max(r[1] for r in rows)) if rows else None
 
 
-def _within(column: ColumnElement[Any], span: StudentSpan) -> ColumnElement[bool]:
-    return true() if span is None else column.between(*span)
-
-
 def _roster(
     conn: Connection, where: ColumnElement[bool], span: StudentSpan = None
 ) -> list[RosterStudent]:
@@ -133,7 +130,7 @@ def _roster(
     for sid, staff_id in conn.execute(
         select(assignments.c.student_id, assignments.c.staff_id)
         .join(students, students.c.id == assignments.c.student_id)
-        .where(where, students.c.active.is_(True), _within(assignments.c.student_id, span))
+        .where(where, students.c.active.is_(True), _between(assignments.c.student_id, span))
         .order_by(assignments.c.role)
     ).all():
         if staff_id not in assigned[sid]:
@@ -202,7 +199,7 @@ def _undelivered(
             distribution_recipients.c.delivered_at.is_(None),
             students.c.active.is_(True),
             in_range,
-            _within(distribution_recipients.c.student_id, span),
+            _between(distribution_recipients.c.student_id, span),
         )
         .order_by(distributions.c.id, distribution_recipients.c.student_id)
     )
@@ -269,7 +266,7 @@ def _followups(
             followup_events.c.event == FollowUpEvent.REASSIGNED.value,
             followups.c.status.in_(OPEN),
             in_range,
-            _within(followups.c.student_id, span),
+            _between(followups.c.student_id, span),
         )
         .order_by(followup_events.c.id)
     ):
@@ -280,7 +277,7 @@ def _followups(
         .where(
             students.c.active.is_(True),
             in_range,
-            _within(followups.c.student_id, span),
+            _between(followups.c.student_id, span),
             or_(followups.c.status.in_(OPEN), followups.c.created_at >= since),
         )
         .order_by(followups.c.due_date, followups.c.id)
@@ -336,7 +333,7 @@ def _escalation_steps(
         .where(
             followups.c.status == FollowUpStatus.ESCALATED.value,
             in_range,
-            _within(followups.c.student_id, span),
+            _between(followups.c.student_id, span),
         )
     )
     rows = conn.execute(
