@@ -180,6 +180,13 @@ def generate(db: Database, n_students: int, n_teachers: int) -> None:
         conn.execute(insert(followups), fu_rows)
 
 
+def wecom_jobs(db: Database, url: str) -> Jobs:
+    """The jobs as `serve` would run them on `url`, with WeCom as the only chat channel."""
+    settings = replace(load_settings({}, env_file=None), database_url=url)
+    deps = Deps(db, load_form(settings.form_path), calendar=load_calendar(settings.calendar_path))
+    return Jobs(settings, deps, ["wecom"])
+
+
 async def run_jobs(url: str, n_students: int, n_teachers: int, *, fresh: bool = True) -> None:
     db = Database(url)
     db.upgrade()
@@ -190,9 +197,7 @@ async def run_jobs(url: str, n_students: int, n_teachers: int, *, fresh: bool = 
             f"  generated {n_students:,} students / {n_teachers:,} teachers in "
             f"{time.perf_counter() - t0:.1f} s"
         )
-    settings = replace(load_settings({}, env_file=None), database_url=url)
-    deps = Deps(db, load_form(settings.form_path), calendar=load_calendar(settings.calendar_path))
-    jobs = Jobs(settings, deps, ["wecom"])
+    jobs = wecom_jobs(db, url)
     for job, at in (("remind", NOW), ("digest", NOW + timedelta(hours=8))):
         start = time.perf_counter()
         report = await jobs.run(job, at)
@@ -233,10 +238,8 @@ STEPS = (
 
 def worker(url: str, job: str, at: str) -> None:
     """One instance: run one job, print what it did as JSON (bench/jobs.py starts these)."""
-    settings = replace(load_settings({}, env_file=None), database_url=url)
     db = Database(url)
-    deps = Deps(db, load_form(settings.form_path), calendar=load_calendar(settings.calendar_path))
-    jobs = Jobs(settings, deps, ["wecom"])
+    jobs = wecom_jobs(db, url)
     start = time.perf_counter()
     report = asyncio.run(jobs.run(job, datetime.fromisoformat(at)))
     seconds = time.perf_counter() - start
